@@ -1,0 +1,8 @@
+// Package testutil holds what grpcreuse's tests share: certificates made
+// during the test (nothing checked in that can expire), loopback gRPC
+// backends that count their accepted connections and calls, and a bounded
+// polling helper that replaces sleeps.
+//
+// Only test files import it. Everything it starts is stopped through
+// tb.Cleanup, so goleak stays quiet.
+package testutil

@@ -1,0 +1,189 @@
+package telemetry
+
+import (
+	"time"
+
+	"google.golang.org/grpc/connectivity"
+)
+
+// Observer is everything grpcreuse reports. A clientconn.Factory hands its
+// Observer to every piece it builds; pieces used on their own take the
+// narrower interface they need.
+type Observer interface {
+	PoolObserver
+	HandshakeObserver
+	SubchannelObserver
+	BreakerObserver
+	LimiterObserver
+	SessionCacheObserver
+}
+
+// PoolObserver receives the events of a connection pool (clientconn.Factory).
+// Targets are canonical (for example "dns:///backend:443").
+type PoolObserver interface {
+	// PoolGet reports one Factory.Get; hit says whether an existing
+	// connection was shared instead of a new one being created.
+	PoolGet(target string, hit bool)
+	// PoolEvicted reports that a connection without handles left the pool;
+	// reason is one of the Evict* constants.
+	PoolEvicted(target string, reason string)
+	// ConnOpened reports that a new *grpc.ClientConn was created for target.
+	ConnOpened(target string)
+	// ConnClosed reports that a *grpc.ClientConn was closed after living for
+	// lifetime; reason is one of the Close* constants.
+	ConnClosed(target string, reason string, lifetime time.Duration)
+}
+
+// Reasons passed to PoolObserver.PoolEvicted.
+const (
+	// EvictIdle: the connection had no handles for longer than the idle timeout.
+	EvictIdle = "idle"
+	// EvictCapacity: more connections without handles were kept than allowed;
+	// the least recently used one went.
+	EvictCapacity = "capacity"
+)
+
+// Reasons passed to PoolObserver.ConnClosed.
+const (
+	// CloseEvicted: the connection was evicted from the pool.
+	CloseEvicted = "evicted"
+	// CloseMaxAge: the connection reached its maximum age and was replaced.
+	CloseMaxAge = "max_age"
+	// CloseShutdown: the Factory was closed.
+	CloseShutdown = "shutdown"
+)
+
+// HandshakeObserver receives one event per connection attempt phase: the
+// TCP connect (reported by clientconn's dialer) and the TLS handshake
+// (reported by grpcreuse/credentials).
+type HandshakeObserver interface {
+	// Dialed reports one TCP connect attempt to addr for the channel target.
+	Dialed(target, addr string, d time.Duration, err error)
+	// Handshake reports one TLS client handshake.
+	Handshake(HandshakeInfo)
+}
+
+// HandshakeInfo describes one TLS client handshake.
+type HandshakeInfo struct {
+	// Authority is the server name the handshake verified; Addr the remote address.
+	Authority, Addr string
+	// Tenant is the tenant the connection was made for, "" for none.
+	Tenant string
+	// Duration is how long the TLS handshake took.
+	Duration time.Duration
+	// Resumed reports whether the handshake resumed a session.
+	Resumed bool
+	// Version is the negotiated TLS version (tls.VersionTLS13, ...).
+	Version uint16
+	// Err is the error that failed the handshake, nil on success.
+	Err error
+}
+
+// SubchannelObserver receives the events of the grpcreuse load balancer.
+type SubchannelObserver interface {
+	// SubchannelState reports a subchannel of endpoint moving to state.
+	SubchannelState(target, endpoint string, state connectivity.State)
+	// EndpointEjected reports an endpoint taken out of picking for d.
+	EndpointEjected(target, endpoint string, d time.Duration)
+	// EndpointReturned reports an ejected endpoint taken back into picking.
+	EndpointReturned(target, endpoint string)
+}
+
+// BreakerState is the state of a circuit breaker.
+type BreakerState int
+
+// Circuit breaker states.
+const (
+	BreakerClosed BreakerState = iota
+	BreakerHalfOpen
+	BreakerOpen
+)
+
+// String returns "closed", "half_open" or "open".
+func (s BreakerState) String() string {
+	switch s {
+	case BreakerClosed:
+		return "closed"
+	case BreakerHalfOpen:
+		return "half_open"
+	case BreakerOpen:
+		return "open"
+	}
+	return "unknown"
+}
+
+// BreakerObserver receives circuit breaker events.
+type BreakerObserver interface {
+	// BreakerStateChanged reports the breaker for key moving from one state to another.
+	BreakerStateChanged(key string, from, to BreakerState)
+	// BreakerRejected reports a call failed fast by the open breaker for key.
+	BreakerRejected(key string)
+}
+
+// LimiterObserver receives concurrency limiter events, client and server side.
+type LimiterObserver interface {
+	// LimiterLimitChanged reports a new concurrency limit for key.
+	LimiterLimitChanged(key string, limit int)
+	// LimiterRejected reports a call rejected (or shed) by the limiter for key.
+	LimiterRejected(key string, reason string)
+}
+
+// SessionCacheObserver receives TLS client session cache events.
+type SessionCacheObserver interface {
+	// SessionCacheLookup reports one lookup for tenant; hit says whether a
+	// session was found.
+	SessionCacheLookup(tenant string, hit bool)
+	// SessionCacheEvicted reports a session of tenant evicted for capacity or age.
+	SessionCacheEvicted(tenant string)
+}
+
+// Nop is an Observer that does nothing. Embed it to implement only part of
+// Observer.
+type Nop struct{}
+
+var _ Observer = Nop{}
+
+// PoolGet does nothing.
+func (Nop) PoolGet(string, bool) {}
+
+// PoolEvicted does nothing.
+func (Nop) PoolEvicted(string, string) {}
+
+// ConnOpened does nothing.
+func (Nop) ConnOpened(string) {}
+
+// ConnClosed does nothing.
+func (Nop) ConnClosed(string, string, time.Duration) {}
+
+// Dialed does nothing.
+func (Nop) Dialed(string, string, time.Duration, error) {}
+
+// Handshake does nothing.
+func (Nop) Handshake(HandshakeInfo) {}
+
+// SubchannelState does nothing.
+func (Nop) SubchannelState(string, string, connectivity.State) {}
+
+// EndpointEjected does nothing.
+func (Nop) EndpointEjected(string, string, time.Duration) {}
+
+// EndpointReturned does nothing.
+func (Nop) EndpointReturned(string, string) {}
+
+// BreakerStateChanged does nothing.
+func (Nop) BreakerStateChanged(string, BreakerState, BreakerState) {}
+
+// BreakerRejected does nothing.
+func (Nop) BreakerRejected(string) {}
+
+// LimiterLimitChanged does nothing.
+func (Nop) LimiterLimitChanged(string, int) {}
+
+// LimiterRejected does nothing.
+func (Nop) LimiterRejected(string, string) {}
+
+// SessionCacheLookup does nothing.
+func (Nop) SessionCacheLookup(string, bool) {}
+
+// SessionCacheEvicted does nothing.
+func (Nop) SessionCacheEvicted(string) {}
