@@ -1,0 +1,55 @@
+package clientconn
+
+import (
+	"context"
+	"net"
+	"strings"
+	"time"
+
+	"google.golang.org/grpc/credentials"
+)
+
+// defaultDial dials like grpc-go's own transport does: TCP with the OS's
+// keepalive settings, or a unix socket for "unix:" addresses (grpc passes
+// those to custom dialers verbatim).
+func defaultDial(ctx context.Context, addr string) (net.Conn, error) {
+	network := "tcp"
+	if path, ok := strings.CutPrefix(addr, "unix:"); ok {
+		network, addr = "unix", strings.TrimPrefix(path, "//")
+	}
+	d := net.Dialer{KeepAliveConfig: net.KeepAliveConfig{Enable: true, Idle: -1, Interval: -1, Count: -1}}
+	return d.DialContext(ctx, network, addr)
+}
+
+// dialerFor wraps the Factory's dialer for one shared entry: it times each
+// connect for telemetry and keeps the last error for WithWaitForReady.
+func (f *Factory) dialerFor(s *shared) func(context.Context, string) (net.Conn, error) {
+	dial := f.opts.dialer
+	if dial == nil {
+		dial = defaultDial
+	}
+	return func(ctx context.Context, addr string) (net.Conn, error) {
+		start := time.Now()
+		c, err := dial(ctx, addr)
+		s.recordErr(err)
+		f.obs.Dialed(s.key.target, addr, time.Since(start), err)
+		return c, err
+	}
+}
+
+// observedCreds keeps the last client handshake error of a shared entry,
+// so a connection that dials fine but fails TLS explains itself.
+type observedCreds struct {
+	credentials.TransportCredentials
+	s *shared
+}
+
+func (c *observedCreds) ClientHandshake(ctx context.Context, authority string, conn net.Conn) (net.Conn, credentials.AuthInfo, error) {
+	out, info, err := c.TransportCredentials.ClientHandshake(ctx, authority, conn)
+	c.s.recordErr(err)
+	return out, info, err
+}
+
+func (c *observedCreds) Clone() credentials.TransportCredentials {
+	return &observedCreds{TransportCredentials: c.TransportCredentials.Clone(), s: c.s}
+}

@@ -1,0 +1,309 @@
+package clientconn
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"encoding/json"
+	"fmt"
+	"net"
+	"reflect"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+
+	"github.com/grpcreuse/grpcreuse/telemetry"
+)
+
+// Defaults of the Factory options.
+const (
+	// DefaultIdleTimeout is how long a connection without handles stays open.
+	DefaultIdleTimeout = 5 * time.Minute
+	// DefaultMaxIdle is how many connections without handles are kept.
+	DefaultMaxIdle = 64
+	// DefaultDrainTimeout is how long a retired connection waits for its
+	// in-flight calls before it is closed anyway.
+	DefaultDrainTimeout = 30 * time.Second
+)
+
+// An Option configures a Factory.
+type Option interface{ apply(*options) }
+
+type optionFunc func(*options)
+
+func (f optionFunc) apply(o *options) { f(o) }
+
+// options is the resolved configuration of a Factory.
+type options struct {
+	creds         credentials.TransportCredentials
+	keepalive     *Keepalive
+	idleTimeout   time.Duration
+	maxIdle       int
+	maxAge        time.Duration
+	drainTimeout  time.Duration
+	serviceConfig string
+	unary         []grpc.UnaryClientInterceptor
+	stream        []grpc.StreamClientInterceptor
+	dialOptions   []grpc.DialOption
+	dialer        func(context.Context, string) (net.Conn, error)
+	observer      telemetry.Observer
+	preconnect    []string
+
+	// Test knobs, set through export_test.go.
+	noJitter bool
+
+	errs []error // invalid options, reported by every Get
+}
+
+func defaultOptions() *options {
+	return &options{
+		idleTimeout:  DefaultIdleTimeout,
+		maxIdle:      DefaultMaxIdle,
+		drainTimeout: DefaultDrainTimeout,
+		observer:     telemetry.Nop{},
+	}
+}
+
+func (o *options) fail(format string, args ...any) {
+	o.errs = append(o.errs, fmt.Errorf("clientconn: "+format, args...))
+}
+
+// WithTLS makes the Factory's connections use TLS with cfg. The config is
+// cloned; one credentials value serves every connection, so connections
+// made with it can be shared.
+func WithTLS(cfg *tls.Config) Option {
+	return optionFunc(func(o *options) {
+		if cfg == nil {
+			o.fail("WithTLS: config is nil")
+			return
+		}
+		o.creds = credentials.NewTLS(cfg.Clone())
+	})
+}
+
+// WithTransportCredentials sets the credentials of the Factory's
+// connections, for example insecure.NewCredentials() for plaintext. The
+// credentials value is part of the sharing key, so it must be comparable
+// (a pointer, as every credentials type in grpc-go is).
+func WithTransportCredentials(c credentials.TransportCredentials) Option {
+	return optionFunc(func(o *options) {
+		if err := checkCreds(c); err != nil {
+			o.fail("WithTransportCredentials: %v", err)
+			return
+		}
+		o.creds = c
+	})
+}
+
+// WithKeepalive sets the client keepalive of every connection. Use one of
+// the presets (KeepaliveDefault, KeepaliveFastDetect) so the servers'
+// enforcement matches; a pair that would make the server answer with a
+// too_many_pings GOAWAY is rejected.
+func WithKeepalive(k Keepalive) Option {
+	return optionFunc(func(o *options) {
+		if err := k.Validate(); err != nil {
+			o.fail("WithKeepalive: %v", err)
+			return
+		}
+		o.keepalive = &k
+	})
+}
+
+// WithIdleTimeout sets how long a connection without handles stays open
+// before it is closed. Default DefaultIdleTimeout; must be positive.
+func WithIdleTimeout(d time.Duration) Option {
+	return optionFunc(func(o *options) {
+		if d <= 0 {
+			o.fail("WithIdleTimeout is %v; must be positive", d)
+			return
+		}
+		o.idleTimeout = d
+	})
+}
+
+// WithMaxIdle sets how many connections without handles are kept open;
+// beyond it the least recently used one is closed. Zero closes a
+// connection as soon as its last handle is closed. Default DefaultMaxIdle.
+func WithMaxIdle(n int) Option {
+	return optionFunc(func(o *options) {
+		if n < 0 {
+			o.fail("WithMaxIdle is %d; must be 0 or more", n)
+			return
+		}
+		o.maxIdle = n
+	})
+}
+
+// WithMaxConnectionAge replaces each connection with a fresh one after d
+// (±10% jitter so a fleet does not reconnect at once), so long-lived
+// clients pick up new backends behind DNS or a load balancer. New calls
+// move to the new connection; the old one closes when its in-flight calls
+// and streams end (bounded by WithDrainTimeout). Default: never; d must
+// be positive.
+func WithMaxConnectionAge(d time.Duration) Option {
+	return optionFunc(func(o *options) {
+		if d <= 0 {
+			o.fail("WithMaxConnectionAge is %v; must be positive", d)
+			return
+		}
+		o.maxAge = d
+	})
+}
+
+// WithDrainTimeout bounds how long a retired connection (replaced for its
+// age, evicted, or closed by Factory.Close) waits for its in-flight calls
+// before it is closed anyway, failing what is left with codes.Canceled.
+// Set it above your longest stream. Default DefaultDrainTimeout; must be
+// positive.
+func WithDrainTimeout(d time.Duration) Option {
+	return optionFunc(func(o *options) {
+		if d <= 0 {
+			o.fail("WithDrainTimeout is %v; must be positive", d)
+			return
+		}
+		o.drainTimeout = d
+	})
+}
+
+// WithServiceConfig sets the default gRPC service config JSON of every
+// connection (grpc.WithDefaultServiceConfig). An invalid document fails
+// Get with grpc's reason. The compacted JSON is part of the sharing key.
+func WithServiceConfig(json string) Option {
+	return optionFunc(func(o *options) {
+		sc, err := compactJSON(json)
+		if err != nil {
+			o.fail("WithServiceConfig: %v", err)
+			return
+		}
+		o.serviceConfig = sc
+	})
+}
+
+// WithUnaryInterceptors chains interceptors, in order, on every connection.
+func WithUnaryInterceptors(i ...grpc.UnaryClientInterceptor) Option {
+	return optionFunc(func(o *options) { o.unary = append(o.unary, i...) })
+}
+
+// WithStreamInterceptors chains interceptors, in order, on every connection.
+func WithStreamInterceptors(i ...grpc.StreamClientInterceptor) Option {
+	return optionFunc(func(o *options) { o.stream = append(o.stream, i...) })
+}
+
+// WithDialOptions adds grpc.DialOptions to every connection, after the
+// Factory's own. Do not pass credentials, interceptors, keepalive, service
+// config or a dialer here: use the Factory's options, which it needs to
+// know about for sharing and telemetry.
+func WithDialOptions(opts ...grpc.DialOption) Option {
+	return optionFunc(func(o *options) { o.dialOptions = append(o.dialOptions, opts...) })
+}
+
+// WithDialer sets how TCP connections are made (addr is "host:port", or
+// "unix:path" for unix sockets). The Factory always dials through its own
+// dialer, to time connects and keep the last connection error; like any
+// custom dialer in grpc-go, this bypasses grpc's HTTP CONNECT proxy
+// support. Default: a net.Dialer with OS-default TCP keepalive.
+func WithDialer(d func(ctx context.Context, addr string) (net.Conn, error)) Option {
+	return optionFunc(func(o *options) {
+		if d == nil {
+			o.fail("WithDialer: dialer is nil")
+			return
+		}
+		o.dialer = d
+	})
+}
+
+// WithObserver reports pool and connection events to obs (for example a
+// telemetry.New implementation). Default telemetry.Nop.
+func WithObserver(obs telemetry.Observer) Option {
+	return optionFunc(func(o *options) {
+		if obs == nil {
+			o.fail("WithObserver: observer is nil")
+			return
+		}
+		o.observer = obs
+	})
+}
+
+// WithPreconnect makes New start connecting to targets (with the
+// Factory's default credentials and service config, no tenant) so the
+// first Get finds a warm connection. The connections wait in the pool
+// like any connection without handles: the idle timeout applies.
+func WithPreconnect(targets ...string) Option {
+	return optionFunc(func(o *options) { o.preconnect = append(o.preconnect, targets...) })
+}
+
+// A GetOption configures one Factory.Get.
+type GetOption interface{ applyGet(*getOptions) }
+
+type getOptionFunc func(*getOptions)
+
+func (f getOptionFunc) applyGet(o *getOptions) { f(o) }
+
+type getOptions struct {
+	tenant        string
+	waitReady     bool
+	creds         credentials.TransportCredentials
+	serviceConfig *string
+	err           error
+}
+
+// WithTenant makes the connection belong to tenant: connections are never
+// shared between tenants.
+func WithTenant(tenant string) GetOption {
+	return getOptionFunc(func(o *getOptions) { o.tenant = tenant })
+}
+
+// WithWaitForReady makes Get block until the connection is READY or ctx
+// ends. On timeout the error wraps both ctx.Err() and the last connection
+// error (dial or handshake), so callers see why, not only that it timed out.
+func WithWaitForReady() GetOption {
+	return getOptionFunc(func(o *getOptions) { o.waitReady = true })
+}
+
+// WithTargetCredentials overrides the Factory's transport credentials for
+// this Get. Connections with different credentials are never shared.
+func WithTargetCredentials(c credentials.TransportCredentials) GetOption {
+	return getOptionFunc(func(o *getOptions) {
+		if err := checkCreds(c); err != nil {
+			o.err = fmt.Errorf("clientconn: WithTargetCredentials: %w", err)
+			return
+		}
+		o.creds = c
+	})
+}
+
+// WithTargetServiceConfig overrides the Factory's default service config
+// for this Get. Connections with different service configs are never shared.
+func WithTargetServiceConfig(json string) GetOption {
+	return getOptionFunc(func(o *getOptions) {
+		sc, err := compactJSON(json)
+		if err != nil {
+			o.err = fmt.Errorf("clientconn: WithTargetServiceConfig: %w", err)
+			return
+		}
+		o.serviceConfig = &sc
+	})
+}
+
+// checkCreds rejects credentials that cannot identify a connection: nil,
+// or a type that is not comparable and would panic as a map key.
+func checkCreds(c credentials.TransportCredentials) error {
+	if c == nil {
+		return fmt.Errorf("credentials are nil")
+	}
+	if t := reflect.TypeOf(c); !t.Comparable() {
+		return fmt.Errorf("credentials of type %v are not comparable; pass a pointer", t)
+	}
+	return nil
+}
+
+// compactJSON normalises a JSON document so that spellings differing only
+// in white space share a connection. grpc validates the content.
+func compactJSON(s string) (string, error) {
+	var b bytes.Buffer
+	if err := json.Compact(&b, []byte(s)); err != nil {
+		return "", fmt.Errorf("service config is not valid JSON: %v", err)
+	}
+	return b.String(), nil
+}
