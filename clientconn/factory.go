@@ -143,10 +143,7 @@ func (f *Factory) Get(ctx context.Context, target string, opts ...GetOption) (*C
 	if f.err != nil {
 		return nil, f.err
 	}
-	var g getOptions
-	for _, o := range opts {
-		o.applyGet(&g)
-	}
+	g := resolveGetOptions(opts)
 	if g.err != nil {
 		return nil, g.err
 	}
@@ -165,6 +162,20 @@ func (f *Factory) Get(ctx context.Context, target string, opts ...GetOption) (*C
 		}
 	}
 	return c, nil
+}
+
+// resolveGetOptions applies opts. The options escape through their
+// interface, so the struct is allocated only when there are any: the
+// common Get of a live key stays at one allocation, the Conn.
+func resolveGetOptions(opts []GetOption) getOptions {
+	if len(opts) == 0 {
+		return getOptions{}
+	}
+	g := new(getOptions)
+	for _, o := range opts {
+		o.applyGet(g)
+	}
+	return *g
 }
 
 // keyFor resolves the sharing key of one Get.

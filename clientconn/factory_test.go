@@ -445,3 +445,21 @@ func TestConcurrentGetCallClose(t *testing.T) {
 		t.Errorf("Open = %d after Close", st.Open)
 	}
 }
+
+func TestGetHitAllocatesOnlyTheHandle(t *testing.T) {
+	b := testutil.StartBackend(t, testutil.BackendOptions{})
+	f := newFactory(t)
+	keep := get(t, f, b.Addr)
+	defer keep.Close()
+	ctx := context.Background()
+	allocs := testing.AllocsPerRun(1000, func() {
+		c, err := f.Get(ctx, b.Addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Close()
+	})
+	if allocs > 1 {
+		t.Errorf("Get+Close of a live key allocates %v times, want at most 1 (the Conn)", allocs)
+	}
+}
