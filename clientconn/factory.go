@@ -14,6 +14,7 @@ import (
 	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/credentials"
 
+	grcreds "github.com/grpcreuse/grpcreuse/credentials"
 	"github.com/grpcreuse/grpcreuse/telemetry"
 )
 
@@ -44,10 +45,11 @@ type Factory struct {
 
 	mu      sync.Mutex
 	closed  bool
-	conns   map[key]*shared              // every live entry, with or without handles
-	idle    *simplelru.LRU[key, *shared] // entries without handles; nil if maxIdle is 0
-	evicted []*shared                    // capacity evictions found by the LRU callback
-	canon   map[string]string            // target spelling -> canonical target
+	conns   map[key]*shared                             // every live entry, with or without handles
+	idle    *simplelru.LRU[key, *shared]                // entries without handles; nil if maxIdle is 0
+	evicted []*shared                                   // capacity evictions found by the LRU callback
+	canon   map[string]string                           // target spelling -> canonical target
+	tenants map[string]credentials.TransportCredentials // WithTLS credentials per tenant
 
 	hits, misses, evictions atomic.Uint64
 	handles, open           atomic.Int64
@@ -79,8 +81,12 @@ func New(opts ...Option) *Factory {
 		}
 		opt.apply(o)
 	}
-	f := &Factory{opts: o, obs: o.observer, conns: make(map[key]*shared), canon: make(map[string]string)}
+	f := &Factory{opts: o, obs: o.observer, conns: make(map[key]*shared), canon: make(map[string]string),
+		tenants: make(map[string]credentials.TransportCredentials)}
 	f.ctx, f.cancel = context.WithCancel(context.Background())
+	if err := f.setUpTLS(); err != nil {
+		o.errs = append(o.errs, err)
+	}
 	if len(o.errs) > 0 {
 		f.err = errors.Join(o.errs...)
 		return f
@@ -109,6 +115,47 @@ func (f *Factory) baseDialOptions() []grpc.DialOption {
 		d = append(d, grpc.WithChainStreamInterceptor(o.stream...))
 	}
 	return append(d, o.dialOptions...)
+}
+
+// setUpTLS builds WithTLS's shared session cache and the credentials of
+// the default tenant, which validates the config once for all tenants.
+func (f *Factory) setUpTLS() error {
+	o := f.opts
+	switch {
+	case o.tlsConfig == nil && o.sessions != nil:
+		return fmt.Errorf("clientconn: WithSessionCache needs WithTLS")
+	case o.tlsConfig == nil:
+		return nil
+	case o.creds != nil:
+		return fmt.Errorf("clientconn: WithTLS and WithTransportCredentials are both set; use one")
+	}
+	if o.sessions == nil {
+		var err error
+		if o.sessions, err = grcreds.NewSessionCache(grcreds.WithObserver(f.obs)); err != nil {
+			return fmt.Errorf("clientconn: WithTLS: %w", err)
+		}
+	}
+	_, err := f.tenantCreds("")
+	return err
+}
+
+// tenantCreds returns the WithTLS credentials of tenant, made once, so
+// the tenant's connections share a key and its sessions stay its own.
+func (f *Factory) tenantCreds(tenant string) (credentials.TransportCredentials, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if c, ok := f.tenants[tenant]; ok {
+		return c, nil
+	}
+	c, err := grcreds.NewTLS(f.opts.tlsConfig,
+		grcreds.WithSessionCache(f.opts.sessions),
+		grcreds.WithTenant(tenant),
+		grcreds.WithHandshakeObserver(f.obs))
+	if err != nil {
+		return nil, fmt.Errorf("clientconn: WithTLS: %w", err)
+	}
+	f.tenants[tenant] = c
+	return c, nil
 }
 
 // preconnect validates every WithPreconnect target, then starts connecting
@@ -185,8 +232,13 @@ func (f *Factory) keyFor(target string, g *getOptions) (key, error) {
 		return key{}, err
 	}
 	k := key{target: canon, tenant: g.tenant, creds: f.opts.creds, serviceConfig: f.opts.serviceConfig}
-	if g.creds != nil {
+	switch {
+	case g.creds != nil:
 		k.creds = g.creds
+	case f.opts.tlsConfig != nil:
+		if k.creds, err = f.tenantCreds(g.tenant); err != nil {
+			return key{}, err
+		}
 	}
 	if g.serviceConfig != nil {
 		k.serviceConfig = *g.serviceConfig

@@ -13,6 +13,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 
+	grcreds "github.com/grpcreuse/grpcreuse/credentials"
 	"github.com/grpcreuse/grpcreuse/telemetry"
 )
 
@@ -37,6 +38,8 @@ func (f optionFunc) apply(o *options) { f(o) }
 // options is the resolved configuration of a Factory.
 type options struct {
 	creds         credentials.TransportCredentials
+	tlsConfig     *tls.Config // WithTLS; credentials are built per tenant in New
+	sessions      *grcreds.SessionCache
 	keepalive     *Keepalive
 	idleTimeout   time.Duration
 	maxIdle       int
@@ -69,16 +72,33 @@ func (o *options) fail(format string, args ...any) {
 	o.errs = append(o.errs, fmt.Errorf("clientconn: "+format, args...))
 }
 
-// WithTLS makes the Factory's connections use TLS with cfg. The config is
-// cloned; one credentials value serves every connection, so connections
-// made with it can be shared.
+// WithTLS makes the Factory's connections use TLS with cfg (cloned),
+// through grpcreuse/credentials: TLS sessions are resumed from one
+// session cache shared by the Factory's connections, kept apart per
+// tenant (WithTenant) and per backend address, and every handshake is
+// reported to the Factory's observer. A cfg that credentials.NewTLS
+// refuses (for example one relying on VerifyPeerCertificate, which
+// crypto/tls skips on resumption) fails every Get with its reason.
 func WithTLS(cfg *tls.Config) Option {
 	return optionFunc(func(o *options) {
 		if cfg == nil {
 			o.fail("WithTLS: config is nil")
 			return
 		}
-		o.creds = credentials.NewTLS(cfg.Clone())
+		o.tlsConfig = cfg.Clone()
+	})
+}
+
+// WithSessionCache makes WithTLS resume sessions from c instead of a
+// cache of the Factory's own (credentials.NewSessionCache with its
+// defaults), for example to size it or to read its Stats.
+func WithSessionCache(c *grcreds.SessionCache) Option {
+	return optionFunc(func(o *options) {
+		if c == nil {
+			o.fail("WithSessionCache: cache is nil")
+			return
+		}
+		o.sessions = c
 	})
 }
 
@@ -249,7 +269,7 @@ type getOptions struct {
 }
 
 // WithTenant makes the connection belong to tenant: connections are never
-// shared between tenants.
+// shared between tenants, and with WithTLS neither are TLS sessions.
 func WithTenant(tenant string) GetOption {
 	return getOptionFunc(func(o *getOptions) { o.tenant = tenant })
 }

@@ -1,0 +1,82 @@
+// Package credentials provides TLS transport credentials for gRPC that make
+// repeated handshakes cheap and safe: bounded, tenant-partitioned client
+// session caches, per-backend session keying, handshake observation, server
+// session-ticket key rotation (random or from a fleet-shared file) and
+// certificate reload from files.
+//
+// Its name matches grpc's credentials package; import one of them under
+// another name (this repository uses grpccreds for grpc's).
+//
+// # Client side
+//
+// [NewSessionCache] is a tls.ClientSessionCache with a capacity bound and a
+// time to live; [SessionCache.ForTenant] returns a view whose sessions are
+// never offered to another tenant. [NewTLS] returns grpc TransportCredentials
+// that key sessions by tenant, client identity, remote backend address and
+// server name. crypto/tls alone keys sessions by server name, which grpc
+// sets to the target's host, so backends behind one name overwrite each
+// other's tickets and a client resumes only when it happens to reconnect to
+// the backend that issued the last ticket. NewTLS clones the tls.Config per
+// handshake and points ClientSessionCache at the view for that address.
+// Every client handshake is reported to a telemetry.HandshakeObserver.
+//
+// A tls.Config whose VerifyPeerCertificate callback would be skipped on
+// resumed handshakes is refused unless resumption is disabled or the caller
+// opts out with [WithVerifyPeerCertificateSkippedOnResumption]; use
+// VerifyConnection, which runs on every handshake, instead.
+//
+// # AuthInfo: TLSInfo
+//
+// Client connections carry this package's [TLSInfo] as their AuthInfo: it
+// embeds grpc's credentials.TLSInfo (so State.DidResume, SPIFFEID,
+// SecurityLevel, ValidateAuthority and channelz security values behave as
+// with grpc's credentials) and adds Resumed and HandshakeDuration. The
+// trade-off: code that type-asserts grpc's credentials.TLSInfo directly no
+// longer matches on those connections; [GRPCTLSInfo] accepts both. That
+// assertion is made in grpc itself only by the server-side RBAC engine
+// behind grpc/authz, and in user code mostly on servers, so server
+// handshakes keep returning grpc's credentials.TLSInfo unchanged (DidResume
+// is in its State). Keeping grpc's type on the client too would have lost
+// the handshake duration, which cannot be recovered from the connection
+// state afterwards.
+//
+// # Server side
+//
+// [NewTicketKeyRotator] supplies session ticket keys; [TicketKeyRotator.ServerConfig]
+// applies them through tls.Config.GetConfigForClient, which survives the
+// config clones grpc makes (SetSessionTicketKeys on the original does not).
+// With random keys a new crypto/rand key encrypts from every rotation
+// interval on and the previous WithPreviousKeys keys still decrypt. With
+// [WithTicketKeyFile], replicas reading one file resume each other's
+// sessions.
+//
+// The key file holds one key per line, each the standard base64 encoding
+// (with padding) of exactly 32 random bytes, as printed by
+// "openssl rand -base64 32". The first key encrypts new tickets; every key
+// decrypts. Surrounding white space, blank lines and lines starting with
+// '#' are ignored; at most 100 keys and 64 KiB. To rotate without breaking
+// resumption, add the new key as the second line first, wait for every
+// replica to poll, then move it to the top, and drop a key only after
+// tickets it encrypted have aged out. A file that cannot be read, is empty,
+// holds a key that is not 32 bytes, is all zero, or is not base64 is
+// refused: the last good keys stay in use, [TicketKeyRotator.Err] returns
+// the reason and [WithErrorHandler] hears it once per distinct error.
+// Errors give line numbers and lengths only; keys are never logged or
+// formatted.
+//
+// [NewCertificateReloader] serves a certificate re-read from PEM files,
+// for servers (GetCertificate) and mTLS clients (GetClientCertificate),
+// keeping the last good pair on failure in the same way.
+//
+// # Concurrency and goroutines
+//
+// Everything here is safe for concurrent use. A SessionCache starts no
+// goroutine: expiry is checked lazily when a session is looked up, and
+// capacity is enforced when one is stored (golang-lru's expirable cache was
+// not used because its cleanup goroutine can never be stopped). A
+// TicketKeyRotator and a CertificateReloader each start one goroutine that
+// ticks; Close stops it, waits for it and is idempotent. The credentials
+// from NewTLS start nothing beyond grpc's own per-handshake goroutine.
+//
+// init registers nothing.
+package credentials

@@ -1,0 +1,252 @@
+package credentials
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/tls"
+	"encoding/hex"
+	"errors"
+	"net"
+	"strconv"
+	"sync/atomic"
+	"time"
+
+	grpccreds "google.golang.org/grpc/credentials"
+
+	"github.com/grpcreuse/grpcreuse/telemetry"
+)
+
+var (
+	_ grpccreds.TransportCredentials = (*tlsCreds)(nil)
+	_ grpccreds.AuthInfo             = TLSInfo{}
+	_ grpccreds.AuthorityValidator   = TLSInfo{}
+)
+
+// TLSInfo is the AuthInfo of a client connection made by NewTLS. It embeds
+// grpc's credentials.TLSInfo, so State, SPIFFEID, SecurityLevel, AuthType,
+// ValidateAuthority and GetSecurityValue work as with grpc's credentials,
+// and adds how the handshake went. Read it from a call's peer:
+//
+//	var p peer.Peer
+//	_, err := client.UnaryCall(ctx, req, grpc.Peer(&p))
+//	info, _ := p.AuthInfo.(credentials.TLSInfo) // this package
+//
+// Code that type-asserts grpc's credentials.TLSInfo gets ok == false for
+// it; use GRPCTLSInfo, which accepts both. Server handshakes return grpc's
+// own credentials.TLSInfo unchanged (see the package documentation).
+type TLSInfo struct {
+	grpccreds.TLSInfo
+	// Resumed reports whether the handshake resumed an earlier session
+	// (the same as State.DidResume).
+	Resumed bool
+	// HandshakeDuration is how long the TLS handshake took, from the first
+	// byte sent to the handshake completing.
+	HandshakeDuration time.Duration
+}
+
+// GRPCTLSInfo returns the grpc credentials.TLSInfo inside ai, whether ai is
+// this package's TLSInfo (value or pointer) or grpc's own.
+func GRPCTLSInfo(ai grpccreds.AuthInfo) (grpccreds.TLSInfo, bool) {
+	switch v := ai.(type) {
+	case TLSInfo:
+		return v.TLSInfo, true
+	case *TLSInfo:
+		if v != nil {
+			return v.TLSInfo, true
+		}
+	case grpccreds.TLSInfo:
+		return v, true
+	case *grpccreds.TLSInfo:
+		if v != nil {
+			return *v, true
+		}
+	}
+	return grpccreds.TLSInfo{}, false
+}
+
+// instanceIDs numbers credentials whose client identity cannot be
+// fingerprinted (tls.Config.GetClientCertificate), so their sessions are
+// kept apart from every other credentials'.
+var instanceIDs atomic.Uint64
+
+// tlsCreds implements grpc's TransportCredentials.
+type tlsCreds struct {
+	cfg      *tls.Config                    // the caller's config, cloned; never mutated after NewTLS except by OverrideServerName
+	server   grpccreds.TransportCredentials // grpc's TLS credentials over cfg, for ServerHandshake
+	cache    *SessionCache                  // nil when a foreign cache or no cache is used
+	foreign  tls.ClientSessionCache         // the caller's tls.Config.ClientSessionCache, if any
+	tenant   string
+	identity string
+	observer telemetry.HandshakeObserver
+}
+
+// NewTLS returns gRPC transport credentials over cfg that resume TLS
+// sessions per tenant and per backend address, observe every client
+// handshake, and report in each connection's AuthInfo (a TLSInfo) whether
+// it resumed and how long its handshake took.
+//
+// Client sessions go to the cache given by WithSessionCache; failing that,
+// to cfg.ClientSessionCache (partitioned the same way by key prefixes);
+// failing that, to a private SessionCache with default capacity and TTL.
+// Set cfg.SessionTicketsDisabled to turn resumption off. Sessions are
+// keyed by tenant, client identity (a fingerprint of cfg.Certificates, or
+// these credentials alone when cfg.GetClientCertificate is set), remote
+// address and server name, so backends behind one name each resume their
+// own session and no session crosses tenants or client certificates.
+//
+// The same credentials serve grpc.Creds on a server: ServerHandshake is
+// grpc's TLS server handshake over cfg.
+//
+// NewTLS fails if cfg is nil, if both WithSessionCache and
+// cfg.ClientSessionCache are given, or if cfg.VerifyPeerCertificate is set
+// while resumption is possible (crypto/tls skips that callback on resumed
+// handshakes; move the check to VerifyConnection or pass
+// WithVerifyPeerCertificateSkippedOnResumption).
+func NewTLS(cfg *tls.Config, opts ...TLSOption) (grpccreds.TransportCredentials, error) {
+	if cfg == nil {
+		return nil, errors.New("credentials: NewTLS: tls.Config is nil; pass a config with at least RootCAs or Certificates")
+	}
+	o := defaultTLSOptions()
+	for _, opt := range opts {
+		if opt != nil {
+			opt.applyTLS(&o)
+		}
+	}
+	if cfg.VerifyPeerCertificate != nil && !cfg.SessionTicketsDisabled && !o.allowVerifyPeerCertRes {
+		return nil, errors.New("credentials: NewTLS: tls.Config.VerifyPeerCertificate is set, " +
+			"but crypto/tls skips it on resumed handshakes; move the check to VerifyConnection " +
+			"(called on every handshake), set SessionTicketsDisabled, or pass " +
+			"WithVerifyPeerCertificateSkippedOnResumption()")
+	}
+	if o.cache != nil && cfg.ClientSessionCache != nil {
+		return nil, errors.New("credentials: NewTLS: both WithSessionCache and tls.Config.ClientSessionCache are set; pass only one")
+	}
+	c := &tlsCreds{
+		cfg:      cfg.Clone(),
+		cache:    o.cache,
+		foreign:  cfg.ClientSessionCache,
+		tenant:   o.tenant,
+		identity: clientIdentity(cfg),
+		observer: o.observer,
+	}
+	if c.cache == nil && c.foreign == nil && !cfg.SessionTicketsDisabled {
+		cache, err := NewSessionCache()
+		if err != nil {
+			return nil, err
+		}
+		c.cache = cache
+	}
+	c.server = grpccreds.NewTLS(c.cfg)
+	return c, nil
+}
+
+// clientIdentity names the client certificates cfg presents, so that a
+// session established with one certificate is never resumed by credentials
+// presenting another.
+func clientIdentity(cfg *tls.Config) string {
+	if cfg.GetClientCertificate != nil {
+		return "instance:" + strconv.FormatUint(instanceIDs.Add(1), 10)
+	}
+	if len(cfg.Certificates) == 0 {
+		return ""
+	}
+	h := sha256.New()
+	for _, cert := range cfg.Certificates {
+		for _, der := range cert.Certificate {
+			var n [8]byte
+			l := len(der)
+			for i := range n {
+				n[i] = byte(l >> (8 * i))
+			}
+			h.Write(n[:])
+			h.Write(der)
+		}
+		h.Write([]byte{0xff})
+	}
+	return "cert:" + hex.EncodeToString(h.Sum(nil))
+}
+
+// Info implements credentials.TransportCredentials. It fills the same
+// fields as grpc's TLS credentials, deprecated ones included, because
+// grpc-go still reads ServerName to pick a channel's default authority.
+func (c *tlsCreds) Info() grpccreds.ProtocolInfo {
+	return grpccreds.ProtocolInfo{
+		SecurityProtocol: "tls",
+		//lint:ignore SA1019 parity with grpc-go's own TLS credentials
+		SecurityVersion: "1.2",
+		//lint:ignore SA1019 grpc-go still reads it for the default authority
+		ServerName: c.cfg.ServerName,
+	}
+}
+
+// ClientHandshake implements credentials.TransportCredentials. It runs
+// grpc's TLS client handshake with a copy of the config whose session cache
+// is the view for this tenant, identity and remote address.
+func (c *tlsCreds) ClientHandshake(ctx context.Context, authority string, rawConn net.Conn) (net.Conn, grpccreds.AuthInfo, error) {
+	addr := ""
+	if ra := rawConn.RemoteAddr(); ra != nil {
+		addr = ra.String()
+	}
+	cfg := c.cfg.Clone()
+	switch {
+	case cfg.SessionTicketsDisabled:
+	case c.cache != nil:
+		cfg.ClientSessionCache = c.cache.view(c.tenant, c.identity, addr)
+	case c.foreign != nil:
+		cfg.ClientSessionCache = newPrefixView(c.foreign, c.tenant, c.identity, addr)
+	}
+
+	start := time.Now()
+	conn, ai, err := grpccreds.NewTLS(cfg).ClientHandshake(ctx, authority, rawConn)
+	d := time.Since(start)
+
+	serverName, _, splitErr := net.SplitHostPort(authority)
+	if splitErr != nil {
+		serverName = authority
+	}
+	hi := telemetry.HandshakeInfo{
+		Authority: serverName,
+		Addr:      addr,
+		Tenant:    c.tenant,
+		Duration:  d,
+		Err:       err,
+	}
+	if err != nil {
+		c.observer.Handshake(hi)
+		return nil, nil, err
+	}
+	info := TLSInfo{HandshakeDuration: d}
+	if ti, ok := ai.(grpccreds.TLSInfo); ok {
+		info.TLSInfo = ti
+		info.Resumed = ti.State.DidResume
+		hi.Resumed = ti.State.DidResume
+		hi.Version = ti.State.Version
+	}
+	c.observer.Handshake(hi)
+	return conn, info, nil
+}
+
+// ServerHandshake implements credentials.TransportCredentials with grpc's
+// own TLS server handshake; its AuthInfo is grpc's credentials.TLSInfo, so
+// grpc/authz and other code asserting that type keep working.
+func (c *tlsCreds) ServerHandshake(rawConn net.Conn) (net.Conn, grpccreds.AuthInfo, error) {
+	return c.server.ServerHandshake(rawConn)
+}
+
+// Clone implements credentials.TransportCredentials. The clone shares the
+// session cache, tenant, identity and observer.
+func (c *tlsCreds) Clone() grpccreds.TransportCredentials {
+	cc := *c
+	cc.cfg = c.cfg.Clone()
+	cc.server = grpccreds.NewTLS(cc.cfg)
+	return &cc
+}
+
+// OverrideServerName implements credentials.TransportCredentials.
+//
+// Deprecated: use grpc.WithAuthority instead, as grpc-go does.
+func (c *tlsCreds) OverrideServerName(serverNameOverride string) error {
+	c.cfg.ServerName = serverNameOverride
+	c.server = grpccreds.NewTLS(c.cfg)
+	return nil
+}
