@@ -1,35 +1,40 @@
-// Command demo shows what sharing connections buys: several logical
-// services of one process call the same loopback backends, first each
-// with its own grpc.NewClient per backend (what services do on their own),
-// then through one grpcreuse Factory. The backends count the TCP
-// connections they accept.
+// Command demo shows what grpcreuse saves. Several logical services of one
+// process call the same TLS backends on loopback, three ways:
+//
+//  1. each service with its own grpc.NewClient per backend, as services
+//     do on their own;
+//  2. all services through one grpcreuse Factory;
+//  3. a reconnect storm: every connection is dropped and made again
+//     through a new Factory sharing the first one's TLS session cache.
+//
+// The backends count TCP connections and full vs resumed TLS handshakes
+// on their side.
 //
 //	go run ./examples/demo
 package main
 
 import (
 	"context"
+	"crypto/tls"
 	"flag"
 	"fmt"
 	"log"
-	"net"
 	"os"
-	"sync/atomic"
 	"text/tabwriter"
 	"time"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
-	"google.golang.org/grpc/health"
+	"google.golang.org/grpc/credentials"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"github.com/grpcreuse/grpcreuse/clientconn"
+	grcreds "github.com/grpcreuse/grpcreuse/credentials"
 )
 
 func main() {
 	services := flag.Int("services", 6, "logical services in the process")
-	backends := flag.Int("backends", 3, "loopback backends every service calls")
-	calls := flag.Int("calls", 20, "calls per service per backend")
+	backends := flag.Int("backends", 3, "loopback TLS backends every service calls")
+	calls := flag.Int("calls", 20, "health checks per service per backend")
 	flag.Parse()
 	if *services < 1 || *backends < 1 || *calls < 1 {
 		log.Fatalf("demo: -services, -backends and -calls must be at least 1 (got %d, %d, %d)", *services, *backends, *calls)
@@ -39,49 +44,33 @@ func main() {
 	}
 }
 
-// countingListener counts accepted TCP connections: the server's view of
-// what clients opened.
-type countingListener struct {
-	net.Listener
-	accepts *atomic.Int64
-}
-
-func (l countingListener) Accept() (net.Conn, error) {
-	c, err := l.Listener.Accept()
-	if err == nil {
-		l.accepts.Add(1)
-	}
-	return c, err
-}
-
-type result struct {
-	conns int64
-	wall  time.Duration
-	calls int
+// row is one way of running the services, as the backends saw it.
+type row struct {
+	name                   string
+	accepts, full, resumed int64
+	calls                  int
+	wall                   time.Duration
 }
 
 func run(services, backends, calls int) error {
-	var accepts atomic.Int64
-	addrs := make([]string, backends)
-	for i := range addrs {
-		lis, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return err
-		}
-		srv := grpc.NewServer()
-		healthpb.RegisterHealthServer(srv, health.NewServer())
-		go srv.Serve(countingListener{lis, &accepts})
-		defer srv.Stop()
-		addrs[i] = lis.Addr().String()
+	cert, pool, err := selfSigned()
+	if err != nil {
+		return err
 	}
+	view := &serverView{}
+	addrs, stop, err := startBackends(backends, cert, view)
+	if err != nil {
+		return err
+	}
+	defer stop()
+	clientTLS := &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS13}
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	fmt.Printf("grpcreuse demo: %d services × %d loopback backends, %d health checks each\n\n", services, backends, calls)
+	fmt.Printf("grpcreuse demo: %d services × %d TLS backends on 127.0.0.1, %d health checks each\n\n", services, backends, calls)
 
-	// measure runs every service against every backend with dial, and
-	// reports what the backends saw.
-	measure := func(dial func(string) (grpc.ClientConnInterface, func(), error)) (result, error) {
-		before := accepts.Load()
+	// measure runs every service against every backend through dial.
+	measure := func(name string, dial func(string) (grpc.ClientConnInterface, func(), error)) (row, error) {
+		a0, f0, r0 := view.snapshot()
 		start := time.Now()
 		var closers []func()
 		defer func() {
@@ -94,23 +83,33 @@ func run(services, backends, calls int) error {
 			for _, addr := range addrs {
 				cc, closeFn, err := dial(addr)
 				if err != nil {
-					return result{}, err
+					return row{}, err
 				}
 				closers = append(closers, closeFn)
 				client := healthpb.NewHealthClient(cc)
 				for c := 0; c < calls; c++ {
 					if _, err := client.Check(ctx, &healthpb.HealthCheckRequest{}); err != nil {
-						return result{}, fmt.Errorf("service %d → %s: %w", s, addr, err)
+						return row{}, fmt.Errorf("%s: service %d → %s: %w", name, s, addr, err)
 					}
 					n++
 				}
 			}
 		}
-		return result{conns: accepts.Load() - before, wall: time.Since(start), calls: n}, nil
+		a, f, r := view.snapshot()
+		return row{name: name, accepts: a - a0, full: f - f0, resumed: r - r0, calls: n, wall: time.Since(start)}, nil
+	}
+	factoryDial := func(f *clientconn.Factory) func(string) (grpc.ClientConnInterface, func(), error) {
+		return func(addr string) (grpc.ClientConnInterface, func(), error) {
+			c, err := f.Get(ctx, addr)
+			if err != nil {
+				return nil, nil, err
+			}
+			return c, func() { c.Close() }, nil
+		}
 	}
 
-	plain, err := measure(func(addr string) (grpc.ClientConnInterface, func(), error) {
-		cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	plain, err := measure("grpc.NewClient per service per backend", func(addr string) (grpc.ClientConnInterface, func(), error) {
+		cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(clientTLS)))
 		if err != nil {
 			return nil, nil, err
 		}
@@ -120,27 +119,33 @@ func run(services, backends, calls int) error {
 		return err
 	}
 
-	f := clientconn.New(clientconn.WithTransportCredentials(insecure.NewCredentials()))
-	defer f.Close()
-	pooled, err := measure(func(addr string) (grpc.ClientConnInterface, func(), error) {
-		c, err := f.Get(ctx, addr)
-		if err != nil {
-			return nil, nil, err
-		}
-		return c, func() { c.Close() }, nil
-	})
+	sessions, err := grcreds.NewSessionCache()
+	if err != nil {
+		return err
+	}
+	f1 := clientconn.New(clientconn.WithTLS(clientTLS), clientconn.WithSessionCache(sessions))
+	shared, err := measure("one grpcreuse Factory", factoryDial(f1))
+	f1.Close() // drops every connection: the storm below reconnects
 	if err != nil {
 		return err
 	}
 
-	w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(w, "\tconnections opened\tcalls\twall time\t")
-	fmt.Fprintf(w, "grpc.NewClient per service per backend\t%d\t%d\t%v\t\n", plain.conns, plain.calls, plain.wall.Round(time.Millisecond))
-	fmt.Fprintf(w, "one grpcreuse Factory\t%d\t%d\t%v\t\n", pooled.conns, pooled.calls, pooled.wall.Round(time.Millisecond))
+	f2 := clientconn.New(clientconn.WithTLS(clientTLS), clientconn.WithSessionCache(sessions))
+	defer f2.Close()
+	storm, err := measure("reconnect storm, same session cache", factoryDial(f2))
+	if err != nil {
+		return err
+	}
+
+	w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(w, "\tconnections\tTLS full\tTLS resumed\tcalls\twall time")
+	for _, r := range []row{plain, shared, storm} {
+		fmt.Fprintf(w, "%s\t%d\t%d\t%d\t%d\t%v\n", r.name, r.accepts, r.full, r.resumed, r.calls, r.wall.Round(time.Millisecond))
+	}
 	w.Flush()
-	st := f.Stats()
-	fmt.Printf("\nThe Factory shared %d connections among %d service handles (%d hits, %d misses): %d fewer connections.\n",
-		st.Misses, services*backends, st.Hits, st.Misses, plain.conns-pooled.conns)
-	fmt.Println("Coming next: TLS session resumption, the grpcreuse balancer, breakers and limiters (see README).")
+	st := sessions.Stats()
+	fmt.Printf("\nSharing saved %d of %d connections and handshakes; after the storm %d of %d handshakes resumed (session cache: %d hits, %d misses).\n",
+		plain.accepts-shared.accepts, plain.accepts, storm.resumed, storm.full+storm.resumed, st.Hits, st.Misses)
+	fmt.Println("Coming next: the grpcreuse balancer, breakers and limiters, telemetry (see README).")
 	return nil
 }
