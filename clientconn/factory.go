@@ -84,6 +84,9 @@ func New(opts ...Option) *Factory {
 	f := &Factory{opts: o, obs: o.observer, conns: make(map[key]*shared), canon: make(map[string]string),
 		tenants: make(map[string]credentials.TransportCredentials)}
 	f.ctx, f.cancel = context.WithCancel(context.Background())
+	if err := f.setUpTelemetry(); err != nil {
+		o.errs = append(o.errs, err)
+	}
 	if err := f.setUpTLS(); err != nil {
 		o.errs = append(o.errs, err)
 	}
@@ -115,6 +118,32 @@ func (f *Factory) baseDialOptions() []grpc.DialOption {
 		d = append(d, grpc.WithChainStreamInterceptor(o.stream...))
 	}
 	return append(d, o.dialOptions...)
+}
+
+// setUpTelemetry builds the OpenTelemetry observer of WithMeterProvider
+// and WithTracerProvider, and its per-connection stats handler.
+func (f *Factory) setUpTelemetry() error {
+	o := f.opts
+	if o.meters == nil && o.tracers == nil {
+		return nil
+	}
+	if o.observerSet {
+		return fmt.Errorf("clientconn: WithObserver and WithMeterProvider/WithTracerProvider are both set; use one")
+	}
+	var topts []telemetry.Option
+	if o.meters != nil {
+		topts = append(topts, telemetry.WithMeterProvider(o.meters))
+	}
+	if o.tracers != nil {
+		topts = append(topts, telemetry.WithTracerProvider(o.tracers))
+	}
+	t, err := telemetry.New(topts...)
+	if err != nil {
+		return fmt.Errorf("clientconn: %w", err)
+	}
+	f.obs = t
+	o.dialOptions = append([]grpc.DialOption{grpc.WithStatsHandler(t.StatsHandler())}, o.dialOptions...)
+	return nil
 }
 
 // setUpTLS builds WithTLS's shared session cache and the credentials of

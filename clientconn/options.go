@@ -10,6 +10,8 @@ import (
 	"reflect"
 	"time"
 
+	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 
@@ -51,6 +53,9 @@ type options struct {
 	dialOptions   []grpc.DialOption
 	dialer        func(context.Context, string) (net.Conn, error)
 	observer      telemetry.Observer
+	observerSet   bool
+	meters        metric.MeterProvider
+	tracers       trace.TracerProvider
 	preconnect    []string
 
 	// Test knobs, set through export_test.go.
@@ -241,7 +246,37 @@ func WithObserver(obs telemetry.Observer) Option {
 			o.fail("WithObserver: observer is nil")
 			return
 		}
-		o.observer = obs
+		o.observer, o.observerSet = obs, true
+	})
+}
+
+// WithMeterProvider records the Factory's telemetry (pool, handshakes,
+// and what the balancer, breakers, limiters and session cache report)
+// as OpenTelemetry metrics from mp, through telemetry.New, and installs
+// its stats handler on every connection. Use it or WithObserver, not
+// both. It adds no per-call metrics: pair it with grpc-go's
+// stats/opentelemetry plugin for those.
+func WithMeterProvider(mp metric.MeterProvider) Option {
+	return optionFunc(func(o *options) {
+		if mp == nil {
+			o.fail("WithMeterProvider: provider is nil")
+			return
+		}
+		o.meters = mp
+	})
+}
+
+// WithTracerProvider records TLS handshakes as spans from tp, and marks
+// each call's span with whether its connection was new and, if so, how its
+// handshake went (see telemetry.Telemetry.StatsHandler). Use it or
+// WithObserver, not both.
+func WithTracerProvider(tp trace.TracerProvider) Option {
+	return optionFunc(func(o *options) {
+		if tp == nil {
+			o.fail("WithTracerProvider: provider is nil")
+			return
+		}
+		o.tracers = tp
 	})
 }
 

@@ -20,6 +20,7 @@ var (
 	_ grpccreds.TransportCredentials = (*tlsCreds)(nil)
 	_ grpccreds.AuthInfo             = TLSInfo{}
 	_ grpccreds.AuthorityValidator   = TLSInfo{}
+	_ telemetry.HandshakeReporter    = TLSInfo{}
 )
 
 // TLSInfo is the AuthInfo of a client connection made by NewTLS. It embeds
@@ -42,6 +43,12 @@ type TLSInfo struct {
 	// HandshakeDuration is how long the TLS handshake took, from the first
 	// byte sent to the handshake completing.
 	HandshakeDuration time.Duration
+}
+
+// HandshakeReport returns Resumed and HandshakeDuration; it lets
+// telemetry's stats handler mark calls without importing this package.
+func (i TLSInfo) HandshakeReport() (resumed bool, d time.Duration) {
+	return i.Resumed, i.HandshakeDuration
 }
 
 // GRPCTLSInfo returns the grpc credentials.TLSInfo inside ai, whether ai is

@@ -1,0 +1,160 @@
+package clientconn_test
+
+import (
+	"context"
+	"crypto/tls"
+	"testing"
+	"time"
+
+	"go.opentelemetry.io/otel/attribute"
+	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
+	"go.opentelemetry.io/otel/sdk/metric/metricdata"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
+	testpb "google.golang.org/grpc/interop/grpc_testing"
+
+	"github.com/grpcreuse/grpcreuse/clientconn"
+	"github.com/grpcreuse/grpcreuse/internal/testutil"
+	"github.com/grpcreuse/grpcreuse/telemetry"
+)
+
+// metricPoints returns the data points of one instrument, summed per
+// attribute set (counters) or counted (histograms).
+func metricPoints(t *testing.T, reader *sdkmetric.ManualReader, name string) map[attribute.Distinct]struct {
+	set   attribute.Set
+	value float64
+} {
+	t.Helper()
+	var rm metricdata.ResourceMetrics
+	if err := reader.Collect(context.Background(), &rm); err != nil {
+		t.Fatal(err)
+	}
+	out := map[attribute.Distinct]struct {
+		set   attribute.Set
+		value float64
+	}{}
+	for _, sm := range rm.ScopeMetrics {
+		for _, m := range sm.Metrics {
+			if m.Name != name {
+				continue
+			}
+			switch d := m.Data.(type) {
+			case metricdata.Sum[int64]:
+				for _, p := range d.DataPoints {
+					out[p.Attributes.Equivalent()] = struct {
+						set   attribute.Set
+						value float64
+					}{p.Attributes, float64(p.Value)}
+				}
+			case metricdata.Histogram[float64]:
+				for _, p := range d.DataPoints {
+					out[p.Attributes.Equivalent()] = struct {
+						set   attribute.Set
+						value float64
+					}{p.Attributes, float64(p.Count)}
+				}
+			}
+		}
+	}
+	return out
+}
+
+// sumWhere adds the values of points whose attributes include every kv.
+func sumWhere(t *testing.T, reader *sdkmetric.ManualReader, name string, kv ...attribute.KeyValue) float64 {
+	t.Helper()
+	var total float64
+	for _, p := range metricPoints(t, reader, name) {
+		match := true
+		for _, want := range kv {
+			if got, ok := p.set.Value(want.Key); !ok || got != want.Value {
+				match = false
+			}
+		}
+		if match {
+			total += p.value
+		}
+	}
+	return total
+}
+
+func TestFactoryTelemetry(t *testing.T) {
+	reader := sdkmetric.NewManualReader()
+	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))
+	spans := tracetest.NewSpanRecorder()
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(spans))
+	pki := testutil.NewPKI(t, testutil.ECDSAP256)
+	b := startTLSBackend(t, pki, tls.VersionTLS13)
+	f := clientconn.New(clientconn.WithTLS(pki.ClientConfig("")), clientconn.WithMaxIdle(0),
+		clientconn.WithMeterProvider(mp), clientconn.WithTracerProvider(tp))
+	defer f.Close()
+
+	// A new TLS connection, then a resumed one (each closed with its handle).
+	connectOnce(t, f, b.Addr)
+	connectOnce(t, f, b.Addr)
+	// A shared-connection hit, with the calls inside spans of the caller's.
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c1 := get(t, f, b.Addr)
+	c2 := get(t, f, b.Addr)
+	tracer := tp.Tracer("test")
+	for i, c := range []*clientconn.Conn{c1, c2} {
+		callCtx, span := tracer.Start(ctx, "call")
+		if _, err := testpb.NewTestServiceClient(c).UnaryCall(callCtx, &testpb.SimpleRequest{}); err != nil {
+			t.Fatalf("call %d: %v", i, err)
+		}
+		span.End()
+	}
+	c1.Close()
+	c2.Close()
+
+	target := attribute.String(telemetry.AttrTarget, "127.0.0.1")
+	success := attribute.String(telemetry.AttrTLSResult, telemetry.HandshakeSuccess)
+	if got := sumWhere(t, reader, telemetry.MetricTLSHandshakes, success, target, attribute.String(telemetry.AttrTLSResumed, telemetry.FullHandshake)); got != 1 {
+		t.Errorf("full handshakes = %v, want 1", got)
+	}
+	if got := sumWhere(t, reader, telemetry.MetricTLSHandshakes, success, attribute.String(telemetry.AttrTLSResumed, telemetry.ResumedHandshake)); got != 2 {
+		t.Errorf("resumed handshakes = %v, want 2 (second connection and the shared one)", got)
+	}
+	if got := sumWhere(t, reader, telemetry.MetricTLSHandshakeDuration, attribute.String(telemetry.AttrTLSVersion, "1.3")); got != 3 {
+		t.Errorf("handshake duration samples = %v, want 3", got)
+	}
+	if got := sumWhere(t, reader, telemetry.MetricConnectDuration); got != 3 {
+		t.Errorf("connect duration samples = %v, want 3", got)
+	}
+	if hits, misses := sumWhere(t, reader, telemetry.MetricPoolGets, attribute.Bool(telemetry.AttrPoolHit, true)),
+		sumWhere(t, reader, telemetry.MetricPoolGets, attribute.Bool(telemetry.AttrPoolHit, false)); hits != 1 || misses != 3 {
+		t.Errorf("pool gets: %v hits, %v misses; want 1 and 3", hits, misses)
+	}
+	testutil.Eventually(t, 5*time.Second, func() bool {
+		return sumWhere(t, reader, telemetry.MetricPoolConnectionLifetime, attribute.String(telemetry.AttrReason, telemetry.CloseEvicted)) == 3
+	}, "three connection lifetimes recorded")
+	if got := sumWhere(t, reader, telemetry.MetricPoolOpenConnections); got != 0 {
+		t.Errorf("open connections = %v after all closed, want 0", got)
+	}
+	if got := sumWhere(t, reader, telemetry.MetricSessionCacheLookups, attribute.Bool(telemetry.AttrSessionHit, true)); got != 2 {
+		t.Errorf("session cache hits = %v, want 2", got)
+	}
+
+	// Spans: one per handshake, and the calls' spans marked.
+	var handshakes, calls int
+	var reused []bool
+	for _, s := range spans.Ended() {
+		switch s.Name() {
+		case "grpcreuse.tls.handshake":
+			handshakes++
+		case "call":
+			calls++
+			for _, kv := range s.Attributes() {
+				if kv.Key == telemetry.AttrConnReused {
+					reused = append(reused, kv.Value.AsBool())
+				}
+			}
+		}
+	}
+	if handshakes != 3 || calls != 2 {
+		t.Errorf("spans: %d handshakes, %d calls; want 3 and 2", handshakes, calls)
+	}
+	if len(reused) != 2 || reused[0] || !reused[1] {
+		t.Errorf("calls marked reused = %v, want [false true]: the first call is the new connection's first", reused)
+	}
+}
