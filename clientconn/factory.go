@@ -33,8 +33,9 @@ const maxCanonCache = 4096
 // A Factory is safe for concurrent use.
 type Factory struct {
 	opts     *options
-	err      error // invalid options; every Get returns it
-	obs      telemetry.Observer
+	err      error              // invalid options; every Get returns it
+	obs      telemetry.Observer // rec, in front of the user's observer
+	rec      *recorder
 	dialOpts []grpc.DialOption // the part shared by every connection
 	ctx      context.Context   // ends with Close; bounds replacement warm-ups
 	cancel   context.CancelFunc
@@ -87,6 +88,8 @@ func New(opts ...Option) *Factory {
 	if err := f.setUpTelemetry(); err != nil {
 		o.errs = append(o.errs, err)
 	}
+	f.rec = &recorder{next: f.obs}
+	f.obs = f.rec
 	if err := f.setUpTLS(); err != nil {
 		o.errs = append(o.errs, err)
 	}

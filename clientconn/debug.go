@@ -1,0 +1,224 @@
+package clientconn
+
+import (
+	"cmp"
+	"net/http"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"google.golang.org/grpc/connectivity"
+
+	"github.com/grpcreuse/grpcreuse/telemetry"
+)
+
+// maxDebugKeys bounds how many breakers, limiters and endpoints the debug
+// page remembers, so a flood of keys cannot grow memory.
+const maxDebugKeys = 1024
+
+// handshakeWindow is how many recent handshake durations the p50/p99 use.
+const handshakeWindow = 512
+
+// recorder keeps what the debug page shows of the events the Factory's
+// pieces report, and passes every event on to the user's observer. The
+// per-call events (breaker and limiter rejections) touch only atomics.
+type recorder struct {
+	next telemetry.Observer
+
+	full, resumed, failed atomic.Uint64
+	mu                    sync.Mutex // guards durations and n
+	durations             [handshakeWindow]time.Duration
+	n                     int
+
+	keys      atomic.Int64 // entries in the three maps below
+	breakers  sync.Map     // string -> *breakerRecord
+	limiters  sync.Map     // string -> *limiterRecord
+	endpoints sync.Map     // [2]string{target, endpoint} -> *endpointRecord
+}
+
+type breakerRecord struct {
+	state      atomic.Int32 // telemetry.BreakerState
+	since      atomic.Int64 // unix nanoseconds
+	rejections atomic.Uint64
+}
+
+type limiterRecord struct {
+	limit    atomic.Int64
+	rejected atomic.Uint64
+}
+
+type endpointRecord struct {
+	state   atomic.Int32 // connectivity.State
+	ejected atomic.Bool
+}
+
+var _ telemetry.Observer = (*recorder)(nil)
+
+// load returns the record for k in m, creating it with mk while fewer
+// than maxDebugKeys exist; nil past that.
+func load[K comparable, V any](r *recorder, m *sync.Map, k K, mk func() *V) *V {
+	if v, ok := m.Load(k); ok {
+		return v.(*V)
+	}
+	if r.keys.Load() >= maxDebugKeys {
+		return nil
+	}
+	v, loaded := m.LoadOrStore(k, mk())
+	if !loaded {
+		r.keys.Add(1)
+	}
+	return v.(*V)
+}
+
+func (r *recorder) PoolGet(target string, hit bool)                { r.next.PoolGet(target, hit) }
+func (r *recorder) PoolEvicted(target, reason string)              { r.next.PoolEvicted(target, reason) }
+func (r *recorder) ConnOpened(target string)                       { r.next.ConnOpened(target) }
+func (r *recorder) SessionCacheLookup(t string, hit bool)          { r.next.SessionCacheLookup(t, hit) }
+func (r *recorder) SessionCacheEvicted(tenant string)              { r.next.SessionCacheEvicted(tenant) }
+func (r *recorder) Dialed(t, a string, d time.Duration, err error) { r.next.Dialed(t, a, d, err) }
+func (r *recorder) ConnClosed(target, reason string, lifetime time.Duration) {
+	r.next.ConnClosed(target, reason, lifetime)
+}
+
+func (r *recorder) Handshake(h telemetry.HandshakeInfo) {
+	switch {
+	case h.Err != nil:
+		r.failed.Add(1)
+	case h.Resumed:
+		r.resumed.Add(1)
+	default:
+		r.full.Add(1)
+	}
+	if h.Err == nil {
+		r.mu.Lock()
+		r.durations[r.n%handshakeWindow] = h.Duration
+		r.n++
+		r.mu.Unlock()
+	}
+	r.next.Handshake(h)
+}
+
+func (r *recorder) SubchannelState(target, endpoint string, s connectivity.State) {
+	if e := load(r, &r.endpoints, [2]string{target, endpoint}, func() *endpointRecord { return new(endpointRecord) }); e != nil {
+		e.state.Store(int32(s))
+	}
+	r.next.SubchannelState(target, endpoint, s)
+}
+
+func (r *recorder) EndpointEjected(target, endpoint string, d time.Duration) {
+	if e := load(r, &r.endpoints, [2]string{target, endpoint}, func() *endpointRecord { return new(endpointRecord) }); e != nil {
+		e.ejected.Store(true)
+	}
+	r.next.EndpointEjected(target, endpoint, d)
+}
+
+func (r *recorder) EndpointReturned(target, endpoint string) {
+	if e := load(r, &r.endpoints, [2]string{target, endpoint}, func() *endpointRecord { return new(endpointRecord) }); e != nil {
+		e.ejected.Store(false)
+	}
+	r.next.EndpointReturned(target, endpoint)
+}
+
+func (r *recorder) BreakerStateChanged(key string, from, to telemetry.BreakerState) {
+	if b := load(r, &r.breakers, key, func() *breakerRecord { return new(breakerRecord) }); b != nil {
+		b.state.Store(int32(to))
+		b.since.Store(time.Now().UnixNano())
+	}
+	r.next.BreakerStateChanged(key, from, to)
+}
+
+func (r *recorder) BreakerRejected(key string) {
+	if b := load(r, &r.breakers, key, func() *breakerRecord { return new(breakerRecord) }); b != nil {
+		b.rejections.Add(1)
+	}
+	r.next.BreakerRejected(key)
+}
+
+func (r *recorder) LimiterLimitChanged(key string, limit int) {
+	if l := load(r, &r.limiters, key, func() *limiterRecord { return new(limiterRecord) }); l != nil {
+		l.limit.Store(int64(limit))
+	}
+	r.next.LimiterLimitChanged(key, limit)
+}
+
+func (r *recorder) LimiterRejected(key, reason string) {
+	if l := load(r, &r.limiters, key, func() *limiterRecord { return new(limiterRecord) }); l != nil {
+		l.rejected.Add(1)
+	}
+	r.next.LimiterRejected(key, reason)
+}
+
+// handshakes summarises the handshake counters and recent durations.
+func (r *recorder) handshakes() telemetry.DebugHandshakes {
+	h := telemetry.DebugHandshakes{Full: r.full.Load(), Resumed: r.resumed.Load(), Failed: r.failed.Load()}
+	r.mu.Lock()
+	d := append([]time.Duration(nil), r.durations[:min(r.n, handshakeWindow)]...)
+	r.mu.Unlock()
+	if len(d) > 0 {
+		slices.Sort(d)
+		h.P50 = d[len(d)*50/100]
+		h.P99 = d[min(len(d)*99/100, len(d)-1)]
+	}
+	return h
+}
+
+// DebugHandler returns an http.Handler showing the Factory's live state,
+// like Envoy's admin /clusters: shared connections (target, tenant,
+// handles, state, age, in-flight calls), endpoints as the balancer
+// reported them, breakers, limiters, the TLS session cache and recent
+// handshakes. HTML refreshing itself every 2 s, or JSON with ?format=json.
+// Mount it on an internal-only listener: it shows targets and tenants.
+func (f *Factory) DebugHandler() http.Handler { return telemetry.NewDebugHandler(f.debugSnapshot) }
+
+func (f *Factory) debugSnapshot() telemetry.DebugSnapshot {
+	now := time.Now()
+	s := telemetry.DebugSnapshot{Generated: now}
+	f.mu.Lock()
+	for _, sh := range f.conns {
+		g := sh.cur.Load()
+		s.Connections = append(s.Connections, telemetry.DebugConn{
+			Target: sh.key.target, Tenant: sh.key.tenant, Handles: sh.refs,
+			State: g.cc.GetState().String(), Age: now.Sub(g.born), InFlight: g.inflight.Load(),
+		})
+	}
+	f.mu.Unlock()
+	slices.SortFunc(s.Connections, func(a, b telemetry.DebugConn) int {
+		return cmp.Or(cmp.Compare(a.Target, b.Target), cmp.Compare(a.Tenant, b.Tenant))
+	})
+	if f.rec == nil {
+		return s
+	}
+	f.rec.endpoints.Range(func(k, v any) bool {
+		key, e := k.([2]string), v.(*endpointRecord)
+		s.Endpoints = append(s.Endpoints, telemetry.DebugEndpoint{Target: key[0], Endpoint: key[1],
+			State: connectivity.State(e.state.Load()).String(), Ejected: e.ejected.Load()})
+		return true
+	})
+	slices.SortFunc(s.Endpoints, func(a, b telemetry.DebugEndpoint) int {
+		return cmp.Or(cmp.Compare(a.Target, b.Target), cmp.Compare(a.Endpoint, b.Endpoint))
+	})
+	f.rec.breakers.Range(func(k, v any) bool {
+		b := v.(*breakerRecord)
+		s.Breakers = append(s.Breakers, telemetry.DebugBreaker{Key: k.(string),
+			State: telemetry.BreakerState(b.state.Load()).String(), Since: time.Unix(0, b.since.Load()), Rejections: b.rejections.Load()})
+		return true
+	})
+	slices.SortFunc(s.Breakers, func(a, b telemetry.DebugBreaker) int { return cmp.Compare(a.Key, b.Key) })
+	f.rec.limiters.Range(func(k, v any) bool {
+		l := v.(*limiterRecord)
+		s.Limiters = append(s.Limiters, telemetry.DebugLimiter{Key: k.(string), Limit: int(l.limit.Load()), Rejected: l.rejected.Load()})
+		return true
+	})
+	slices.SortFunc(s.Limiters, func(a, b telemetry.DebugLimiter) int { return cmp.Compare(a.Key, b.Key) })
+	if c := f.opts.sessions; c != nil {
+		st := c.Stats()
+		dc := telemetry.DebugSessionCache{Name: "WithTLS", Size: st.Len, Hits: st.Hits, Misses: st.Misses}
+		if st.Hits+st.Misses > 0 {
+			dc.HitRate = float64(st.Hits) / float64(st.Hits+st.Misses)
+		}
+		s.SessionCaches = append(s.SessionCaches, dc)
+	}
+	s.Handshakes = f.rec.handshakes()
+	return s
+}

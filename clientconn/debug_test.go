@@ -1,0 +1,130 @@
+package clientconn_test
+
+import (
+	"context"
+	"crypto/tls"
+	"encoding/json"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/grpcreuse/grpcreuse/clientconn"
+	"github.com/grpcreuse/grpcreuse/internal/testutil"
+	"github.com/grpcreuse/grpcreuse/telemetry"
+)
+
+// chromium returns the headless browser, or skips the test; in CI a
+// missing browser fails instead, so the browser test cannot silently vanish.
+func chromium(t *testing.T) string {
+	t.Helper()
+	for _, name := range []string{"chromium", "chromium-browser", "google-chrome"} {
+		if p, err := exec.LookPath(name); err == nil {
+			return p
+		}
+	}
+	if os.Getenv("CI") == "true" {
+		t.Fatal("chromium not found, and CI=true: .ci/run installs it with apt-get")
+	}
+	t.Skip("chromium not installed (apt-get install chromium)")
+	return ""
+}
+
+// renderDOM loads url in headless Chromium and returns the DOM after
+// scripts (if any ran) and rendering.
+func renderDOM(t *testing.T, url string) string {
+	t.Helper()
+	bin := chromium(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, bin, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+		"--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync",
+		"--user-data-dir="+t.TempDir(), "--dump-dom", url)
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("chromium --dump-dom: %v", err)
+	}
+	return string(out)
+}
+
+func TestDebugPageInBrowser(t *testing.T) {
+	pki := testutil.NewPKI(t, testutil.ECDSAP256)
+	b := startTLSBackend(t, pki, tls.VersionTLS13)
+	f := clientconn.New(clientconn.WithTLS(pki.ClientConfig("")), clientconn.WithMaxIdle(0))
+	defer f.Close()
+	connectOnce(t, f, b.Addr) // full handshake
+	connectOnce(t, f, b.Addr) // resumed
+	live := get(t, f, b.Addr) // a live shared connection...
+	defer live.Close()
+	mustUnary(t, live)
+	shared := get(t, f, b.Addr) // ...with two handles
+	defer shared.Close()
+	clientconn.ReportForTest(f).BreakerStateChanged("dns:///"+b.Addr+"/grpc.testing.TestService", telemetry.BreakerClosed, telemetry.BreakerOpen)
+
+	srv := httptest.NewServer(f.DebugHandler())
+	defer srv.Close()
+	dom := renderDOM(t, srv.URL)
+	for _, want := range []string{
+		`<td>dns:///` + b.Addr + `</td><td></td><td>2</td><td>READY</td>`, // the connection, 2 handles
+		`<td class="open">open</td>`,                                      // the open breaker
+		`<td id="hs-full">1</td><td id="hs-resumed">2</td>`,               // full and resumed handshakes
+		`<td>WithTLS</td><td>`,                                            // the session cache
+	} {
+		if !strings.Contains(dom, want) {
+			t.Errorf("rendered page lacks %q\n%s", want, dom)
+		}
+	}
+
+	// The same data as JSON.
+	resp, err := http.Get(srv.URL + "?format=json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var snap telemetry.DebugSnapshot
+	if err := json.NewDecoder(resp.Body).Decode(&snap); err != nil {
+		t.Fatalf("decoding JSON: %v", err)
+	}
+	if len(snap.Connections) != 1 || snap.Connections[0].Handles != 2 || snap.Handshakes.Resumed != 2 || len(snap.Breakers) != 1 || snap.Breakers[0].State != "open" {
+		t.Errorf("JSON snapshot = %+v", snap)
+	}
+}
+
+func TestDebugPageEscapesTargets(t *testing.T) {
+	f := clientconn.New(clientconn.WithTransportCredentials(insecure.NewCredentials()))
+	defer f.Close()
+	evil := `passthrough:///x<script>document.title='pwned'</script><img/src=x/onerror=alert(1)>`
+	c, err := f.Get(context.Background(), evil, clientconn.WithTenant(`<b>tenant</b>`))
+	if err != nil {
+		t.Fatalf("Get(%q): %v", evil, err)
+	}
+	defer c.Close()
+	srv := httptest.NewServer(f.DebugHandler())
+	defer srv.Close()
+
+	resp, err := http.Get(srv.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if strings.Contains(string(body), "<script>") || strings.Contains(string(body), "<img") || strings.Contains(string(body), "<b>tenant") {
+		t.Fatalf("served page contains unescaped markup:\n%s", body)
+	}
+	dom := renderDOM(t, srv.URL)
+	if !strings.Contains(dom, "<title>grpcreuse debug</title>") {
+		t.Errorf("the target's script ran: the title changed:\n%s", dom)
+	}
+	if strings.Contains(dom, "<script>") || strings.Contains(dom, "<img") {
+		t.Errorf("rendered DOM has an element from the target:\n%s", dom)
+	}
+	if !strings.Contains(dom, "&lt;script&gt;document.title='pwned'&lt;/script&gt;") {
+		t.Errorf("the target should show as text:\n%s", dom)
+	}
+}
