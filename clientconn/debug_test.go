@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/grpcreuse/grpcreuse/clientconn"
@@ -54,9 +55,10 @@ func renderDOM(t *testing.T, url string) string {
 }
 
 func TestDebugPageInBrowser(t *testing.T) {
+	var faults testutil.Faults
 	pki := testutil.NewPKI(t, testutil.ECDSAP256)
-	b := startTLSBackend(t, pki, tls.VersionTLS13)
-	f := clientconn.New(clientconn.WithTLS(pki.ClientConfig("")), clientconn.WithMaxIdle(0))
+	b := startTLSBackend(t, pki, tls.VersionTLS13, faults.ServerOptions()...)
+	f := clientconn.New(clientconn.WithTLS(pki.ClientConfig("")), clientconn.WithMaxIdle(0), clientconn.WithServiceConfig(breakerServiceConfig))
 	defer f.Close()
 	connectOnce(t, f, b.Addr) // full handshake
 	connectOnce(t, f, b.Addr) // resumed
@@ -65,7 +67,10 @@ func TestDebugPageInBrowser(t *testing.T) {
 	mustUnary(t, live)
 	shared := get(t, f, b.Addr) // ...with two handles
 	defer shared.Close()
-	clientconn.ReportForTest(f).BreakerStateChanged("dns:///"+b.Addr+"/grpc.testing.TestService", telemetry.BreakerClosed, telemetry.BreakerOpen)
+	faults.FailEvery(1, codes.Unavailable) // trip the policy's breaker: 3 failures
+	for i := 0; i < 3; i++ {
+		_ = unary(context.Background(), live)
+	}
 
 	srv := httptest.NewServer(f.DebugHandler())
 	defer srv.Close()

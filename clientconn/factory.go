@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc/credentials"
 
 	grcreds "github.com/grpcreuse/grpcreuse/credentials"
+	"github.com/grpcreuse/grpcreuse/interceptors"
 	"github.com/grpcreuse/grpcreuse/telemetry"
 )
 
@@ -43,6 +44,10 @@ type Factory struct {
 	// wg counts goroutines that drain or replace connections. Add is only
 	// called under mu while closed is false, so Close's Wait sees them all.
 	wg sync.WaitGroup
+
+	// Lock order: mu, then cfgMu (dial runs under mu and reads configs).
+	cfgMu   sync.Mutex
+	configs map[string]*serviceConfig // compacted document -> its parts; guarded by cfgMu
 
 	mu      sync.Mutex
 	closed  bool
@@ -83,7 +88,7 @@ func New(opts ...Option) *Factory {
 		opt.apply(o)
 	}
 	f := &Factory{opts: o, obs: o.observer, conns: make(map[key]*shared), canon: make(map[string]string),
-		tenants: make(map[string]credentials.TransportCredentials)}
+		tenants: make(map[string]credentials.TransportCredentials), configs: make(map[string]*serviceConfig)}
 	f.ctx, f.cancel = context.WithCancel(context.Background())
 	if err := f.setUpTelemetry(); err != nil {
 		o.errs = append(o.errs, err)
@@ -91,6 +96,9 @@ func New(opts ...Option) *Factory {
 	f.rec = &recorder{next: f.obs}
 	f.obs = f.rec
 	if err := f.setUpTLS(); err != nil {
+		o.errs = append(o.errs, err)
+	}
+	if _, err := f.serviceConfig(o.serviceConfig); err != nil {
 		o.errs = append(o.errs, err)
 	}
 	if len(o.errs) > 0 {
@@ -169,6 +177,39 @@ func (f *Factory) setUpTLS() error {
 	}
 	_, err := f.tenantCreds("")
 	return err
+}
+
+// serviceConfig is one service config document split in two: what grpc
+// reads, and the interceptors built from its "grpcreuse" policy.
+type serviceConfig struct {
+	grpc         string
+	interceptors []grpc.DialOption
+}
+
+// serviceConfig splits and validates doc once; every connection made with
+// it shares the result, so its breakers and limiters keep their state when
+// a connection is replaced.
+func (f *Factory) serviceConfig(doc string) (*serviceConfig, error) {
+	f.cfgMu.Lock()
+	defer f.cfgMu.Unlock()
+	if sc, ok := f.configs[doc]; ok {
+		return sc, nil
+	}
+	grpcDoc, policy, err := interceptors.SplitServiceConfig(doc)
+	if err != nil {
+		return nil, fmt.Errorf("clientconn: service config: %w", err)
+	}
+	sc := &serviceConfig{grpc: grpcDoc}
+	if policy != nil {
+		if sc.interceptors, err = policy.DialOptions(interceptors.ClientTelemetry{},
+			interceptors.PolicyObservers{Breaker: f.obs, Limiter: f.obs}); err != nil {
+			return nil, fmt.Errorf("clientconn: service config: %w", err)
+		}
+	}
+	if len(f.configs) < maxCanonCache {
+		f.configs[doc] = sc
+	}
+	return sc, nil
 }
 
 // tenantCreds returns the WithTLS credentials of tenant, made once, so
@@ -274,6 +315,9 @@ func (f *Factory) keyFor(target string, g *getOptions) (key, error) {
 	}
 	if g.serviceConfig != nil {
 		k.serviceConfig = *g.serviceConfig
+		if _, err := f.serviceConfig(k.serviceConfig); err != nil {
+			return key{}, err
+		}
 	}
 	if k.creds == nil {
 		return key{}, fmt.Errorf("clientconn: no transport credentials for %q: use WithTLS or WithTransportCredentials (insecure.NewCredentials() for plaintext)", canon)
@@ -359,15 +403,20 @@ func (f *Factory) newShared(k key) (*shared, error) {
 
 func (f *Factory) dial(s *shared) (*grpc.ClientConn, error) {
 	k := s.key
-	opts := make([]grpc.DialOption, 0, len(f.dialOpts)+3)
+	sc, err := f.serviceConfig(k.serviceConfig)
+	if err != nil {
+		return nil, err
+	}
+	opts := make([]grpc.DialOption, 0, len(f.dialOpts)+len(sc.interceptors)+3)
 	opts = append(opts,
 		grpc.WithTransportCredentials(&observedCreds{TransportCredentials: k.creds, s: s}),
 		grpc.WithContextDialer(f.dialerFor(s)),
 	)
-	if k.serviceConfig != "" {
-		opts = append(opts, grpc.WithDefaultServiceConfig(k.serviceConfig))
+	if sc.grpc != "" {
+		opts = append(opts, grpc.WithDefaultServiceConfig(sc.grpc))
 	}
 	opts = append(opts, f.dialOpts...)
+	opts = append(opts, sc.interceptors...)
 	cc, err := grpc.NewClient(k.target, opts...)
 	if err != nil {
 		return nil, fmt.Errorf("clientconn: connection to %q: %w", k.target, err)

@@ -191,9 +191,14 @@ func WithDrainTimeout(d time.Duration) Option {
 	})
 }
 
-// WithServiceConfig sets the default gRPC service config JSON of every
-// connection (grpc.WithDefaultServiceConfig). An invalid document fails
-// Get with grpc's reason. The compacted JSON is part of the sharing key.
+// WithServiceConfig sets the default service config JSON of every
+// connection. The document may hold, beside gRPC's own fields
+// (loadBalancingConfig, methodConfig with retry policies, ...), a
+// top-level "grpcreuse" object with circuit breaker and concurrency limit
+// policies per method (see interceptors.SplitServiceConfig): gRPC gets the
+// rest, and the Factory chains the breaker and limiter interceptors it
+// describes. An invalid document fails every Get, naming the field and
+// value. The compacted JSON is part of the sharing key.
 func WithServiceConfig(json string) Option {
 	return optionFunc(func(o *options) {
 		sc, err := compactJSON(json)

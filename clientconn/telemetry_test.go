@@ -11,9 +11,13 @@ import (
 	"go.opentelemetry.io/otel/sdk/metric/metricdata"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	testpb "google.golang.org/grpc/interop/grpc_testing"
+	"google.golang.org/grpc/status"
 
 	"github.com/grpcreuse/grpcreuse/clientconn"
+	"github.com/grpcreuse/grpcreuse/interceptors"
 	"github.com/grpcreuse/grpcreuse/internal/testutil"
 	"github.com/grpcreuse/grpcreuse/telemetry"
 )
@@ -82,10 +86,22 @@ func TestFactoryTelemetry(t *testing.T) {
 	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))
 	spans := tracetest.NewSpanRecorder()
 	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(spans))
+	// The server sheds beyond one call in flight and reports to the same provider.
+	serverTel, err := telemetry.New(telemetry.WithMeterProvider(mp))
+	if err != nil {
+		t.Fatal(err)
+	}
+	shedCfg := interceptors.DefaultShedderConfig()
+	shedCfg.Limit = 1
+	shed, err := interceptors.NewShedder(interceptors.WithShedderConfig(shedCfg), interceptors.WithShedderObserver(serverTel))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var faults testutil.Faults
 	pki := testutil.NewPKI(t, testutil.ECDSAP256)
-	b := startTLSBackend(t, pki, tls.VersionTLS13)
+	b := startTLSBackend(t, pki, tls.VersionTLS13, grpc.ChainUnaryInterceptor(shed.UnaryServerInterceptor(), faults.UnaryServerInterceptor()))
 	f := clientconn.New(clientconn.WithTLS(pki.ClientConfig("")), clientconn.WithMaxIdle(0),
-		clientconn.WithMeterProvider(mp), clientconn.WithTracerProvider(tp))
+		clientconn.WithMeterProvider(mp), clientconn.WithTracerProvider(tp), clientconn.WithServiceConfig(breakerServiceConfig))
 	defer f.Close()
 
 	// A new TLS connection, then a resumed one (each closed with its handle).
@@ -103,6 +119,24 @@ func TestFactoryTelemetry(t *testing.T) {
 			t.Fatalf("call %d: %v", i, err)
 		}
 		span.End()
+	}
+
+	// A shed call: one call holds the server's only slot, the next is shed.
+	faults.SetDelay(300 * time.Millisecond)
+	held := make(chan error, 1)
+	go func() { held <- unary(ctx, c1) }()
+	testutil.Eventually(t, 5*time.Second, func() bool { _, n := shed.InFlight(); return n == 1 }, "one call in flight")
+	if err := unary(ctx, c2); status.Code(err) != codes.ResourceExhausted {
+		t.Fatalf("call beyond the server's limit: %v, want ResourceExhausted", err)
+	}
+	if err := <-held; err != nil {
+		t.Fatalf("held call: %v", err)
+	}
+	faults.SetDelay(0)
+	// An open breaker: three failures, then a call failed fast.
+	faults.FailEvery(1, codes.Unavailable)
+	for i := 0; i < 4; i++ {
+		_ = unary(ctx, c1)
 	}
 	c1.Close()
 	c2.Close()
@@ -133,6 +167,19 @@ func TestFactoryTelemetry(t *testing.T) {
 	}
 	if got := sumWhere(t, reader, telemetry.MetricSessionCacheLookups, attribute.Bool(telemetry.AttrSessionHit, true)); got != 2 {
 		t.Errorf("session cache hits = %v, want 2", got)
+	}
+
+	if got := sumWhere(t, reader, telemetry.MetricBreakerTransitions, attribute.String(telemetry.AttrTo, "open")); got != 1 {
+		t.Errorf("breaker transitions to open = %v, want 1", got)
+	}
+	if got := sumWhere(t, reader, telemetry.MetricBreakersOpen); got != 1 {
+		t.Errorf("open breakers = %v, want 1", got)
+	}
+	if got := sumWhere(t, reader, telemetry.MetricBreakerRejections); got != 1 {
+		t.Errorf("breaker rejections = %v, want 1", got)
+	}
+	if got := sumWhere(t, reader, telemetry.MetricLimiterRejections, attribute.String(telemetry.AttrReason, interceptors.ReasonLimit)); got != 1 {
+		t.Errorf("shed calls = %v, want 1", got)
 	}
 
 	// Spans: one per handshake, and the calls' spans marked.

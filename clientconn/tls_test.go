@@ -27,7 +27,7 @@ type tlsBackend struct {
 	resumed []bool
 }
 
-func startTLSBackend(t *testing.T, pki *testutil.PKI, version uint16) *tlsBackend {
+func startTLSBackend(t *testing.T, pki *testutil.PKI, version uint16, opts ...grpc.ServerOption) *tlsBackend {
 	t.Helper()
 	tb := &tlsBackend{}
 	cfg := pki.ServerConfig(t)
@@ -38,7 +38,7 @@ func startTLSBackend(t *testing.T, pki *testutil.PKI, version uint16) *tlsBacken
 		tb.resumed = append(tb.resumed, cs.DidResume)
 		return nil
 	}
-	tb.Backend = testutil.StartBackend(t, testutil.BackendOptions{TLS: cfg})
+	tb.Backend = testutil.StartBackend(t, testutil.BackendOptions{TLS: cfg, ServerOptions: opts})
 	return tb
 }
 

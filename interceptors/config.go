@@ -1,0 +1,204 @@
+package interceptors
+
+import (
+	"math"
+	"strconv"
+	"time"
+
+	"github.com/grpcreuse/grpcreuse/internal/duration"
+)
+
+// Scope says what one client limiter covers.
+type Scope int
+
+const (
+	// ScopeTarget keeps one limiter per target: the concurrency a backend
+	// (or a connection's MaxConcurrentStreams) can take. The default.
+	ScopeTarget Scope = iota
+	// ScopeMethod keeps one limiter per target and full method name.
+	ScopeMethod
+)
+
+// String returns "target" or "method", the spelling of the JSON policy.
+func (s Scope) String() string {
+	switch s {
+	case ScopeTarget:
+		return "target"
+	case ScopeMethod:
+		return "method"
+	}
+	return "Scope(" + strconv.Itoa(int(s)) + ")"
+}
+
+// Algorithm chooses how a concurrency limit moves.
+type Algorithm int
+
+const (
+	// Fixed keeps the limit at LimiterConfig.Limit. The default.
+	Fixed Algorithm = iota
+	// AIMD adapts the limit: additive increase by one after a success
+	// while at least half the limit is in use, multiplicative decrease by
+	// BackoffRatio after a drop (a call that ended ResourceExhausted,
+	// Unavailable or DeadlineExceeded, or took longer than
+	// LatencyThreshold). It is Netflix concurrency-limits' AIMDLimit:
+	// https://github.com/Netflix/concurrency-limits/blob/main/concurrency-limits-core/src/main/java/com/netflix/concurrency/limits/limit/AIMDLimit.java
+	AIMD
+)
+
+// String returns "fixed" or "aimd", the spelling of the JSON policy.
+func (a Algorithm) String() string {
+	switch a {
+	case Fixed:
+		return "fixed"
+	case AIMD:
+		return "aimd"
+	}
+	return "Algorithm(" + strconv.Itoa(int(a)) + ")"
+}
+
+// LimitConfig is how a concurrency limit is set: fixed, or adaptive. It
+// is shared by client limiters (LimiterConfig) and server shedding
+// (ShedderConfig). JSON names are the field names in lowerCamelCase.
+type LimitConfig struct {
+	// Algorithm is Fixed (default) or AIMD.
+	Algorithm Algorithm
+	// Limit is the fixed limit, or AIMD's starting limit: how many calls
+	// may be in flight at once. Default 100.
+	Limit int
+	// MinLimit and MaxLimit bound AIMD's limit. Defaults 1 and 1000.
+	// Ignored by Fixed.
+	MinLimit, MaxLimit int
+	// BackoffRatio multiplies AIMD's limit after a drop; between 0 and 1
+	// exclusive. Default 0.9.
+	BackoffRatio float64
+	// LatencyThreshold makes AIMD count a call that took longer as a drop.
+	// Default 0: latency is not used.
+	LatencyThreshold time.Duration
+}
+
+// DefaultLimitConfig returns the defaults documented on LimitConfig.
+func DefaultLimitConfig() LimitConfig {
+	return LimitConfig{Algorithm: Fixed, Limit: 100, MinLimit: 1, MaxLimit: 1000, BackoffRatio: 0.9}
+}
+
+// LimiterConfig configures a client Limiter: the limit, its wait queue and
+// how calls are keyed.
+type LimiterConfig struct {
+	LimitConfig
+	// Scope says whether limits are kept per target (default) or per
+	// target+method. WithLimiterKeyFunc overrides it.
+	Scope Scope
+	// MaxQueued is how many calls may wait for a slot; more are rejected
+	// at once. Default 64; 0 rejects at once whenever the limit is reached.
+	MaxQueued int
+	// MaxWait is the longest a call waits in the queue; a call never waits
+	// past its own deadline. Default 100ms.
+	MaxWait time.Duration
+	// MaxKeys bounds how many keys have a limiter; beyond it the least
+	// recently used is dropped. Default 1024.
+	MaxKeys int
+}
+
+// DefaultLimiterConfig returns the defaults documented on LimiterConfig.
+func DefaultLimiterConfig() LimiterConfig {
+	return LimiterConfig{LimitConfig: DefaultLimitConfig(), Scope: ScopeTarget, MaxQueued: 64,
+		MaxWait: 100 * time.Millisecond, MaxKeys: 1024}
+}
+
+// ShedderConfig configures server load shedding.
+type ShedderConfig struct {
+	// LimitConfig is the in-flight limit of the server (all methods but
+	// grpc.health.v1.Health together); beyond it requests are shed.
+	LimitConfig
+	// MinSamples is how many successful calls of a method must be measured
+	// before requests whose remaining deadline is shorter than its recent
+	// service time are shed. Default 10.
+	MinSamples int
+}
+
+// DefaultShedderConfig returns the defaults documented on ShedderConfig.
+func DefaultShedderConfig() ShedderConfig {
+	return ShedderConfig{LimitConfig: DefaultLimitConfig(), MinSamples: 10}
+}
+
+const maxLimitValue = 1 << 30
+
+// ConfigError reports an invalid configuration field. Field is the field's
+// JSON name ("maxQueued"), Value the value received as JSON would spell
+// it, Rule what is allowed.
+type ConfigError struct {
+	Field, Value, Rule string
+}
+
+// Error returns `interceptors: "maxQueued" is -1; must be between 0 and 1073741824`.
+func (e *ConfigError) Error() string {
+	return "interceptors: " + strconv.Quote(e.Field) + " is " + e.Value + "; " + e.Rule
+}
+
+func bad(field, value, rule string) error {
+	return &ConfigError{Field: field, Value: value, Rule: rule}
+}
+
+func durJSON(d time.Duration) string { return strconv.Quote(duration.String(d)) }
+
+// Validate checks every field and returns a *ConfigError for the first
+// invalid one.
+func (c LimitConfig) Validate() error {
+	itoa := strconv.Itoa
+	if c.Algorithm != Fixed && c.Algorithm != AIMD {
+		return bad("algorithm", strconv.Quote(c.Algorithm.String()), `must be "fixed" or "aimd"`)
+	}
+	if c.Limit < 1 || c.Limit > maxLimitValue {
+		return bad("limit", itoa(c.Limit), "must be between 1 and "+itoa(maxLimitValue))
+	}
+	if c.Algorithm == Fixed {
+		return nil
+	}
+	if c.MinLimit < 1 || c.MinLimit > c.Limit {
+		return bad("minLimit", itoa(c.MinLimit), "must be between 1 and \"limit\" ("+itoa(c.Limit)+")")
+	}
+	if c.MaxLimit < c.Limit || c.MaxLimit > maxLimitValue {
+		return bad("maxLimit", itoa(c.MaxLimit), "must be between \"limit\" ("+itoa(c.Limit)+") and "+itoa(maxLimitValue))
+	}
+	if math.IsNaN(c.BackoffRatio) || c.BackoffRatio <= 0 || c.BackoffRatio >= 1 {
+		return bad("backoffRatio", strconv.FormatFloat(c.BackoffRatio, 'g', -1, 64), "must be between 0 and 1, exclusive")
+	}
+	if c.LatencyThreshold < 0 {
+		return bad("latencyThreshold", durJSON(c.LatencyThreshold), "must not be negative")
+	}
+	return nil
+}
+
+// Validate checks every field and returns a *ConfigError for the first
+// invalid one.
+func (c LimiterConfig) Validate() error {
+	if err := c.LimitConfig.Validate(); err != nil {
+		return err
+	}
+	itoa := strconv.Itoa
+	if c.Scope != ScopeTarget && c.Scope != ScopeMethod {
+		return bad("scope", strconv.Quote(c.Scope.String()), `must be "target" or "method"`)
+	}
+	if c.MaxQueued < 0 || c.MaxQueued > maxLimitValue {
+		return bad("maxQueued", itoa(c.MaxQueued), "must be between 0 and "+itoa(maxLimitValue))
+	}
+	if c.MaxWait <= 0 {
+		return bad("maxWait", durJSON(c.MaxWait), "must be positive")
+	}
+	if c.MaxKeys < 1 || c.MaxKeys > maxLimitValue {
+		return bad("maxKeys", itoa(c.MaxKeys), "must be between 1 and "+itoa(maxLimitValue))
+	}
+	return nil
+}
+
+// Validate checks every field and returns a *ConfigError for the first
+// invalid one.
+func (c ShedderConfig) Validate() error {
+	if err := c.LimitConfig.Validate(); err != nil {
+		return err
+	}
+	if c.MinSamples < 1 || c.MinSamples > maxLimitValue {
+		return bad("minSamples", strconv.Itoa(c.MinSamples), "must be between 1 and "+strconv.Itoa(maxLimitValue))
+	}
+	return nil
+}

@@ -1,0 +1,79 @@
+package interceptors_test
+
+import (
+	"context"
+	"sync"
+	"testing"
+
+	"go.uber.org/goleak"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	testpb "google.golang.org/grpc/interop/grpc_testing"
+
+	"github.com/grpcreuse/grpcreuse/telemetry"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// dial connects to a loopback backend with the given interceptor options
+// and closes the connection when the test ends.
+func dial(t testing.TB, addr string, opts ...grpc.DialOption) testpb.TestServiceClient {
+	t.Helper()
+	return testpb.NewTestServiceClient(dialConn(t, addr, opts...))
+}
+
+// dialConn is dial returning the connection.
+func dialConn(t testing.TB, addr string, opts ...grpc.DialOption) *grpc.ClientConn {
+	t.Helper()
+	cc, err := grpc.NewClient("passthrough:///"+addr, append([]grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}, opts...)...)
+	if err != nil {
+		t.Fatalf("NewClient: %v", err)
+	}
+	t.Cleanup(func() { cc.Close() })
+	return cc
+}
+
+func unary(ctx context.Context, c testpb.TestServiceClient) error {
+	_, err := c.UnaryCall(ctx, &testpb.SimpleRequest{})
+	return err
+}
+
+// events records breaker and limiter telemetry.
+type events struct {
+	telemetry.Nop
+	mu       sync.Mutex
+	states   []string
+	rejected map[string]int // by reason, limiter; "breaker" for breaker rejections
+	limits   []int
+}
+
+func (e *events) BreakerStateChanged(key string, from, to telemetry.BreakerState) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.states = append(e.states, from.String()+"->"+to.String())
+}
+
+func (e *events) BreakerRejected(string) { e.count("breaker") }
+
+func (e *events) LimiterRejected(_ string, reason string) { e.count(reason) }
+
+func (e *events) LimiterLimitChanged(_ string, limit int) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.limits = append(e.limits, limit)
+}
+
+func (e *events) count(k string) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.rejected == nil {
+		e.rejected = map[string]int{}
+	}
+	e.rejected[k]++
+}
+
+func (e *events) rejections(k string) int {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.rejected[k]
+}
