@@ -49,8 +49,9 @@ type limiterRecord struct {
 }
 
 type endpointRecord struct {
-	state   atomic.Int32 // connectivity.State
-	ejected atomic.Bool
+	state    atomic.Int32 // connectivity.State
+	inFlight atomic.Int64
+	ejected  atomic.Bool
 }
 
 var _ telemetry.Observer = (*recorder)(nil)
@@ -118,6 +119,13 @@ func (r *recorder) EndpointReturned(target, endpoint string) {
 		e.ejected.Store(false)
 	}
 	r.next.EndpointReturned(target, endpoint)
+}
+
+func (r *recorder) EndpointInFlight(target, endpoint string, n int) {
+	if e := load(r, &r.endpoints, [2]string{target, endpoint}, func() *endpointRecord { return new(endpointRecord) }); e != nil {
+		e.inFlight.Store(int64(n))
+	}
+	r.next.EndpointInFlight(target, endpoint, n)
 }
 
 func (r *recorder) BreakerStateChanged(key string, from, to telemetry.BreakerState) {
@@ -192,7 +200,7 @@ func (f *Factory) debugSnapshot() telemetry.DebugSnapshot {
 	f.rec.endpoints.Range(func(k, v any) bool {
 		key, e := k.([2]string), v.(*endpointRecord)
 		s.Endpoints = append(s.Endpoints, telemetry.DebugEndpoint{Target: key[0], Endpoint: key[1],
-			State: connectivity.State(e.state.Load()).String(), Ejected: e.ejected.Load()})
+			State: connectivity.State(e.state.Load()).String(), InFlight: int(e.inFlight.Load()), Ejected: e.ejected.Load()})
 		return true
 	})
 	slices.SortFunc(s.Endpoints, func(a, b telemetry.DebugEndpoint) int {

@@ -415,6 +415,9 @@ func (f *Factory) dial(s *shared) (*grpc.ClientConn, error) {
 	if sc.grpc != "" {
 		opts = append(opts, grpc.WithDefaultServiceConfig(sc.grpc))
 	}
+	if o, ok := withObserverResolver(k.target, f.obs); ok {
+		opts = append(opts, o)
+	}
 	opts = append(opts, f.dialOpts...)
 	opts = append(opts, sc.interceptors...)
 	cc, err := grpc.NewClient(k.target, opts...)

@@ -35,6 +35,7 @@ type DebugEndpoint struct {
 	Target   string `json:"target"`
 	Endpoint string `json:"endpoint"`
 	State    string `json:"state"` // of its most recent subchannel change
+	InFlight int    `json:"inFlight"`
 	Ejected  bool   `json:"ejected"`
 }
 
@@ -109,9 +110,9 @@ td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}th{background:#f3f3f
 {{range .Connections}}<tr class="connection"><td>{{.Target}}</td><td>{{.Tenant}}</td><td>{{.Handles}}</td><td>{{.State}}</td><td>{{age .Age}}</td><td>{{.InFlight}}</td></tr>
 {{else}}<tr><td colspan="6">none</td></tr>{{end}}</table>
 <h2 id="endpoints">Endpoints ({{len .Endpoints}})</h2>
-<table><tr><th>target</th><th>endpoint</th><th>last subchannel state</th><th>ejected</th></tr>
-{{range .Endpoints}}<tr class="endpoint"><td>{{.Target}}</td><td>{{.Endpoint}}</td><td>{{.State}}</td><td>{{if .Ejected}}<span class="open">ejected</span>{{else}}no{{end}}</td></tr>
-{{else}}<tr><td colspan="4">none reported</td></tr>{{end}}</table>
+<table><tr><th>target</th><th>endpoint</th><th>last subchannel state</th><th>in flight</th><th>ejected</th></tr>
+{{range .Endpoints}}<tr class="endpoint"><td>{{.Target}}</td><td>{{.Endpoint}}</td><td>{{.State}}</td><td>{{.InFlight}}</td><td>{{if .Ejected}}<span class="open">ejected</span>{{else}}no{{end}}</td></tr>
+{{else}}<tr><td colspan="5">none reported</td></tr>{{end}}</table>
 <h2 id="breakers">Circuit breakers ({{len .Breakers}})</h2>
 <table><tr><th>key</th><th>state</th><th>since</th><th>rejections</th></tr>
 {{range .Breakers}}<tr class="breaker"><td>{{.Key}}</td><td class="{{if eq .State "open"}}open{{else}}ok{{end}}">{{.State}}</td><td>{{ts .Since}}</td><td>{{.Rejections}}</td></tr>

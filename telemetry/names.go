@@ -33,6 +33,9 @@ const (
 	// MetricEjectedEndpoints is the number of endpoints ejected now
 	// ({endpoint}), by AttrTarget.
 	MetricEjectedEndpoints = "grpcreuse.lb.ejected_endpoints"
+	// MetricEndpointInFlight is an endpoint's calls in flight as the
+	// balancer last sampled them ({call}), by AttrTarget and AttrEndpoint.
+	MetricEndpointInFlight = "grpcreuse.lb.endpoint.in_flight"
 	// MetricBreakerTransitions counts breaker state changes ({transition}),
 	// by AttrBreakerKey, AttrFrom and AttrTo.
 	MetricBreakerTransitions = "grpcreuse.breaker.transitions"
@@ -73,6 +76,8 @@ const (
 	AttrPoolHit = "grpcreuse.pool.hit"
 	// AttrReason says why a connection closed or a call was rejected.
 	AttrReason = "grpcreuse.reason"
+	// AttrEndpoint is a balancer endpoint (its first address).
+	AttrEndpoint = "grpcreuse.endpoint"
 	// AttrState is a connectivity state ("READY", ...).
 	AttrState = "grpcreuse.state"
 	// AttrBreakerKey and AttrLimiterKey name a breaker or limiter.

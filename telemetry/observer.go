@@ -87,6 +87,9 @@ type SubchannelObserver interface {
 	EndpointEjected(target, endpoint string, d time.Duration)
 	// EndpointReturned reports an ejected endpoint taken back into picking.
 	EndpointReturned(target, endpoint string)
+	// EndpointInFlight reports an endpoint's calls in flight, sampled when
+	// it changes (not per call).
+	EndpointInFlight(target, endpoint string, inFlight int)
 }
 
 // BreakerState is the state of a circuit breaker.
@@ -169,6 +172,9 @@ func (Nop) EndpointEjected(string, string, time.Duration) {}
 
 // EndpointReturned does nothing.
 func (Nop) EndpointReturned(string, string) {}
+
+// EndpointInFlight does nothing.
+func (Nop) EndpointInFlight(string, string, int) {}
 
 // BreakerStateChanged does nothing.
 func (Nop) BreakerStateChanged(string, BreakerState, BreakerState) {}

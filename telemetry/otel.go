@@ -73,7 +73,7 @@ type Telemetry struct {
 	sessionLookups, sessionEvictions                                     metric.Int64Counter
 	tlsDuration, connectDuration, connLifetime                           metric.Float64Histogram
 	openConns, ejected, breakersOpen                                     metric.Int64UpDownCounter
-	limiterLimit                                                         metric.Int64Gauge
+	limiterLimit, endpointInFlight                                       metric.Int64Gauge
 
 	attrs attrCache
 	conns sync.Map // net.Addr (local address of a client transport) -> *connRecord
@@ -129,6 +129,9 @@ func New(opts ...Option) (*Telemetry, error) {
 	g, err := m.Int64Gauge(MetricLimiterLimit, metric.WithUnit("{call}"), metric.WithDescription("Current concurrency limit."))
 	errs = append(errs, err)
 	t.limiterLimit = g
+	g, err = m.Int64Gauge(MetricEndpointInFlight, metric.WithUnit("{call}"), metric.WithDescription("Calls in flight per balancer endpoint."))
+	errs = append(errs, err)
+	t.endpointInFlight = g
 	if err := errors.Join(errs...); err != nil {
 		return nil, fmt.Errorf("telemetry: creating instruments: %w", err)
 	}
@@ -217,6 +220,12 @@ func (t *Telemetry) EndpointEjected(target, _ string, _ time.Duration) {
 // EndpointReturned records an ejected endpoint's return.
 func (t *Telemetry) EndpointReturned(target, _ string) {
 	t.ejected.Add(context.Background(), -1, metric.WithAttributes(attribute.String(AttrTarget, target)))
+}
+
+// EndpointInFlight records an endpoint's calls in flight.
+func (t *Telemetry) EndpointInFlight(target, endpoint string, inFlight int) {
+	t.endpointInFlight.Record(context.Background(), int64(inFlight), metric.WithAttributes(
+		attribute.String(AttrTarget, target), attribute.String(AttrEndpoint, endpoint)))
 }
 
 // BreakerStateChanged records a breaker transition.

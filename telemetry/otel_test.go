@@ -71,6 +71,7 @@ func TestEveryObserverEventIsRecorded(t *testing.T) {
 	tel.SubchannelState("dns:///a:1", "10.0.0.1:1", connectivity.Ready)
 	tel.EndpointEjected("dns:///a:1", "10.0.0.1:1", time.Second)
 	tel.EndpointReturned("dns:///a:1", "10.0.0.1:1")
+	tel.EndpointInFlight("dns:///a:1", "10.0.0.1:1", 7)
 	tel.BreakerStateChanged("svc", telemetry.BreakerClosed, telemetry.BreakerOpen)
 	tel.BreakerRejected("svc")
 	tel.BreakerRejected("svc")
@@ -113,6 +114,7 @@ func TestEveryObserverEventIsRecorded(t *testing.T) {
 		telemetry.MetricSubchannelStateChanges: "1 grpc.target=dns:///a:1,grpcreuse.state=READY;",
 		telemetry.MetricEjections:              "1 grpc.target=dns:///a:1;",
 		telemetry.MetricEjectedEndpoints:       "0 grpc.target=dns:///a:1;",
+		telemetry.MetricEndpointInFlight:       "7 grpc.target=dns:///a:1,grpcreuse.endpoint=10.0.0.1:1;",
 		telemetry.MetricBreakerTransitions:     "1 grpcreuse.breaker.key=svc,grpcreuse.from=closed,grpcreuse.to=open;",
 		telemetry.MetricBreakersOpen:           "1 ;",
 		telemetry.MetricBreakerRejections:      "2 grpcreuse.breaker.key=svc;",
