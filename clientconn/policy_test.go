@@ -36,7 +36,10 @@ func TestServiceConfigPolicyOpensBreaker(t *testing.T) {
 			t.Fatalf("failing call %d: %v, want the backend's Unavailable", i, err)
 		}
 	}
-	seen := b.Calls.Load()
+	seen := faults.Calls()
+	if seen != 4 {
+		t.Fatalf("server saw %d calls, want 4 (1 good, 3 failing)", seen)
+	}
 	for i := 0; i < 20; i++ {
 		start := time.Now()
 		err := unary(context.Background(), c)
@@ -47,7 +50,7 @@ func TestServiceConfigPolicyOpensBreaker(t *testing.T) {
 			t.Fatalf("open breaker took %v to fail the call", d)
 		}
 	}
-	if got := b.Calls.Load(); got != seen {
+	if got := faults.Calls(); got != seen {
 		t.Errorf("backend saw %d calls while the breaker was open, want 0", got-seen)
 	}
 }

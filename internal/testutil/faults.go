@@ -27,6 +27,11 @@ func (f *Faults) FailEvery(n int, code codes.Code) {
 	f.every.Store(int64(n))
 }
 
+// Calls counts every call that reached the server, failed or not: what a
+// test counts to prove a client sent nothing (Backend.Calls misses calls
+// the faults failed before the handler).
+func (f *Faults) Calls() int64 { return f.calls.Load() }
+
 // SetDelay makes every call wait d (or until its deadline) before running.
 func (f *Faults) SetDelay(d time.Duration) { f.delay.Store(int64(d)) }
 
