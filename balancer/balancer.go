@@ -243,7 +243,7 @@ type lb struct {
 
 // event is an observer call collected under mu and made after it.
 type event struct {
-	kind  int // evState, evEjected, evReturned, evInFlight
+	kind  int // evState, evEjected, evReturned, evLoad
 	ep    string
 	state connectivity.State
 	d     time.Duration
@@ -254,7 +254,7 @@ const (
 	evState = iota
 	evEjected
 	evReturned
-	evInFlight
+	evLoad
 )
 
 // unlockAndEmit releases mu and then reports the collected events.
@@ -270,8 +270,8 @@ func (l *lb) unlockAndEmit() {
 			obs.EndpointEjected(l.target, ev.ep, ev.d)
 		case evReturned:
 			obs.EndpointReturned(l.target, ev.ep)
-		case evInFlight:
-			obs.EndpointInFlight(l.target, ev.ep, ev.n)
+		case evLoad:
+			obs.EndpointLoad(l.target, ev.ep, ev.n, ev.d)
 		}
 	}
 }

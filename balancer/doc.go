@@ -81,7 +81,8 @@
 // resolver state (internal/observerattr; clientconn does it). The balancer
 // reports every subchannel's state changes (IDLE when opened, SHUTDOWN when
 // closed), ejections with their length, returns, and each endpoint's calls
-// in flight (EndpointInFlight), sampled by the control loop when it changes.
+// in flight with its peak-EWMA latency (EndpointLoad), sampled by the
+// control loop when calls flowed or the in-flight count changed.
 // The observer is never called with a lock held.
 //
 // # Concurrency and goroutines

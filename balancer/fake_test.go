@@ -91,12 +91,13 @@ type recorder struct {
 	ejected  map[string][]time.Duration
 	returned map[string]int
 	inflight map[string]int
+	latency  map[string]time.Duration
 }
 
 var _ telemetry.SubchannelObserver = (*recorder)(nil)
 
 func newRecorder() *recorder {
-	return &recorder{states: map[string][]connectivity.State{}, ejected: map[string][]time.Duration{}, returned: map[string]int{}, inflight: map[string]int{}}
+	return &recorder{states: map[string][]connectivity.State{}, ejected: map[string][]time.Duration{}, returned: map[string]int{}, inflight: map[string]int{}, latency: map[string]time.Duration{}}
 }
 
 func (r *recorder) SubchannelState(_, ep string, s connectivity.State) {
@@ -117,10 +118,11 @@ func (r *recorder) EndpointReturned(_, ep string) {
 	r.returned[ep]++
 }
 
-func (r *recorder) EndpointInFlight(_, ep string, n int) {
+func (r *recorder) EndpointLoad(_, ep string, n int, latency time.Duration) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.inflight[ep] = n
+	r.latency[ep] = latency
 }
 
 func (r *recorder) count(ep string, s connectivity.State) int {

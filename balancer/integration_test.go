@@ -405,7 +405,8 @@ func TestIntegrationSlowBackendAvoided(t *testing.T) {
 			return &testpb.SimpleResponse{}, nil
 		}}))
 	}
-	cc, _ := dial(t, `{}`, nil, bs[0].Addr, bs[1].Addr, bs[2].Addr)
+	obs := newRecorder()
+	cc, _ := dial(t, `{}`, obs, bs[0].Addr, bs[1].Addr, bs[2].Addr)
 	if f := loadSpread(t, cc, 16, 3000); f != 0 {
 		t.Fatalf("%d calls failed", f)
 	}
@@ -414,6 +415,13 @@ func TestIntegrationSlowBackendAvoided(t *testing.T) {
 	if share > 0.10 {
 		t.Fatalf("slow backend got %.1f%% of calls, want < 10%% (round robin: 33%%)", share*100)
 	}
+	// The load reports carry the latency estimate the picks used.
+	testutil.Eventually(t, 5*time.Second, func() bool {
+		obs.mu.Lock()
+		defer obs.mu.Unlock()
+		slow, fast := obs.latency[bs[0].Addr], obs.latency[bs[1].Addr]
+		return fast > 0 && slow > 5*fast
+	}, "reported latency of the slow endpoint well above a fast one's")
 }
 
 // TestIntegrationFastErrorsPenalised: a backend that fails half its calls

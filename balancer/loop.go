@@ -91,10 +91,8 @@ func (l *lb) sampleLocked(now time.Duration) bool {
 		dArea := (area - ep.lastArea) & areaMask
 		dDone, dFailed := done-ep.lastDone, failed-ep.lastFailed
 		ep.lastArea, ep.lastDone, ep.lastFailed = area, done, failed
-		if int(n) != ep.inflight {
-			ep.inflight = int(n)
-			l.pending = append(l.pending, event{kind: evInFlight, ep: ep.name, n: int(n)})
-		}
+		changed := int(n) != ep.inflight
+		ep.inflight = int(n)
 		if n > 0 || dDone > 0 || dFailed > 0 {
 			active = true
 		}
@@ -119,6 +117,10 @@ func (l *lb) sampleLocked(now time.Duration) bool {
 			ep.failRate *= w
 		}
 		ep.setWeight()
+		if changed || dDone > 0 {
+			l.pending = append(l.pending, event{kind: evLoad, ep: ep.name, n: int(n),
+				d: time.Duration(ep.ewma * float64(time.Microsecond))})
+		}
 	}
 	// An endpoint without calls drifts towards the others' latency, so
 	// that one which was slow is tried again after a few τ.

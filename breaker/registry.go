@@ -88,6 +88,25 @@ func (r *Registry) State(target, method string) telemetry.BreakerState {
 	return telemetry.BreakerClosed
 }
 
+// Snapshot describes every breaker the registry holds, for the debug
+// page: state, next probe and counts (rejections are counted by observers).
+func (r *Registry) Snapshot() []telemetry.DebugBreaker {
+	bs := r.breakers.Values()
+	out := make([]telemetry.DebugBreaker, 0, len(bs))
+	for _, b := range bs {
+		st := b.State()
+		c := b.cb.Counts()
+		d := telemetry.DebugBreaker{Key: b.key, State: st.String(), Requests: c.Requests,
+			Failures: c.TotalFailures, ConsecutiveFailures: c.ConsecutiveFailures}
+		if at := b.openedAt.Load(); at != 0 && st == telemetry.BreakerOpen {
+			d.Since = time.Unix(0, at)
+			d.NextProbe = d.Since.Add(r.cfg.OpenTimeout)
+		}
+		out = append(out, d)
+	}
+	return out
+}
+
 func (r *Registry) keyOf(target, method string) keyed.Key {
 	switch {
 	case r.keyFunc != nil:

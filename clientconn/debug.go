@@ -51,6 +51,7 @@ type limiterRecord struct {
 type endpointRecord struct {
 	state    atomic.Int32 // connectivity.State
 	inFlight atomic.Int64
+	latency  atomic.Int64 // nanoseconds
 	ejected  atomic.Bool
 }
 
@@ -121,11 +122,12 @@ func (r *recorder) EndpointReturned(target, endpoint string) {
 	r.next.EndpointReturned(target, endpoint)
 }
 
-func (r *recorder) EndpointInFlight(target, endpoint string, n int) {
+func (r *recorder) EndpointLoad(target, endpoint string, n int, latency time.Duration) {
 	if e := load(r, &r.endpoints, [2]string{target, endpoint}, func() *endpointRecord { return new(endpointRecord) }); e != nil {
 		e.inFlight.Store(int64(n))
+		e.latency.Store(int64(latency))
 	}
-	r.next.EndpointInFlight(target, endpoint, n)
+	r.next.EndpointLoad(target, endpoint, n, latency)
 }
 
 func (r *recorder) BreakerStateChanged(key string, from, to telemetry.BreakerState) {
@@ -200,24 +202,53 @@ func (f *Factory) debugSnapshot() telemetry.DebugSnapshot {
 	f.rec.endpoints.Range(func(k, v any) bool {
 		key, e := k.([2]string), v.(*endpointRecord)
 		s.Endpoints = append(s.Endpoints, telemetry.DebugEndpoint{Target: key[0], Endpoint: key[1],
-			State: connectivity.State(e.state.Load()).String(), InFlight: int(e.inFlight.Load()), Ejected: e.ejected.Load()})
+			State: connectivity.State(e.state.Load()).String(), InFlight: int(e.inFlight.Load()), Latency: time.Duration(e.latency.Load()), Ejected: e.ejected.Load()})
 		return true
 	})
 	slices.SortFunc(s.Endpoints, func(a, b telemetry.DebugEndpoint) int {
 		return cmp.Or(cmp.Compare(a.Target, b.Target), cmp.Compare(a.Endpoint, b.Endpoint))
 	})
+	// Breakers and limiters: live state from the policies' chains, with
+	// the rejections the recorder counted; keys only the recorder saw
+	// (breakers built outside the Factory) keep what it knows.
+	breakers := map[string]telemetry.DebugBreaker{}
 	f.rec.breakers.Range(func(k, v any) bool {
 		b := v.(*breakerRecord)
-		s.Breakers = append(s.Breakers, telemetry.DebugBreaker{Key: k.(string),
-			State: telemetry.BreakerState(b.state.Load()).String(), Since: time.Unix(0, b.since.Load()), Rejections: b.rejections.Load()})
+		breakers[k.(string)] = telemetry.DebugBreaker{Key: k.(string), State: telemetry.BreakerState(b.state.Load()).String(),
+			Since: time.Unix(0, b.since.Load()), Rejections: b.rejections.Load()}
 		return true
 	})
-	slices.SortFunc(s.Breakers, func(a, b telemetry.DebugBreaker) int { return cmp.Compare(a.Key, b.Key) })
+	limiters := map[string]telemetry.DebugLimiter{}
 	f.rec.limiters.Range(func(k, v any) bool {
 		l := v.(*limiterRecord)
-		s.Limiters = append(s.Limiters, telemetry.DebugLimiter{Key: k.(string), Limit: int(l.limit.Load()), Rejected: l.rejected.Load()})
+		limiters[k.(string)] = telemetry.DebugLimiter{Key: k.(string), Limit: int(l.limit.Load()), Rejected: l.rejected.Load()}
 		return true
 	})
+	f.cfgMu.Lock()
+	for _, sc := range f.configs {
+		if sc.chain == nil {
+			continue
+		}
+		for _, b := range sc.chain.Breakers() {
+			if b.Since.IsZero() {
+				b.Since = breakers[b.Key].Since
+			}
+			b.Rejections = breakers[b.Key].Rejections
+			breakers[b.Key] = b
+		}
+		for _, l := range sc.chain.Limiters() {
+			l.Rejected = limiters[l.Key].Rejected
+			limiters[l.Key] = l
+		}
+	}
+	f.cfgMu.Unlock()
+	for _, b := range breakers {
+		s.Breakers = append(s.Breakers, b)
+	}
+	for _, l := range limiters {
+		s.Limiters = append(s.Limiters, l)
+	}
+	slices.SortFunc(s.Breakers, func(a, b telemetry.DebugBreaker) int { return cmp.Compare(a.Key, b.Key) })
 	slices.SortFunc(s.Limiters, func(a, b telemetry.DebugLimiter) int { return cmp.Compare(a.Key, b.Key) })
 	if c := f.opts.sessions; c != nil {
 		st := c.Stats()

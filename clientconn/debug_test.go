@@ -99,6 +99,12 @@ func TestDebugPageInBrowser(t *testing.T) {
 	if len(snap.Connections) != 1 || snap.Connections[0].Handles != 2 || snap.Handshakes.Resumed != 2 || len(snap.Breakers) != 1 || snap.Breakers[0].State != "open" {
 		t.Errorf("JSON snapshot = %+v", snap)
 	}
+	if br := snap.Breakers[0]; br.NextProbe.Before(time.Now()) || br.Rejections != 0 || !strings.HasSuffix(br.Key, "/grpc.testing.TestService/UnaryCall") {
+		t.Errorf("breaker = %+v, want a next probe in the future, no rejections yet, keyed by target and method", br)
+	}
+	if len(snap.Limiters) != 1 || snap.Limiters[0].Limit != 100 || snap.Limiters[0].InFlight != 0 {
+		t.Errorf("limiters = %+v, want the policy's limiter at 100, idle", snap.Limiters)
+	}
 }
 
 func TestDebugPageEscapesTargets(t *testing.T) {

@@ -33,13 +33,15 @@ const maxCanonCache = 4096
 //
 // A Factory is safe for concurrent use.
 type Factory struct {
-	opts     *options
-	err      error              // invalid options; every Get returns it
-	obs      telemetry.Observer // rec, in front of the user's observer
-	rec      *recorder
-	dialOpts []grpc.DialOption // the part shared by every connection
-	ctx      context.Context   // ends with Close; bounds replacement warm-ups
-	cancel   context.CancelFunc
+	opts      *options
+	err       error              // invalid options; every Get returns it
+	obs       telemetry.Observer // rec, in front of the user's observer
+	rec       *recorder
+	tel       *telemetry.Telemetry // WithMeterProvider/WithTracerProvider's, or nil
+	unobserve func() error         // unregisters the snapshot gauges
+	dialOpts  []grpc.DialOption    // the part shared by every connection
+	ctx       context.Context      // ends with Close; bounds replacement warm-ups
+	cancel    context.CancelFunc
 
 	// wg counts goroutines that drain or replace connections. Add is only
 	// called under mu while closed is false, so Close's Wait sees them all.
@@ -109,6 +111,14 @@ func New(opts ...Option) *Factory {
 		f.idle, _ = simplelru.NewLRU(o.maxIdle, f.onIdleEvict) // error only for size <= 0
 	}
 	f.dialOpts = f.baseDialOptions()
+	if f.tel != nil {
+		unobserve, err := f.tel.ObserveSnapshots(f.debugSnapshot)
+		if err != nil {
+			f.err = fmt.Errorf("clientconn: %w", err)
+			return f
+		}
+		f.unobserve = unobserve
+	}
 	if err := f.preconnect(); err != nil {
 		f.err = err
 		f.Close()
@@ -152,7 +162,7 @@ func (f *Factory) setUpTelemetry() error {
 	if err != nil {
 		return fmt.Errorf("clientconn: %w", err)
 	}
-	f.obs = t
+	f.obs, f.tel = t, t
 	o.dialOptions = append([]grpc.DialOption{grpc.WithStatsHandler(t.StatsHandler())}, o.dialOptions...)
 	return nil
 }
@@ -184,6 +194,7 @@ func (f *Factory) setUpTLS() error {
 type serviceConfig struct {
 	grpc         string
 	interceptors []grpc.DialOption
+	chain        *interceptors.Chain // nil without a policy
 }
 
 // serviceConfig splits and validates doc once; every connection made with
@@ -201,10 +212,11 @@ func (f *Factory) serviceConfig(doc string) (*serviceConfig, error) {
 	}
 	sc := &serviceConfig{grpc: grpcDoc}
 	if policy != nil {
-		if sc.interceptors, err = policy.DialOptions(interceptors.ClientTelemetry{},
+		if sc.chain, err = policy.Build(interceptors.ClientTelemetry{},
 			interceptors.PolicyObservers{Breaker: f.obs, Limiter: f.obs}); err != nil {
 			return nil, fmt.Errorf("clientconn: service config: %w", err)
 		}
+		sc.interceptors = sc.chain.DialOptions()
 	}
 	if len(f.configs) < maxCanonCache {
 		f.configs[doc] = sc
@@ -589,6 +601,9 @@ func (f *Factory) Close() error {
 	}
 	f.mu.Unlock()
 	f.cancel()
+	if f.unobserve != nil {
+		_ = f.unobserve()
+	}
 	for _, s := range all {
 		f.startDrain(s.key.target, s.cur.Load(), telemetry.CloseShutdown)
 	}

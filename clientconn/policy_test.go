@@ -19,7 +19,8 @@ import (
 const breakerServiceConfig = `{
   "methodConfig": [{"name": [{"service": "grpc.testing.TestService"}], "timeout": "5s"}],
   "grpcreuse": {"methodConfig": [{"name": [{}],
-    "circuitBreaker": {"consecutiveFailures": 3, "openTimeout": "60s"}}]}
+    "circuitBreaker": {"consecutiveFailures": 3, "openTimeout": "60s"},
+    "concurrencyLimit": {"limit": 100}}]}
 }`
 
 func TestServiceConfigPolicyOpensBreaker(t *testing.T) {

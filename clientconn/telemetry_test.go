@@ -50,6 +50,13 @@ func metricPoints(t *testing.T, reader *sdkmetric.ManualReader, name string) map
 						value float64
 					}{p.Attributes, float64(p.Value)}
 				}
+			case metricdata.Gauge[int64]:
+				for _, p := range d.DataPoints {
+					out[p.Attributes.Equivalent()] = struct {
+						set   attribute.Set
+						value float64
+					}{p.Attributes, float64(p.Value)}
+				}
 			case metricdata.Histogram[float64]:
 				for _, p := range d.DataPoints {
 					out[p.Attributes.Equivalent()] = struct {
@@ -180,6 +187,17 @@ func TestFactoryTelemetry(t *testing.T) {
 	}
 	if got := sumWhere(t, reader, telemetry.MetricLimiterRejections, attribute.String(telemetry.AttrReason, interceptors.ReasonLimit)); got != 1 {
 		t.Errorf("shed calls = %v, want 1", got)
+	}
+
+	// Snapshot gauges: the policy's limiter and the session cache.
+	if got := len(metricPoints(t, reader, telemetry.MetricLimiterInFlight)); got != 1 {
+		t.Errorf("limiter in-flight gauges = %d, want 1 (the policy's limiter)", got)
+	}
+	if got := sumWhere(t, reader, telemetry.MetricLimiterQueued); got != 0 {
+		t.Errorf("queued = %v with no load, want 0", got)
+	}
+	if got := sumWhere(t, reader, telemetry.MetricSessionCacheSize); got < 1 {
+		t.Errorf("session cache size = %v, want at least 1", got)
 	}
 
 	// Spans: one per handshake, and the calls' spans marked.

@@ -92,6 +92,20 @@ func (l *Limiter) keyOf(target, method string) keyed.Key {
 
 func (l *Limiter) get(target, method string) *limiter { return l.keys.Get(l.keyOf(target, method)) }
 
+// Snapshot describes every key's limiter, for the debug page (rejections
+// are counted by observers).
+func (l *Limiter) Snapshot() []telemetry.DebugLimiter {
+	lims := l.keys.Values()
+	out := make([]telemetry.DebugLimiter, 0, len(lims))
+	for _, lim := range lims {
+		lim.mu.Lock()
+		q := len(lim.queue)
+		lim.mu.Unlock()
+		out = append(out, telemetry.DebugLimiter{Key: lim.key, Limit: int(lim.limit.Load()), InFlight: int(lim.inflight.Load()), Queued: q})
+	}
+	return out
+}
+
 // LimiterStats is a snapshot of one key's limiter.
 type LimiterStats struct {
 	// Limit is the current concurrency limit.

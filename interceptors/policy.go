@@ -340,13 +340,60 @@ func parseLimiter(raw json.RawMessage) (LimiterConfig, error) {
 	return c, nil
 }
 
-// ClientChain builds, for every methodConfig entry, its breaker Registry
-// and Limiter, and returns the recommended client chain (telemetry,
-// breaker, limiter) whose layers send each call to its method's entry.
-// Nil observers in obs mean telemetry.Nop.
+// Chain is a Policy built into interceptors, keeping hold of the breakers
+// and limiters behind them so their state can be shown.
+type Chain struct {
+	Unary    []grpc.UnaryClientInterceptor
+	Stream   []grpc.StreamClientInterceptor
+	breakers []*breaker.Registry
+	limiters []*Limiter
+}
+
+// DialOptions returns the chain as dial options.
+func (c *Chain) DialOptions() []grpc.DialOption { return dialOptions(c.Unary, c.Stream) }
+
+// Breakers describes every breaker of the chain.
+func (c *Chain) Breakers() []telemetry.DebugBreaker {
+	var out []telemetry.DebugBreaker
+	for _, r := range c.breakers {
+		out = append(out, r.Snapshot()...)
+	}
+	return out
+}
+
+// Limiters describes every limiter of the chain.
+func (c *Chain) Limiters() []telemetry.DebugLimiter {
+	var out []telemetry.DebugLimiter
+	for _, l := range c.limiters {
+		out = append(out, l.Snapshot()...)
+	}
+	return out
+}
+
+// ClientChain returns the interceptors of Build.
 func (p *Policy) ClientChain(tel ClientTelemetry, obs PolicyObservers) ([]grpc.UnaryClientInterceptor, []grpc.StreamClientInterceptor, error) {
-	if err := p.Validate(); err != nil {
+	c, err := p.Build(tel, obs)
+	if err != nil {
 		return nil, nil, err
+	}
+	return c.Unary, c.Stream, nil
+}
+
+// DialOptions returns the interceptors of Build as dial options.
+func (p *Policy) DialOptions(tel ClientTelemetry, obs PolicyObservers) ([]grpc.DialOption, error) {
+	c, err := p.Build(tel, obs)
+	if err != nil {
+		return nil, err
+	}
+	return c.DialOptions(), nil
+}
+
+// Build validates the policy and builds its breakers, limiters and the
+// recommended chain (telemetry, breaker, limiter), routing each call by
+// gRPC's methodConfig matching rules.
+func (p *Policy) Build(tel ClientTelemetry, obs PolicyObservers) (*Chain, error) {
+	if err := p.Validate(); err != nil {
+		return nil, err
 	}
 	bobs, lobs := obs.Breaker, obs.Limiter
 	if bobs == nil {
@@ -363,13 +410,13 @@ func (p *Policy) ClientChain(tel ClientTelemetry, obs PolicyObservers) ([]grpc.U
 		var err error
 		if e.CircuitBreaker != nil {
 			if regs[i], err = breaker.New(breaker.WithConfig(*e.CircuitBreaker), breaker.WithObserver(bobs)); err != nil {
-				return nil, nil, err
+				return nil, err
 			}
 			anyB = true
 		}
 		if e.ConcurrencyLimit != nil {
 			if lims[i], err = NewLimiter(WithLimiterConfig(*e.ConcurrencyLimit), WithLimiterObserver(lobs)); err != nil {
-				return nil, nil, err
+				return nil, err
 			}
 			anyL = true
 		}
@@ -402,17 +449,19 @@ func (p *Policy) ClientChain(tel ClientTelemetry, obs PolicyObservers) ([]grpc.U
 			return nil
 		}
 	}
-	u, s := chain(tel, b, l)
-	return u, s, nil
-}
-
-// DialOptions returns ClientChain as dial options.
-func (p *Policy) DialOptions(tel ClientTelemetry, obs PolicyObservers) ([]grpc.DialOption, error) {
-	u, s, err := p.ClientChain(tel, obs)
-	if err != nil {
-		return nil, err
+	c := &Chain{}
+	c.Unary, c.Stream = chain(tel, b, l)
+	for _, r := range regs {
+		if r != nil {
+			c.breakers = append(c.breakers, r)
+		}
 	}
-	return dialOptions(u, s), nil
+	for _, l := range lims {
+		if l != nil {
+			c.limiters = append(c.limiters, l)
+		}
+	}
+	return c, nil
 }
 
 // PolicyObservers are where the breakers and limiters built from a Policy

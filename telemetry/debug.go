@@ -36,22 +36,33 @@ type DebugEndpoint struct {
 	Endpoint string `json:"endpoint"`
 	State    string `json:"state"` // of its most recent subchannel change
 	InFlight int    `json:"inFlight"`
-	Ejected  bool   `json:"ejected"`
+	// Latency is the balancer's peak-EWMA latency estimate.
+	Latency time.Duration `json:"latency"`
+	Ejected bool          `json:"ejected"`
 }
 
 // DebugBreaker is one circuit breaker.
 type DebugBreaker struct {
-	Key        string    `json:"key"`
-	State      string    `json:"state"`
-	Since      time.Time `json:"since"`
-	Rejections uint64    `json:"rejections"`
+	Key   string    `json:"key"`
+	State string    `json:"state"`
+	Since time.Time `json:"since"` // of the last state change; zero if never changed
+	// NextProbe is when an open breaker lets a probe through; zero otherwise.
+	NextProbe time.Time `json:"nextProbe"`
+	// Requests, Failures and ConsecutiveFailures are the breaker's counts
+	// in its current window (reset on each state change).
+	Requests            uint32 `json:"requests"`
+	Failures            uint32 `json:"failures"`
+	ConsecutiveFailures uint32 `json:"consecutiveFailures"`
+	Rejections          uint64 `json:"rejections"` // calls failed fast, since start
 }
 
 // DebugLimiter is one concurrency limiter (client or server side).
 type DebugLimiter struct {
 	Key      string `json:"key"`
 	Limit    int    `json:"limit"`
-	Rejected uint64 `json:"rejected"`
+	InFlight int    `json:"inFlight"`
+	Queued   int    `json:"queued"`
+	Rejected uint64 `json:"rejected"` // since start
 }
 
 // DebugSessionCache is one TLS session cache.
@@ -97,7 +108,12 @@ var debugPage = template.Must(template.New("debug").Funcs(template.FuncMap{
 	"ms":  func(d time.Duration) string { return d.Round(10 * time.Microsecond).String() },
 	"age": func(d time.Duration) string { return d.Round(time.Second).String() },
 	"pct": func(f float64) string { return strconv.FormatFloat(f*100, 'f', 1, 64) + "%" },
-	"ts":  func(t time.Time) string { return t.Format(time.RFC3339) },
+	"ts": func(t time.Time) string {
+		if t.IsZero() {
+			return "—"
+		}
+		return t.Format(time.RFC3339)
+	},
 }).Parse(`<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><meta http-equiv="refresh" content="2">
 <title>grpcreuse debug</title>
@@ -110,17 +126,17 @@ td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}th{background:#f3f3f
 {{range .Connections}}<tr class="connection"><td>{{.Target}}</td><td>{{.Tenant}}</td><td>{{.Handles}}</td><td>{{.State}}</td><td>{{age .Age}}</td><td>{{.InFlight}}</td></tr>
 {{else}}<tr><td colspan="6">none</td></tr>{{end}}</table>
 <h2 id="endpoints">Endpoints ({{len .Endpoints}})</h2>
-<table><tr><th>target</th><th>endpoint</th><th>last subchannel state</th><th>in flight</th><th>ejected</th></tr>
-{{range .Endpoints}}<tr class="endpoint"><td>{{.Target}}</td><td>{{.Endpoint}}</td><td>{{.State}}</td><td>{{.InFlight}}</td><td>{{if .Ejected}}<span class="open">ejected</span>{{else}}no{{end}}</td></tr>
-{{else}}<tr><td colspan="5">none reported</td></tr>{{end}}</table>
+<table><tr><th>target</th><th>endpoint</th><th>last subchannel state</th><th>in flight</th><th>EWMA latency</th><th>ejected</th></tr>
+{{range .Endpoints}}<tr class="endpoint"><td>{{.Target}}</td><td>{{.Endpoint}}</td><td>{{.State}}</td><td>{{.InFlight}}</td><td>{{ms .Latency}}</td><td>{{if .Ejected}}<span class="open">ejected</span>{{else}}no{{end}}</td></tr>
+{{else}}<tr><td colspan="6">none reported</td></tr>{{end}}</table>
 <h2 id="breakers">Circuit breakers ({{len .Breakers}})</h2>
-<table><tr><th>key</th><th>state</th><th>since</th><th>rejections</th></tr>
-{{range .Breakers}}<tr class="breaker"><td>{{.Key}}</td><td class="{{if eq .State "open"}}open{{else}}ok{{end}}">{{.State}}</td><td>{{ts .Since}}</td><td>{{.Rejections}}</td></tr>
-{{else}}<tr><td colspan="4">none reported</td></tr>{{end}}</table>
+<table><tr><th>key</th><th>state</th><th>since</th><th>next probe</th><th>requests</th><th>failures</th><th>consecutive failures</th><th>rejections</th></tr>
+{{range .Breakers}}<tr class="breaker"><td>{{.Key}}</td><td class="{{if eq .State "open"}}open{{else}}ok{{end}}">{{.State}}</td><td>{{ts .Since}}</td><td>{{ts .NextProbe}}</td><td>{{.Requests}}</td><td>{{.Failures}}</td><td>{{.ConsecutiveFailures}}</td><td>{{.Rejections}}</td></tr>
+{{else}}<tr><td colspan="8">none</td></tr>{{end}}</table>
 <h2 id="limiters">Limiters ({{len .Limiters}})</h2>
-<table><tr><th>key</th><th>limit</th><th>rejected</th></tr>
-{{range .Limiters}}<tr class="limiter"><td>{{.Key}}</td><td>{{.Limit}}</td><td>{{.Rejected}}</td></tr>
-{{else}}<tr><td colspan="3">none reported</td></tr>{{end}}</table>
+<table><tr><th>key</th><th>limit</th><th>in flight</th><th>queued</th><th>rejected</th></tr>
+{{range .Limiters}}<tr class="limiter"><td>{{.Key}}</td><td>{{.Limit}}</td><td>{{.InFlight}}</td><td>{{.Queued}}</td><td>{{.Rejected}}</td></tr>
+{{else}}<tr><td colspan="5">none</td></tr>{{end}}</table>
 <h2 id="sessions">TLS session caches</h2>
 <table><tr><th>cache</th><th>size</th><th>hits</th><th>misses</th><th>hit rate</th></tr>
 {{range .SessionCaches}}<tr class="session-cache"><td>{{.Name}}</td><td>{{.Size}}</td><td>{{.Hits}}</td><td>{{.Misses}}</td><td>{{pct .HitRate}}</td></tr>

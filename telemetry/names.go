@@ -47,6 +47,14 @@ const (
 	// MetricLimiterLimit is a limiter's current concurrency limit ({call}),
 	// by AttrLimiterKey.
 	MetricLimiterLimit = "grpcreuse.limiter.limit"
+	// MetricLimiterInFlight and MetricLimiterQueued are a limiter's calls
+	// holding a slot and waiting for one ({call}), by AttrLimiterKey; read
+	// at collection from the snapshot given to ObserveSnapshots.
+	MetricLimiterInFlight = "grpcreuse.limiter.in_flight"
+	MetricLimiterQueued   = "grpcreuse.limiter.queued"
+	// MetricSessionCacheSize is the number of TLS sessions a cache holds
+	// ({session}), read at collection like MetricLimiterInFlight.
+	MetricSessionCacheSize = "grpcreuse.tls.session_cache.size"
 	// MetricLimiterRejections counts calls rejected or shed ({call}), by
 	// AttrLimiterKey and AttrReason.
 	MetricLimiterRejections = "grpcreuse.limiter.rejections"
@@ -86,6 +94,8 @@ const (
 	// AttrFrom and AttrTo are the states of a breaker transition.
 	AttrFrom = "grpcreuse.from"
 	AttrTo   = "grpcreuse.to"
+	// AttrSessionCache names a session cache.
+	AttrSessionCache = "grpcreuse.tls.session_cache"
 	// AttrSessionHit says whether a session cache lookup found a session.
 	AttrSessionHit = "grpcreuse.tls.session_cache.hit"
 	// AttrConnReused marks a call's span: false when the call was the first

@@ -87,9 +87,10 @@ type SubchannelObserver interface {
 	EndpointEjected(target, endpoint string, d time.Duration)
 	// EndpointReturned reports an ejected endpoint taken back into picking.
 	EndpointReturned(target, endpoint string)
-	// EndpointInFlight reports an endpoint's calls in flight, sampled when
-	// it changes (not per call).
-	EndpointInFlight(target, endpoint string, inFlight int)
+	// EndpointLoad reports an endpoint's calls in flight and its latency
+	// estimate (the balancer's peak EWMA), sampled by the balancer's
+	// control loop, not per call.
+	EndpointLoad(target, endpoint string, inFlight int, latency time.Duration)
 }
 
 // BreakerState is the state of a circuit breaker.
@@ -173,8 +174,8 @@ func (Nop) EndpointEjected(string, string, time.Duration) {}
 // EndpointReturned does nothing.
 func (Nop) EndpointReturned(string, string) {}
 
-// EndpointInFlight does nothing.
-func (Nop) EndpointInFlight(string, string, int) {}
+// EndpointLoad does nothing.
+func (Nop) EndpointLoad(string, string, int, time.Duration) {}
 
 // BreakerStateChanged does nothing.
 func (Nop) BreakerStateChanged(string, BreakerState, BreakerState) {}

@@ -66,6 +66,7 @@ func WithTracerProvider(tp trace.TracerProvider) Option {
 // per-call latency and sizes: Telemetry records only what grpc-go does
 // not (handshakes, pooling, balancing, breakers, limiters, session caches).
 type Telemetry struct {
+	meter  metric.Meter
 	tracer trace.Tracer
 
 	tlsHandshakes, poolGets, poolEvictions, subchannelChanges, ejections metric.Int64Counter
@@ -92,7 +93,7 @@ func New(opts ...Option) (*Telemetry, error) {
 		return nil, o.err
 	}
 	m := o.mp.Meter(scope)
-	t := &Telemetry{tracer: o.tp.Tracer(scope)}
+	t := &Telemetry{meter: m, tracer: o.tp.Tracer(scope)}
 	var errs []error
 	counter := func(name, unit, desc string) metric.Int64Counter {
 		c, err := m.Int64Counter(name, metric.WithUnit(unit), metric.WithDescription(desc))
@@ -136,6 +137,35 @@ func New(opts ...Option) (*Telemetry, error) {
 		return nil, fmt.Errorf("telemetry: creating instruments: %w", err)
 	}
 	return t, nil
+}
+
+// ObserveSnapshots records, at every collection, the gauges that only a
+// snapshot knows: limiters' calls in flight and queued, and session cache
+// sizes. clientconn's Factory registers its debug snapshot here; call
+// unregister when the source goes away.
+func (t *Telemetry) ObserveSnapshots(snapshot func() DebugSnapshot) (unregister func() error, err error) {
+	inFlight, err1 := t.meter.Int64ObservableGauge(MetricLimiterInFlight, metric.WithUnit("{call}"), metric.WithDescription("Calls holding a limiter slot."))
+	queued, err2 := t.meter.Int64ObservableGauge(MetricLimiterQueued, metric.WithUnit("{call}"), metric.WithDescription("Calls waiting for a limiter slot."))
+	size, err3 := t.meter.Int64ObservableGauge(MetricSessionCacheSize, metric.WithUnit("{session}"), metric.WithDescription("TLS sessions held."))
+	if err := errors.Join(err1, err2, err3); err != nil {
+		return nil, fmt.Errorf("telemetry: creating instruments: %w", err)
+	}
+	reg, err := t.meter.RegisterCallback(func(_ context.Context, o metric.Observer) error {
+		s := snapshot()
+		for _, l := range s.Limiters {
+			attrs := metric.WithAttributes(attribute.String(AttrLimiterKey, l.Key))
+			o.ObserveInt64(inFlight, int64(l.InFlight), attrs)
+			o.ObserveInt64(queued, int64(l.Queued), attrs)
+		}
+		for _, c := range s.SessionCaches {
+			o.ObserveInt64(size, int64(c.Size), metric.WithAttributes(attribute.String(AttrSessionCache, c.Name)))
+		}
+		return nil
+	}, inFlight, queued, size)
+	if err != nil {
+		return nil, fmt.Errorf("telemetry: registering snapshot gauges: %w", err)
+	}
+	return reg.Unregister, nil
 }
 
 // latencyBuckets are gRFC A66's latency buckets, in seconds.
@@ -222,8 +252,9 @@ func (t *Telemetry) EndpointReturned(target, _ string) {
 	t.ejected.Add(context.Background(), -1, metric.WithAttributes(attribute.String(AttrTarget, target)))
 }
 
-// EndpointInFlight records an endpoint's calls in flight.
-func (t *Telemetry) EndpointInFlight(target, endpoint string, inFlight int) {
+// EndpointLoad records an endpoint's calls in flight (the latency
+// estimate is for the debug page; per-call latency is grpc-go's metric).
+func (t *Telemetry) EndpointLoad(target, endpoint string, inFlight int, _ time.Duration) {
 	t.endpointInFlight.Record(context.Background(), int64(inFlight), metric.WithAttributes(
 		attribute.String(AttrTarget, target), attribute.String(AttrEndpoint, endpoint)))
 }

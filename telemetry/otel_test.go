@@ -71,7 +71,7 @@ func TestEveryObserverEventIsRecorded(t *testing.T) {
 	tel.SubchannelState("dns:///a:1", "10.0.0.1:1", connectivity.Ready)
 	tel.EndpointEjected("dns:///a:1", "10.0.0.1:1", time.Second)
 	tel.EndpointReturned("dns:///a:1", "10.0.0.1:1")
-	tel.EndpointInFlight("dns:///a:1", "10.0.0.1:1", 7)
+	tel.EndpointLoad("dns:///a:1", "10.0.0.1:1", 7, time.Millisecond)
 	tel.BreakerStateChanged("svc", telemetry.BreakerClosed, telemetry.BreakerOpen)
 	tel.BreakerRejected("svc")
 	tel.BreakerRejected("svc")

@@ -85,3 +85,13 @@ func (m *Map[V]) Len() int {
 	}
 	return n
 }
+
+// Values returns every value, in no particular order, without refreshing
+// recency: for snapshots, not for the call path.
+func (m *Map[V]) Values() []V {
+	var out []V
+	for i := range m.shards {
+		out = append(out, m.shards[i].c.Values()...)
+	}
+	return out
+}

@@ -25,6 +25,9 @@ func TestMapBoundedAndShared(t *testing.T) {
 	for i := 0; i < 5000; i++ {
 		m.Get(Key{"t", strconv.Itoa(i)})
 	}
+	if n := m.Len(); len(m.Values()) != n {
+		t.Errorf("Values has %d entries, Len %d", len(m.Values()), n)
+	}
 	if n := m.Len(); n > 128 {
 		t.Errorf("Len = %d after 5000 keys, want bounded near 100", n)
 	}
