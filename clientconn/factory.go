@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/golang-lru/v2/simplelru"
+	tracenoop "go.opentelemetry.io/otel/trace/noop"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/credentials"
@@ -163,7 +164,13 @@ func (f *Factory) setUpTelemetry() error {
 		return fmt.Errorf("clientconn: %w", err)
 	}
 	f.obs, f.tel = t, t
-	o.dialOptions = append([]grpc.DialOption{grpc.WithStatsHandler(t.StatsHandler())}, o.dialOptions...)
+	// The stats handler only marks spans. Install it only for a tracer
+	// that records: grpc-go builds its per-call stats events (15
+	// allocations) for any installed handler, and with tracing on a
+	// tracing handler already pays for them.
+	if _, noop := o.tracers.(tracenoop.TracerProvider); o.tracers != nil && !noop {
+		o.dialOptions = append([]grpc.DialOption{grpc.WithStatsHandler(t.StatsHandler())}, o.dialOptions...)
+	}
 	return nil
 }
 

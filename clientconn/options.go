@@ -273,8 +273,9 @@ func WithMeterProvider(mp metric.MeterProvider) Option {
 
 // WithTracerProvider records TLS handshakes as spans from tp, and marks
 // each call's span with whether its connection was new and, if so, how its
-// handshake went (see telemetry.Telemetry.StatsHandler). Use it or
-// WithObserver, not both.
+// handshake went (see telemetry.Telemetry.StatsHandler). Only this option
+// installs that stats handler, and not for a no-op provider, so metrics
+// alone add nothing per call. Use it or WithObserver, not both.
 func WithTracerProvider(tp trace.TracerProvider) Option {
 	return optionFunc(func(o *options) {
 		if tp == nil {

@@ -11,6 +11,7 @@ import (
 	"go.opentelemetry.io/otel/sdk/metric/metricdata"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
+	tracenoop "go.opentelemetry.io/otel/trace/noop"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	testpb "google.golang.org/grpc/interop/grpc_testing"
@@ -221,5 +222,34 @@ func TestFactoryTelemetry(t *testing.T) {
 	}
 	if len(reused) != 2 || reused[0] || !reused[1] {
 		t.Errorf("calls marked reused = %v, want [false true]: the first call is the new connection's first", reused)
+	}
+}
+
+// TestMetricsAddNothingPerCall: with metrics only, or a no-op tracer, a
+// call costs what it costs without telemetry.
+func TestMetricsAddNothingPerCall(t *testing.T) {
+	b := testutil.StartBackend(t, testutil.BackendOptions{})
+	allocs := func(opts ...clientconn.Option) float64 {
+		f := newFactory(t, opts...)
+		c := get(t, f, b.Addr)
+		defer c.Close()
+		mustUnary(t, c)
+		client := testpb.NewTestServiceClient(c)
+		req := &testpb.SimpleRequest{}
+		return testing.AllocsPerRun(300, func() {
+			if _, err := client.UnaryCall(context.Background(), req); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+	base := allocs()
+	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(sdkmetric.NewManualReader()))
+	for name, opts := range map[string][]clientconn.Option{
+		"meter provider": {clientconn.WithMeterProvider(mp)},
+		"no-op tracer":   {clientconn.WithMeterProvider(mp), clientconn.WithTracerProvider(tracenoop.NewTracerProvider())},
+	} {
+		if got := allocs(opts...); got > base+0.5 {
+			t.Errorf("%s: %.1f allocations per call, %.1f without telemetry", name, got, base)
+		}
 	}
 }
