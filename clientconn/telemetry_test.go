@@ -23,21 +23,22 @@ import (
 	"github.com/grpcreuse/grpcreuse/telemetry"
 )
 
-// metricPoints returns the data points of one instrument, summed per
-// attribute set (counters) or counted (histograms).
-func metricPoints(t *testing.T, reader *sdkmetric.ManualReader, name string) map[attribute.Distinct]struct {
+// point is one data point: its attributes and its value (a counter's sum,
+// a gauge's value, a histogram's count).
+type point struct {
 	set   attribute.Set
 	value float64
-} {
+}
+
+// metricPoints returns the data points of one instrument by attribute set.
+func metricPoints(t *testing.T, reader *sdkmetric.ManualReader, name string) map[attribute.Distinct]point {
 	t.Helper()
 	var rm metricdata.ResourceMetrics
 	if err := reader.Collect(context.Background(), &rm); err != nil {
 		t.Fatal(err)
 	}
-	out := map[attribute.Distinct]struct {
-		set   attribute.Set
-		value float64
-	}{}
+	out := map[attribute.Distinct]point{}
+	add := func(set attribute.Set, v float64) { out[set.Equivalent()] = point{set, v} }
 	for _, sm := range rm.ScopeMetrics {
 		for _, m := range sm.Metrics {
 			if m.Name != name {
@@ -46,24 +47,15 @@ func metricPoints(t *testing.T, reader *sdkmetric.ManualReader, name string) map
 			switch d := m.Data.(type) {
 			case metricdata.Sum[int64]:
 				for _, p := range d.DataPoints {
-					out[p.Attributes.Equivalent()] = struct {
-						set   attribute.Set
-						value float64
-					}{p.Attributes, float64(p.Value)}
+					add(p.Attributes, float64(p.Value))
 				}
 			case metricdata.Gauge[int64]:
 				for _, p := range d.DataPoints {
-					out[p.Attributes.Equivalent()] = struct {
-						set   attribute.Set
-						value float64
-					}{p.Attributes, float64(p.Value)}
+					add(p.Attributes, float64(p.Value))
 				}
 			case metricdata.Histogram[float64]:
 				for _, p := range d.DataPoints {
-					out[p.Attributes.Equivalent()] = struct {
-						set   attribute.Set
-						value float64
-					}{p.Attributes, float64(p.Count)}
+					add(p.Attributes, float64(p.Count))
 				}
 			}
 		}
