@@ -80,6 +80,21 @@ type serviceTime struct {
 	samples atomic.Int64
 }
 
+// decay lowers the estimate by 1/64 after a request was shed for it. Only
+// admitted, successful requests measure the service time, so without this
+// an estimate inflated by an overload would shed every request whose
+// deadline is below it forever, and never be measured again: a method
+// shed for every request now sees its estimate fall until requests get
+// through and re-measure it (about 44 sheds halve it).
+func (s *serviceTime) decay() {
+	for {
+		old := s.ewma.Load()
+		if s.ewma.CompareAndSwap(old, old-old/64) {
+			return
+		}
+	}
+}
+
 func (s *serviceTime) observe(d time.Duration) {
 	if s.samples.Add(1) == 1 {
 		s.ewma.Store(int64(d))
@@ -148,6 +163,7 @@ func (s *Shedder) admit(ctx context.Context, method string) (*serviceTime, error
 	st := s.serviceTime(method)
 	if dl, ok := ctx.Deadline(); ok && st.samples.Load() >= int64(s.cfg.MinSamples) {
 		if left, recent := time.Until(dl), time.Duration(st.ewma.Load()); left < recent {
+			st.decay()
 			s.obs.LimiterRejected(method, ReasonDeadline)
 			return nil, rpcerr.New(codes.ResourceExhausted, "interceptors: shed "+strconv.Quote(method)+": "+
 				left.Round(time.Microsecond).String()+" left before the deadline, recent service time "+

@@ -130,6 +130,51 @@ func TestShedderDeadlineShorterThanServiceTime(t *testing.T) {
 	}
 }
 
+// TestShedderRecoversFromInflatedEstimate is the regression test for a
+// shedder that, once its service-time estimate rose above the callers'
+// deadlines, shed every request forever: only admitted requests measure
+// the service time. Found by examples/bench's overload scenario.
+func TestShedderRecoversFromInflatedEstimate(t *testing.T) {
+	_, sopts := newShedder(t, &events{}, func(c *interceptors.ShedderConfig) { c.MinSamples = 3 })
+	var work atomic.Int64
+	work.Store(int64(50 * time.Millisecond))
+	be := testutil.StartBackend(t, testutil.BackendOptions{
+		ServerOptions: sopts,
+		Unary: func(ctx context.Context, _ *testpb.SimpleRequest) (*testpb.SimpleResponse, error) {
+			t := time.NewTimer(time.Duration(work.Load())) // simulated work
+			defer t.Stop()
+			select {
+			case <-t.C:
+				return &testpb.SimpleResponse{}, nil
+			case <-ctx.Done():
+				return nil, status.FromContextError(ctx.Err()).Err()
+			}
+		},
+	})
+	c := dial(t, be.Addr)
+	for range 3 { // the estimate learns 50ms
+		if err := unary(context.Background(), c); err != nil {
+			t.Fatal(err)
+		}
+	}
+	work.Store(int64(time.Millisecond)) // the backend got fast again
+	short := func() error {
+		ctx, cancel := context.WithTimeout(context.Background(), 25*time.Millisecond)
+		defer cancel()
+		return unary(ctx, c)
+	}
+	if err := short(); status.Code(err) != codes.ResourceExhausted {
+		t.Fatalf("first short call = %v, want shed on the 50ms estimate", err)
+	}
+	for i := 1; i <= 500; i++ {
+		if short() == nil {
+			t.Logf("served again after %d shed calls", i)
+			return
+		}
+	}
+	t.Fatal("500 calls with a 25ms deadline to a 1ms backend were all shed: the estimate never came down")
+}
+
 // TestOverload runs 4× more concurrent callers than the server's in-flight
 // limit through the full client chain: every call ends OK or with
 // ResourceExhausted/Unavailable, none hangs or is lost, the server never
