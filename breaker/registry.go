@@ -3,6 +3,7 @@ package breaker
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -38,7 +39,10 @@ type Registry struct {
 // telemetry.Nop). It fails with a *ConfigError if the Config is invalid.
 func New(opts ...Option) (*Registry, error) {
 	o := defaultOptions()
-	for _, opt := range opts {
+	for i, opt := range opts {
+		if opt == nil {
+			return nil, fmt.Errorf("breaker: New: option %d is nil", i)
+		}
 		opt.apply(&o)
 	}
 	if o.obs == nil {

@@ -217,6 +217,11 @@ func (f *Factory) serviceConfig(doc string) (*serviceConfig, error) {
 	if err != nil {
 		return nil, fmt.Errorf("clientconn: service config: %w", err)
 	}
+	if grpcDoc != "" {
+		if err := checkGRPCServiceConfig(grpcDoc); err != nil {
+			return nil, fmt.Errorf("clientconn: service config: %w", err)
+		}
+	}
 	sc := &serviceConfig{grpc: grpcDoc}
 	if policy != nil {
 		if sc.chain, err = policy.Build(interceptors.ClientTelemetry{},

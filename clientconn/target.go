@@ -5,6 +5,7 @@ import (
 	"net"
 	"net/netip"
 	"net/url"
+	"strconv"
 	"strings"
 
 	"google.golang.org/grpc/resolver"
@@ -79,8 +80,11 @@ func normalizeHostPort(ep string) (string, error) {
 	if host == "" {
 		host = "localhost"
 	}
-	if !validHost(host) || !validPort(port) {
+	if !validHost(host) {
 		return "", fmt.Errorf("%q is not host, host:port or [ipv6]:port", ep)
+	}
+	if err := checkPort(port); err != nil {
+		return "", err // the caller names the target
 	}
 	if ip, err := netip.ParseAddr(host); err == nil {
 		host = ip.String() // one spelling per address; zones keep their case
@@ -103,12 +107,21 @@ func validHost(h string) bool {
 	return true
 }
 
-// validPort accepts port numbers and service names ("https").
-func validPort(p string) bool {
-	for _, r := range p {
-		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-') {
-			return false
+// checkPort accepts port numbers 1-65535 and service names ("https":
+// a letter, then letters, digits and hyphens), which the dns resolver
+// looks up.
+func checkPort(p string) error {
+	if n, err := strconv.Atoi(p); err == nil {
+		if n < 1 || n > 65535 {
+			return fmt.Errorf("port %d is out of range 1-65535", n)
+		}
+		return nil
+	}
+	for i, r := range p {
+		letter := r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z'
+		if !letter && (i == 0 || !(r >= '0' && r <= '9' || r == '-')) {
+			return fmt.Errorf("port %q is neither a number nor a service name", p)
 		}
 	}
-	return true
+	return nil
 }

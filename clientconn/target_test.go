@@ -32,6 +32,11 @@ func TestCanonicalTarget(t *testing.T) {
 		{in: "dns:///", wantErr: "missing host"},
 		{in: "nosuchscheme://backend:1", wantErr: `no resolver is registered for scheme "nosuchscheme"`},
 		{in: "a:b:c", wantErr: `"a:b:c" is not host, host:port`},
+		{in: "backend:https", want: "dns:///backend:https"},
+		{in: "backend:99999", wantErr: `target "backend:99999": port 99999 is out of range 1-65535`},
+		{in: "backend:0", wantErr: "port 0 is out of range"},
+		{in: "backend:-1", wantErr: "port -1 is out of range 1-65535"},
+		{in: "backend:1x_", wantErr: `port "1x_" is neither`},
 	}
 	for _, tt := range tests {
 		got, err := canonicalTarget(tt.in)

@@ -35,10 +35,11 @@ type CertificateReloader struct {
 // is empty, the poll interval is not positive, or the files do not load now.
 func NewCertificateReloader(certFile, keyFile string, opts ...CertificateReloaderOption) (*CertificateReloader, error) {
 	o := defaultReloadOptions()
-	for _, opt := range opts {
-		if opt != nil {
-			opt.applyCertReload(&o)
+	for i, opt := range opts {
+		if opt == nil {
+			return nil, fmt.Errorf("credentials: NewCertificateReloader: option %d is nil", i)
 		}
+		opt.applyCertReload(&o)
 	}
 	if certFile == "" {
 		return nil, errors.New("credentials: NewCertificateReloader: certFile is \"\"; must name a PEM file")

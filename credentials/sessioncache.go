@@ -72,10 +72,11 @@ type sessionEntry struct {
 // WithTTL is not positive.
 func NewSessionCache(opts ...SessionCacheOption) (*SessionCache, error) {
 	o := defaultSessionCacheOptions()
-	for _, opt := range opts {
-		if opt != nil {
-			opt.applySessionCache(&o)
+	for i, opt := range opts {
+		if opt == nil {
+			return nil, fmt.Errorf("credentials: NewSessionCache: option %d is nil", i)
 		}
+		opt.applySessionCache(&o)
 	}
 	if o.capacity < 1 {
 		return nil, fmt.Errorf("credentials: WithCapacity is %d; must be at least 1", o.capacity)

@@ -59,10 +59,11 @@ type keySet struct {
 // key file.
 func NewTicketKeyRotator(opts ...TicketKeyOption) (*TicketKeyRotator, error) {
 	o := defaultTicketKeyOptions()
-	for _, opt := range opts {
-		if opt != nil {
-			opt.applyTicketKey(&o)
+	for i, opt := range opts {
+		if opt == nil {
+			return nil, fmt.Errorf("credentials: NewTicketKeyRotator: option %d is nil", i)
 		}
+		opt.applyTicketKey(&o)
 	}
 	if o.keyFileSet && o.randomOnly != "" {
 		return nil, fmt.Errorf("credentials: %s cannot be combined with WithTicketKeyFile; the key file's writer rotates its keys", o.randomOnly)

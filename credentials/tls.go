@@ -6,6 +6,7 @@ import (
 	"crypto/tls"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"net"
 	"strconv"
 	"sync/atomic"
@@ -114,10 +115,11 @@ func NewTLS(cfg *tls.Config, opts ...TLSOption) (grpccreds.TransportCredentials,
 		return nil, errors.New("credentials: NewTLS: tls.Config is nil; pass a config with at least RootCAs or Certificates")
 	}
 	o := defaultTLSOptions()
-	for _, opt := range opts {
-		if opt != nil {
-			opt.applyTLS(&o)
+	for i, opt := range opts {
+		if opt == nil {
+			return nil, fmt.Errorf("credentials: NewTLS: option %d is nil", i)
 		}
+		opt.applyTLS(&o)
 	}
 	if cfg.VerifyPeerCertificate != nil && !cfg.SessionTicketsDisabled && !o.allowVerifyPeerCertRes {
 		return nil, errors.New("credentials: NewTLS: tls.Config.VerifyPeerCertificate is set, " +

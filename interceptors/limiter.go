@@ -3,6 +3,7 @@ package interceptors
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"sync/atomic"
 	"time"
@@ -63,7 +64,10 @@ type Limiter struct {
 // telemetry.Nop) or a *ConfigError.
 func NewLimiter(opts ...LimiterOption) (*Limiter, error) {
 	o := limiterOptions{cfg: DefaultLimiterConfig(), obs: telemetry.Nop{}}
-	for _, opt := range opts {
+	for i, opt := range opts {
+		if opt == nil {
+			return nil, fmt.Errorf("interceptors: NewLimiter: option %d is nil", i)
+		}
 		opt.applyLimiter(&o)
 	}
 	if o.obs == nil {

@@ -3,6 +3,7 @@ package interceptors
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strconv"
 	"strings"
 	"sync"
@@ -113,7 +114,10 @@ func (s *serviceTime) observe(d time.Duration) {
 // telemetry.Nop) or a *ConfigError.
 func NewShedder(opts ...ShedderOption) (*Shedder, error) {
 	o := shedderOptions{cfg: DefaultShedderConfig(), obs: telemetry.Nop{}}
-	for _, opt := range opts {
+	for i, opt := range opts {
+		if opt == nil {
+			return nil, fmt.Errorf("interceptors: NewShedder: option %d is nil", i)
+		}
 		opt.applyShedder(&o)
 	}
 	if o.obs == nil {

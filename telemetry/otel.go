@@ -86,7 +86,10 @@ var _ Observer = (*Telemetry)(nil)
 // refuses one.
 func New(opts ...Option) (*Telemetry, error) {
 	o := &options{mp: otel.GetMeterProvider(), tp: otel.GetTracerProvider()}
-	for _, opt := range opts {
+	for i, opt := range opts {
+		if opt == nil {
+			return nil, fmt.Errorf("telemetry: New: option %d is nil", i)
+		}
 		opt.apply(o)
 	}
 	if o.err != nil {
