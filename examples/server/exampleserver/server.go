@@ -1,0 +1,304 @@
+// Package exampleserver is the logic of the examples/server command: a TLS
+// gRPC server using grpcreuse's server side (ticket-key rotation, keepalive
+// enforcement, load shedding), with the health service and reflection.
+// It is a package rather than part of main so that examples/client's test
+// runs the server and the client in one process.
+package exampleserver
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"math/big"
+	"net"
+	"os"
+	"path/filepath"
+	"sync/atomic"
+	"time"
+
+	"google.golang.org/grpc"
+	grpccreds "google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	testpb "google.golang.org/grpc/interop/grpc_testing"
+	"google.golang.org/grpc/reflection"
+
+	"github.com/grpcreuse/grpcreuse/clientconn"
+	"github.com/grpcreuse/grpcreuse/credentials"
+	"github.com/grpcreuse/grpcreuse/interceptors"
+)
+
+// DefaultCAFile is where the server writes its self-signed certificate
+// and where examples/client reads it unless told otherwise.
+func DefaultCAFile() string { return filepath.Join(os.TempDir(), "grpcreuse-example-ca.pem") }
+
+// config is the server's flags.
+type config struct {
+	addr                 string
+	certFile, keyFile    string
+	caOut                string
+	ticketKeyFile        string
+	ticketRotation       time.Duration
+	maxInFlight          int
+	maxConcurrentStreams uint
+	grace                time.Duration
+}
+
+func parseFlags(args []string, stdout io.Writer) (config, error) {
+	var c config
+	fs := flag.NewFlagSet("server", flag.ContinueOnError)
+	fs.SetOutput(io.Discard) // the caller prints the error; -h prints the usage below
+	fs.StringVar(&c.addr, "addr", "127.0.0.1:50051", "address to listen on")
+	fs.StringVar(&c.certFile, "cert", "", "PEM certificate file (reloaded when it changes); default: a self-signed certificate for localhost and 127.0.0.1 made at start")
+	fs.StringVar(&c.keyFile, "key", "", "PEM private key file for -cert")
+	fs.StringVar(&c.caOut, "ca-out", DefaultCAFile(), "where to write the self-signed certificate's PEM for clients to trust (unused with -cert)")
+	fs.StringVar(&c.ticketKeyFile, "ticket-key-file", "", "session-ticket key file shared by replicas (one base64 32-byte key per line, first encrypts); default: random keys")
+	fs.DurationVar(&c.ticketRotation, "ticket-rotation", credentials.DefaultRotationInterval, "how often random ticket keys rotate (not with -ticket-key-file)")
+	fs.IntVar(&c.maxInFlight, "max-in-flight", 100, "calls in flight beyond which requests are shed with RESOURCE_EXHAUSTED (health checks are never shed)")
+	fs.UintVar(&c.maxConcurrentStreams, "max-concurrent-streams", 100, "HTTP/2 MaxConcurrentStreams per connection")
+	fs.DurationVar(&c.grace, "grace", 10*time.Second, "how long a graceful stop waits for calls in flight")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			fs.SetOutput(stdout)
+			fmt.Fprintln(stdout, "Usage: go run ./examples/server [flags]")
+			fs.PrintDefaults()
+		}
+		return c, err
+	}
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	switch {
+	case fs.NArg() > 0:
+		return c, fmt.Errorf("unexpected argument %q (flags only; see -h)", fs.Arg(0))
+	case (c.certFile == "") != (c.keyFile == ""):
+		return c, errors.New("-cert and -key go together: give both or neither")
+	case c.certFile != "" && set["ca-out"]:
+		return c, errors.New("-ca-out is for the self-signed certificate; with -cert, give clients your CA")
+	case c.ticketKeyFile != "" && set["ticket-rotation"]:
+		return c, errors.New("-ticket-rotation is for random keys; with -ticket-key-file the fleet rotates the file")
+	case c.ticketRotation <= 0:
+		return c, fmt.Errorf("-ticket-rotation is %v; must be positive", c.ticketRotation)
+	case c.maxInFlight < 1:
+		return c, fmt.Errorf("-max-in-flight is %d; must be at least 1", c.maxInFlight)
+	case c.maxConcurrentStreams < 1 || c.maxConcurrentStreams > 1<<31-1:
+		return c, fmt.Errorf("-max-concurrent-streams is %d; must be between 1 and %d", c.maxConcurrentStreams, 1<<31-1)
+	case c.grace <= 0:
+		return c, fmt.Errorf("-grace is %v; must be positive", c.grace)
+	}
+	return c, nil
+}
+
+// Run parses args as the server's flags, serves until ctx is done and then
+// stops gracefully, printing what it does to stdout. ready, if not nil, is
+// called with the listening address once the server accepts connections.
+// A -h flag returns flag.ErrHelp after printing the usage.
+func Run(ctx context.Context, args []string, stdout io.Writer, ready func(addr string)) error {
+	cfg, err := parseFlags(args, stdout)
+	if err != nil {
+		return err
+	}
+
+	// TLS: a certificate (reloaded from files, or self-signed), ticket keys
+	// from a rotator, and a count of full and resumed handshakes.
+	base := &tls.Config{MinVersion: tls.VersionTLS12, NextProtos: []string{"h2"}}
+	if cfg.certFile != "" {
+		reloader, err := credentials.NewCertificateReloader(cfg.certFile, cfg.keyFile,
+			credentials.WithErrorHandler(func(err error) { fmt.Fprintln(stdout, "server: certificate reload:", err) }))
+		if err != nil {
+			return err
+		}
+		defer reloader.Close()
+		base.GetCertificate = reloader.GetCertificate
+	} else {
+		cert, certPEM, err := selfSigned()
+		if err != nil {
+			return fmt.Errorf("self-signed certificate: %w", err)
+		}
+		if err := os.WriteFile(cfg.caOut, certPEM, 0o644); err != nil {
+			return fmt.Errorf("-ca-out: %w", err)
+		}
+		base.Certificates = []tls.Certificate{cert}
+	}
+	var stats serverStats
+	base.VerifyConnection = func(cs tls.ConnectionState) error {
+		if cs.DidResume {
+			stats.resumed.Add(1)
+		} else {
+			stats.full.Add(1)
+		}
+		return nil
+	}
+	keyOpts := []credentials.TicketKeyOption{credentials.WithRotationInterval(cfg.ticketRotation)}
+	if cfg.ticketKeyFile != "" {
+		keyOpts = []credentials.TicketKeyOption{credentials.WithTicketKeyFile(cfg.ticketKeyFile),
+			credentials.WithErrorHandler(func(err error) { fmt.Fprintln(stdout, "server: ticket keys:", err) })}
+	}
+	rotator, err := credentials.NewTicketKeyRotator(keyOpts...)
+	if err != nil {
+		return err
+	}
+	defer rotator.Close()
+	serverTLS, err := rotator.ServerConfig(base)
+	if err != nil {
+		return err
+	}
+
+	// Load shedding: a fixed in-flight limit, plus requests whose deadline
+	// is shorter than the method's recent service time.
+	shedCfg := interceptors.DefaultShedderConfig()
+	shedCfg.Limit = cfg.maxInFlight
+	shedder, err := interceptors.NewShedder(interceptors.WithShedderConfig(shedCfg))
+	if err != nil {
+		return fmt.Errorf("-max-in-flight: %w", err)
+	}
+
+	opts := append(clientconn.KeepaliveDefault().ServerOptions(), // accepts the clients' KeepaliveDefault pings
+		grpc.Creds(grpccreds.NewTLS(serverTLS)),
+		grpc.MaxConcurrentStreams(uint32(cfg.maxConcurrentStreams)),
+		grpc.ChainUnaryInterceptor(shedder.UnaryServerInterceptor()),
+		grpc.ChainStreamInterceptor(shedder.StreamServerInterceptor()),
+	)
+	srv := grpc.NewServer(opts...)
+	testpb.RegisterTestServiceServer(srv, &testService{calls: &stats.calls})
+	healthSrv := health.NewServer()
+	healthSrv.SetServingStatus("grpc.testing.TestService", healthpb.HealthCheckResponse_SERVING)
+	healthpb.RegisterHealthServer(srv, healthSrv)
+	reflection.Register(srv)
+
+	lis, err := net.Listen("tcp", cfg.addr)
+	if err != nil {
+		return fmt.Errorf("-addr: %w", err)
+	}
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(countingListener{Listener: lis, n: &stats.conns}) }()
+
+	fmt.Fprintf(stdout, "server: serving grpc.testing.TestService, grpc.health.v1.Health and reflection on %s\n", lis.Addr())
+	if cfg.certFile == "" {
+		fmt.Fprintf(stdout, "server: self-signed certificate for localhost and 127.0.0.1 written to %s\n", cfg.caOut)
+	}
+	if cfg.ticketKeyFile != "" {
+		fmt.Fprintf(stdout, "server: session-ticket keys from %s\n", cfg.ticketKeyFile)
+	} else {
+		fmt.Fprintf(stdout, "server: random session-ticket keys, rotated every %v\n", cfg.ticketRotation)
+	}
+	fmt.Fprintf(stdout, "server: shedding beyond %d calls in flight; stop with Ctrl-C\n", cfg.maxInFlight)
+	if ready != nil {
+		ready(lis.Addr().String())
+	}
+
+	select {
+	case err := <-served:
+		return fmt.Errorf("serve: %w", err)
+	case <-ctx.Done():
+	}
+	// Graceful stop: health says NOT_SERVING, calls in flight finish
+	// (bounded by -grace), then connections close.
+	fmt.Fprintln(stdout, "server: stopping gracefully")
+	healthSrv.Shutdown()
+	stopped := make(chan struct{})
+	go func() { srv.GracefulStop(); close(stopped) }()
+	timer := time.NewTimer(cfg.grace)
+	defer timer.Stop()
+	select {
+	case <-stopped:
+	case <-timer.C:
+		fmt.Fprintf(stdout, "server: calls still running after %v; stopping them\n", cfg.grace)
+		srv.Stop()
+		<-stopped
+	}
+	<-served // Serve returns nil after a stop
+	fmt.Fprintf(stdout, "server: stopped after %d calls on %d connections (TLS handshakes: %d full, %d resumed)\n",
+		stats.calls.Load(), stats.conns.Load(), stats.full.Load(), stats.resumed.Load())
+	return nil
+}
+
+// serverStats is what the server counts.
+type serverStats struct {
+	calls, conns, full, resumed atomic.Int64
+}
+
+// countingListener counts accepted connections.
+type countingListener struct {
+	net.Listener
+	n *atomic.Int64
+}
+
+func (l countingListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err == nil {
+		l.n.Add(1)
+	}
+	return c, err
+}
+
+// testService implements grpc.testing.TestService's unary and server
+// streaming calls by echoing.
+type testService struct {
+	testpb.UnimplementedTestServiceServer
+	calls *atomic.Int64
+}
+
+func (s *testService) EmptyCall(context.Context, *testpb.Empty) (*testpb.Empty, error) {
+	s.calls.Add(1)
+	return &testpb.Empty{}, nil
+}
+
+func (s *testService) UnaryCall(_ context.Context, req *testpb.SimpleRequest) (*testpb.SimpleResponse, error) {
+	s.calls.Add(1)
+	return &testpb.SimpleResponse{Payload: req.GetPayload()}, nil
+}
+
+func (s *testService) StreamingOutputCall(req *testpb.StreamingOutputCallRequest, stream grpc.ServerStreamingServer[testpb.StreamingOutputCallResponse]) error {
+	s.calls.Add(1)
+	for range req.GetResponseParameters() {
+		if err := stream.Send(&testpb.StreamingOutputCallResponse{Payload: req.GetPayload()}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// selfSigned makes an ECDSA P-256 certificate for localhost and 127.0.0.1,
+// valid for a day, and returns it with its PEM (which clients use as their
+// root: a self-signed certificate is its own CA).
+func selfSigned() (tls.Certificate, []byte, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return tls.Certificate{}, nil, err
+	}
+	serial, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 128))
+	if err != nil {
+		return tls.Certificate{}, nil, err
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber:          serial,
+		Subject:               pkix.Name{CommonName: "grpcreuse example server"},
+		NotBefore:             time.Now().Add(-time.Minute),
+		NotAfter:              time.Now().Add(24 * time.Hour),
+		KeyUsage:              x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
+		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		BasicConstraintsValid: true,
+		IsCA:                  true,
+		DNSNames:              []string{"localhost"},
+		IPAddresses:           []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
+	if err != nil {
+		return tls.Certificate{}, nil, err
+	}
+	leaf, err := x509.ParseCertificate(der)
+	if err != nil {
+		return tls.Certificate{}, nil, err
+	}
+	certPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key, Leaf: leaf}, certPEM, nil
+}

@@ -1,0 +1,158 @@
+package exampleserver
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"flag"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	grpccreds "google.golang.org/grpc/credentials"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	testpb "google.golang.org/grpc/interop/grpc_testing"
+	reflectionpb "google.golang.org/grpc/reflection/grpc_reflection_v1"
+)
+
+// TestFlagErrors: every bad flag is an error naming it, never a panic, and
+// nothing is started.
+func TestFlagErrors(t *testing.T) {
+	dir := t.TempDir()
+	badKeys := filepath.Join(dir, "keys")
+	if err := os.WriteFile(badKeys, []byte("not base64!\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name    string
+		args    []string
+		wantErr string
+	}{
+		{"cert without key", []string{"-cert", "c.pem"}, "-cert and -key go together"},
+		{"missing cert files", []string{"-cert", filepath.Join(dir, "c.pem"), "-key", filepath.Join(dir, "k.pem")}, "c.pem"},
+		{"ca-out with cert", []string{"-cert", "c.pem", "-key", "k.pem", "-ca-out", "x"}, "-ca-out is for the self-signed certificate"},
+		{"rotation with key file", []string{"-ticket-key-file", badKeys, "-ticket-rotation", "1h"}, "-ticket-rotation is for random keys"},
+		{"bad key file", []string{"-ticket-key-file", badKeys, "-ca-out", filepath.Join(dir, "ca.pem")}, "line 1"},
+		{"rotation", []string{"-ticket-rotation", "0s"}, "-ticket-rotation is 0s; must be positive"},
+		{"max in flight", []string{"-max-in-flight", "0"}, "-max-in-flight is 0; must be at least 1"},
+		{"streams", []string{"-max-concurrent-streams", "0"}, "-max-concurrent-streams is 0"},
+		{"grace", []string{"-grace", "0s"}, "-grace is 0s; must be positive"},
+		{"not a number", []string{"-max-in-flight", "many"}, `invalid value "many" for flag -max-in-flight`},
+		{"argument", []string{"extra"}, `unexpected argument "extra"`},
+		{"bad address", []string{"-addr", "127.0.0.1:99999", "-ca-out", filepath.Join(dir, "ca.pem")}, "-addr: "},
+		{"unwritable ca-out", []string{"-ca-out", filepath.Join(dir, "missing", "ca.pem")}, "-ca-out: "},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			var out bytes.Buffer
+			err := Run(context.Background(), tc.args, &out, nil)
+			if err == nil {
+				t.Fatalf("Run(%q) = nil, want an error", tc.args)
+			}
+			if !strings.Contains(err.Error(), tc.wantErr) {
+				t.Errorf("Run(%q) = %q, want it to contain %q", tc.args, err, tc.wantErr)
+			}
+		})
+	}
+	var out bytes.Buffer
+	if err := Run(context.Background(), []string{"-h"}, &out, nil); !errors.Is(err, flag.ErrHelp) || !strings.Contains(out.String(), "-ticket-key-file") {
+		t.Errorf("Run(-h) = %v with output %q; want flag.ErrHelp and the usage", err, &out)
+	}
+}
+
+// TestServes starts the server, checks health and reflection over TLS with
+// the CA it wrote, and stops it gracefully by cancelling its context.
+func TestServes(t *testing.T) {
+	caFile := filepath.Join(t.TempDir(), "ca.pem")
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var out syncBuffer
+	ready := make(chan string, 1)
+	done := make(chan error, 1)
+	go func() {
+		done <- Run(ctx, []string{"-addr", "127.0.0.1:0", "-ca-out", caFile, "-max-in-flight", "8"}, &out, func(a string) { ready <- a })
+	}()
+	var addr string
+	select {
+	case addr = <-ready:
+	case err := <-done:
+		t.Fatalf("Run: %v", err)
+	}
+
+	caPEM, err := os.ReadFile(caFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	roots := x509.NewCertPool()
+	if !roots.AppendCertsFromPEM(caPEM) {
+		t.Fatalf("%s holds no certificate", caFile)
+	}
+	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(grpccreds.NewTLS(&tls.Config{RootCAs: roots, ServerName: "localhost"})))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	callCtx, callCancel := context.WithTimeout(ctx, 10*time.Second)
+	defer callCancel()
+	resp, err := healthpb.NewHealthClient(cc).Check(callCtx, &healthpb.HealthCheckRequest{Service: "grpc.testing.TestService"})
+	if err != nil || resp.GetStatus() != healthpb.HealthCheckResponse_SERVING {
+		t.Fatalf("health: %v, %v; want SERVING", resp, err)
+	}
+	if _, err := testpb.NewTestServiceClient(cc).UnaryCall(callCtx, &testpb.SimpleRequest{}); err != nil {
+		t.Fatalf("UnaryCall: %v", err)
+	}
+	stream, err := reflectionpb.NewServerReflectionClient(cc).ServerReflectionInfo(callCtx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := stream.Send(&reflectionpb.ServerReflectionRequest{MessageRequest: &reflectionpb.ServerReflectionRequest_ListServices{}}); err != nil {
+		t.Fatal(err)
+	}
+	r, err := stream.Recv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var services []string
+	for _, s := range r.GetListServicesResponse().GetService() {
+		services = append(services, s.GetName())
+	}
+	for _, want := range []string{"grpc.testing.TestService", "grpc.health.v1.Health"} {
+		if !slices.Contains(services, want) {
+			t.Errorf("reflection lists %v, want %s among them", services, want)
+		}
+	}
+	stream.CloseSend()
+
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("Run after cancel: %v", err)
+	}
+	if got := out.String(); !strings.Contains(got, "server: stopped after 1 calls on 1 connections (TLS handshakes: 1 full, 0 resumed)") {
+		t.Errorf("server output:\n%s", got)
+	}
+}
+
+// syncBuffer is a bytes.Buffer safe for the server goroutine and the test.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
