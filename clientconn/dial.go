@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"google.golang.org/grpc/credentials"
+
+	"github.com/grpcreuse/grpcreuse/internal/targetctx"
 )
 
 // defaultDial dials like grpc-go's own transport does: TCP with the OS's
@@ -45,6 +47,7 @@ type observedCreds struct {
 }
 
 func (c *observedCreds) ClientHandshake(ctx context.Context, authority string, conn net.Conn) (net.Conn, credentials.AuthInfo, error) {
+	ctx = targetctx.With(ctx, c.s.key.target) // for the handshake's telemetry
 	out, info, err := c.TransportCredentials.ClientHandshake(ctx, authority, conn)
 	c.s.recordErr(err)
 	return out, info, err

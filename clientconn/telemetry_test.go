@@ -141,7 +141,7 @@ func TestFactoryTelemetry(t *testing.T) {
 	c1.Close()
 	c2.Close()
 
-	target := attribute.String(telemetry.AttrTarget, "127.0.0.1")
+	target := attribute.String(telemetry.AttrTarget, "dns:///"+b.Addr) // the channel target, not the server name
 	success := attribute.String(telemetry.AttrTLSResult, telemetry.HandshakeSuccess)
 	if got := sumWhere(t, reader, telemetry.MetricTLSHandshakes, success, target, attribute.String(telemetry.AttrTLSResumed, telemetry.FullHandshake)); got != 1 {
 		t.Errorf("full handshakes = %v, want 1", got)

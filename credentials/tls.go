@@ -14,6 +14,7 @@ import (
 
 	grpccreds "google.golang.org/grpc/credentials"
 
+	"github.com/grpcreuse/grpcreuse/internal/targetctx"
 	"github.com/grpcreuse/grpcreuse/telemetry"
 )
 
@@ -214,6 +215,7 @@ func (c *tlsCreds) ClientHandshake(ctx context.Context, authority string, rawCon
 		serverName = authority
 	}
 	hi := telemetry.HandshakeInfo{
+		Target:    targetctx.From(ctx),
 		Authority: serverName,
 		Addr:      addr,
 		Tenant:    c.tenant,

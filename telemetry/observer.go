@@ -65,6 +65,9 @@ type HandshakeObserver interface {
 
 // HandshakeInfo describes one TLS client handshake.
 type HandshakeInfo struct {
+	// Target is the channel target the connection is for, when known
+	// (clientconn's connections); "" otherwise.
+	Target string
 	// Authority is the server name the handshake verified; Addr the remote address.
 	Authority, Addr string
 	// Tenant is the tenant the connection was made for, "" for none.

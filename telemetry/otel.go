@@ -217,8 +217,12 @@ func (t *Telemetry) Handshake(h HandshakeInfo) {
 		resumed = ResumedHandshake
 	}
 	result := TLSResult(h.Err)
+	target := h.Target
+	if target == "" {
+		target = h.Authority // credentials used without clientconn
+	}
 	base := []attribute.KeyValue{
-		attribute.String(AttrTarget, h.Authority),
+		attribute.String(AttrTarget, target),
 		attribute.String(AttrTLSResult, result),
 		attribute.String(AttrTLSResumed, resumed),
 	}
@@ -230,7 +234,8 @@ func (t *Telemetry) Handshake(h HandshakeInfo) {
 	end := time.Now()
 	_, span := t.tracer.Start(ctx, "grpcreuse.tls.handshake", trace.WithTimestamp(end.Add(-h.Duration)),
 		trace.WithSpanKind(trace.SpanKindClient), trace.WithAttributes(append(withVersion,
-			attribute.String("network.peer.address", h.Addr), attribute.String(AttrTenant, h.Tenant))...))
+			attribute.String("server.address", h.Authority), attribute.String("network.peer.address", h.Addr),
+			attribute.String(AttrTenant, h.Tenant))...))
 	if h.Err != nil {
 		span.RecordError(h.Err)
 	}
