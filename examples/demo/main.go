@@ -48,6 +48,7 @@ import (
 	"google.golang.org/grpc/resolver"
 
 	"github.com/grpcreuse/grpcreuse/clientconn"
+	"github.com/grpcreuse/grpcreuse/examples/internal/selfsigned"
 	"github.com/grpcreuse/grpcreuse/telemetry"
 )
 
@@ -163,10 +164,11 @@ type report struct {
 }
 
 func demo(ctx context.Context, o options, stdout, progress io.Writer) (*report, error) {
-	cert, roots, err := selfSigned()
+	self, err := selfsigned.New("grpcreuse demo", time.Hour)
 	if err != nil {
-		return nil, fmt.Errorf("self-signed certificate: %w", err)
+		return nil, err
 	}
+	cert, roots := self.TLS, self.Pool
 	plainServers, err := startServerSide(cert, false)
 	if err != nil {
 		return nil, err

@@ -7,18 +7,11 @@ package exampleserver
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
-	"math/big"
 	"net"
 	"os"
 	"path/filepath"
@@ -34,6 +27,7 @@ import (
 
 	"github.com/grpcreuse/grpcreuse/clientconn"
 	"github.com/grpcreuse/grpcreuse/credentials"
+	"github.com/grpcreuse/grpcreuse/examples/internal/selfsigned"
 	"github.com/grpcreuse/grpcreuse/interceptors"
 )
 
@@ -119,14 +113,14 @@ func Run(ctx context.Context, args []string, stdout io.Writer, ready func(addr s
 		defer reloader.Close()
 		base.GetCertificate = reloader.GetCertificate
 	} else {
-		cert, certPEM, err := selfSigned()
+		self, err := selfsigned.New("grpcreuse example server", 24*time.Hour)
 		if err != nil {
-			return fmt.Errorf("self-signed certificate: %w", err)
+			return err
 		}
-		if err := os.WriteFile(cfg.caOut, certPEM, 0o644); err != nil {
+		if err := os.WriteFile(cfg.caOut, self.PEM, 0o644); err != nil {
 			return fmt.Errorf("-ca-out: %w", err)
 		}
-		base.Certificates = []tls.Certificate{cert}
+		base.Certificates = []tls.Certificate{self.TLS}
 	}
 	var stats serverStats
 	base.VerifyConnection = func(cs tls.ConnectionState) error {
@@ -265,40 +259,4 @@ func (s *testService) StreamingOutputCall(req *testpb.StreamingOutputCallRequest
 		}
 	}
 	return nil
-}
-
-// selfSigned makes an ECDSA P-256 certificate for localhost and 127.0.0.1,
-// valid for a day, and returns it with its PEM (which clients use as their
-// root: a self-signed certificate is its own CA).
-func selfSigned() (tls.Certificate, []byte, error) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return tls.Certificate{}, nil, err
-	}
-	serial, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 128))
-	if err != nil {
-		return tls.Certificate{}, nil, err
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber:          serial,
-		Subject:               pkix.Name{CommonName: "grpcreuse example server"},
-		NotBefore:             time.Now().Add(-time.Minute),
-		NotAfter:              time.Now().Add(24 * time.Hour),
-		KeyUsage:              x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
-		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		BasicConstraintsValid: true,
-		IsCA:                  true,
-		DNSNames:              []string{"localhost"},
-		IPAddresses:           []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
-	if err != nil {
-		return tls.Certificate{}, nil, err
-	}
-	leaf, err := x509.ParseCertificate(der)
-	if err != nil {
-		return tls.Certificate{}, nil, err
-	}
-	certPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
-	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key, Leaf: leaf}, certPEM, nil
 }
