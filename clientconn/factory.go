@@ -4,19 +4,15 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/golang-lru/v2/simplelru"
-	tracenoop "go.opentelemetry.io/otel/trace/noop"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/credentials"
 
-	grcreds "github.com/grpcreuse/grpcreuse/credentials"
-	"github.com/grpcreuse/grpcreuse/interceptors"
 	"github.com/grpcreuse/grpcreuse/telemetry"
 )
 
@@ -125,156 +121,6 @@ func New(opts ...Option) *Factory {
 		f.Close()
 	}
 	return f
-}
-
-func (f *Factory) baseDialOptions() []grpc.DialOption {
-	o := f.opts
-	var d []grpc.DialOption
-	if o.keepalive != nil {
-		d = append(d, grpc.WithKeepaliveParams(o.keepalive.Client))
-	}
-	if len(o.unary) > 0 {
-		d = append(d, grpc.WithChainUnaryInterceptor(o.unary...))
-	}
-	if len(o.stream) > 0 {
-		d = append(d, grpc.WithChainStreamInterceptor(o.stream...))
-	}
-	return append(d, o.dialOptions...)
-}
-
-// setUpTelemetry builds the OpenTelemetry observer of WithMeterProvider
-// and WithTracerProvider, and its per-connection stats handler.
-func (f *Factory) setUpTelemetry() error {
-	o := f.opts
-	if o.meters == nil && o.tracers == nil {
-		return nil
-	}
-	if o.observerSet {
-		return fmt.Errorf("clientconn: WithObserver and WithMeterProvider/WithTracerProvider are both set; use one")
-	}
-	var topts []telemetry.Option
-	if o.meters != nil {
-		topts = append(topts, telemetry.WithMeterProvider(o.meters))
-	}
-	if o.tracers != nil {
-		topts = append(topts, telemetry.WithTracerProvider(o.tracers))
-	}
-	t, err := telemetry.New(topts...)
-	if err != nil {
-		return fmt.Errorf("clientconn: %w", err)
-	}
-	f.obs, f.tel = t, t
-	// The stats handler only marks spans. Install it only for a tracer
-	// that records: grpc-go builds its per-call stats events (15
-	// allocations) for any installed handler, and with tracing on a
-	// tracing handler already pays for them.
-	if _, noop := o.tracers.(tracenoop.TracerProvider); o.tracers != nil && !noop {
-		o.dialOptions = append([]grpc.DialOption{grpc.WithStatsHandler(t.StatsHandler())}, o.dialOptions...)
-	}
-	return nil
-}
-
-// setUpTLS builds WithTLS's shared session cache and the credentials of
-// the default tenant, which validates the config once for all tenants.
-func (f *Factory) setUpTLS() error {
-	o := f.opts
-	switch {
-	case o.tlsConfig == nil && o.sessions != nil:
-		return fmt.Errorf("clientconn: WithSessionCache needs WithTLS")
-	case o.tlsConfig == nil:
-		return nil
-	case o.creds != nil:
-		return fmt.Errorf("clientconn: WithTLS and WithTransportCredentials are both set; use one")
-	}
-	if o.sessions == nil {
-		var err error
-		if o.sessions, err = grcreds.NewSessionCache(grcreds.WithObserver(f.obs)); err != nil {
-			return fmt.Errorf("clientconn: WithTLS: %w", err)
-		}
-	}
-	_, err := f.tenantCreds("")
-	return err
-}
-
-// serviceConfig is one service config document split in two: what grpc
-// reads, and the interceptors built from its "grpcreuse" policy.
-type serviceConfig struct {
-	grpc         string
-	interceptors []grpc.DialOption
-	chain        *interceptors.Chain // nil without a policy
-}
-
-// serviceConfig splits and validates doc once; every connection made with
-// it shares the result, so its breakers and limiters keep their state when
-// a connection is replaced.
-func (f *Factory) serviceConfig(doc string) (*serviceConfig, error) {
-	f.cfgMu.Lock()
-	defer f.cfgMu.Unlock()
-	if sc, ok := f.configs[doc]; ok {
-		return sc, nil
-	}
-	grpcDoc, policy, err := interceptors.SplitServiceConfig(doc)
-	if err != nil {
-		return nil, fmt.Errorf("clientconn: service config: %w", err)
-	}
-	if grpcDoc != "" {
-		if err := checkGRPCServiceConfig(grpcDoc); err != nil {
-			return nil, fmt.Errorf("clientconn: service config: %w", err)
-		}
-	}
-	sc := &serviceConfig{grpc: grpcDoc}
-	if policy != nil {
-		if sc.chain, err = policy.Build(interceptors.ClientTelemetry{},
-			interceptors.PolicyObservers{Breaker: f.obs, Limiter: f.obs}); err != nil {
-			return nil, fmt.Errorf("clientconn: service config: %w", err)
-		}
-		sc.interceptors = sc.chain.DialOptions()
-	}
-	if len(f.configs) < maxCanonCache {
-		f.configs[doc] = sc
-	}
-	return sc, nil
-}
-
-// tenantCreds returns the WithTLS credentials of tenant, made once, so
-// the tenant's connections share a key and its sessions stay its own.
-func (f *Factory) tenantCreds(tenant string) (credentials.TransportCredentials, error) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if c, ok := f.tenants[tenant]; ok {
-		return c, nil
-	}
-	c, err := grcreds.NewTLS(f.opts.tlsConfig,
-		grcreds.WithSessionCache(f.opts.sessions),
-		grcreds.WithTenant(tenant),
-		grcreds.WithHandshakeObserver(f.obs))
-	if err != nil {
-		return nil, fmt.Errorf("clientconn: WithTLS: %w", err)
-	}
-	f.tenants[tenant] = c
-	return c, nil
-}
-
-// preconnect validates every WithPreconnect target, then starts connecting
-// to each; the connections wait in the pool without handles.
-func (f *Factory) preconnect() error {
-	keys := make([]key, 0, len(f.opts.preconnect))
-	for _, t := range f.opts.preconnect {
-		k, err := f.keyFor(t, &getOptions{})
-		if err != nil {
-			return fmt.Errorf("clientconn: WithPreconnect: %w", err)
-		}
-		keys = append(keys, k)
-	}
-	for _, k := range keys {
-		c, err := f.get(k)
-		if err != nil {
-			return fmt.Errorf("clientconn: WithPreconnect: %w", err)
-		}
-		c.s.cur.Load().cc.Connect()
-		c.Close()
-	}
-	return nil
 }
 
 // Get returns a handle on the connection for target, creating it on first
@@ -451,141 +297,6 @@ func (f *Factory) dial(s *shared) (*grpc.ClientConn, error) {
 	return cc, nil
 }
 
-// nextAge is the max age with ±10% jitter, as grpc servers do for
-// MaxConnectionAge, so connections made together are not replaced together.
-func (f *Factory) nextAge() time.Duration {
-	age := f.opts.maxAge
-	if f.opts.noJitter {
-		return age
-	}
-	return age + time.Duration((rand.Float64()*0.2-0.1)*float64(age))
-}
-
-// release returns one handle's reference. The last one moves the entry to
-// the idle set, which may push out the least recently used idle entry.
-func (f *Factory) release(s *shared) {
-	f.handles.Add(-1)
-	var out []*shared
-	f.mu.Lock()
-	s.refs--
-	if s.refs == 0 && !f.closed && !s.dead.Load() {
-		s.idleEpoch++
-		if f.idle == nil {
-			f.evictLocked(s)
-			out = append(out, s)
-		} else {
-			f.idle.Add(s.key, s) // may evict the oldest into f.evicted
-			epoch := s.idleEpoch
-			s.idleTimer = time.AfterFunc(f.opts.idleTimeout, func() { f.expire(s, epoch) })
-		}
-	}
-	out = append(out, f.evicted...)
-	f.evicted = f.evicted[:0]
-	f.mu.Unlock()
-	for _, e := range out {
-		f.obs.PoolEvicted(e.key.target, telemetry.EvictCapacity)
-		f.startDrain(e.key.target, e.cur.Load(), telemetry.CloseEvicted)
-	}
-}
-
-// onIdleEvict is the idle LRU's callback; it runs under f.mu. Entries
-// taken back into use (refs > 0) or already closed are left alone; any
-// other entry was pushed out for capacity.
-func (f *Factory) onIdleEvict(_ key, s *shared) {
-	if s.refs > 0 || s.dead.Load() {
-		return
-	}
-	f.evictLocked(s)
-	f.evicted = append(f.evicted, s)
-}
-
-// expire closes s if it has sat without handles since epoch.
-func (f *Factory) expire(s *shared, epoch uint64) {
-	f.mu.Lock()
-	if f.closed || s.dead.Load() || s.refs > 0 || s.idleEpoch != epoch {
-		f.mu.Unlock()
-		return
-	}
-	f.evictLocked(s)
-	f.idle.Remove(s.key) // the callback sees dead and does nothing
-	f.mu.Unlock()
-	f.obs.PoolEvicted(s.key.target, telemetry.EvictIdle)
-	f.startDrain(s.key.target, s.cur.Load(), telemetry.CloseEvicted)
-}
-
-// evictLocked takes s out of the pool; the caller then calls startDrain
-// once for it. It reserves that goroutine in f.wg while f.mu is held.
-func (f *Factory) evictLocked(s *shared) {
-	s.dead.Store(true)
-	delete(f.conns, s.key)
-	stopTimer(s.idleTimer)
-	stopTimer(s.ageTimer)
-	f.evictions.Add(1)
-	f.wg.Add(1)
-}
-
-// replace gives s a fresh connection after its max age and drains the old.
-func (f *Factory) replace(s *shared) {
-	f.mu.Lock()
-	if f.closed || s.dead.Load() {
-		f.mu.Unlock()
-		return
-	}
-	f.wg.Add(1)
-	f.mu.Unlock()
-	defer f.wg.Done()
-
-	cc, err := f.dial(s)
-	if err != nil { // the same options worked before; try again next period
-		s.recordErr(err)
-	} else {
-		// Warm the replacement so calls do not wait for its handshake.
-		cc.Connect()
-		ctx, cancel := context.WithTimeout(f.ctx, min(f.opts.drainTimeout, 10*time.Second))
-		waitState(ctx, cc)
-		cancel()
-	}
-
-	f.mu.Lock()
-	if f.closed || s.dead.Load() {
-		f.mu.Unlock()
-		if cc != nil {
-			cc.Close()
-		}
-		return
-	}
-	var old *generation
-	if cc != nil {
-		old = s.cur.Swap(newGeneration(cc, time.Now()))
-		f.open.Add(1)
-		f.wg.Add(1) // for old's drain
-	}
-	s.ageTimer = time.AfterFunc(f.nextAge(), func() { f.replace(s) })
-	f.mu.Unlock()
-	if old != nil {
-		f.obs.ConnOpened(s.key.target)
-		f.startDrain(s.key.target, old, telemetry.CloseMaxAge)
-	}
-}
-
-// startDrain retires g and closes it once its calls end or the drain
-// timeout passes. The caller has already done f.wg.Add(1) under f.mu.
-func (f *Factory) startDrain(target string, g *generation, reason string) {
-	g.retire()
-	go func() {
-		defer f.wg.Done()
-		t := time.NewTimer(f.opts.drainTimeout)
-		select {
-		case <-g.drained:
-		case <-t.C:
-		}
-		t.Stop()
-		g.cc.Close()
-		f.open.Add(-1)
-		f.obs.ConnClosed(target, reason, time.Since(g.born))
-	}()
-}
-
 // Close closes every connection: new Gets and calls on existing handles
 // fail with ErrClosed, calls in flight may finish (bounded by the drain
 // timeout), and Close returns when every connection is closed and every
@@ -631,12 +342,6 @@ func (f *Factory) Stats() Stats {
 		Open:      int(f.open.Load()),
 		Handles:   int(f.handles.Load()),
 		Evictions: f.evictions.Load(),
-	}
-}
-
-func stopTimer(t *time.Timer) {
-	if t != nil {
-		t.Stop()
 	}
 }
 

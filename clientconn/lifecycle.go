@@ -1,0 +1,152 @@
+package clientconn
+
+import (
+	"context"
+	"math/rand/v2"
+	"time"
+
+	"github.com/grpcreuse/grpcreuse/telemetry"
+)
+
+// The lives of pooled connections: idle, evicted, replaced, drained.
+
+// nextAge is the max age with ±10% jitter, as grpc servers do for
+// MaxConnectionAge, so connections made together are not replaced together.
+func (f *Factory) nextAge() time.Duration {
+	age := f.opts.maxAge
+	if f.opts.noJitter {
+		return age
+	}
+	return age + time.Duration((rand.Float64()*0.2-0.1)*float64(age))
+}
+
+// release returns one handle's reference. The last one moves the entry to
+// the idle set, which may push out the least recently used idle entry.
+func (f *Factory) release(s *shared) {
+	f.handles.Add(-1)
+	var out []*shared
+	f.mu.Lock()
+	s.refs--
+	if s.refs == 0 && !f.closed && !s.dead.Load() {
+		s.idleEpoch++
+		if f.idle == nil {
+			f.evictLocked(s)
+			out = append(out, s)
+		} else {
+			f.idle.Add(s.key, s) // may evict the oldest into f.evicted
+			epoch := s.idleEpoch
+			s.idleTimer = time.AfterFunc(f.opts.idleTimeout, func() { f.expire(s, epoch) })
+		}
+	}
+	out = append(out, f.evicted...)
+	f.evicted = f.evicted[:0]
+	f.mu.Unlock()
+	for _, e := range out {
+		f.obs.PoolEvicted(e.key.target, telemetry.EvictCapacity)
+		f.startDrain(e.key.target, e.cur.Load(), telemetry.CloseEvicted)
+	}
+}
+
+// onIdleEvict is the idle LRU's callback; it runs under f.mu. Entries
+// taken back into use (refs > 0) or already closed are left alone; any
+// other entry was pushed out for capacity.
+func (f *Factory) onIdleEvict(_ key, s *shared) {
+	if s.refs > 0 || s.dead.Load() {
+		return
+	}
+	f.evictLocked(s)
+	f.evicted = append(f.evicted, s)
+}
+
+// expire closes s if it has sat without handles since epoch.
+func (f *Factory) expire(s *shared, epoch uint64) {
+	f.mu.Lock()
+	if f.closed || s.dead.Load() || s.refs > 0 || s.idleEpoch != epoch {
+		f.mu.Unlock()
+		return
+	}
+	f.evictLocked(s)
+	f.idle.Remove(s.key) // the callback sees dead and does nothing
+	f.mu.Unlock()
+	f.obs.PoolEvicted(s.key.target, telemetry.EvictIdle)
+	f.startDrain(s.key.target, s.cur.Load(), telemetry.CloseEvicted)
+}
+
+// evictLocked takes s out of the pool; the caller then calls startDrain
+// once for it. It reserves that goroutine in f.wg while f.mu is held.
+func (f *Factory) evictLocked(s *shared) {
+	s.dead.Store(true)
+	delete(f.conns, s.key)
+	stopTimer(s.idleTimer)
+	stopTimer(s.ageTimer)
+	f.evictions.Add(1)
+	f.wg.Add(1)
+}
+
+// replace gives s a fresh connection after its max age and drains the old.
+func (f *Factory) replace(s *shared) {
+	f.mu.Lock()
+	if f.closed || s.dead.Load() {
+		f.mu.Unlock()
+		return
+	}
+	f.wg.Add(1)
+	f.mu.Unlock()
+	defer f.wg.Done()
+
+	cc, err := f.dial(s)
+	if err != nil { // the same options worked before; try again next period
+		s.recordErr(err)
+	} else {
+		// Warm the replacement so calls do not wait for its handshake.
+		cc.Connect()
+		ctx, cancel := context.WithTimeout(f.ctx, min(f.opts.drainTimeout, 10*time.Second))
+		waitState(ctx, cc)
+		cancel()
+	}
+
+	f.mu.Lock()
+	if f.closed || s.dead.Load() {
+		f.mu.Unlock()
+		if cc != nil {
+			cc.Close()
+		}
+		return
+	}
+	var old *generation
+	if cc != nil {
+		old = s.cur.Swap(newGeneration(cc, time.Now()))
+		f.open.Add(1)
+		f.wg.Add(1) // for old's drain
+	}
+	s.ageTimer = time.AfterFunc(f.nextAge(), func() { f.replace(s) })
+	f.mu.Unlock()
+	if old != nil {
+		f.obs.ConnOpened(s.key.target)
+		f.startDrain(s.key.target, old, telemetry.CloseMaxAge)
+	}
+}
+
+// startDrain retires g and closes it once its calls end or the drain
+// timeout passes. The caller has already done f.wg.Add(1) under f.mu.
+func (f *Factory) startDrain(target string, g *generation, reason string) {
+	g.retire()
+	go func() {
+		defer f.wg.Done()
+		t := time.NewTimer(f.opts.drainTimeout)
+		select {
+		case <-g.drained:
+		case <-t.C:
+		}
+		t.Stop()
+		g.cc.Close()
+		f.open.Add(-1)
+		f.obs.ConnClosed(target, reason, time.Since(g.born))
+	}()
+}
+
+func stopTimer(t *time.Timer) {
+	if t != nil {
+		t.Stop()
+	}
+}

@@ -1,0 +1,124 @@
+package clientconn
+
+import (
+	"fmt"
+
+	tracenoop "go.opentelemetry.io/otel/trace/noop"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+
+	grcreds "github.com/grpcreuse/grpcreuse/credentials"
+	"github.com/grpcreuse/grpcreuse/telemetry"
+)
+
+// How New turns options into what every connection is dialled with.
+
+func (f *Factory) baseDialOptions() []grpc.DialOption {
+	o := f.opts
+	var d []grpc.DialOption
+	if o.keepalive != nil {
+		d = append(d, grpc.WithKeepaliveParams(o.keepalive.Client))
+	}
+	if len(o.unary) > 0 {
+		d = append(d, grpc.WithChainUnaryInterceptor(o.unary...))
+	}
+	if len(o.stream) > 0 {
+		d = append(d, grpc.WithChainStreamInterceptor(o.stream...))
+	}
+	return append(d, o.dialOptions...)
+}
+
+// setUpTelemetry builds the OpenTelemetry observer of WithMeterProvider
+// and WithTracerProvider, and its per-connection stats handler.
+func (f *Factory) setUpTelemetry() error {
+	o := f.opts
+	if o.meters == nil && o.tracers == nil {
+		return nil
+	}
+	if o.observerSet {
+		return fmt.Errorf("clientconn: WithObserver and WithMeterProvider/WithTracerProvider are both set; use one")
+	}
+	var topts []telemetry.Option
+	if o.meters != nil {
+		topts = append(topts, telemetry.WithMeterProvider(o.meters))
+	}
+	if o.tracers != nil {
+		topts = append(topts, telemetry.WithTracerProvider(o.tracers))
+	}
+	t, err := telemetry.New(topts...)
+	if err != nil {
+		return fmt.Errorf("clientconn: %w", err)
+	}
+	f.obs, f.tel = t, t
+	// The stats handler only marks spans. Install it only for a tracer
+	// that records: grpc-go builds its per-call stats events (15
+	// allocations) for any installed handler, and with tracing on a
+	// tracing handler already pays for them.
+	if _, noop := o.tracers.(tracenoop.TracerProvider); o.tracers != nil && !noop {
+		o.dialOptions = append([]grpc.DialOption{grpc.WithStatsHandler(t.StatsHandler())}, o.dialOptions...)
+	}
+	return nil
+}
+
+// setUpTLS builds WithTLS's shared session cache and the credentials of
+// the default tenant, which validates the config once for all tenants.
+func (f *Factory) setUpTLS() error {
+	o := f.opts
+	switch {
+	case o.tlsConfig == nil && o.sessions != nil:
+		return fmt.Errorf("clientconn: WithSessionCache needs WithTLS")
+	case o.tlsConfig == nil:
+		return nil
+	case o.creds != nil:
+		return fmt.Errorf("clientconn: WithTLS and WithTransportCredentials are both set; use one")
+	}
+	if o.sessions == nil {
+		var err error
+		if o.sessions, err = grcreds.NewSessionCache(grcreds.WithObserver(f.obs)); err != nil {
+			return fmt.Errorf("clientconn: WithTLS: %w", err)
+		}
+	}
+	_, err := f.tenantCreds("")
+	return err
+}
+
+// tenantCreds returns the WithTLS credentials of tenant, made once, so
+// the tenant's connections share a key and its sessions stay its own.
+func (f *Factory) tenantCreds(tenant string) (credentials.TransportCredentials, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if c, ok := f.tenants[tenant]; ok {
+		return c, nil
+	}
+	c, err := grcreds.NewTLS(f.opts.tlsConfig,
+		grcreds.WithSessionCache(f.opts.sessions),
+		grcreds.WithTenant(tenant),
+		grcreds.WithHandshakeObserver(f.obs))
+	if err != nil {
+		return nil, fmt.Errorf("clientconn: WithTLS: %w", err)
+	}
+	f.tenants[tenant] = c
+	return c, nil
+}
+
+// preconnect validates every WithPreconnect target, then starts connecting
+// to each; the connections wait in the pool without handles.
+func (f *Factory) preconnect() error {
+	keys := make([]key, 0, len(f.opts.preconnect))
+	for _, t := range f.opts.preconnect {
+		k, err := f.keyFor(t, &getOptions{})
+		if err != nil {
+			return fmt.Errorf("clientconn: WithPreconnect: %w", err)
+		}
+		keys = append(keys, k)
+	}
+	for _, k := range keys {
+		c, err := f.get(k)
+		if err != nil {
+			return fmt.Errorf("clientconn: WithPreconnect: %w", err)
+		}
+		c.s.cur.Load().cc.Connect()
+		c.Close()
+	}
+	return nil
+}
