@@ -181,11 +181,45 @@ func cpuTime() time.Duration {
 
 func gomaxprocs() int { return runtime.GOMAXPROCS(0) }
 
+// drivePaced is drive at a fixed offered rate (calls/s across all
+// callers): each caller waits for its next slot on a schedule, so every
+// side of a comparison gets the same load instead of the faster one
+// generating more (and, on a 2-core machine, queueing behind its own
+// CPU). A caller that falls behind calls at once until it catches up.
+// Latency is measured from when a call is sent, not from its slot.
+func drivePaced(ctx context.Context, callers, n int, rate float64, maxDur, timeout time.Duration, call func(context.Context) error) ([]time.Duration, time.Duration, error) {
+	interval := time.Duration(float64(callers) / rate * float64(time.Second))
+	var caller atomic.Int64
+	start := time.Now()
+	pacer := func() func() {
+		idx := caller.Add(1) - 1
+		next := start.Add(time.Duration(idx) * interval / time.Duration(callers))
+		return func() {
+			if d := time.Until(next); d > 0 {
+				t := time.NewTimer(d)
+				select {
+				case <-t.C:
+				case <-ctx.Done():
+					t.Stop()
+				}
+			}
+			next = next.Add(interval)
+		}
+	}
+	return driveWith(ctx, callers, n, maxDur, timeout, pacer, call)
+}
+
 // drive makes up to n calls from `callers` goroutines, stopping early when
 // maxDur has passed or ctx ends. It returns every finished call's latency
 // and how long the calls took, or an error counting the failed calls and
 // wrapping the first failure.
 func drive(ctx context.Context, callers, n int, maxDur, timeout time.Duration, call func(context.Context) error) ([]time.Duration, time.Duration, error) {
+	return driveWith(ctx, callers, n, maxDur, timeout, nil, call)
+}
+
+// driveWith is drive where each caller goroutine, if pacer is set, gets a
+// wait function from it and calls it before each call.
+func driveWith(ctx context.Context, callers, n int, maxDur, timeout time.Duration, pacer func() func(), call func(context.Context) error) ([]time.Duration, time.Duration, error) {
 	var (
 		failed   int
 		firstErr error
@@ -201,11 +235,16 @@ func drive(ctx context.Context, callers, n int, maxDur, timeout time.Duration, c
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			wait := func() {}
+			if pacer != nil {
+				wait = pacer()
+			}
 			for ctx.Err() == nil && time.Now().Before(stopAt) {
 				i := next.Add(1) - 1
 				if i >= int64(n) {
 					return
 				}
+				wait()
 				cctx, cancel := context.WithTimeout(ctx, timeout)
 				t0 := time.Now()
 				err := call(cctx)
