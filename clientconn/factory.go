@@ -50,11 +50,11 @@ type Factory struct {
 
 	mu      sync.Mutex
 	closed  bool
-	conns   map[key]*shared                             // every live entry, with or without handles
-	idle    *simplelru.LRU[key, *shared]                // entries without handles; nil if maxIdle is 0
-	evicted []*shared                                   // capacity evictions found by the LRU callback
-	canon   map[string]string                           // target spelling -> canonical target
-	tenants map[string]credentials.TransportCredentials // WithTLS credentials per tenant
+	conns   map[key]*shared              // every live entry, with or without handles
+	idle    *simplelru.LRU[key, *shared] // entries without handles; nil if maxIdle is 0
+	evicted []*shared                    // capacity evictions found by the LRU callback
+	canon   map[string]string            // target spelling -> canonical target
+	tenants map[string]*tenantCreds      // WithTLS credentials per tenant with live entries
 
 	hits, misses, evictions atomic.Uint64
 	handles, open           atomic.Int64
@@ -87,7 +87,7 @@ func New(opts ...Option) *Factory {
 		opt.apply(o)
 	}
 	f := &Factory{opts: o, obs: o.observer, conns: make(map[key]*shared), canon: make(map[string]string),
-		tenants: make(map[string]credentials.TransportCredentials), configs: make(map[string]*serviceConfig)}
+		tenants: make(map[string]*tenantCreds), configs: make(map[string]*serviceConfig)}
 	f.ctx, f.cancel = context.WithCancel(context.Background())
 	if err := f.setUpTelemetry(); err != nil {
 		o.errs = append(o.errs, err)
@@ -179,7 +179,7 @@ func (f *Factory) keyFor(target string, g *getOptions) (key, error) {
 	case g.creds != nil:
 		k.creds = g.creds
 	case f.opts.tlsConfig != nil:
-		if k.creds, err = f.tenantCreds(g.tenant); err != nil {
+		if k.creds, err = f.credsForTenant(g.tenant); err != nil {
 			return key{}, err
 		}
 	}
@@ -265,6 +265,10 @@ func (f *Factory) newShared(k key) (*shared, error) {
 	}
 	s.cur.Store(newGeneration(cc, time.Now()))
 	f.open.Add(1)
+	if tc, ok := f.tenants[k.tenant]; ok && tc.creds == k.creds {
+		tc.entries++
+		s.tenantCreds = tc
+	}
 	if f.opts.maxAge > 0 {
 		s.ageTimer = time.AfterFunc(f.nextAge(), func() { f.replace(s) })
 	}

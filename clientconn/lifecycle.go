@@ -77,6 +77,7 @@ func (f *Factory) expire(s *shared, epoch uint64) {
 func (f *Factory) evictLocked(s *shared) {
 	s.dead.Store(true)
 	delete(f.conns, s.key)
+	f.releaseTenantLocked(s)
 	stopTimer(s.idleTimer)
 	stopTimer(s.ageTimer)
 	f.evictions.Add(1)

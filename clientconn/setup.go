@@ -78,17 +78,26 @@ func (f *Factory) setUpTLS() error {
 			return fmt.Errorf("clientconn: WithTLS: %w", err)
 		}
 	}
-	_, err := f.tenantCreds("")
+	_, err := f.credsForTenant("") // validates the config for every tenant
 	return err
 }
 
-// tenantCreds returns the WithTLS credentials of tenant, made once, so
-// the tenant's connections share a key and its sessions stay its own.
-func (f *Factory) tenantCreds(tenant string) (credentials.TransportCredentials, error) {
+// tenantCreds are the WithTLS credentials of one tenant, kept while pool
+// entries use them: a tenant's connections share a key and its sessions
+// stay its own, and a process that sees many tenants over its life does
+// not keep credentials for each forever.
+type tenantCreds struct {
+	creds   credentials.TransportCredentials
+	entries int // pool entries made with creds; guarded by Factory.mu
+}
+
+// credsForTenant returns the WithTLS credentials of tenant, making them if
+// no live entry uses them yet.
+func (f *Factory) credsForTenant(tenant string) (credentials.TransportCredentials, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if c, ok := f.tenants[tenant]; ok {
-		return c, nil
+	if tc, ok := f.tenants[tenant]; ok {
+		return tc.creds, nil
 	}
 	c, err := grcreds.NewTLS(f.opts.tlsConfig,
 		grcreds.WithSessionCache(f.opts.sessions),
@@ -97,8 +106,21 @@ func (f *Factory) tenantCreds(tenant string) (credentials.TransportCredentials, 
 	if err != nil {
 		return nil, fmt.Errorf("clientconn: WithTLS: %w", err)
 	}
-	f.tenants[tenant] = c
+	f.tenants[tenant] = &tenantCreds{creds: c}
 	return c, nil
+}
+
+// releaseTenantLocked forgets an entry's use of its tenant's credentials,
+// and the credentials with their last entry.
+func (f *Factory) releaseTenantLocked(s *shared) {
+	tc := s.tenantCreds
+	if tc == nil {
+		return
+	}
+	s.tenantCreds = nil
+	if tc.entries--; tc.entries == 0 && f.tenants[s.key.tenant] == tc {
+		delete(f.tenants, s.key.tenant)
+	}
 }
 
 // preconnect validates every WithPreconnect target, then starts connecting

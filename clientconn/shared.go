@@ -31,10 +31,11 @@ type shared struct {
 	lastErr atomic.Pointer[connError]
 
 	// Guarded by Factory.mu.
-	refs      int         // live handles
-	idleEpoch uint64      // bumped each time refs drops to 0
-	idleTimer *time.Timer // closes the entry after the idle timeout
-	ageTimer  *time.Timer // replaces the generation after the max age
+	refs        int          // live handles
+	tenantCreds *tenantCreds // the WithTLS credentials this entry counts on, or nil
+	idleEpoch   uint64       // bumped each time refs drops to 0
+	idleTimer   *time.Timer  // closes the entry after the idle timeout
+	ageTimer    *time.Timer  // replaces the generation after the max age
 }
 
 type connError struct{ err error }

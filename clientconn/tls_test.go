@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"fmt"
 	"slices"
 	"strings"
 	"sync"
@@ -143,5 +144,24 @@ func TestFactoryTLSBadInputs(t *testing.T) {
 			t.Errorf("%s: Get error = %v, want containing %q", tt.name, err, tt.wantErr)
 		}
 		f.Close()
+	}
+}
+
+// TestTenantCredentialsDoNotAccumulate: credentials of tenants whose
+// connections are all gone are dropped, while sessions (kept in the shared
+// cache, per tenant) still resume when a tenant comes back.
+func TestTenantCredentialsDoNotAccumulate(t *testing.T) {
+	pki := testutil.NewPKI(t, testutil.ECDSAP256)
+	b := startTLSBackend(t, pki, tls.VersionTLS13)
+	f := clientconn.New(clientconn.WithTLS(pki.ClientConfig("")), clientconn.WithMaxIdle(0))
+	defer f.Close()
+	for i := 0; i < 20; i++ {
+		connectOnce(t, f, b.Addr, clientconn.WithTenant(fmt.Sprintf("tenant-%d", i)))
+	}
+	if n := clientconn.TenantCredsForTest(f); n > 1 {
+		t.Errorf("Factory keeps credentials for %d tenants after all their connections closed, want at most 1", n)
+	}
+	if !connectOnce(t, f, b.Addr, clientconn.WithTenant("tenant-3")) {
+		t.Errorf("a returning tenant did not resume its session")
 	}
 }
