@@ -127,6 +127,29 @@ func BenchmarkInterceptorPass(b *testing.B) {
 			}
 		}
 	})
+	// The same chain built from a JSON policy, so each call is also routed
+	// by gRPC's methodConfig rules (a service entry and a default here).
+	_, policy, err := interceptors.SplitServiceConfig(`{"grpcreuse":{"methodConfig":[
+		{"name":[{"service":"other.Service"}],"circuitBreaker":{}},
+		{"name":[{}],"circuitBreaker":{},"concurrencyLimit":{}}]}}`)
+	if err != nil {
+		b.Fatal(err)
+	}
+	pu, _, err := policy.ClientChain(interceptors.ClientTelemetry{}, interceptors.PolicyObservers{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	pinner := func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, opts ...grpc.CallOption) error {
+		return pu[1](ctx, method, req, reply, cc, invoker, opts...)
+	}
+	b.Run("policy breaker+limiter", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			if err := pu[0](ctx, method, nil, nil, cc, pinner); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
 	b.Run("breaker+limiter/parallel", func(b *testing.B) {
 		b.ReportAllocs()
 		b.RunParallel(func(pb *testing.PB) {

@@ -6,6 +6,8 @@ import (
 	"errors"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc"
@@ -476,9 +478,45 @@ type router struct {
 	exact   map[string]int // "/service/method"
 	service map[string]int
 	def     int // -1: none
+
+	// memo holds match's answer per method seen, copy-on-write, so the
+	// breaker and limiter interceptors of a call, which each route it,
+	// share one lock-free lookup instead of resolving the rules twice.
+	memo   atomic.Pointer[map[string]int]
+	memoMu sync.Mutex
 }
 
+// maxMemoMethods bounds the memo: method names are caller input.
+const maxMemoMethods = 1024
+
+// match returns the index of the methodConfig entry for method, or -1.
 func (r *router) match(method string) int {
+	if m := r.memo.Load(); m != nil {
+		if i, ok := (*m)[method]; ok {
+			return i
+		}
+	}
+	i := r.resolve(method)
+	r.memoMu.Lock()
+	defer r.memoMu.Unlock()
+	old := r.memo.Load()
+	if old == nil || len(*old) < maxMemoMethods {
+		next := make(map[string]int, 1)
+		if old != nil {
+			next = make(map[string]int, len(*old)+1)
+			for k, v := range *old {
+				next[k] = v
+			}
+		}
+		next[method] = i
+		r.memo.Store(&next)
+	}
+	return i
+}
+
+// resolve applies gRPC's methodConfig rules: exact method, then service,
+// then the default.
+func (r *router) resolve(method string) int {
 	if i, ok := r.exact[method]; ok {
 		return i
 	}
