@@ -761,18 +761,4 @@ func TestTenantsNeverShareConnections(t *testing.T) {
 			}
 		})
 	}
-	t.Run("TLS1.2 sessions", func(t *testing.T) {
-		b := startTLSBackend(t, pki, tls.VersionTLS12)
-		f := clientconn.New(clientconn.WithTLS(pki.ClientConfig("")), clientconn.WithMaxIdle(0))
-		defer f.Close()
-		a, bt := clientconn.WithTenant("tenant-a"), clientconn.WithTenant("tenant-b")
-		connectOnce(t, f, b.Addr, a)  // full
-		connectOnce(t, f, b.Addr, a)  // resumes A's session
-		connectOnce(t, f, b.Addr, bt) // must not use A's session
-		connectOnce(t, f, b.Addr, bt) // resumes B's own
-		connectOnce(t, f, b.Addr, a)  // A's again
-		if got, want := b.handshakes(), []bool{false, true, false, true, true}; !slices.Equal(got, want) {
-			t.Errorf("server saw resumed = %v, want %v (tenant B's first handshake full)", got, want)
-		}
-	})
 }

@@ -106,18 +106,26 @@ func TestFactoryResumesTLSSessions(t *testing.T) {
 }
 
 func TestFactoryKeepsTenantSessionsApart(t *testing.T) {
-	pki := testutil.NewPKI(t, testutil.ECDSAP256)
-	b := startTLSBackend(t, pki, tls.VersionTLS13)
-	f := clientconn.New(clientconn.WithTLS(pki.ClientConfig("")), clientconn.WithMaxIdle(0))
-	defer f.Close()
-	a, bt := clientconn.WithTenant("tenant-a"), clientconn.WithTenant("tenant-b")
-	connectOnce(t, f, b.Addr, a)  // full
-	connectOnce(t, f, b.Addr, a)  // resumes A's session
-	connectOnce(t, f, b.Addr, bt) // must not use A's session
-	connectOnce(t, f, b.Addr, bt) // resumes B's own
-	connectOnce(t, f, b.Addr)     // no tenant: its own slot too
-	if got, want := b.handshakes(), []bool{false, true, false, true, false}; !slices.Equal(got, want) {
-		t.Errorf("server saw resumed = %v, want %v (tenant B's first handshake full)", got, want)
+	for _, v := range []struct {
+		name    string
+		version uint16
+	}{{"TLS1.2", tls.VersionTLS12}, {"TLS1.3", tls.VersionTLS13}} {
+		t.Run(v.name, func(t *testing.T) {
+			pki := testutil.NewPKI(t, testutil.ECDSAP256)
+			b := startTLSBackend(t, pki, v.version)
+			f := clientconn.New(clientconn.WithTLS(pki.ClientConfig("")), clientconn.WithMaxIdle(0))
+			defer f.Close()
+			a, bt := clientconn.WithTenant("tenant-a"), clientconn.WithTenant("tenant-b")
+			connectOnce(t, f, b.Addr, a)  // full
+			connectOnce(t, f, b.Addr, a)  // resumes A's session
+			connectOnce(t, f, b.Addr, bt) // must not use A's session
+			connectOnce(t, f, b.Addr, bt) // resumes B's own
+			connectOnce(t, f, b.Addr, a)  // A's again, after B's
+			connectOnce(t, f, b.Addr)     // no tenant: its own slot too
+			if got, want := b.handshakes(), []bool{false, true, false, true, true, false}; !slices.Equal(got, want) {
+				t.Errorf("server saw resumed = %v, want %v (tenant B's and no tenant's first handshakes full)", got, want)
+			}
+		})
 	}
 }
 

@@ -86,16 +86,7 @@ func TestShedderDeadlineShorterThanServiceTime(t *testing.T) {
 	_, sopts := newShedder(t, ev, func(c *interceptors.ShedderConfig) { c.MinSamples = 3 })
 	be := testutil.StartBackend(t, testutil.BackendOptions{
 		ServerOptions: sopts,
-		Unary: func(ctx context.Context, _ *testpb.SimpleRequest) (*testpb.SimpleResponse, error) {
-			t := time.NewTimer(50 * time.Millisecond) // simulated work
-			defer t.Stop()
-			select {
-			case <-t.C:
-				return &testpb.SimpleResponse{}, nil
-			case <-ctx.Done():
-				return nil, status.FromContextError(ctx.Err()).Err()
-			}
-		},
+		Unary:         working(func() time.Duration { return 50 * time.Millisecond }),
 	})
 	c := dial(t, be.Addr)
 	short := func() error {
@@ -130,6 +121,21 @@ func TestShedderDeadlineShorterThanServiceTime(t *testing.T) {
 	}
 }
 
+// working returns a handler that works for d() (a timer, cut short when
+// the caller goes away) and answers OK.
+func working(d func() time.Duration) func(context.Context, *testpb.SimpleRequest) (*testpb.SimpleResponse, error) {
+	return func(ctx context.Context, _ *testpb.SimpleRequest) (*testpb.SimpleResponse, error) {
+		t := time.NewTimer(d()) // simulated work
+		defer t.Stop()
+		select {
+		case <-t.C:
+			return &testpb.SimpleResponse{}, nil
+		case <-ctx.Done():
+			return nil, status.FromContextError(ctx.Err()).Err()
+		}
+	}
+}
+
 // TestShedderRecoversFromInflatedEstimate is the regression test for a
 // shedder that, once its service-time estimate rose above the callers'
 // deadlines, shed every request forever: only admitted requests measure
@@ -140,16 +146,7 @@ func TestShedderRecoversFromInflatedEstimate(t *testing.T) {
 	work.Store(int64(50 * time.Millisecond))
 	be := testutil.StartBackend(t, testutil.BackendOptions{
 		ServerOptions: sopts,
-		Unary: func(ctx context.Context, _ *testpb.SimpleRequest) (*testpb.SimpleResponse, error) {
-			t := time.NewTimer(time.Duration(work.Load())) // simulated work
-			defer t.Stop()
-			select {
-			case <-t.C:
-				return &testpb.SimpleResponse{}, nil
-			case <-ctx.Done():
-				return nil, status.FromContextError(ctx.Err()).Err()
-			}
-		},
+		Unary:         working(func() time.Duration { return time.Duration(work.Load()) }),
 	})
 	c := dial(t, be.Addr)
 	for range 3 { // the estimate learns 50ms
