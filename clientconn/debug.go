@@ -196,9 +196,6 @@ func (f *Factory) debugSnapshot() telemetry.DebugSnapshot {
 	slices.SortFunc(s.Connections, func(a, b telemetry.DebugConn) int {
 		return cmp.Or(cmp.Compare(a.Target, b.Target), cmp.Compare(a.Tenant, b.Tenant))
 	})
-	if f.rec == nil {
-		return s
-	}
 	f.rec.endpoints.Range(func(k, v any) bool {
 		key, e := k.([2]string), v.(*endpointRecord)
 		s.Endpoints = append(s.Endpoints, telemetry.DebugEndpoint{Target: key[0], Endpoint: key[1],
