@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	grpcbalancer "google.golang.org/grpc/balancer"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/credentials/insecure"
@@ -27,9 +28,33 @@ import (
 // addresses (and obs, when set) with the policy configured by cfgJSON.
 func dial(t testing.TB, cfgJSON string, obs *recorder, addrs ...string) (*grpc.ClientConn, *manual.Resolver) {
 	t.Helper()
+	return dialPolicy(t, Name, cfgJSON, obs, addrs...)
+}
+
+// skipName is the policy of this package on skipClock: real time, plus
+// whatever a test skips ahead. A test can then make an ejection outlast
+// any slow machine and still see it end without waiting for it.
+const skipName = Name + "_skip_clock_test"
+
+var skipClock = struct {
+	start time.Time
+	skip  atomic.Int64
+}{start: time.Now()}
+
+func init() {
+	// Registered at init: grpc's balancer registry is not safe to change
+	// while channels are running.
+	grpcbalancer.Register(&builder{name: skipName, k: knobs{now: func() time.Duration {
+		return time.Since(skipClock.start) + time.Duration(skipClock.skip.Load())
+	}}})
+}
+
+// dialPolicy is dial with the named registration of this package's policy.
+func dialPolicy(t testing.TB, name, cfgJSON string, obs *recorder, addrs ...string) (*grpc.ClientConn, *manual.Resolver) {
+	t.Helper()
 	r := manual.NewBuilderWithScheme("grpcreuse-test")
 	r.InitialState(state(obs, addrs...))
-	sc := fmt.Sprintf(`{"loadBalancingConfig":[{%q:%s}]}`, Name, cfgJSON)
+	sc := fmt.Sprintf(`{"loadBalancingConfig":[{%q:%s}]}`, name, cfgJSON)
 	cc, err := grpc.NewClient(r.Scheme()+":///backends", grpc.WithResolvers(r),
 		grpc.WithTransportCredentials(insecure.NewCredentials()), grpc.WithDefaultServiceConfig(sc))
 	if err != nil {
@@ -161,7 +186,9 @@ func TestIntegrationScaleDown(t *testing.T) {
 
 // TestIntegrationEjectionAndReturn: a backend that fails every call is
 // ejected after consecutiveFailures, gets no calls while ejected, returns
-// on its own, and gets calls again once it is healthy.
+// on its own once baseEjectionTime has passed, and gets calls again once
+// it is healthy. The ejection lasts a minute of skipClock, so "while
+// ejected" cannot run past it on a slow machine; the test then skips it.
 func TestIntegrationEjectionAndReturn(t *testing.T) {
 	var broken atomic.Bool
 	broken.Store(true)
@@ -174,7 +201,7 @@ func TestIntegrationEjectionAndReturn(t *testing.T) {
 	g1 := testutil.StartBackend(t, testutil.BackendOptions{})
 	g2 := testutil.StartBackend(t, testutil.BackendOptions{})
 	obs := newRecorder()
-	cc, _ := dial(t, `{"ejection":{"consecutiveFailures":3,"baseEjectionTime":"0.5s"}}`, obs, bad.Addr, g1.Addr, g2.Addr)
+	cc, _ := dialPolicy(t, skipName, `{"ejection":{"consecutiveFailures":3,"baseEjectionTime":"60s"}}`, obs, bad.Addr, g1.Addr, g2.Addr)
 	failures := 0
 	for i := 0; len(obs.ejections(bad.Addr)) == 0; i++ {
 		if i > 2000 {
@@ -187,7 +214,7 @@ func TestIntegrationEjectionAndReturn(t *testing.T) {
 	if failures < 3 {
 		t.Fatalf("%d failures before ejection, want at least consecutiveFailures", failures)
 	}
-	if d := obs.ejections(bad.Addr)[0]; d != 500*time.Millisecond {
+	if d := obs.ejections(bad.Addr)[0]; d != time.Minute {
 		t.Fatalf("ejected for %v, want baseEjectionTime", d)
 	}
 	before := bad.Calls.Load()
@@ -195,14 +222,15 @@ func TestIntegrationEjectionAndReturn(t *testing.T) {
 		if err := call(context.Background(), cc); err != nil {
 			t.Fatalf("call failed while the bad backend is ejected: %v", err)
 		}
-		if obs.returns(bad.Addr) > 0 {
-			break
-		}
 	}
-	if obs.returns(bad.Addr) == 0 && bad.Calls.Load() != before {
-		t.Fatalf("ejected backend got %d calls", bad.Calls.Load()-before)
+	if n := bad.Calls.Load() - before; n != 0 {
+		t.Fatalf("ejected backend got %d calls", n)
+	}
+	if n := obs.returns(bad.Addr); n != 0 {
+		t.Fatalf("backend returned %d times before its ejection time passed", n)
 	}
 	broken.Store(false)
+	skipClock.skip.Add(int64(time.Minute))
 	testutil.Eventually(t, 5*time.Second, func() bool { return obs.returns(bad.Addr) == 1 }, "bad backend returned after its ejection time")
 	before = bad.Calls.Load()
 	testutil.Eventually(t, 5*time.Second, func() bool {
