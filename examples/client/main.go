@@ -25,6 +25,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	_ "embed"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -34,7 +35,6 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -144,7 +144,11 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 		return fmt.Errorf("-service-config %s: %w", source, err)
 	}
 	// Move 2: the balancer is chosen by loadBalancingConfig.
-	if !strings.Contains(grpcPart, `"`+balancer.Name+`"`) {
+	warm, ok, err := eagerConnections(grpcPart)
+	if err != nil {
+		return fmt.Errorf("-service-config %s: %w", source, err)
+	}
+	if !ok {
 		fmt.Fprintf(stdout, "note: %s does not select %s; gRPC's default policy applies\n", source, balancer.Name)
 	}
 
@@ -175,6 +179,12 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 	for round, what := range []string{"new connections", "connections made again (as after a backend restart): TLS sessions resume"} {
 		f := newFactory()
 		err := callBothServices(ctx, f, cfg)
+		if err == nil {
+			// The balancer opens its connections at once but the calls may
+			// finish on the first: closing the Factory mid-handshake would
+			// leave the next round fewer sessions to resume.
+			err = seen.await(ctx, warm)
+		}
 		st := f.Stats()
 		f.Close() // closes the connections; the session cache outlives the Factory
 		if err != nil {
@@ -267,26 +277,88 @@ func describePolicy(p *interceptors.Policy) string {
 	return strings.Join(parts, "; ")
 }
 
+// eagerConnections returns how many connections per backend the service
+// config's balancer opens before any call (subchannelsPerEndpoint), and
+// whether that balancer is grpcreuse's; gRPC's own policies open one.
+func eagerConnections(grpcPart string) (n int, ours bool, err error) {
+	var doc struct {
+		LoadBalancingConfig []map[string]json.RawMessage `json:"loadBalancingConfig"`
+	}
+	if err := json.Unmarshal([]byte(grpcPart), &doc); err != nil {
+		return 0, false, err
+	}
+	// grpc uses the first policy it knows. Ours is known, so it is used
+	// when it is listed first (a policy grpc does not know before it is
+	// rare enough for an example to ignore).
+	if len(doc.LoadBalancingConfig) == 0 {
+		return 1, false, nil
+	}
+	raw, ok := doc.LoadBalancingConfig[0][balancer.Name]
+	if !ok {
+		return 1, false, nil
+	}
+	c, err := balancer.ParseConfig(raw)
+	if err != nil {
+		return 0, false, err
+	}
+	return c.SubchannelsPerEndpoint, true, nil
+}
+
 // handshakes counts the Factory's TLS handshakes: a telemetry.Observer that
 // implements only Handshake (telemetry.Nop does the rest).
 type handshakes struct {
 	telemetry.Nop
-	full, resumed, failed atomic.Int64
+	mu                    sync.Mutex
+	changed               chan struct{} // closed and replaced on every handshake
+	full, resumed, failed int
 }
 
 func (h *handshakes) Handshake(info telemetry.HandshakeInfo) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
 	switch {
 	case info.Err != nil:
-		h.failed.Add(1)
+		h.failed++
 	case info.Resumed:
-		h.resumed.Add(1)
+		h.resumed++
 	default:
-		h.full.Add(1)
+		h.full++
+	}
+	if h.changed != nil {
+		close(h.changed)
+		h.changed = nil
 	}
 }
 
-func (h *handshakes) take() (full, resumed, failed int64) {
-	return h.full.Swap(0), h.resumed.Swap(0), h.failed.Swap(0)
+// await returns once n handshakes succeeded since the last take, or with
+// an error naming how many did when ctx ends first.
+func (h *handshakes) await(ctx context.Context, n int) error {
+	for {
+		h.mu.Lock()
+		done := h.full+h.resumed >= n
+		if h.changed == nil {
+			h.changed = make(chan struct{})
+		}
+		changed := h.changed
+		ok := h.full + h.resumed
+		h.mu.Unlock()
+		if done {
+			return nil
+		}
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			return fmt.Errorf("%d of the balancer's %d connections finished their TLS handshake: %w", ok, n, ctx.Err())
+		}
+	}
+}
+
+func (h *handshakes) take() (full, resumed, failed int) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	full, resumed, failed = h.full, h.resumed, h.failed
+	h.full, h.resumed, h.failed = 0, 0, 0
+	return full, resumed, failed
 }
 
 // callCounter is an interceptor of our own, chained outside grpcreuse's: it
