@@ -92,12 +92,13 @@ type recorder struct {
 	returned map[string]int
 	inflight map[string]int
 	latency  map[string]time.Duration
+	peak     map[string]time.Duration // highest latency reported
 }
 
 var _ telemetry.SubchannelObserver = (*recorder)(nil)
 
 func newRecorder() *recorder {
-	return &recorder{states: map[string][]connectivity.State{}, ejected: map[string][]time.Duration{}, returned: map[string]int{}, inflight: map[string]int{}, latency: map[string]time.Duration{}}
+	return &recorder{states: map[string][]connectivity.State{}, ejected: map[string][]time.Duration{}, returned: map[string]int{}, inflight: map[string]int{}, latency: map[string]time.Duration{}, peak: map[string]time.Duration{}}
 }
 
 func (r *recorder) SubchannelState(_, ep string, s connectivity.State) {
@@ -123,6 +124,7 @@ func (r *recorder) EndpointLoad(_, ep string, n int, latency time.Duration) {
 	defer r.mu.Unlock()
 	r.inflight[ep] = n
 	r.latency[ep] = latency
+	r.peak[ep] = max(r.peak[ep], latency)
 }
 
 func (r *recorder) count(ep string, s connectivity.State) int {

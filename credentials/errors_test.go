@@ -81,7 +81,7 @@ func TestBadInputs(t *testing.T) {
 			return rotatorErr(credentials.WithTicketKeyFile(file("short", []byte(base64.StdEncoding.EncodeToString(secret[:])+"\n"+short+"\n"))))
 		}, `short": line 2: key is 16 bytes; want 32`},
 		{"corrupt key file", func() error {
-			return rotatorErr(credentials.WithTicketKeyFile(file("corrupt", append([]byte("#ok\n"), secret[:]...))))
+			return rotatorErr(credentials.WithTicketKeyFile(file("corrupt", append([]byte("#ok\n"), rawBinaryKey()...))))
 		}, `corrupt": line 2: not standard base64`},
 		{"huge key file", func() error {
 			return rotatorErr(credentials.WithTicketKeyFile(file("huge", []byte(strings.Repeat("#", 70<<10)))))
