@@ -444,13 +444,16 @@ func TestIntegrationSlowBackendAvoided(t *testing.T) {
 		t.Fatalf("slow backend got %.1f%% of calls, want < 10%% (round robin: 33%%)", share*100)
 	}
 	// The load reports carry the latency estimate the picks used. The
-	// slow endpoint's peak is compared: once it gets no calls its estimate
-	// drifts towards the others' (so that it is tried again).
+	// slow endpoint's peak is checked: once it gets no calls its estimate
+	// drifts towards the others' (so that it is tried again). Its calls
+	// take 21 ms; the bound leaves room for calls that straddle sample
+	// windows. A fast one's is only checked to be reported: on a loaded
+	// machine its latency is the machine's, not its 1 ms of work.
 	obs.mu.Lock()
 	slow, fast := obs.peak[bs[0].Addr], obs.latency[bs[1].Addr]
 	obs.mu.Unlock()
-	if fast <= 0 || slow < 3*fast {
-		t.Fatalf("reported latency: slow endpoint %v at its peak, a fast one %v; want the slow one at least 3× the fast one", slow, fast)
+	if fast <= 0 || slow < 15*time.Millisecond {
+		t.Fatalf("reported latency: slow endpoint %v at its peak, a fast one %v; want the slow one at least 15ms and the fast one reported", slow, fast)
 	}
 }
 
