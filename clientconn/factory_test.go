@@ -167,7 +167,10 @@ func TestIdleTimeoutClosesConnectionWithoutHandles(t *testing.T) {
 
 func TestIdleConnectionRevivedByGetIsNotClosed(t *testing.T) {
 	b := testutil.StartBackend(t, testutil.BackendOptions{})
-	f := newFactory(t, clientconn.WithIdleTimeout(100*time.Millisecond))
+	// A second of idle timeout: each close-and-reopen below must fit in it
+	// even on a loaded machine, or the eviction would be legitimate.
+	const idle = time.Second
+	f := newFactory(t, clientconn.WithIdleTimeout(idle))
 	for i := 0; i < 5; i++ { // close and reopen within the idle timeout
 		c := get(t, f, b.Addr)
 		mustUnary(t, c)
@@ -176,7 +179,7 @@ func TestIdleConnectionRevivedByGetIsNotClosed(t *testing.T) {
 	c := get(t, f, b.Addr)
 	defer c.Close()
 	// Well past the idle timeout, the connection with a live handle still serves.
-	deadline := time.Now().Add(300 * time.Millisecond)
+	deadline := time.Now().Add(idle * 3 / 2)
 	for time.Now().Before(deadline) {
 		mustUnary(t, c)
 	}
