@@ -46,6 +46,14 @@ func runOverload(ctx context.Context, e *env) (*result, error) {
 		busy     atomic.Int64 // nanoseconds the slots spent working
 		works    atomic.Int64 // calls worked on
 	}
+	// workTime starts a measurement: the function it returns reports the
+	// mean time the work took since workTime was called.
+	workTime := func(s *server) func() time.Duration {
+		busy0, works0 := s.busy.Load(), s.works.Load()
+		return func() time.Duration {
+			return time.Duration(s.busy.Load()-busy0) / time.Duration(max(s.works.Load()-works0, 1))
+		}
+	}
 	start := func(shed, limit bool) (*server, error) {
 		s := &server{}
 		cpu := make(chan struct{}, slots)
@@ -156,28 +164,27 @@ func runOverload(ctx context.Context, e *env) (*result, error) {
 			}
 			defer func() { s.cc.Close(); s.b.stop() }()
 			load(ctx, s, 1, 50*time.Millisecond)
-			busy0, works0 := s.busy.Load(), s.works.Load()
+			since := workTime(s)
 			idle, _, _ := load(ctx, s, 1, e.unloadedFor)
 			if len(idle) == 0 {
 				return sample{}, errors.New("no call succeeded unloaded")
 			}
-			workTime := time.Duration(s.busy.Load()-busy0) / time.Duration(max(s.works.Load()-works0, 1))
+			unloadedWork := since()
 			_, idle99 := percentiles(idle)
-			busy0, works0 = s.busy.Load(), s.works.Load()
+			since = workTime(s)
 			ok, total, elapsed := load(ctx, s, callers, e.overloadFor)
-			loadedWork := time.Duration(s.busy.Load()-busy0) / time.Duration(max(s.works.Load()-works0, 1))
+			loadedWork := since()
 			if err := drain(s); err != nil {
 				return sample{}, err
 			}
 			after, afterTotal, _ := load(ctx, s, 1, e.unloadedFor)
 			m := map[string]float64{
-				"goodput":  float64(len(ok)) / elapsed.Seconds(),
-				"capacity": slots / workTime.Seconds(),
-				"work":     float64(workTime) / float64(time.Millisecond),
-				"loaded":   float64(loadedWork) / float64(time.Millisecond),
-				"okpct":    100 * float64(len(ok)) / float64(max(total, 1)),
-				"idle99":   idle99,
-				"after":    100 * float64(len(after)) / float64(max(afterTotal, 1)),
+				"goodput": float64(len(ok)) / elapsed.Seconds(),
+				"work":    float64(unloadedWork) / float64(time.Millisecond),
+				"loaded":  float64(loadedWork) / float64(time.Millisecond),
+				"okpct":   100 * float64(len(ok)) / float64(max(total, 1)),
+				"idle99":  idle99,
+				"after":   100 * float64(len(after)) / float64(max(afterTotal, 1)),
 			}
 			if len(ok) > 0 {
 				_, m["p99"] = percentiles(ok)
@@ -196,15 +203,16 @@ func runOverload(ctx context.Context, e *env) (*result, error) {
 	}
 	const title = "6. Overload: 4-slot server, 2 ms work, 16 callers, 5 ms deadlines"
 	plain, shed, both := sides[0].name, sides[1].name, sides[2].name
-	// Capacity and the unloaded p99 are properties of the server, measured
-	// on every side's fresh one: their median over all sides and rounds.
-	var caps, works []float64
+	// The unloaded work time is a property of the server, measured on
+	// every side's fresh one: capacity comes from its median over all
+	// sides and rounds.
+	var works []float64
 	for _, n := range []string{plain, shed, both} {
 		for _, smp := range res[n] {
-			caps, works = append(caps, smp.m["capacity"]), append(works, smp.m["work"])
+			works = append(works, smp.m["work"])
 		}
 	}
-	capacity := median(caps)
+	capacity := slots / (median(works) / 1000) // work is in ms
 	share := func(n string) float64 { return 100 * res.median(n, "goodput") / capacity }
 	goodput := func(n string) string {
 		return fmt.Sprintf("%s (%.0f%% of capacity, %.1f%% of calls OK)", fmtRate(res.median(n, "goodput")), share(n), res.median(n, "okpct"))
