@@ -66,6 +66,10 @@ func WithTracerProvider(tp trace.TracerProvider) Option {
 // per-call latency and sizes: Telemetry records only what grpc-go does
 // not (handshakes, pooling, balancing, breakers, limiters, session caches).
 type Telemetry struct {
+	// Nop answers the events this implementation records nothing for, so a
+	// new Observer method never breaks the build here.
+	Nop
+
 	meter  metric.Meter
 	tracer trace.Tracer
 
