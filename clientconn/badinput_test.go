@@ -67,7 +67,10 @@ func TestBadInputEveryConstructor(t *testing.T) {
 	// local port) and closes it; a failed Get must leave nothing behind.
 	factory := func(opts []clientconn.Option, target string, getOpts ...clientconn.GetOption) func(*testing.T) error {
 		return func(t *testing.T) error {
-			f := clientconn.New(opts...)
+			f, err := clientconn.New(opts...)
+			if err != nil {
+				return err // validated at construction, as grpc.NewClient does
+			}
 			defer f.Close()
 			if target == "" {
 				target = "127.0.0.1:1"
@@ -144,7 +147,7 @@ func TestBadInputEveryConstructor(t *testing.T) {
 		run     func(*testing.T) error
 		wantErr []string // every substring must appear
 	}{
-		// clientconn.New options, reported by Get.
+		// clientconn.New options, reported by New.
 		{name: "Factory/nil option", run: factory([]clientconn.Option{plaintext, nil}, ""), wantErr: []string{"option 1 is nil"}},
 		{name: "Factory/negative idle timeout", run: factory(opts(clientconn.WithIdleTimeout(-time.Second)), ""), wantErr: []string{"WithIdleTimeout is -1s; must be positive"}},
 		{name: "Factory/negative max idle", run: factory(opts(clientconn.WithMaxIdle(-1)), ""), wantErr: []string{"WithMaxIdle is -1; must be 0 or more"}},

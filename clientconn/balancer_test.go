@@ -2,6 +2,7 @@ package clientconn_test
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -57,6 +58,8 @@ func TestFactoryWithGrpcreuseBalancer(t *testing.T) {
 		mustUnary(t, c)
 	}
 	for i, b := range backends {
+		// The second eager connection may still be dialling after the calls.
+		testutil.Eventually(t, 5*time.Second, func() bool { return b.Listener.Accepts() >= 2 }, fmt.Sprintf("backend %d accepted 2 connections", i))
 		if got := b.Listener.Accepts(); got != 2 {
 			t.Errorf("backend %d accepted %d connections, want 2 (subchannelsPerEndpoint)", i, got)
 		}

@@ -58,7 +58,7 @@ func TestDebugPageInBrowser(t *testing.T) {
 	var faults testutil.Faults
 	pki := testutil.NewPKI(t, testutil.ECDSAP256)
 	b := startTLSBackend(t, pki, tls.VersionTLS13, faults.ServerOptions()...)
-	f := clientconn.New(clientconn.WithTLS(pki.ClientConfig("")), clientconn.WithMaxIdle(0), clientconn.WithServiceConfig(breakerServiceConfig))
+	f := mustNew(t, clientconn.WithTLS(pki.ClientConfig("")), clientconn.WithMaxIdle(0), clientconn.WithServiceConfig(breakerServiceConfig))
 	defer f.Close()
 	connectOnce(t, f, b.Addr) // full handshake
 	connectOnce(t, f, b.Addr) // resumed
@@ -108,7 +108,7 @@ func TestDebugPageInBrowser(t *testing.T) {
 }
 
 func TestDebugPageEscapesTargets(t *testing.T) {
-	f := clientconn.New(clientconn.WithTransportCredentials(insecure.NewCredentials()))
+	f := mustNew(t, clientconn.WithTransportCredentials(insecure.NewCredentials()))
 	defer f.Close()
 	evil := `passthrough:///x<script>document.title='pwned'</script><img/src=x/onerror=alert(1)>`
 	c, err := f.Get(context.Background(), evil, clientconn.WithTenant(`<b>tenant</b>`))

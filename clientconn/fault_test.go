@@ -141,7 +141,7 @@ func TestServerMaxConnectionAgeUnderLoad(t *testing.T) {
 // nothing panics, nothing leaks (goleak in TestMain).
 func TestCloseDuringTraffic(t *testing.T) {
 	b := testutil.StartBackend(t, testutil.BackendOptions{})
-	f := clientconn.New(plaintext, clientconn.WithDrainTimeout(2*time.Second))
+	f := mustNew(t, plaintext, clientconn.WithDrainTimeout(2*time.Second))
 	conns := []*clientconn.Conn{get(t, f, b.Addr), get(t, f, b.Addr), get(t, f, b.Addr)}
 	stop := make(chan struct{})
 	var waits []func() ([]error, int64)

@@ -117,7 +117,7 @@ func TestTicketKeyRotationDuringReconnectStorm(t *testing.T) {
 			b := testutil.StartBackend(t, testutil.BackendOptions{TLS: srvCfg})
 
 			obs := &handshakeCounter{}
-			f := clientconn.New(clientconn.WithTLS(pki.ClientConfig("")), clientconn.WithMaxIdle(0), clientconn.WithObserver(obs))
+			f := mustNew(t, clientconn.WithTLS(pki.ClientConfig("")), clientconn.WithMaxIdle(0), clientconn.WithObserver(obs))
 			defer f.Close()
 
 			// A tenant that connects before the storm and after it: its
@@ -592,7 +592,7 @@ func TestServerCertificateRotationDuringTraffic(t *testing.T) {
 	oldSerial := certSerial(t, oldCert)
 
 	// A long-lived, shared connection under load.
-	f := clientconn.New(clientconn.WithTLS(pki.ClientConfig("")))
+	f := mustNew(t, clientconn.WithTLS(pki.ClientConfig("")))
 	defer f.Close()
 	c := get(t, f, b.Addr)
 	defer c.Close()
@@ -602,9 +602,9 @@ func TestServerCertificateRotationDuringTraffic(t *testing.T) {
 	// One client that always makes full handshakes and one that resumes.
 	fullCfg := pki.ClientConfig("")
 	fullCfg.SessionTicketsDisabled = true
-	fullF := clientconn.New(clientconn.WithTLS(fullCfg), clientconn.WithMaxIdle(0))
+	fullF := mustNew(t, clientconn.WithTLS(fullCfg), clientconn.WithMaxIdle(0))
 	defer fullF.Close()
-	resumeF := clientconn.New(clientconn.WithTLS(pki.ClientConfig("")), clientconn.WithMaxIdle(0))
+	resumeF := mustNew(t, clientconn.WithTLS(pki.ClientConfig("")), clientconn.WithMaxIdle(0))
 	defer resumeF.Close()
 	var errs errList
 	waitFull := reconnectLoop(fullF, b.Addr, stop, &errs)
@@ -625,7 +625,7 @@ func TestServerCertificateRotationDuringTraffic(t *testing.T) {
 		return nil
 	}
 	testutil.Eventually(t, 5*time.Second, func() bool {
-		g := clientconn.New(clientconn.WithTLS(freshCfg))
+		g := mustNew(t, clientconn.WithTLS(freshCfg))
 		defer g.Close()
 		mustUnary(t, get(t, g, b.Addr))
 		return fresh.Load().Cmp(newSerial) == 0
@@ -710,7 +710,7 @@ func TestTenantsNeverShareConnections(t *testing.T) {
 				return &testpb.SimpleResponse{}, nil
 			}
 			b := testutil.StartBackend(t, testutil.BackendOptions{TLS: tc.server, Unary: record})
-			f := clientconn.New(tc.client) // idle connections stay in the pool
+			f := mustNew(t, tc.client) // idle connections stay in the pool
 			defer f.Close()
 			call := func(tenant string) {
 				t.Helper()

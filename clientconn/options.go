@@ -61,7 +61,7 @@ type options struct {
 	// Test knobs, set through export_test.go.
 	noJitter bool
 
-	errs []error // invalid options, reported by every Get
+	errs []error // invalid options, reported by New
 }
 
 func defaultOptions() *options {
@@ -83,7 +83,7 @@ func (o *options) fail(format string, args ...any) {
 // tenant (WithTenant) and per backend address, and every handshake is
 // reported to the Factory's observer. A cfg that credentials.NewTLS
 // refuses (for example one relying on VerifyPeerCertificate, which
-// crypto/tls skips on resumption) fails every Get with its reason.
+// crypto/tls skips on resumption) fails New with its reason.
 func WithTLS(cfg *tls.Config) Option {
 	return optionFunc(func(o *options) {
 		if cfg == nil {
@@ -197,7 +197,7 @@ func WithDrainTimeout(d time.Duration) Option {
 // top-level "grpcreuse" object with circuit breaker and concurrency limit
 // policies per method (see interceptors.SplitServiceConfig): gRPC gets the
 // rest, and the Factory chains the breaker and limiter interceptors it
-// describes. An invalid document fails every Get, naming the field and
+// describes. An invalid document fails New, naming the field and
 // value. The compacted JSON is part of the sharing key.
 func WithServiceConfig(json string) Option {
 	return optionFunc(func(o *options) {

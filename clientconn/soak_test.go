@@ -138,7 +138,7 @@ func TestSoak(t *testing.T) {
 	resolver.Register(r)
 	target := scheme + ":///backends"
 
-	f := clientconn.New(clientconn.WithTLS(pki.ClientConfig("")), clientconn.WithServiceConfig(soakServiceConfig),
+	f := mustNew(t, clientconn.WithTLS(pki.ClientConfig("")), clientconn.WithServiceConfig(soakServiceConfig),
 		clientconn.WithDrainTimeout(5*time.Second))
 	defer f.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)

@@ -100,7 +100,7 @@ func TestFactoryTelemetry(t *testing.T) {
 	var faults testutil.Faults
 	pki := testutil.NewPKI(t, testutil.ECDSAP256)
 	b := startTLSBackend(t, pki, tls.VersionTLS13, grpc.ChainUnaryInterceptor(shed.UnaryServerInterceptor(), faults.UnaryServerInterceptor()))
-	f := clientconn.New(clientconn.WithTLS(pki.ClientConfig("")), clientconn.WithMaxIdle(0),
+	f := mustNew(t, clientconn.WithTLS(pki.ClientConfig("")), clientconn.WithMaxIdle(0),
 		clientconn.WithMeterProvider(mp), clientconn.WithTracerProvider(tp), clientconn.WithServiceConfig(breakerServiceConfig))
 	defer f.Close()
 

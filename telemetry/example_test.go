@@ -44,7 +44,10 @@ func ExampleNop() {
 	defer srv.Stop()
 
 	obs := &poolCounter{}
-	f := clientconn.New(clientconn.WithTransportCredentials(insecure.NewCredentials()), clientconn.WithObserver(obs))
+	f, err := clientconn.New(clientconn.WithTransportCredentials(insecure.NewCredentials()), clientconn.WithObserver(obs))
+	if err != nil {
+		log.Fatal(err)
+	}
 	defer f.Close()
 	for i := 0; i < 3; i++ {
 		c, err := f.Get(context.Background(), lis.Addr().String())
@@ -72,13 +75,16 @@ func ExampleNew() {
 
 	reader := sdkmetric.NewManualReader()
 	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))
-	f := clientconn.New(
+	f, err := clientconn.New(
 		clientconn.WithTransportCredentials(insecure.NewCredentials()),
 		clientconn.WithMeterProvider(mp), // grpcreuse's instruments (telemetry.New)
 		clientconn.WithDialOptions(grpcotel.DialOption(grpcotel.Options{ // grpc-go's per-call metrics
 			MetricsOptions: grpcotel.MetricsOptions{MeterProvider: mp},
 		})),
 	)
+	if err != nil {
+		log.Fatal(err)
+	}
 	defer f.Close()
 	conn, err := f.Get(context.Background(), lis.Addr().String())
 	if err != nil {

@@ -199,12 +199,15 @@ func demo(ctx context.Context, o options, stdout, progress io.Writer) (*report, 
 
 	pool := poolResolver("grpcreuse-demo", reuseServers)
 	resolver.Register(pool) // the Factory resolves targets through grpc's registry
-	f := clientconn.New(
+	f, err := clientconn.New(
 		clientconn.WithTLS(&tls.Config{RootCAs: roots, ServerName: "localhost", MinVersion: tls.VersionTLS13}),
 		clientconn.WithKeepalive(clientconn.KeepaliveDefault()),
 		clientconn.WithServiceConfig(grpcreuseServiceConfig),
 		clientconn.WithMeterProvider(mp),
 	)
+	if err != nil {
+		return nil, err
+	}
 	defer f.Close()
 
 	if o.debugAddr != "" {
