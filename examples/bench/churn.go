@@ -146,19 +146,19 @@ func runChurn(ctx context.Context, e *env) (*result, error) {
 		{name: "one Factory", toolkit: true, measure: measure(func() (func(string) (grpc.ClientConnInterface, func(), error), func()) {
 			f, err := clientconn.New(clientconn.WithTLS(clientTLS))
 			return func(addr string) (grpc.ClientConnInterface, func(), error) {
-				if err != nil {
-					return nil, nil, err
+					if err != nil {
+						return nil, nil, err
+					}
+					c, err := f.Get(ctx, addr)
+					if err != nil {
+						return nil, nil, err
+					}
+					return c, func() { c.Close() }, nil
+				}, func() {
+					if f != nil {
+						f.Close()
+					}
 				}
-				c, err := f.Get(ctx, addr)
-				if err != nil {
-					return nil, nil, err
-				}
-				return c, func() { c.Close() }, nil
-			}, func() {
-				if f != nil {
-					f.Close()
-				}
-			}
 		})},
 	}
 	res, err := runRounds(ctx, e, sides)
