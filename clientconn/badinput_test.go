@@ -38,7 +38,7 @@ type uncomparableCreds struct {
 // TestBadInputEveryConstructor is the one place that feeds bad input to
 // every public constructor and parser of the module: each must return an
 // error naming the field or option and the value, must not panic, and
-// must leave nothing running (goleak in TestMain; Factories are closed).
+// must leave nothing running (leakcheck in TestMain; Factories are closed).
 func TestBadInputEveryConstructor(t *testing.T) {
 	pki := testutil.NewPKI(t, testutil.ECDSAP256)
 	certPEM, keyPEM := pki.LeafPEM(t)
