@@ -45,7 +45,7 @@ func ExampleSplitServiceConfig() {
 		fmt.Println(err)
 		return
 	}
-	chain, err := policy.DialOptions(interceptors.ClientTelemetry{}, interceptors.PolicyObservers{})
+	chain, err := interceptors.NewClientChain(interceptors.WithPolicy(policy))
 	if err != nil {
 		fmt.Println(err)
 		return
@@ -62,7 +62,7 @@ func ExampleSplitServiceConfig() {
 		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return lis.DialContext(ctx) }),
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithDefaultServiceConfig(grpcDoc),
-	}, chain...)
+	}, chain.DialOptions()...)
 	cc, err := grpc.NewClient("passthrough:///backend", opts...)
 	if err != nil {
 		fmt.Println(err)

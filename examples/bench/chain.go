@@ -40,7 +40,7 @@ func runChain(ctx context.Context, e *env) (*result, error) {
 			grpc.WithTransportCredentials(insecure.NewCredentials()),
 		}, opts...)...)
 	}
-	newChain := func() ([]grpc.UnaryClientInterceptor, error) {
+	newChain := func() (grpc.UnaryClientInterceptor, error) {
 		reg, err := breaker.New()
 		if err != nil {
 			return nil, err
@@ -49,8 +49,11 @@ func runChain(ctx context.Context, e *env) (*result, error) {
 		if err != nil {
 			return nil, err
 		}
-		u, _ := interceptors.ClientChain(interceptors.ClientTelemetry{}, reg, lim)
-		return u, nil
+		c, err := interceptors.NewClientChain(interceptors.WithBreakers(reg), interceptors.WithLimiter(lim))
+		if err != nil {
+			return nil, err
+		}
+		return c.UnaryClientInterceptor(), nil
 	}
 	none, err := dial()
 	if err != nil {
@@ -61,7 +64,7 @@ func runChain(ctx context.Context, e *env) (*result, error) {
 	if err != nil {
 		return nil, err
 	}
-	with, err := dial(grpc.WithChainUnaryInterceptor(chain...))
+	with, err := dial(grpc.WithChainUnaryInterceptor(chain))
 	if err != nil {
 		return nil, err
 	}
