@@ -221,24 +221,25 @@ func (f *Factory) debugSnapshot() telemetry.DebugSnapshot {
 		limiters[k.(string)] = telemetry.DebugLimiter{Key: k.(string), Limit: int(l.limit.Load()), Rejected: l.rejected.Load()}
 		return true
 	})
-	f.cfgMu.Lock()
-	for _, sc := range f.configs {
-		if sc.chain == nil {
-			continue
+	pol := f.Policies()
+	for _, st := range pol.Breakers {
+		b := telemetry.DebugBreaker{Key: st.Key, State: st.State.String(), Since: st.Since, NextProbe: st.NextProbe,
+			Requests: st.Requests, Failures: st.Failures, ConsecutiveFailures: st.ConsecutiveFailures, Rejections: st.Rejections}
+		if st.Tenant != "" {
+			b.Key = st.Tenant + " " + st.Key
 		}
-		for _, b := range sc.chain.Breakers() {
-			if b.Since.IsZero() {
-				b.Since = breakers[b.Key].Since
-			}
-			b.Rejections = breakers[b.Key].Rejections
-			breakers[b.Key] = b
+		if b.Since.IsZero() {
+			b.Since = breakers[b.Key].Since
 		}
-		for _, l := range sc.chain.Limiters() {
-			l.Rejected = limiters[l.Key].Rejected
-			limiters[l.Key] = l
-		}
+		breakers[b.Key] = b
 	}
-	f.cfgMu.Unlock()
+	for _, st := range pol.Limiters {
+		l := telemetry.DebugLimiter{Key: st.Key, Limit: st.Limit, InFlight: st.InFlight, Queued: st.Queued, Rejected: st.Rejected}
+		if st.Tenant != "" {
+			l.Key = st.Tenant + " " + st.Key
+		}
+		limiters[l.Key] = l
+	}
 	for _, b := range breakers {
 		s.Breakers = append(s.Breakers, b)
 	}

@@ -78,6 +78,7 @@ func (f *Factory) evictLocked(s *shared) {
 	s.dead.Store(true)
 	delete(f.conns, s.key)
 	f.releaseTenantLocked(s)
+	f.releaseConfigLocked(s)
 	stopTimer(s.idleTimer)
 	stopTimer(s.ageTimer)
 	f.evictions.Add(1)

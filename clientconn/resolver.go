@@ -1,6 +1,7 @@
 package clientconn
 
 import (
+	"fmt"
 	"net/url"
 
 	"google.golang.org/grpc"
@@ -15,7 +16,9 @@ import (
 // target's scheme, so every resolver state carries obs for the grpcreuse
 // balancer: grpc builds balancers from a global registry, and the
 // resolver state is how one channel hands its own observer down.
-func withObserverResolver(target string, obs telemetry.SubchannelObserver) (grpc.DialOption, bool) {
+// It also keeps the resolver's errors (an unknown host) as the entry's
+// last connection error, for WithWarmUp.
+func withObserverResolver(target string, obs telemetry.SubchannelObserver, s *shared) (grpc.DialOption, bool) {
 	u, err := url.Parse(target)
 	if err != nil {
 		return nil, false
@@ -24,23 +27,32 @@ func withObserverResolver(target string, obs telemetry.SubchannelObserver) (grpc
 	if b == nil {
 		return nil, false
 	}
-	return grpc.WithResolvers(observingBuilder{Builder: b, obs: obs}), true
+	return grpc.WithResolvers(observingBuilder{Builder: b, obs: obs, s: s}), true
 }
 
 type observingBuilder struct {
 	resolver.Builder
 	obs telemetry.SubchannelObserver
+	s   *shared
 }
 
 func (b observingBuilder) Build(t resolver.Target, cc resolver.ClientConn, o resolver.BuildOptions) (resolver.Resolver, error) {
-	return b.Builder.Build(t, observingCC{ClientConn: cc, obs: b.obs}, o)
+	return b.Builder.Build(t, observingCC{ClientConn: cc, obs: b.obs, s: b.s}, o)
 }
 
 type observingCC struct {
 	resolver.ClientConn
 	obs telemetry.SubchannelObserver
+	s   *shared
 }
 
 func (c observingCC) UpdateState(s resolver.State) error {
 	return c.ClientConn.UpdateState(observerattr.Set(s, c.obs))
+}
+
+// ReportError keeps the resolver's error (for example "no such host") for
+// WithWarmUp's timeout message, and passes it on.
+func (c observingCC) ReportError(err error) {
+	c.s.recordErr(fmt.Errorf("resolving %q: %w", c.s.key.target, err))
+	c.ClientConn.ReportError(err)
 }

@@ -30,6 +30,10 @@ type shared struct {
 	// lastErr is the most recent dial or handshake error, for WithWaitForReady.
 	lastErr atomic.Pointer[connError]
 
+	sc        *serviceConfig // its document, held while the entry lives
+	pol       *policyState   // its tenant's breakers and limiters; nil without a policy
+	tlsTenant bool           // creds are WithTLS's for key.tenant
+
 	// Guarded by Factory.mu.
 	refs        int          // live handles
 	tenantCreds *tenantCreds // the WithTLS credentials this entry counts on, or nil
