@@ -108,12 +108,8 @@ func runChain(ctx context.Context, e *env) (*result, error) {
 		return nil, err
 	}
 	noop := func(context.Context, string, any, any, *grpc.ClientConn, ...grpc.CallOption) error { return nil }
-	invoker := noop
-	for i := len(alone) - 1; i >= 0; i-- {
-		next, ic := invoker, alone[i]
-		invoker = func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, opts ...grpc.CallOption) error {
-			return ic(ctx, method, req, reply, cc, next, opts...)
-		}
+	invoker := func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, opts ...grpc.CallOption) error {
+		return alone(ctx, method, req, reply, cc, noop, opts...)
 	}
 	pass := func(ctx context.Context) (sample, error) {
 		const method = "/grpc.testing.TestService/UnaryCall"
