@@ -47,7 +47,15 @@ type observingCC struct {
 }
 
 func (c observingCC) UpdateState(s resolver.State) error {
-	return c.ClientConn.UpdateState(observerattr.Set(s, c.obs))
+	empty := len(s.Addresses) == 0 && len(s.Endpoints) == 0
+	err := c.ClientConn.UpdateState(observerattr.Set(s, c.obs))
+	switch {
+	case empty: // grpc's dns resolver reports an unknown host as no addresses
+		c.s.recordErr(fmt.Errorf("resolving %q: no addresses (no such host?)", c.s.key.target))
+	case err != nil:
+		c.s.recordErr(fmt.Errorf("resolving %q: %w", c.s.key.target, err))
+	}
+	return err
 }
 
 // ReportError keeps the resolver's error (for example "no such host") for
