@@ -26,7 +26,7 @@ func defaultDial(ctx context.Context, addr string) (net.Conn, error) {
 }
 
 // dialerFor wraps the Factory's dialer for one shared entry: it times each
-// connect for telemetry and keeps the last error for WithWaitForReady.
+// connect for telemetry and keeps the last error for WithWarmUp.
 func (f *Factory) dialerFor(s *shared) func(context.Context, string) (net.Conn, error) {
 	dial := f.opts.dialer
 	if dial == nil {

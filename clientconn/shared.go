@@ -27,7 +27,7 @@ type shared struct {
 	// dead is set (under Factory.mu) once the entry left the pool; calls
 	// that still reach it fail with ErrClosed instead of looping.
 	dead atomic.Bool
-	// lastErr is the most recent dial or handshake error, for WithWaitForReady.
+	// lastErr is the most recent dial or handshake error, for WithWarmUp.
 	lastErr atomic.Pointer[connError]
 
 	sc        *serviceConfig // its document, held while the entry lives

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/grpclog"
 	"google.golang.org/grpc/status"
 
 	"github.com/grpcreuse/grpcreuse/internal/rpcerr"
@@ -37,6 +38,8 @@ const (
 	// ReasonLimit: a server was at its in-flight limit.
 	ReasonLimit = "limit"
 )
+
+var logger = grpclog.Component("grpcreuse.interceptors")
 
 // outcome is what a finished call tells an adaptive limit.
 type outcome uint8
@@ -243,6 +246,9 @@ func (l *limiter) adapt(inflight int64, drop bool) {
 			return
 		}
 		if l.limit.CompareAndSwap(old, next) {
+			if next == a.min && logger.V(2) { // a state change, not a per-call event: once per fall to the floor
+				logger.Infof("limiter %s: limit fell to its minimum %d after overload signals", l.label, next)
+			}
 			a.obs.LimiterLimitChanged(l.key, int(next))
 			return
 		}
