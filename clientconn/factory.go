@@ -191,9 +191,6 @@ func resolveGetOptions(opts []GetOption) getOptions {
 // credentials are WithTLS's for the Get's tenant. It stores nothing: what
 // a Get needs is kept only once an entry uses it.
 func (f *Factory) keyFor(target string, g *getOptions) (k key, tlsTenant bool, err error) {
-	if f.isClosed() {
-		return key{}, false, fmt.Errorf("clientconn: Get %q on a closed Factory: %w", target, ErrClosed)
-	}
 	canon, err := f.canonical(target)
 	if err != nil {
 		return key{}, false, err
@@ -218,12 +215,6 @@ func (f *Factory) keyFor(target string, g *getOptions) (k key, tlsTenant bool, e
 		return key{}, false, fmt.Errorf("clientconn: no transport credentials for %q: use WithTLS or WithTransportCredentials (insecure.NewCredentials() for plaintext)", canon)
 	}
 	return k, tlsTenant, nil
-}
-
-func (f *Factory) isClosed() bool {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return f.closed
 }
 
 // canonical memoises canonicalTarget, so the Get of a live key does not
@@ -361,39 +352,43 @@ func (f *Factory) newShared(k key, tlsTenant bool) (*shared, error) {
 // meanwhile) and the Get should start over. s's connection is closed
 // whenever s is not installed.
 func (f *Factory) install(s *shared) (got *shared, hit, retry bool, err error) {
-	k := s.key
-	f.mu.Lock()
-	switch {
-	case f.closed:
-		err = fmt.Errorf("clientconn: Get %q on a closed Factory: %w", k.target, ErrClosed)
-	case f.conns[k] != nil:
-		got, hit = f.conns[k], true
-		f.refLocked(got)
-	case s.tlsTenant && f.tenants[k.tenant] != nil && f.tenants[k.tenant].creds != k.creds:
-		retry = true
-	case !f.holdConfigLocked(s):
-		retry = true
-	default:
-		got = s
-		if tc, ok := f.tenants[k.tenant]; ok && tc.creds == k.creds {
-			tc.entries++
-			s.tenantCreds = tc
-		} else if s.tlsTenant {
-			s.tenantCreds = &tenantCreds{creds: k.creds, entries: 1}
-			f.tenants[k.tenant] = s.tenantCreds
-		}
-		s.refs = 1
-		f.conns[k] = s
-		f.open.Add(1)
-		if f.opts.maxAge > 0 {
-			s.ageTimer = time.AfterFunc(f.nextAge(), func() { f.replace(s) })
-		}
-	}
-	f.mu.Unlock()
+	got, hit, retry, err = f.tryInstall(s)
 	if got != s {
 		s.cur.Load().cc.Close()
 	}
 	return got, hit, retry, err
+}
+
+func (f *Factory) tryInstall(s *shared) (got *shared, hit, retry bool, err error) {
+	k := s.key
+	f.mu.Lock()
+	defer f.mu.Unlock() // nothing here should panic; if it did, the Factory must not stay locked
+	switch {
+	case f.closed:
+		return nil, false, false, fmt.Errorf("clientconn: Get %q on a closed Factory: %w", k.target, ErrClosed)
+	case f.conns[k] != nil:
+		got = f.conns[k]
+		f.refLocked(got)
+		return got, true, false, nil
+	case s.tlsTenant && f.tenants[k.tenant] != nil && f.tenants[k.tenant].creds != k.creds:
+		return nil, false, true, nil
+	case !f.holdConfigLocked(s):
+		return nil, false, true, nil
+	}
+	if tc, ok := f.tenants[k.tenant]; ok && tc.creds == k.creds {
+		tc.entries++
+		s.tenantCreds = tc
+	} else if s.tlsTenant {
+		s.tenantCreds = &tenantCreds{creds: k.creds, entries: 1}
+		f.tenants[k.tenant] = s.tenantCreds
+	}
+	s.refs = 1
+	f.conns[k] = s
+	f.open.Add(1)
+	if f.opts.maxAge > 0 {
+		s.ageTimer = time.AfterFunc(f.nextAge(), func() { f.replace(s) })
+	}
+	return s, false, false, nil
 }
 
 func (f *Factory) dial(s *shared) (*grpc.ClientConn, error) {
