@@ -11,6 +11,8 @@ import (
 	"google.golang.org/grpc/connectivity"
 
 	"github.com/grpcreuse/grpcreuse/telemetry"
+	"github.com/grpcreuse/grpcreuse/telemetry/debugpage"
+	"github.com/grpcreuse/grpcreuse/telemetry/opentelemetry"
 )
 
 // maxDebugKeys bounds how many breakers, limiters and endpoints the debug
@@ -160,8 +162,8 @@ func (r *recorder) LimiterRejected(key, reason string) {
 }
 
 // handshakes summarises the handshake counters and recent durations.
-func (r *recorder) handshakes() telemetry.DebugHandshakes {
-	h := telemetry.DebugHandshakes{Full: r.full.Load(), Resumed: r.resumed.Load(), Failed: r.failed.Load()}
+func (r *recorder) handshakes() debugpage.Handshakes {
+	h := debugpage.Handshakes{Full: r.full.Load(), Resumed: r.resumed.Load(), Failed: r.failed.Load()}
 	r.mu.Lock()
 	d := append([]time.Duration(nil), r.durations[:min(r.n, handshakeWindow)]...)
 	r.mu.Unlock()
@@ -179,46 +181,46 @@ func (r *recorder) handshakes() telemetry.DebugHandshakes {
 // reported them, breakers, limiters, the TLS session cache and recent
 // handshakes. HTML refreshing itself every 2 s, or JSON with ?format=json.
 // Mount it on an internal-only listener: it shows targets and tenants.
-func (f *Factory) DebugHandler() http.Handler { return telemetry.NewDebugHandler(f.debugSnapshot) }
+func (f *Factory) DebugHandler() http.Handler { return debugpage.NewHandler(f.debugSnapshot) }
 
-func (f *Factory) debugSnapshot() telemetry.DebugSnapshot {
+func (f *Factory) debugSnapshot() debugpage.Snapshot {
 	now := time.Now()
-	s := telemetry.DebugSnapshot{Generated: now}
+	s := debugpage.Snapshot{Generated: now}
 	f.mu.Lock()
 	for _, sh := range f.conns {
 		g := sh.cur.Load()
-		s.Connections = append(s.Connections, telemetry.DebugConn{
+		s.Connections = append(s.Connections, debugpage.Conn{
 			Target: sh.key.target, Tenant: sh.key.tenant, Handles: sh.refs,
 			State: g.cc.GetState().String(), Age: now.Sub(g.born), InFlight: g.inflight.Load(),
 		})
 	}
 	f.mu.Unlock()
-	slices.SortFunc(s.Connections, func(a, b telemetry.DebugConn) int {
+	slices.SortFunc(s.Connections, func(a, b debugpage.Conn) int {
 		return cmp.Or(cmp.Compare(a.Target, b.Target), cmp.Compare(a.Tenant, b.Tenant))
 	})
 	f.rec.endpoints.Range(func(k, v any) bool {
 		key, e := k.([2]string), v.(*endpointRecord)
-		s.Endpoints = append(s.Endpoints, telemetry.DebugEndpoint{Target: key[0], Endpoint: key[1],
+		s.Endpoints = append(s.Endpoints, debugpage.Endpoint{Target: key[0], Endpoint: key[1],
 			State: connectivity.State(e.state.Load()).String(), InFlight: int(e.inFlight.Load()), Latency: time.Duration(e.latency.Load()), Ejected: e.ejected.Load()})
 		return true
 	})
-	slices.SortFunc(s.Endpoints, func(a, b telemetry.DebugEndpoint) int {
+	slices.SortFunc(s.Endpoints, func(a, b debugpage.Endpoint) int {
 		return cmp.Or(cmp.Compare(a.Target, b.Target), cmp.Compare(a.Endpoint, b.Endpoint))
 	})
 	// Breakers and limiters: live state from the policies' chains, with
 	// the rejections the recorder counted; keys only the recorder saw
 	// (breakers built outside the Factory) keep what it knows.
-	breakers := map[string]telemetry.DebugBreaker{}
+	breakers := map[string]debugpage.Breaker{}
 	f.rec.breakers.Range(func(k, v any) bool {
 		b := v.(*breakerRecord)
-		breakers[k.(string)] = telemetry.DebugBreaker{Key: k.(string), State: telemetry.BreakerState(b.state.Load()).String(),
+		breakers[k.(string)] = debugpage.Breaker{Key: k.(string), State: telemetry.BreakerState(b.state.Load()).String(),
 			Since: time.Unix(0, b.since.Load()), Rejections: b.rejections.Load()}
 		return true
 	})
-	limiters := map[string]telemetry.DebugLimiter{}
+	limiters := map[string]debugpage.Limiter{}
 	f.rec.limiters.Range(func(k, v any) bool {
 		l := v.(*limiterRecord)
-		limiters[k.(string)] = telemetry.DebugLimiter{Key: k.(string), Limit: int(l.limit.Load()), Rejected: l.rejected.Load()}
+		limiters[k.(string)] = debugpage.Limiter{Key: k.(string), Limit: int(l.limit.Load()), Rejected: l.rejected.Load()}
 		return true
 	})
 	f.cfgMu.Lock()
@@ -226,16 +228,18 @@ func (f *Factory) debugSnapshot() telemetry.DebugSnapshot {
 		if sc.chain == nil {
 			continue
 		}
-		for _, b := range sc.chain.Breakers() {
+		for _, st := range sc.chain.Breakers() {
+			b := debugpage.Breaker{Key: st.Key, State: st.State, Since: st.Since, NextProbe: st.NextProbe,
+				Requests: st.Requests, Failures: st.Failures, ConsecutiveFailures: st.ConsecutiveFailures}
 			if b.Since.IsZero() {
 				b.Since = breakers[b.Key].Since
 			}
 			b.Rejections = breakers[b.Key].Rejections
 			breakers[b.Key] = b
 		}
-		for _, l := range sc.chain.Limiters() {
-			l.Rejected = limiters[l.Key].Rejected
-			limiters[l.Key] = l
+		for _, st := range sc.chain.Limiters() {
+			limiters[st.Key] = debugpage.Limiter{Key: st.Key, Limit: st.Limit, InFlight: st.InFlight, Queued: st.Queued,
+				Rejected: limiters[st.Key].Rejected}
 		}
 	}
 	f.cfgMu.Unlock()
@@ -245,11 +249,11 @@ func (f *Factory) debugSnapshot() telemetry.DebugSnapshot {
 	for _, l := range limiters {
 		s.Limiters = append(s.Limiters, l)
 	}
-	slices.SortFunc(s.Breakers, func(a, b telemetry.DebugBreaker) int { return cmp.Compare(a.Key, b.Key) })
-	slices.SortFunc(s.Limiters, func(a, b telemetry.DebugLimiter) int { return cmp.Compare(a.Key, b.Key) })
+	slices.SortFunc(s.Breakers, func(a, b debugpage.Breaker) int { return cmp.Compare(a.Key, b.Key) })
+	slices.SortFunc(s.Limiters, func(a, b debugpage.Limiter) int { return cmp.Compare(a.Key, b.Key) })
 	if c := f.opts.sessions; c != nil {
 		st := c.Stats()
-		dc := telemetry.DebugSessionCache{Name: "WithTLS", Size: st.Len, Hits: st.Hits, Misses: st.Misses}
+		dc := debugpage.SessionCache{Name: "WithTLS", Size: st.Len, Hits: st.Hits, Misses: st.Misses}
 		if st.Hits+st.Misses > 0 {
 			dc.HitRate = float64(st.Hits) / float64(st.Hits+st.Misses)
 		}
@@ -257,4 +261,17 @@ func (f *Factory) debugSnapshot() telemetry.DebugSnapshot {
 	}
 	s.Handshakes = f.rec.handshakes()
 	return s
+}
+
+// gauges reads what the OpenTelemetry gauges need from the debug snapshot.
+func (f *Factory) gauges() opentelemetry.Gauges {
+	s := f.debugSnapshot()
+	var g opentelemetry.Gauges
+	for _, l := range s.Limiters {
+		g.Limiters = append(g.Limiters, opentelemetry.LimiterGauge{Key: l.Key, InFlight: l.InFlight, Queued: l.Queued})
+	}
+	for _, c := range s.SessionCaches {
+		g.SessionCaches = append(g.SessionCaches, opentelemetry.SessionCacheGauge{Name: c.Name, Size: c.Size})
+	}
+	return g
 }

@@ -50,6 +50,7 @@ import (
 	"github.com/grpcreuse/grpcreuse/clientconn"
 	"github.com/grpcreuse/grpcreuse/examples/internal/selfsigned"
 	"github.com/grpcreuse/grpcreuse/telemetry"
+	"github.com/grpcreuse/grpcreuse/telemetry/opentelemetry"
 )
 
 func main() {
@@ -463,15 +464,15 @@ func readToolkitCounts(ctx context.Context, reader *sdkmetric.ManualReader) (too
 			}
 			for _, dp := range sum.DataPoints {
 				switch m.Name {
-				case telemetry.MetricBreakerTransitions:
-					if to, _ := dp.Attributes.Value(telemetry.AttrTo); to.AsString() == telemetry.BreakerOpen.String() {
+				case opentelemetry.MetricBreakerTransitions:
+					if to, _ := dp.Attributes.Value(opentelemetry.AttrTo); to.AsString() == telemetry.BreakerOpen.String() {
 						c.breakerOpens += dp.Value
 					}
-				case telemetry.MetricBreakerRejections:
+				case opentelemetry.MetricBreakerRejections:
 					c.breakerRejections += dp.Value
-				case telemetry.MetricLimiterRejections:
+				case opentelemetry.MetricLimiterRejections:
 					c.limiterRejections += dp.Value
-				case telemetry.MetricEjections:
+				case opentelemetry.MetricEjections:
 					c.ejections += dp.Value
 				}
 			}

@@ -1,4 +1,4 @@
-package telemetry
+package debugpage
 
 import (
 	"encoding/json"
@@ -8,20 +8,20 @@ import (
 	"time"
 )
 
-// DebugSnapshot is the live state the debug page shows. Durations are
+// Snapshot is the live state the debug page shows. Durations are
 // time.Duration (nanoseconds in JSON).
-type DebugSnapshot struct {
-	Generated     time.Time           `json:"generated"`
-	Connections   []DebugConn         `json:"connections"`
-	Endpoints     []DebugEndpoint     `json:"endpoints"`
-	Breakers      []DebugBreaker      `json:"breakers"`
-	Limiters      []DebugLimiter      `json:"limiters"`
-	SessionCaches []DebugSessionCache `json:"sessionCaches"`
-	Handshakes    DebugHandshakes     `json:"handshakes"`
+type Snapshot struct {
+	Generated     time.Time      `json:"generated"`
+	Connections   []Conn         `json:"connections"`
+	Endpoints     []Endpoint     `json:"endpoints"`
+	Breakers      []Breaker      `json:"breakers"`
+	Limiters      []Limiter      `json:"limiters"`
+	SessionCaches []SessionCache `json:"sessionCaches"`
+	Handshakes    Handshakes     `json:"handshakes"`
 }
 
-// DebugConn is one shared connection of a pool.
-type DebugConn struct {
+// Conn is one shared connection of a pool.
+type Conn struct {
 	Target   string        `json:"target"`
 	Tenant   string        `json:"tenant"`
 	Handles  int           `json:"handles"`
@@ -30,8 +30,8 @@ type DebugConn struct {
 	InFlight int64         `json:"inFlight"`
 }
 
-// DebugEndpoint is one backend endpoint as the balancer reported it.
-type DebugEndpoint struct {
+// Endpoint is one backend endpoint as the balancer reported it.
+type Endpoint struct {
 	Target   string `json:"target"`
 	Endpoint string `json:"endpoint"`
 	State    string `json:"state"` // of its most recent subchannel change
@@ -41,8 +41,8 @@ type DebugEndpoint struct {
 	Ejected bool          `json:"ejected"`
 }
 
-// DebugBreaker is one circuit breaker.
-type DebugBreaker struct {
+// Breaker is one circuit breaker.
+type Breaker struct {
 	Key   string    `json:"key"`
 	State string    `json:"state"`
 	Since time.Time `json:"since"` // of the last state change; zero if never changed
@@ -56,8 +56,8 @@ type DebugBreaker struct {
 	Rejections          uint64 `json:"rejections"` // calls failed fast, since start
 }
 
-// DebugLimiter is one concurrency limiter (client or server side).
-type DebugLimiter struct {
+// Limiter is one concurrency limiter (client or server side).
+type Limiter struct {
 	Key      string `json:"key"`
 	Limit    int    `json:"limit"`
 	InFlight int    `json:"inFlight"`
@@ -65,8 +65,8 @@ type DebugLimiter struct {
 	Rejected uint64 `json:"rejected"` // since start
 }
 
-// DebugSessionCache is one TLS session cache.
-type DebugSessionCache struct {
+// SessionCache is one TLS session cache.
+type SessionCache struct {
 	Name    string  `json:"name"`
 	Size    int     `json:"size"`
 	Hits    uint64  `json:"hits"`
@@ -74,8 +74,8 @@ type DebugSessionCache struct {
 	HitRate float64 `json:"hitRate"` // 0..1
 }
 
-// DebugHandshakes summarises recent client TLS handshakes.
-type DebugHandshakes struct {
+// Handshakes summarises recent client TLS handshakes.
+type Handshakes struct {
 	Full    uint64        `json:"full"`
 	Resumed uint64        `json:"resumed"`
 	Failed  uint64        `json:"failed"`
@@ -83,11 +83,11 @@ type DebugHandshakes struct {
 	P99     time.Duration `json:"p99"`
 }
 
-// NewDebugHandler serves snapshot() as a plain HTML page that refreshes
+// NewHandler serves snapshot() as a plain HTML page that refreshes
 // itself every 2 s and needs no JavaScript, or as JSON with ?format=json.
 // Every value is escaped by html/template: target names and tenants are
 // caller input.
-func NewDebugHandler(snapshot func() DebugSnapshot) http.Handler {
+func NewHandler(snapshot func() Snapshot) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		s := snapshot()
 		if r.URL.Query().Get("format") == "json" {
