@@ -203,7 +203,7 @@ func (f *Factory) canonical(target string) (string, error) {
 	if ok {
 		return c, nil
 	}
-	c, err := canonicalTarget(target)
+	c, err := canonicalTargetWith(target, f.resolver)
 	if err != nil {
 		return "", err
 	}
@@ -288,7 +288,7 @@ func (f *Factory) dial(s *shared) (*grpc.ClientConn, error) {
 	if sc.grpc != "" {
 		opts = append(opts, grpc.WithDefaultServiceConfig(sc.grpc))
 	}
-	if o, ok := withObserverResolver(k.target, f.obs); ok {
+	if o, ok := withObserverResolver(k.target, f.obs, f.resolver); ok {
 		opts = append(opts, o)
 	}
 	opts = append(opts, f.dialOpts...)

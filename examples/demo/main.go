@@ -45,7 +45,6 @@ import (
 	otelprom "go.opentelemetry.io/otel/exporters/prometheus"
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 	"go.opentelemetry.io/otel/sdk/metric/metricdata"
-	"google.golang.org/grpc/resolver"
 
 	"github.com/grpcreuse/grpcreuse/clientconn"
 	"github.com/grpcreuse/grpcreuse/examples/internal/selfsigned"
@@ -199,8 +198,8 @@ func demo(ctx context.Context, o options, stdout, progress io.Writer) (*report, 
 	defer mp.Shutdown(context.Background())
 
 	pool := poolResolver("grpcreuse-demo", reuseServers)
-	resolver.Register(pool) // the Factory resolves targets through grpc's registry
 	f, err := clientconn.New(
+		clientconn.WithResolvers(pool), // the Factory's own resolver, no global registration
 		clientconn.WithTLS(&tls.Config{RootCAs: roots, ServerName: "localhost", MinVersion: tls.VersionTLS13}),
 		clientconn.WithKeepalive(clientconn.KeepaliveDefault()),
 		clientconn.WithServiceConfig(grpcreuseServiceConfig),
