@@ -105,6 +105,7 @@ func (b *builder) Build(cc grpcbalancer.ClientConn, opts grpcbalancer.BuildOptio
 		state:    connectivity.Connecting,
 	}
 	l.sh.failThreshold.Store(int64(l.cfg.Ejection.ConsecutiveFailures))
+	l.sh.failCodes.Store(codeMask(l.cfg.Ejection.FailureCodes))
 	go l.run()
 	return l
 }
@@ -118,6 +119,7 @@ type shared struct {
 	// the next pick clears it and wakes the loop.
 	sleeping      atomic.Bool
 	failThreshold atomic.Int64
+	failCodes     atomic.Uint32 // bit set of ejection.failureCodes
 	now           func() time.Duration
 	rand          func() uint64
 }
@@ -292,6 +294,7 @@ func (l *lb) UpdateClientConnState(ccs grpcbalancer.ClientConnState) error {
 	l.obs = observerattr.Get(ccs.ResolverState)
 	l.cfg = cfg
 	l.sh.failThreshold.Store(int64(cfg.Ejection.ConsecutiveFailures))
+	l.sh.failCodes.Store(codeMask(cfg.Ejection.FailureCodes))
 	l.resolverErr = nil
 
 	endpoints := ccs.ResolverState.Endpoints

@@ -247,13 +247,16 @@ func TestDoneClassification(t *testing.T) {
 		consec int64
 	}{
 		{"unavailable", grpcbalancer.DoneInfo{Err: status.Error(codes.Unavailable, "x")}, 1},
-		{"resource exhausted", grpcbalancer.DoneInfo{Err: status.Error(codes.ResourceExhausted, "x")}, 2},
-		{"internal", grpcbalancer.DoneInfo{Err: status.Error(codes.Internal, "x")}, 3},
-		{"caller cancelled (status)", grpcbalancer.DoneInfo{Err: status.Error(codes.Canceled, "x")}, 3},
-		{"caller cancelled (context)", grpcbalancer.DoneInfo{Err: context.Canceled}, 3},
-		{"caller deadline", grpcbalancer.DoneInfo{Err: status.Error(codes.DeadlineExceeded, "x")}, 3},
-		{"transport not ready: pick given back", grpcbalancer.DoneInfo{}, 3},
-		{"unknown", grpcbalancer.DoneInfo{Err: errors.New("boom")}, 4},
+		{"back-pressure is not a failure", grpcbalancer.DoneInfo{Err: status.Error(codes.ResourceExhausted, "x")}, 0},
+		{"unavailable", grpcbalancer.DoneInfo{Err: status.Error(codes.Unavailable, "x")}, 1},
+		{"internal is not a failure by default", grpcbalancer.DoneInfo{Err: status.Error(codes.Internal, "x")}, 0},
+		{"unavailable", grpcbalancer.DoneInfo{Err: status.Error(codes.Unavailable, "x")}, 1},
+		{"caller cancelled (status)", grpcbalancer.DoneInfo{Err: status.Error(codes.Canceled, "x")}, 1},
+		{"caller cancelled (context)", grpcbalancer.DoneInfo{Err: context.Canceled}, 1},
+		{"caller deadline", grpcbalancer.DoneInfo{Err: status.Error(codes.DeadlineExceeded, "x")}, 1},
+		{"transport not ready: pick given back", grpcbalancer.DoneInfo{}, 1},
+		{"unavailable again", grpcbalancer.DoneInfo{Err: status.Error(codes.Unavailable, "x")}, 2},
+		{"unknown (application error) is an answer", grpcbalancer.DoneInfo{Err: errors.New("boom")}, 0},
 		{"application error is an answer", grpcbalancer.DoneInfo{Err: status.Error(codes.NotFound, "x")}, 0},
 		{"unavailable again", grpcbalancer.DoneInfo{Err: status.Error(codes.Unavailable, "x")}, 1},
 		{"success", okDone, 0},
@@ -267,8 +270,8 @@ func TestDoneClassification(t *testing.T) {
 	if n := ep.load.Load() & inflightMask; n != 0 {
 		t.Fatalf("in flight %d after every call finished", n)
 	}
-	if ep.neutral.Load() != 3 || ep.failed.Load() != 5 || ep.ok.Load() != 2 {
-		t.Fatalf("neutral %d failed %d ok %d; want 3, 5, 2", ep.neutral.Load(), ep.failed.Load(), ep.ok.Load())
+	if ep.neutral.Load() != 3 || ep.failed.Load() != 5 || ep.ok.Load() != 5 {
+		t.Fatalf("neutral %d failed %d ok %d; want 3, 5, 5", ep.neutral.Load(), ep.failed.Load(), ep.ok.Load())
 	}
 }
 

@@ -140,7 +140,7 @@ func (s *subConn) onDone(info grpcbalancer.DoneInfo) {
 		ep.answered()
 		return
 	}
-	switch classify(err) {
+	switch classify(err, ep.sh.failCodes.Load()) {
 	case outcomeAnswered:
 		ep.answered()
 	case outcomeNeutral:
@@ -173,14 +173,16 @@ const (
 	outcomeFailed
 )
 
-func classify(err error) outcome {
+// classify sorts a finished call's error; failCodes is the bit set of
+// ejection.failureCodes.
+func classify(err error, failCodes uint32) outcome {
 	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
 		return outcomeNeutral
 	}
-	switch status.Code(err) {
-	case codes.Canceled, codes.DeadlineExceeded:
+	switch c := status.Code(err); {
+	case c == codes.Canceled || c == codes.DeadlineExceeded:
 		return outcomeNeutral
-	case codes.Unavailable, codes.ResourceExhausted, codes.Internal, codes.Unknown, codes.DataLoss:
+	case c < 32 && failCodes&(1<<c) != 0:
 		return outcomeFailed
 	}
 	return outcomeAnswered
