@@ -94,6 +94,37 @@ type SubchannelObserver interface {
 	// estimate (the balancer's peak EWMA), sampled by the balancer's
 	// control loop, not per call.
 	EndpointLoad(target, endpoint string, inFlight int, latency time.Duration)
+	// EndpointState reports an endpoint's state aggregated over its
+	// connections (READY if any is READY, else CONNECTING if any is
+	// connecting, else TRANSIENT_FAILURE; IDLE with none) and how many
+	// connections it has open, whenever either changes. Unlike
+	// SubchannelState, the latest report is the endpoint's state.
+	EndpointState(target, endpoint string, state connectivity.State, connections int)
+	// EndpointCalls reports the calls an endpoint finished since its
+	// previous report, sampled by the balancer's control loop, not per
+	// call.
+	EndpointCalls(target, endpoint string, calls EndpointCalls)
+	// EndpointRemoved reports that the resolver no longer lists endpoint;
+	// its connections are closing.
+	EndpointRemoved(target, endpoint string)
+}
+
+// EndpointCalls counts an endpoint's finished calls by outcome, as the
+// balancer classifies them.
+type EndpointCalls struct {
+	// OK counts calls the backend answered, whatever the code, except
+	// those below.
+	OK uint64
+	// Failed counts calls that ended with one of the policy's failure
+	// codes (UNAVAILABLE by default); they count toward ejection.
+	Failed uint64
+	// Shed counts calls the server refused with RESOURCE_EXHAUSTED
+	// (back-pressure; never toward ejection).
+	Shed uint64
+	// Cancelled counts calls the caller cancelled.
+	Cancelled uint64
+	// TimedOut counts calls that ended with DEADLINE_EXCEEDED.
+	TimedOut uint64
 }
 
 // BreakerState is the state of a circuit breaker.
@@ -179,6 +210,15 @@ func (Nop) EndpointReturned(string, string) {}
 
 // EndpointLoad does nothing.
 func (Nop) EndpointLoad(string, string, int, time.Duration) {}
+
+// EndpointState does nothing.
+func (Nop) EndpointState(string, string, connectivity.State, int) {}
+
+// EndpointCalls does nothing.
+func (Nop) EndpointCalls(string, string, EndpointCalls) {}
+
+// EndpointRemoved does nothing.
+func (Nop) EndpointRemoved(string, string) {}
 
 // BreakerStateChanged does nothing.
 func (Nop) BreakerStateChanged(string, BreakerState, BreakerState) {}
