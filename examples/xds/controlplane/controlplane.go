@@ -41,11 +41,11 @@ type Server struct {
 	cache cachev3.SnapshotCache
 	done  chan struct{}
 
-	mu       sync.Mutex
-	version  int                          // last pushed snapshot version
-	sent     map[streamNonce]string       // response nonce → version sent
-	results  map[typeVersion]*result      // what clients answered
-	changed  chan struct{}                // closed and replaced on every answer
+	mu      sync.Mutex
+	version int                     // last pushed snapshot version
+	sent    map[streamNonce]string  // response nonce → version sent
+	results map[typeVersion]*result // what clients answered
+	changed chan struct{}           // closed and replaced on every answer
 }
 
 type streamNonce struct {
