@@ -236,17 +236,17 @@ func TestPolicyUnderXDS(t *testing.T) {
 	}
 }
 
-// callers runs n goroutines that call until stop is closed and counts
-// what they saw.
-type callers struct {
+// loadCallers are goroutines that call until stop is closed (or max calls
+// each) and count what they saw.
+type loadCallers struct {
 	wg           sync.WaitGroup
 	ok, failed   atomic.Int64
 	mu           sync.Mutex
 	firstFailure error
 }
 
-func startCallers(ctx context.Context, c testpb.TestServiceClient, n int, stop <-chan struct{}, max int) *callers {
-	cs := &callers{}
+func startLoad(ctx context.Context, c testpb.TestServiceClient, n int, stop <-chan struct{}, max int) *loadCallers {
+	cs := &loadCallers{}
 	for range n {
 		cs.wg.Add(1)
 		go func() {
@@ -293,7 +293,7 @@ func TestUpdateUnderLoad(t *testing.T) {
 	c := testpb.NewTestServiceClient(conn)
 
 	stop := make(chan struct{})
-	load := startCallers(ctx, c, 16, stop, 100000)
+	load := startLoad(ctx, c, 16, stop, 100000)
 	testutil.Eventually(t, waitFor, func() bool { return removed.Calls.Load() > 0 && load.ok.Load() > 160 }, "callers running on the first config")
 	if _, err := pushAndAwait(t, cp, resources(t, form, map[string]any{"subchannelsPerEndpoint": 3}, oneLocality(kept[0], kept[1], added))); err != nil {
 		t.Fatal(err)
@@ -312,7 +312,7 @@ func TestUpdateUnderLoad(t *testing.T) {
 	// reach the removed backend (a third connection) before its removal
 	// does. Once both are in force, it gets nothing new.
 	before, beforeConns := removed.Calls.Load(), removed.Listener.Accepts()
-	after := startCallers(ctx, c, 16, nil, 20)
+	after := startLoad(ctx, c, 16, nil, 20)
 	after.wg.Wait()
 	if n := after.failed.Load(); n != 0 {
 		t.Fatalf("after the update %d calls failed; first: %v", n, after.firstFailure)
