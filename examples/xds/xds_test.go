@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"errors"
+	"maps"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -11,6 +12,7 @@ import (
 
 	clusterpb "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/credentials/insecure"
 	testpb "google.golang.org/grpc/interop/grpc_testing"
 	"google.golang.org/grpc/status"
@@ -21,6 +23,7 @@ import (
 	"github.com/grpcreuse/grpcreuse/clientconn"
 	"github.com/grpcreuse/grpcreuse/examples/xds/controlplane"
 	"github.com/grpcreuse/grpcreuse/internal/testutil"
+	"github.com/grpcreuse/grpcreuse/telemetry"
 )
 
 // The tests run a control plane (go-control-plane's snapshot cache and ADS
@@ -492,4 +495,104 @@ func TestXDSDropsDoNotOpenBreaker(t *testing.T) {
 	if got := bs[0].Calls.Load(); got != 5 {
 		t.Errorf("backend got %d calls; want 5 (the dropped 10 never reached it)", got)
 	}
+}
+
+// TestXDSOverloadDropsDoNotOpenBreaker: calls dropped by the control
+// plane's drop_overloads (100% here) fail UNAVAILABLE "RPC is dropped"
+// without reaching a backend and do not open the grpcreuse breaker: once
+// the drops stop, calls succeed.
+func TestXDSOverloadDropsDoNotOpenBreaker(t *testing.T) {
+	bs := startBackends(t, 1, testutil.BackendOptions{})
+	cp := startControlPlane(t)
+	f := newFactory(t, cp, clientconn.WithServiceConfig(breakerPolicy))
+	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
+	defer cancel()
+	conn := get(ctx, t, f)
+	r := resources(t, policyForms[0], map[string]any{"subchannelsPerEndpoint": 1}, oneLocality(bs...))
+	if _, err := pushAndAwait(t, cp, r); err != nil {
+		t.Fatal(err)
+	}
+	c := testpb.NewTestServiceClient(conn)
+	if err := callN(ctx, c, 1); err != nil {
+		t.Fatal(err)
+	}
+	r.DropPercent = 100
+	if _, err := pushAndAwait(t, cp, r); err != nil {
+		t.Fatal(err)
+	}
+	// The drops start once the new endpoints config is in force.
+	dropped := 0
+	deadline := time.Now().Add(waitFor)
+	for dropped < 10 {
+		_, err := c.UnaryCall(ctx, &testpb.SimpleRequest{})
+		switch {
+		case err == nil && dropped == 0:
+		case status.Code(err) == codes.Unavailable && strings.Contains(err.Error(), "RPC is dropped"):
+			dropped++
+		default:
+			t.Fatalf("call %d after drops began: %v; want xDS's \"RPC is dropped\"", dropped, err)
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d calls dropped; want 10", dropped)
+		}
+	}
+	served := bs[0].Calls.Load()
+	r.DropPercent = 0
+	if _, err := pushAndAwait(t, cp, r); err != nil {
+		t.Fatal(err)
+	}
+	testutil.Eventually(t, waitFor, func() bool {
+		_, err := c.UnaryCall(ctx, &testpb.SimpleRequest{})
+		if errors.Is(err, breaker.ErrOpen) {
+			t.Fatalf("the breaker opened on xDS drops: %v", err)
+		}
+		return err == nil
+	}, "calls succeed once the drops stop")
+	if got := bs[0].Calls.Load(); got != served+1 {
+		t.Errorf("backend got %d calls after the drops began; want 1 (the dropped ones never reached it)", got-served)
+	}
+}
+
+// endpointObserver records the endpoints the balancer reported.
+type endpointObserver struct {
+	telemetry.Nop
+	mu    sync.Mutex
+	ready map[string]string // endpoint → target, for READY endpoints
+}
+
+func (o *endpointObserver) EndpointState(target, endpoint string, state connectivity.State, _ int) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if state == connectivity.Ready {
+		o.ready[endpoint] = target
+	}
+}
+
+func (o *endpointObserver) readyTargets() map[string]string {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return maps.Clone(o.ready)
+}
+
+// TestObserverUnderXDS: the Factory's observer reaches the balancer built
+// deep in xDS's policy tree (cluster_manager, cds, priority, cluster_impl,
+// outlier_detection), through the resolver the channel really uses.
+func TestObserverUnderXDS(t *testing.T) {
+	bs := startBackends(t, 2, testutil.BackendOptions{})
+	cp := startControlPlane(t)
+	obs := &endpointObserver{ready: map[string]string{}}
+	f := newFactory(t, cp, clientconn.WithObserver(obs))
+	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
+	defer cancel()
+	get(ctx, t, f)
+	if _, err := pushAndAwait(t, cp, resources(t, policyForms[2], map[string]any{"subchannelsPerEndpoint": 2}, oneLocality(bs...))); err != nil {
+		t.Fatal(err)
+	}
+	testutil.Eventually(t, waitFor, func() bool { return len(obs.readyTargets()) == len(bs) }, "both endpoints reported READY to the Factory's observer")
+	for _, b := range bs {
+		if got := obs.readyTargets()[b.Addr]; got == "" {
+			t.Errorf("endpoint %s reported with no target (%v)", b.Addr, obs.readyTargets())
+		}
+	}
+	t.Logf("endpoints reported: %v", obs.readyTargets())
 }

@@ -15,6 +15,7 @@ import (
 	routerpb "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
 	hcmpb "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	wrrlocalitypb "github.com/envoyproxy/go-control-plane/envoy/extensions/load_balancing_policies/wrr_locality/v3"
+	typepb "github.com/envoyproxy/go-control-plane/envoy/type/v3"
 	cachetypes "github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"google.golang.org/protobuf/proto"
@@ -39,6 +40,10 @@ type Resources struct {
 	// max_requests threshold: calls in flight above it are dropped by the
 	// client's xDS cluster_impl policy before they reach a backend.
 	MaxRequests uint32
+	// DropPercent, if not 0, is the share of calls (0 to 100) the
+	// ClusterLoadAssignment's drop_overloads tells the client to drop
+	// locally, in category "load_shedding".
+	DropPercent uint32
 	// Localities are the endpoints, grouped by locality.
 	Localities []Locality
 }
@@ -149,6 +154,12 @@ func (r Resources) build() (map[resourcev3.Type][]cachetypes.Resource, error) {
 		}}}
 	}
 	cla := &endpointpb.ClusterLoadAssignment{ClusterName: r.Cluster}
+	if r.DropPercent > 0 {
+		cla.Policy = &endpointpb.ClusterLoadAssignment_Policy{DropOverloads: []*endpointpb.ClusterLoadAssignment_Policy_DropOverload{{
+			Category:       "load_shedding",
+			DropPercentage: &typepb.FractionalPercent{Numerator: r.DropPercent, Denominator: typepb.FractionalPercent_HUNDRED},
+		}}}
+	}
 	for _, l := range r.Localities {
 		w := l.Weight
 		if w == 0 {
