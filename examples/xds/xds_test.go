@@ -17,6 +17,8 @@ import (
 	testpb "google.golang.org/grpc/interop/grpc_testing"
 	"google.golang.org/grpc/status"
 	"google.golang.org/grpc/xds"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/grpcreuse/grpcreuse/balancer"
 	"github.com/grpcreuse/grpcreuse/breaker"
@@ -558,14 +560,24 @@ type endpointObserver struct {
 	telemetry.Nop
 	mu    sync.Mutex
 	ready map[string]string // endpoint → target, for READY endpoints
+	tf    map[string]int    // endpoint → TRANSIENT_FAILURE reports
 }
 
 func (o *endpointObserver) EndpointState(target, endpoint string, state connectivity.State, _ int) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	if state == connectivity.Ready {
+	switch state {
+	case connectivity.Ready:
 		o.ready[endpoint] = target
+	case connectivity.TransientFailure:
+		o.tf[endpoint]++
 	}
+}
+
+func (o *endpointObserver) failures(endpoint string) int {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.tf[endpoint]
 }
 
 func (o *endpointObserver) readyTargets() map[string]string {
@@ -580,7 +592,7 @@ func (o *endpointObserver) readyTargets() map[string]string {
 func TestObserverUnderXDS(t *testing.T) {
 	bs := startBackends(t, 2, testutil.BackendOptions{})
 	cp := startControlPlane(t)
-	obs := &endpointObserver{ready: map[string]string{}}
+	obs := &endpointObserver{ready: map[string]string{}, tf: map[string]int{}}
 	f := newFactory(t, cp, clientconn.WithObserver(obs))
 	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
 	defer cancel()
@@ -595,4 +607,68 @@ func TestObserverUnderXDS(t *testing.T) {
 		}
 	}
 	t.Logf("endpoints reported: %v", obs.readyTargets())
+}
+
+// TestOutlierDetectionThroughLeaves: xDS outlier detection (gRFC A50, the
+// Cluster's failure-percentage ejection) ejects a failing backend through
+// the policy's pick_first leaves: the policy sees the healthy, listening
+// backend's connections go TRANSIENT_FAILURE and stops sending it calls.
+// The policy's own ejection is off, so the ejection is xDS's.
+func TestOutlierDetectionThroughLeaves(t *testing.T) {
+	good := startBackends(t, 2, testutil.BackendOptions{})
+	bad := testutil.StartBackend(t, testutil.BackendOptions{
+		Unary: func(context.Context, *testpb.SimpleRequest) (*testpb.SimpleResponse, error) {
+			return nil, status.Error(codes.Unavailable, "failing backend")
+		},
+	})
+	cp := startControlPlane(t)
+	obs := &endpointObserver{ready: map[string]string{}, tf: map[string]int{}}
+	f := newFactory(t, cp, clientconn.WithObserver(obs))
+	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
+	defer cancel()
+	conn := get(ctx, t, f)
+	r := resources(t, policyForms[0], map[string]any{"subchannelsPerEndpoint": 1, "ejection": map[string]any{"consecutiveFailures": 0}},
+		oneLocality(good[0], good[1], bad))
+	r.OutlierDetection = &clusterpb.OutlierDetection{
+		Interval:                       durationpb.New(50 * time.Millisecond),
+		BaseEjectionTime:               durationpb.New(time.Minute),
+		MaxEjectionPercent:             wrapperspb.UInt32(50),
+		EnforcingSuccessRate:           wrapperspb.UInt32(0),
+		EnforcingFailurePercentage:     wrapperspb.UInt32(100),
+		FailurePercentageThreshold:     wrapperspb.UInt32(50),
+		FailurePercentageMinimumHosts:  wrapperspb.UInt32(3),
+		FailurePercentageRequestVolume: wrapperspb.UInt32(3),
+	}
+	if _, err := pushAndAwait(t, cp, r); err != nil {
+		t.Fatal(err)
+	}
+	c := testpb.NewTestServiceClient(conn)
+	// Concurrent callers, so the failing backend gets its share of every
+	// interval's request volume even while the policy's scores avoid it.
+	stop := make(chan struct{})
+	load := startLoad(ctx, c, 16, stop, 100000)
+	deadline := time.Now().Add(waitFor)
+	for obs.failures(bad.Addr) == 0 {
+		if time.Now().After(deadline) {
+			close(stop)
+			load.wg.Wait()
+			t.Fatalf("outlier detection did not eject the failing backend (it got %d calls, the others %d and %d)",
+				bad.Calls.Load(), good[0].Calls.Load(), good[1].Calls.Load())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	close(stop)
+	load.wg.Wait()
+	before := bad.Calls.Load()
+	if err := callN(ctx, c, 50); err != nil {
+		t.Fatalf("call after the ejection: %v", err)
+	}
+	if got := bad.Calls.Load() - before; got != 0 {
+		t.Errorf("the ejected backend got %d calls; want 0", got)
+	}
+	for _, g := range good {
+		if n := obs.failures(g.Addr); n != 0 {
+			t.Errorf("good backend %s reported TRANSIENT_FAILURE %d times", g.Addr, n)
+		}
+	}
 }

@@ -40,6 +40,9 @@ type Resources struct {
 	// max_requests threshold: calls in flight above it are dropped by the
 	// client's xDS cluster_impl policy before they reach a backend.
 	MaxRequests uint32
+	// OutlierDetection, if set, is the Cluster's outlier_detection
+	// (gRFC A50: grpc-go's outlier_detection policy ejects addresses).
+	OutlierDetection *clusterpb.OutlierDetection
 	// DropPercent, if not 0, is the share of calls (0 to 100) the
 	// ClusterLoadAssignment's drop_overloads tells the client to drop
 	// locally, in category "load_shedding".
@@ -146,6 +149,7 @@ func (r Resources) build() (map[resourcev3.Type][]cachetypes.Resource, error) {
 		ClusterDiscoveryType: &clusterpb.Cluster_Type{Type: clusterpb.Cluster_EDS},
 		EdsClusterConfig:     &clusterpb.Cluster_EdsClusterConfig{EdsConfig: ads(), ServiceName: r.Cluster},
 		LoadBalancingPolicy:  r.Policy,
+		OutlierDetection:     r.OutlierDetection,
 	}
 	if r.MaxRequests > 0 {
 		cl.CircuitBreakers = &clusterpb.CircuitBreakers{Thresholds: []*clusterpb.CircuitBreakers_Thresholds{{
