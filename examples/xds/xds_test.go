@@ -11,12 +11,15 @@ import (
 	"time"
 
 	clusterpb "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	corepb "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	roundrobinpb "github.com/envoyproxy/go-control-plane/envoy/extensions/load_balancing_policies/round_robin/v3"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/credentials/insecure"
 	testpb "google.golang.org/grpc/interop/grpc_testing"
 	"google.golang.org/grpc/status"
 	"google.golang.org/grpc/xds"
+	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
@@ -52,6 +55,21 @@ var policyForms = []policyForm{
 	}},
 	{"udpa.type.v1.TypedStruct", func(c map[string]any) (*clusterpb.LoadBalancingPolicy, error) {
 		return controlplane.TypedStructV1(balancer.Name, c)
+	}},
+	{"xds.type.v3.TypedStruct, then round_robin", func(c map[string]any) (*clusterpb.LoadBalancingPolicy, error) {
+		p, err := controlplane.TypedStructV3(balancer.Name, c)
+		if err != nil {
+			return nil, err
+		}
+		// A fallback for clients without grpcreuse; ours comes first.
+		rr, err := anypb.New(&roundrobinpb.RoundRobin{})
+		if err != nil {
+			return nil, err
+		}
+		p.Policies = append(p.Policies, &clusterpb.LoadBalancingPolicy_Policy{
+			TypedExtensionConfig: &corepb.TypedExtensionConfig{Name: "round_robin", TypedConfig: rr},
+		})
+		return p, nil
 	}},
 	{"WrrLocality(xds.type.v3.TypedStruct)", func(c map[string]any) (*clusterpb.LoadBalancingPolicy, error) {
 		p, err := controlplane.TypedStructV3(balancer.Name, c)
@@ -345,7 +363,9 @@ func TestBadConfigNACKed(t *testing.T) {
 	}{
 		{"zero subchannels", policyForms[0], map[string]any{"subchannelsPerEndpoint": 0}, `"subchannelsPerEndpoint" is 0`},
 		{"unknown field", policyForms[1], map[string]any{"subchannelPerEndpoint": 3}, `unknown field "subchannelPerEndpoint"`},
-		{"bad choice count under WrrLocality", policyForms[2], map[string]any{"choiceCount": 1}, `"choiceCount" is 1`},
+		{"bad choice count under WrrLocality", policyForms[3], map[string]any{"choiceCount": 1}, `"choiceCount" is 1`},
+		// A round_robin entry after ours is no silent way out of a bad config.
+		{"not a whole number, round_robin listed after", policyForms[2], map[string]any{"subchannelsPerEndpoint": 2.5}, `"subchannelsPerEndpoint" is 2.5`},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -597,7 +617,7 @@ func TestObserverUnderXDS(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
 	defer cancel()
 	get(ctx, t, f)
-	if _, err := pushAndAwait(t, cp, resources(t, policyForms[2], map[string]any{"subchannelsPerEndpoint": 2}, oneLocality(bs...))); err != nil {
+	if _, err := pushAndAwait(t, cp, resources(t, policyForms[3], map[string]any{"subchannelsPerEndpoint": 2}, oneLocality(bs...))); err != nil {
 		t.Fatal(err)
 	}
 	testutil.Eventually(t, waitFor, func() bool { return len(obs.readyTargets()) == len(bs) }, "both endpoints reported READY to the Factory's observer")
