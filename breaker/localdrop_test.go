@@ -46,3 +46,28 @@ func TestXDSLocalDropAllocs(t *testing.T) {
 		t.Errorf("xdsLocalDrop allocates %v times per call; want 0", n)
 	}
 }
+
+// BenchmarkXDSLocalDrop measures the classification a failed UNAVAILABLE
+// call now pays, beside status.Code (which classify already calls).
+func BenchmarkXDSLocalDrop(b *testing.B) {
+	drop := status.Error(codes.Unavailable, "max requests 1 exceeded on service c")
+	other := status.Error(codes.Unavailable, "connection refused")
+	b.Run("status.Code", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			_ = status.Code(other)
+		}
+	})
+	b.Run("xdsLocalDrop/backend error", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			_ = xdsLocalDrop(codes.Unavailable, other)
+		}
+	})
+	b.Run("xdsLocalDrop/max requests", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			_ = xdsLocalDrop(codes.Unavailable, drop)
+		}
+	})
+}
