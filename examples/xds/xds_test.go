@@ -692,3 +692,55 @@ func TestOutlierDetectionThroughLeaves(t *testing.T) {
 		}
 	}
 }
+
+// TestLimiterBesideXDS: the Factory's grpcreuse concurrency limit applies
+// to an xDS target: with one call in flight and a limit of 1 (no queue),
+// the next call fails RESOURCE_EXHAUSTED on the client.
+func TestLimiterBesideXDS(t *testing.T) {
+	gate := make(chan struct{})
+	held := make(chan struct{}, 1)
+	bs := startBackends(t, 1, testutil.BackendOptions{
+		Unary: func(ctx context.Context, req *testpb.SimpleRequest) (*testpb.SimpleResponse, error) {
+			if string(req.GetPayload().GetBody()) == "hold" {
+				held <- struct{}{}
+				select {
+				case <-gate:
+				case <-ctx.Done():
+					return nil, ctx.Err()
+				}
+			}
+			return &testpb.SimpleResponse{}, nil
+		},
+	})
+	cp := startControlPlane(t)
+	f := newFactory(t, cp, clientconn.WithServiceConfig(`{"grpcreuse": {"methodConfig": [
+		{"name": [{}], "concurrencyLimit": {"limit": 1, "maxQueued": 0}}]}}`))
+	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
+	defer cancel()
+	conn := get(ctx, t, f)
+	if _, err := pushAndAwait(t, cp, resources(t, policyForms[0], map[string]any{"subchannelsPerEndpoint": 1}, oneLocality(bs...))); err != nil {
+		t.Fatal(err)
+	}
+	c := testpb.NewTestServiceClient(conn)
+	heldDone := make(chan error, 1)
+	go func() {
+		_, err := c.UnaryCall(ctx, &testpb.SimpleRequest{Payload: &testpb.Payload{Body: []byte("hold")}})
+		heldDone <- err
+	}()
+	select {
+	case <-held:
+	case <-ctx.Done():
+		t.Fatal("the held call did not reach the backend")
+	}
+	_, err := c.UnaryCall(ctx, &testpb.SimpleRequest{})
+	if status.Code(err) != codes.ResourceExhausted {
+		t.Errorf("call beside the held one: %v; want the limiter's RESOURCE_EXHAUSTED", err)
+	}
+	close(gate)
+	if err := <-heldDone; err != nil {
+		t.Fatalf("held call: %v", err)
+	}
+	if got := bs[0].Calls.Load(); got != 1 {
+		t.Errorf("backend got %d calls; want 1 (the limited call never left the client)", got)
+	}
+}
