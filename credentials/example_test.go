@@ -94,12 +94,12 @@ func ExampleNewTLS() {
 		fmt.Printf("connection %d: resumed=%v handshake measured=%v\n", i, info.Resumed, info.HandshakeDuration > 0)
 	}
 	st := cache.Stats()
-	fmt.Printf("session cache: %d hits, %d misses, %d held\n", st.Hits, st.Misses, st.Len)
+	fmt.Printf("session cache: %d offered, %d resumed, %d misses, %d held\n", st.Offered, st.Resumed, st.Misses, st.Len)
 	// Output:
 	// connection 1: resumed=false handshake measured=true
 	// connection 2: resumed=true handshake measured=true
 	// connection 3: resumed=true handshake measured=true
-	// session cache: 2 hits, 1 misses, 1 held
+	// session cache: 2 offered, 2 resumed, 1 misses, 1 held
 }
 
 // ExampleSessionCache_ForTenant shows that a session stored for one tenant
@@ -114,10 +114,11 @@ func ExampleSessionCache_ForTenant() {
 	_, hitA := cache.ForTenant("a").Get("backend.example")
 	_, hitB := cache.ForTenant("b").Get("backend.example")
 	fmt.Println("tenant a:", hitA, "tenant b:", hitB)
-	fmt.Printf("%+v\n", cache.Stats())
+	st := cache.Stats()
+	fmt.Printf("offered %d, misses %d, stored %d, held %d\n", st.Offered, st.Misses, st.Puts, st.Len)
 	// Output:
 	// tenant a: true tenant b: false
-	// {Hits:1 Misses:1 Puts:1 Evictions:0 Len:1}
+	// offered 1, misses 1, stored 1, held 1
 }
 
 // exampleTLSConfigs makes a throwaway self-signed certificate for

@@ -38,8 +38,9 @@ type TicketKeyRotator struct {
 
 	keys atomic.Pointer[keySet]
 
-	mu  sync.Mutex // serialises rotations and reloads; guards err
-	err error
+	mu      sync.Mutex // serialises rotations, reloads and Revoke; guards err and revoked
+	err     error
+	revoked revokedKeys // keys dropped by Revoke, refused from the key file
 
 	loop      *loop
 	closeOnce sync.Once
@@ -170,6 +171,9 @@ func (r *TicketKeyRotator) Rotate() error {
 
 	keys, err := readTicketKeyFile(r.keyFile)
 	r.mu.Lock()
+	if err == nil {
+		keys, err = r.withoutRevokedLocked(keys)
+	}
 	prev := r.err
 	r.err = err
 	if err == nil {
