@@ -566,9 +566,9 @@ func (v *handshakeView) Put(name string, cs *tls.ClientSessionState) {
 		from:          v.offeredEntry,
 		verifiedAt:    v.verifiedAt,
 		verifiedEpoch: v.verifiedEpc,
-		clientCert: v.clientCert,
-		certReq:    v.certReq,
-		certSent:   v.certSent,
+		clientCert:    v.clientCert,
+		certReq:       v.certReq,
+		certSent:      v.certSent,
 	}
 	offered, offeredKey := v.offered, v.offeredKey
 	v.mu.Unlock()

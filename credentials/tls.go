@@ -145,10 +145,10 @@ func NewTLS(cfg *tls.Config, opts ...TLSOption) (grpccreds.TransportCredentials,
 			"but tls.Config.SessionTicketsDisabled is true; sessions would never be resumed")
 	}
 	c := &tlsCreds{
-		cfg:      cfg.Clone(),
-		cache:    o.cache,
-		foreign:  cfg.ClientSessionCache,
-		tenant:   o.tenant,
+		cfg:       cfg.Clone(),
+		cache:     o.cache,
+		foreign:   cfg.ClientSessionCache,
+		tenant:    o.tenant,
 		identity:  clientIdentity(cfg),
 		anyAddr:   o.anyAddr,
 		observer:  o.observer,
