@@ -415,8 +415,10 @@ func (c *SessionCache) put(k sessionKey, cs *tls.ClientSessionState, s stored) {
 	default:
 		// A plain view: assume a resumption if the session stored under
 		// k was offered.
+		// The assumption sticks (offered stays set) so that a server
+		// sending several tickets per handshake cannot restart the clock.
 		if old, ok := c.lru.Peek(k); ok && old.offered {
-			e.verifiedAt, e.epoch = old.verifiedAt, old.epoch
+			e.verifiedAt, e.epoch, e.offered = old.verifiedAt, old.epoch, true
 		} else {
 			checked = false
 		}
