@@ -300,4 +300,3 @@ func TestRevokeWithKeyFile(t *testing.T) {
 		})
 	}
 }
-
