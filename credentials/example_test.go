@@ -121,6 +121,60 @@ func ExampleSessionCache_ForTenant() {
 	// offered 1, misses 1, stored 1, held 1
 }
 
+// ExampleServerHandshakeRecorder observes a server's TLS handshakes: of
+// three connections from one client, the first is a full handshake and the
+// next two resume its session. A debug page would show the snapshot.
+func ExampleServerHandshakeRecorder() {
+	serverTLS, clientTLS, err := exampleTLSConfigs()
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	handshakes := credentials.NewServerHandshakeRecorder()
+	serverCreds, err := credentials.NewTLS(serverTLS, credentials.WithServerHandshakeObserver(handshakes))
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	srv := grpc.NewServer(grpc.Creds(serverCreds))
+	healthpb.RegisterHealthServer(srv, health.NewServer())
+	served := make(chan struct{})
+	go func() { defer close(served); _ = srv.Serve(lis) }()
+	defer func() { srv.Stop(); <-served }()
+
+	clientCreds, err := credentials.NewTLS(clientTLS)
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for range 3 {
+		cc, err := grpc.NewClient("passthrough:///"+lis.Addr().String(), grpc.WithTransportCredentials(clientCreds))
+		if err != nil {
+			fmt.Println(err)
+			return
+		}
+		_, err = healthpb.NewHealthClient(cc).Check(ctx, &healthpb.HealthCheckRequest{})
+		cc.Close()
+		if err != nil {
+			fmt.Println(err)
+			return
+		}
+	}
+	for _, s := range handshakes.Snapshot() {
+		fmt.Printf("server %v: %d full, %d resumed (%.0f%%), %d failed, p50 measured: %v\n",
+			s.Server == lis.Addr().String(), s.Full, s.Resumed, 100*s.ResumedShare, s.Failed, s.FullP50 > 0)
+	}
+	// Output:
+	// server true: 1 full, 2 resumed (67%), 0 failed, p50 measured: true
+}
+
 // exampleTLSConfigs makes a throwaway self-signed certificate for
 // 127.0.0.1 and returns a server config using it and a client config
 // trusting it.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"net"
 	"strings"
 	"sync"
@@ -180,5 +181,41 @@ func TestServerHandshakeObserverAddsNoAllocsPerCall(t *testing.T) {
 	t.Logf("allocations per call (client and server): %.1f observed, %.1f plain", observedAllocs/2, plainAllocs/2)
 	if n := len(events.all()); n != 2 {
 		t.Errorf("observer saw %d handshakes for 2 connections and 440 calls; want 2", n)
+	}
+}
+
+// The recorder's percentiles cover the last 512 full handshakes of each
+// server; resumed and failed handshakes do not enter them; servers beyond
+// the 64th are counted together under OtherServers.
+func TestServerHandshakeRecorderSnapshot(t *testing.T) {
+	rec := credentials.NewServerHandshakeRecorder()
+	if got := rec.Snapshot(); len(got) != 0 {
+		t.Fatalf("empty recorder Snapshot() = %+v", got)
+	}
+	ms := time.Millisecond
+	for i := range 1000 { // the first 488 (durations 1000..1487 ms) fall out of the window
+		rec.ServerHandshake(telemetry.ServerHandshakeInfo{Server: "a", Version: tls.VersionTLS13, Duration: time.Duration(1000+i) * ms})
+	}
+	for i := range 512 {
+		rec.ServerHandshake(telemetry.ServerHandshakeInfo{Server: "a", Version: tls.VersionTLS13, Duration: time.Duration(i+1) * ms})
+	}
+	rec.ServerHandshake(telemetry.ServerHandshakeInfo{Server: "a", Resumed: true, Version: tls.VersionTLS12, Duration: time.Hour})
+	rec.ServerHandshake(telemetry.ServerHandshakeInfo{Server: "a", Err: errors.New("boom"), Duration: time.Hour})
+	for i := range 70 {
+		rec.ServerHandshake(telemetry.ServerHandshakeInfo{Server: fmt.Sprintf("s%02d", i), Resumed: true, Version: tls.VersionTLS13})
+	}
+	snap := rec.Snapshot()
+	if len(snap) != 65 {
+		t.Fatalf("Snapshot() has %d servers; want 64 and %q", len(snap), credentials.OtherServers)
+	}
+	a := snap[0]
+	want := credentials.ServerHandshakeStats{Server: "a", Full: 1512, Resumed: 1, Failed: 1, ResumedShare: 1.0 / 1513,
+		TLS12: 1, TLS13: 1512, FullP50: 256 * ms, FullP99: 507 * ms, FullSamples: 512}
+	if a != want {
+		t.Errorf("Snapshot()[0] = %+v; want %+v", a, want)
+	}
+	other := snap[1] // "a" < "other" < "s00"
+	if other.Server != credentials.OtherServers || other.Resumed != 7 {
+		t.Errorf("servers beyond the 64th: %+v; want 7 resumed under %q", other, credentials.OtherServers)
 	}
 }
