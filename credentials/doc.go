@@ -20,6 +20,17 @@
 // handshake and points ClientSessionCache at the view for that address.
 // Every client handshake is reported to a telemetry.HandshakeObserver.
 //
+// [WithTTL] bounds the time since the server was last verified in a full
+// handshake; a resumption does not restart it. [SessionCache.Purge],
+// [SessionCache.PurgeTenant] and [SessionCache.PurgeServer] drop sessions for
+// revocation and trust-root changes. When the client certificate comes from
+// GetClientCertificate (a [CertificateReloader]), a session made with a
+// certificate that is no longer current is not offered. [SessionCacheStats]
+// counts sessions offered separately from sessions resumed.
+// [WithResumptionAcrossAddresses] (opt-in) lets replicas at different
+// addresses that share ticket keys resume each other's sessions; see
+// docs/tls.md for the trade-off and measurements.
+//
 // A tls.Config whose VerifyPeerCertificate callback would be skipped on
 // resumed handshakes is refused unless resumption is disabled or the caller
 // opts out with [WithVerifyPeerCertificateSkippedOnResumption]; use
@@ -64,6 +75,17 @@
 // Errors give line numbers and lengths only; keys are never logged or
 // formatted.
 //
+// [TicketKeyRotator.Revoke] drops every key at once (emergency revocation):
+// no earlier ticket resumes again and clients fall back to full handshakes;
+// with a key file, revoked keys are never taken from it again, and the
+// fleet-wide procedure is to write a file holding one fresh key (and call
+// Revoke on every replica to make it immediate).
+//
+// Server handshakes are observed with [WithServerHandshakeObserver] (a
+// telemetry.ServerHandshakeObserver, once per handshake, never per call);
+// [ServerHandshakeRecorder] keeps per-server counts and full-handshake
+// percentiles for debug pages.
+//
 // [NewCertificateReloader] serves a certificate re-read from PEM files,
 // for servers (GetCertificate) and mTLS clients (GetClientCertificate),
 // keeping the last good pair on failure in the same way.
@@ -76,7 +98,8 @@
 // not used because its cleanup goroutine can never be stopped). A
 // TicketKeyRotator and a CertificateReloader each start one goroutine that
 // ticks; Close stops it, waits for it and is idempotent. The credentials
-// from NewTLS start nothing beyond grpc's own per-handshake goroutine.
+// from NewTLS and a ServerHandshakeRecorder start nothing beyond grpc's own
+// per-handshake goroutine.
 //
 // init registers nothing.
 package credentials
