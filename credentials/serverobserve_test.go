@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"math"
 	"net"
 	"strings"
 	"sync"
@@ -169,18 +170,20 @@ func TestServerHandshakeObserverAddsNoAllocsPerCall(t *testing.T) {
 		}
 		return testing.AllocsPerRun(200, call)
 	}
-	// Interleave, so both sides see the same conditions.
-	var plainAllocs, observedAllocs float64
-	for range 2 {
-		plainAllocs += allocs(plain.Addr)
-		observedAllocs += allocs(observed.Addr)
+	// Interleave, so both sides see the same conditions, and take the
+	// least of three runs: under -race, sync.Pool drops items at random,
+	// which moves the count by about one either way.
+	plainAllocs, observedAllocs := math.Inf(1), math.Inf(1)
+	for range 3 {
+		plainAllocs = min(plainAllocs, allocs(plain.Addr))
+		observedAllocs = min(observedAllocs, allocs(observed.Addr))
 	}
 	if observedAllocs > plainAllocs+1 {
-		t.Errorf("allocations per call (client and server): %.1f with a server handshake observer, %.1f without", observedAllocs/2, plainAllocs/2)
+		t.Errorf("allocations per call (client and server): %.1f with a server handshake observer, %.1f without", observedAllocs, plainAllocs)
 	}
-	t.Logf("allocations per call (client and server): %.1f observed, %.1f plain", observedAllocs/2, plainAllocs/2)
-	if n := len(events.all()); n != 2 {
-		t.Errorf("observer saw %d handshakes for 2 connections and 440 calls; want 2", n)
+	t.Logf("allocations per call (client and server): %.1f observed, %.1f plain", observedAllocs, plainAllocs)
+	if n := len(events.all()); n != 3 {
+		t.Errorf("observer saw %d handshakes for 3 connections and 660 calls; want 3", n)
 	}
 }
 
