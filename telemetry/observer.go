@@ -253,3 +253,11 @@ func (Nop) SessionCacheResumption(string, bool) {}
 
 // ServerHandshake does nothing.
 func (Nop) ServerHandshake(ServerHandshakeInfo) {}
+
+// HandshakeReporter is implemented by a connection's AuthInfo when it
+// knows how its handshake went; grpcreuse/credentials.TLSInfo does.
+type HandshakeReporter interface {
+	// HandshakeReport returns whether the TLS handshake resumed a session
+	// and how long it took.
+	HandshakeReport() (resumed bool, d time.Duration)
+}
