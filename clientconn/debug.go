@@ -77,11 +77,14 @@ func load[K comparable, V any](r *recorder, m *sync.Map, k K, mk func() *V) *V {
 	return v.(*V)
 }
 
-func (r *recorder) PoolGet(target string, hit bool)                { r.next.PoolGet(target, hit) }
-func (r *recorder) PoolEvicted(target, reason string)              { r.next.PoolEvicted(target, reason) }
-func (r *recorder) ConnOpened(target string)                       { r.next.ConnOpened(target) }
-func (r *recorder) SessionCacheLookup(t string, hit bool)          { r.next.SessionCacheLookup(t, hit) }
-func (r *recorder) SessionCacheEvicted(tenant string)              { r.next.SessionCacheEvicted(tenant) }
+func (r *recorder) PoolGet(target string, hit bool)       { r.next.PoolGet(target, hit) }
+func (r *recorder) PoolEvicted(target, reason string)     { r.next.PoolEvicted(target, reason) }
+func (r *recorder) ConnOpened(target string)              { r.next.ConnOpened(target) }
+func (r *recorder) SessionCacheLookup(t string, hit bool) { r.next.SessionCacheLookup(t, hit) }
+func (r *recorder) SessionCacheEvicted(tenant string)     { r.next.SessionCacheEvicted(tenant) }
+func (r *recorder) SessionCacheResumption(t string, resumed bool) {
+	r.next.SessionCacheResumption(t, resumed)
+}
 func (r *recorder) Dialed(t, a string, d time.Duration, err error) { r.next.Dialed(t, a, d, err) }
 func (r *recorder) ConnClosed(target, reason string, lifetime time.Duration) {
 	r.next.ConnClosed(target, reason, lifetime)
@@ -227,9 +230,10 @@ func (f *Factory) debugSnapshot() debugpage.Snapshot {
 	s.Breakers, s.Limiters = f.policyRows()
 	if c := f.opts.sessions; c != nil {
 		st := c.Stats()
-		dc := debugpage.SessionCache{Name: "WithTLS", Size: st.Len, Hits: st.Hits, Misses: st.Misses}
-		if st.Hits+st.Misses > 0 {
-			dc.HitRate = float64(st.Hits) / float64(st.Hits+st.Misses)
+		dc := debugpage.SessionCache{Name: "WithTLS", Size: st.Len, Offered: st.Offered, Resumed: st.Resumed,
+			NotResumed: st.NotResumed, Misses: st.Misses}
+		if n := st.Resumed + st.NotResumed; n > 0 {
+			dc.ResumedRate = float64(st.Resumed) / float64(n)
 		}
 		s.SessionCaches = append(s.SessionCaches, dc)
 	}

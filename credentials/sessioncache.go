@@ -39,7 +39,6 @@ type SessionCache struct {
 	ttl      time.Duration
 	capacity int
 	observer telemetry.SessionCacheObserver
-	resObs   telemetry.SessionResumptionObserver // observer, if it implements it; else Nop
 	now      func() time.Time
 
 	mu     sync.Mutex // guards lru, latest, epoch and purges; never held while calling observer
@@ -159,12 +158,8 @@ func NewSessionCache(opts ...SessionCacheOption) (*SessionCache, error) {
 		ttl:      o.ttl,
 		capacity: o.capacity,
 		observer: o.observer,
-		resObs:   telemetry.Nop{},
 		now:      o.now,
 		latest:   make(map[sessionKey]string),
-	}
-	if ro, ok := o.observer.(telemetry.SessionResumptionObserver); ok {
-		c.resObs = ro
 	}
 	lru, err := simplelru.NewLRU[sessionKey, sessionEntry](o.capacity, c.forgetLocked)
 	if err != nil {
@@ -471,7 +466,7 @@ func (c *SessionCache) handshakeResult(tenant string, resumed bool) {
 	} else {
 		c.notResumed.Add(1)
 	}
-	c.resObs.SessionCacheResumption(tenant, resumed)
+	c.observer.SessionCacheResumption(tenant, resumed)
 }
 
 // sessionView is one partition of a SessionCache, used by crypto/tls

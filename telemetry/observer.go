@@ -142,18 +142,11 @@ type SessionCacheObserver interface {
 	SessionCacheLookup(tenant string, hit bool)
 	// SessionCacheEvicted reports a session of tenant evicted for capacity or age.
 	SessionCacheEvicted(tenant string)
-}
-
-// SessionResumptionObserver receives, for TLS client session caches used
-// through grpcreuse/credentials' NewTLS, the outcome of every handshake
-// that was offered a session. It is separate from SessionCacheObserver so
-// that existing observers keep compiling; a cache given an observer that
-// also implements it reports to both.
-type SessionResumptionObserver interface {
-	// SessionCacheResumption reports one handshake of tenant that was
+	// SessionCacheResumption reports, for caches used through
+	// grpcreuse/credentials' NewTLS, one handshake of tenant that was
 	// offered a cached session; resumed says whether the server resumed it
 	// (false: crypto/tls dropped it, the server refused it, or the
-	// handshake failed).
+	// handshake failed). A lookup hit is an offer, not a resumption.
 	SessionCacheResumption(tenant string, resumed bool)
 }
 
@@ -195,9 +188,8 @@ type ServerHandshakeInfo struct {
 type Nop struct{}
 
 var (
-	_ Observer                  = Nop{}
-	_ SessionResumptionObserver = Nop{}
-	_ ServerHandshakeObserver   = Nop{}
+	_ Observer                = Nop{}
+	_ ServerHandshakeObserver = Nop{}
 )
 
 // PoolGet does nothing.

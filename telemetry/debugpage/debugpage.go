@@ -109,13 +109,18 @@ type Limiter struct {
 	Rejected uint64 `json:"rejected"` // since start
 }
 
-// SessionCache is one TLS client session cache.
+// SessionCache is one TLS client session cache. A lookup that finds a
+// session is an offer; the server decides whether it resumes.
 type SessionCache struct {
-	Name    string  `json:"name"`
-	Size    int     `json:"size"`
-	Hits    uint64  `json:"hits"`
-	Misses  uint64  `json:"misses"`
-	HitRate float64 `json:"hitRate"` // 0..1
+	Name       string `json:"name"`
+	Size       int    `json:"size"`
+	Offered    uint64 `json:"offered"`
+	Resumed    uint64 `json:"resumed"`
+	NotResumed uint64 `json:"notResumed"`
+	Misses     uint64 `json:"misses"`
+	// ResumedRate is Resumed over the handshakes that were offered a
+	// session, 0..1.
+	ResumedRate float64 `json:"resumedRate"`
 }
 
 // Handshakes summarises recent TLS handshakes of one side.

@@ -42,9 +42,9 @@ td,th{border:1px solid #ccc;padding:3px 8px;text-align:left;vertical-align:top}t
 {{range .Limiters}}<tr class="limiter"><td>{{.Key}}</td><td>{{.Tenant}}</td><td>{{.Limit}}</td><td>{{.InFlight}}</td><td>{{.Queued}}</td><td>{{.Rejected}}</td></tr>
 {{else}}<tr><td colspan="6">none</td></tr>{{end}}</table>
 <h2 id="sessions">TLS session caches</h2>
-<table><tr><th>cache</th><th>size</th><th>hits</th><th>misses</th><th>hit rate</th></tr>
-{{range .SessionCaches}}<tr class="session-cache"><td>{{.Name}}</td><td>{{.Size}}</td><td>{{.Hits}}</td><td>{{.Misses}}</td><td>{{pct .HitRate}}</td></tr>
-{{else}}<tr><td colspan="5">none</td></tr>{{end}}</table>
+<table><tr><th>cache</th><th>size</th><th>offered</th><th>resumed</th><th>not resumed</th><th>misses</th><th>resumed rate</th></tr>
+{{range .SessionCaches}}<tr class="session-cache"><td>{{.Name}}</td><td>{{.Size}}</td><td>{{.Offered}}</td><td>{{.Resumed}}</td><td>{{.NotResumed}}</td><td>{{.Misses}}</td><td>{{pct .ResumedRate}}</td></tr>
+{{else}}<tr><td colspan="7">none</td></tr>{{end}}</table>
 <h2 id="handshakes">TLS handshakes (client)</h2>
 <table><tr><th>full</th><th>resumed</th><th>failed</th><th>p50</th><th>p99</th></tr>
 <tr class="handshakes"><td id="hs-full">{{.Handshakes.Full}}</td><td id="hs-resumed">{{.Handshakes.Resumed}}</td><td id="hs-failed">{{.Handshakes.Failed}}</td><td>{{ms .Handshakes.P50}}</td><td>{{ms .Handshakes.P99}}</td></tr></table>
