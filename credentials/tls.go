@@ -87,6 +87,7 @@ type tlsCreds struct {
 	tenant   string
 	identity string
 	observer telemetry.HandshakeObserver
+	trust    *TrustBundle // if set, the RootCAs of every client handshake
 }
 
 // NewTLS returns gRPC transport credentials over cfg that resume TLS
@@ -128,6 +129,9 @@ func NewTLS(cfg *tls.Config, opts ...TLSOption) (grpccreds.TransportCredentials,
 			"(called on every handshake), set SessionTicketsDisabled, or pass " +
 			"WithVerifyPeerCertificateSkippedOnResumption()")
 	}
+	if err := checkTrustBundle(o.trust, cfg); err != nil {
+		return nil, err
+	}
 	if o.cache != nil && cfg.ClientSessionCache != nil {
 		return nil, errors.New("credentials: NewTLS: both WithSessionCache and tls.Config.ClientSessionCache are set; pass only one")
 	}
@@ -138,6 +142,7 @@ func NewTLS(cfg *tls.Config, opts ...TLSOption) (grpccreds.TransportCredentials,
 		tenant:   o.tenant,
 		identity: clientIdentity(cfg),
 		observer: o.observer,
+		trust:    o.trust,
 	}
 	if c.cache == nil && c.foreign == nil && !cfg.SessionTicketsDisabled {
 		cache, err := NewSessionCache()
@@ -198,6 +203,9 @@ func (c *tlsCreds) ClientHandshake(ctx context.Context, authority string, rawCon
 		addr = ra.String()
 	}
 	cfg := c.cfg.Clone()
+	if c.trust != nil {
+		cfg.RootCAs = c.trust.Pool()
+	}
 	switch {
 	case cfg.SessionTicketsDisabled:
 	case c.cache != nil:
