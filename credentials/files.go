@@ -234,8 +234,11 @@ func (r *fileReader) take() (snapshot, error) {
 
 func (r *fileReader) takeAttempts() (snapshot, error) {
 	var changed int
-	for range readAttempts {
+	for attempt := range readAttempts {
 		s, i, err := r.takeOnce()
+		if errors.Is(err, fs.ErrNotExist) && attempt < readAttempts-1 {
+			continue // a secret swap removed the directory just resolved: read again
+		}
 		if err != nil {
 			return snapshot{}, err
 		}
