@@ -129,51 +129,62 @@ func (b *TrustBundle) Close() error {
 }
 
 // ServerConfig returns a copy of base that verifies client certificates
-// against the bundle current at each handshake, resumed handshakes
-// included. crypto/tls has no per-handshake ClientCAs callback, so the
-// copy asks crypto/tls only to request the certificate (ClientAuth
-// RequireAndVerifyClientCert becomes RequireAnyClientCert, and
-// VerifyClientCertIfGiven becomes RequestClientCert) and verifies the
-// chain in VerifyConnection, which crypto/tls calls on every handshake,
-// before base's own VerifyConnection. ConnectionState.VerifiedChains is
-// therefore empty on these connections; PeerCertificates is set.
+// against the bundle current at each handshake. It works through
+// tls.Config.GetConfigForClient (calling base's own first, if set): every
+// handshake's config has the current bundle as ClientCAs, so crypto/tls
+// verifies the client's chain on full handshakes as usual, and declines
+// to resume a session whose client chain no longer leads to a CA in the
+// bundle, falling back to a full handshake in which the client presents
+// its current certificate. Session ticket keys are not touched: derived
+// configs keep base's (or TicketKeyRotator's) keys.
 //
 // It fails if base is nil, if base.ClientAuth is not
 // RequireAndVerifyClientCert or VerifyClientCertIfGiven (the bundle would
 // verify nothing), or if base.ClientCAs is set (the bundle replaces it).
-// The result composes with TicketKeyRotator.ServerConfig and NewTLS.
+// The result composes with TicketKeyRotator.ServerConfig (in either
+// order) and with NewTLS.
 func (b *TrustBundle) ServerConfig(base *tls.Config) (*tls.Config, error) {
 	if base == nil {
 		return nil, errors.New("credentials: TrustBundle.ServerConfig: tls.Config is nil")
 	}
-	required := false
-	out := base.Clone()
-	switch base.ClientAuth {
-	case tls.RequireAndVerifyClientCert:
-		required = true
-		out.ClientAuth = tls.RequireAnyClientCert
-	case tls.VerifyClientCertIfGiven:
-		out.ClientAuth = tls.RequestClientCert
-	default:
+	if base.ClientAuth != tls.RequireAndVerifyClientCert && base.ClientAuth != tls.VerifyClientCertIfGiven {
 		return nil, fmt.Errorf("credentials: TrustBundle.ServerConfig: tls.Config.ClientAuth is %v; "+
 			"must be RequireAndVerifyClientCert or VerifyClientCertIfGiven for the bundle to verify client certificates", base.ClientAuth)
 	}
 	if base.ClientCAs != nil {
 		return nil, errors.New("credentials: TrustBundle.ServerConfig: tls.Config.ClientCAs is set; the trust bundle replaces it, so leave it nil")
 	}
-	inner := base.VerifyConnection
-	out.VerifyConnection = func(cs tls.ConnectionState) error {
-		if len(cs.PeerCertificates) == 0 {
-			if required {
-				return errors.New("credentials: trust bundle: the client sent no certificate")
-			}
-		} else if err := verifyChain(cs.PeerCertificates, b.pool.Load(), x509.ExtKeyUsageClientAuth); err != nil {
-			return err
-		}
+	inner := base.GetConfigForClient
+	tmpl := base.Clone()
+	tmpl.GetConfigForClient = nil
+
+	type derived struct {
+		pool *x509.CertPool
+		cfg  *tls.Config
+	}
+	var cur atomic.Pointer[derived]
+	out := base.Clone()
+	out.ClientCAs = b.pool.Load()
+	out.GetConfigForClient = func(hello *tls.ClientHelloInfo) (*tls.Config, error) {
+		pool := b.pool.Load()
 		if inner != nil {
-			return inner(cs)
+			c, err := inner(hello)
+			if err != nil {
+				return nil, err
+			}
+			if c != nil {
+				c = c.Clone()
+				c.ClientCAs = pool
+				return c, nil
+			}
 		}
-		return nil
+		if d := cur.Load(); d != nil && d.pool == pool {
+			return d.cfg, nil
+		}
+		c := tmpl.Clone()
+		c.ClientCAs = pool
+		cur.Store(&derived{pool: pool, cfg: c})
+		return c, nil
 	}
 	return out, nil
 }
@@ -186,21 +197,6 @@ func (b *TrustBundle) ServerConfig(base *tls.Config) (*tls.Config, error) {
 // InsecureSkipVerify is true. A nil b means none. Default none.
 func WithTrustBundle(b *TrustBundle) TLSOption {
 	return tlsOptionFunc(func(o *tlsOptions) { o.trust = b })
-}
-
-func verifyChain(certs []*x509.Certificate, roots *x509.CertPool, usage x509.ExtKeyUsage) error {
-	opts := x509.VerifyOptions{
-		Roots:         roots,
-		Intermediates: x509.NewCertPool(),
-		KeyUsages:     []x509.ExtKeyUsage{usage},
-	}
-	for _, c := range certs[1:] {
-		opts.Intermediates.AddCert(c)
-	}
-	if _, err := certs[0].Verify(opts); err != nil {
-		return fmt.Errorf("credentials: trust bundle: %w", err)
-	}
-	return nil
 }
 
 // parseTrustBundle parses a PEM file of CA certificates strictly: only
