@@ -196,8 +196,10 @@ func TestTrustBundleCARotationFailsNoCall(t *testing.T) {
 			if _, err := tryCall(creds, oldSrv.Addr, ""); err == nil || !strings.Contains(err.Error(), "certificate signed by unknown authority") {
 				t.Fatalf("call to a CA1 server after CA1 left the client's bundle: %v; want unknown authority", err)
 			}
-			if got := oldSrvLog.handshakes(); len(got) != 2 {
-				t.Fatalf("the CA1 server completed %d handshakes; want only the 2 before the rotation", len(got))
+			// (In TLS 1.3 the server's VerifyConnection may run before the
+			// client rejects it, so the witness is "never resumed".)
+			if got := oldSrvLog.handshakes(); len(got) < 2 || countTrue(got[2:]) != 0 {
+				t.Fatalf("the CA1 server saw DidResume %v; want no resumption after the rotation", got)
 			}
 		})
 	}
@@ -225,7 +227,10 @@ func TestTrustBundleBadInputs(t *testing.T) {
 			`credentials: NewTrustBundle: file is ""`},
 		{"missing file", func() error { _, err := credentials.NewTrustBundle(filepath.Join(t.TempDir(), "nope")); return err },
 			"credentials: trust bundle file: open "},
-		{"no certificates", func() error { _, err := credentials.NewTrustBundle(writeFile(t, "empty.pem", []byte("\n"))); return err },
+		{"no certificates", func() error {
+			_, err := credentials.NewTrustBundle(writeFile(t, "empty.pem", []byte("\n")))
+			return err
+		},
 			`empty.pem": no certificates; want one or more PEM CERTIFICATE blocks`},
 		{"private key in bundle", func() error {
 			_, err := credentials.NewTrustBundle(writeFile(t, "withkey.pem", append(append([]byte{}, ca1.CAPEM...), keyPEM...)))
@@ -250,7 +255,10 @@ func TestTrustBundleBadInputs(t *testing.T) {
 			_, err := b.ServerConfig(&tls.Config{ClientAuth: tls.RequireAndVerifyClientCert, ClientCAs: ca1.Pool})
 			return err
 		}, "tls.Config.ClientCAs is set; the trust bundle replaces it"},
-		{"NewTLS with RootCAs", func() error { _, err := credentials.NewTLS(ca1.ClientConfig(""), credentials.WithTrustBundle(b)); return err },
+		{"NewTLS with RootCAs", func() error {
+			_, err := credentials.NewTLS(ca1.ClientConfig(""), credentials.WithTrustBundle(b))
+			return err
+		},
 			"both WithTrustBundle and tls.Config.RootCAs are set"},
 		{"NewTLS insecure", func() error {
 			_, err := credentials.NewTLS(&tls.Config{InsecureSkipVerify: true}, credentials.WithTrustBundle(b))
