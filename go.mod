@@ -17,7 +17,7 @@ require (
 	google.golang.org/protobuf v1.36.12
 )
 
-require github.com/spiffe/go-spiffe/v2 v2.9.0 // indirect
+require github.com/spiffe/go-spiffe/v2 v2.9.0
 
 require (
 	github.com/beorn7/perks v1.0.1 // indirect
