@@ -3,6 +3,8 @@ package credentials_test
 import (
 	"bytes"
 	"crypto"
+	"crypto/x509"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -360,7 +362,8 @@ func (k *kubeletDir) tryUpdate(files map[string][]byte) error {
 // Issue 12 (Kubernetes-mounted keys and certificates): across Secret
 // updates made the kubelet's way, under concurrent reloads, a certificate
 // is never taken with a key of another generation and a ticket key set is
-// never taken in part; the last update is in force at the end.
+// never taken in part, nor a trust bundle; the last update is in force at
+// the end.
 func TestKubeletSecretSwapConsistent(t *testing.T) {
 	const generations = 25
 	pki := testutil.NewPKI(t, testutil.ECDSAP256)
@@ -368,16 +371,21 @@ func TestKubeletSecretSwapConsistent(t *testing.T) {
 		files  map[string][]byte
 		serial string
 		keys   [][32]byte
+		ca     *x509.CertPool
 	}
 	gens := make([]gen, generations)
 	serialGen := map[string]int{}
 	for i := range gens {
 		certPEM, keyPEM := pki.LeafPEM(t)
 		keys := [][32]byte{newTicketKey(t), newTicketKey(t), newTicketKey(t)}
+		ca1, ca2 := testutil.NewPKI(t, testutil.ECDSAP256), testutil.NewPKI(t, testutil.ECDSAP256)
+		pool := x509.NewCertPool()
+		pool.AppendCertsFromPEM(bundlePEM(ca1, ca2))
 		gens[i] = gen{
-			files:  map[string][]byte{"tls.crt": certPEM, "tls.key": keyPEM, "ticket.keys": keyFile(keys...)},
+			files:  map[string][]byte{"tls.crt": certPEM, "tls.key": keyPEM, "ticket.keys": keyFile(keys...), "ca.crt": bundlePEM(ca1, ca2)},
 			serial: pemSerial(t, certPEM),
 			keys:   keys,
+			ca:     pool,
 		}
 		serialGen[gens[i].serial] = i
 	}
@@ -393,6 +401,11 @@ func TestKubeletSecretSwapConsistent(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer rot.Close()
+	tb, err := credentials.NewTrustBundle(kd.path("ca.crt"), opts[0], opts[1])
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tb.Close()
 
 	checkCert := func() error {
 		c, _ := rel.GetCertificate(nil)
@@ -414,6 +427,14 @@ func TestKubeletSecretSwapConsistent(t *testing.T) {
 		}
 		return fmt.Errorf("ticket keys (%d) are not one generation's whole set", len(keys))
 	}
+	checkBundle := func() error {
+		for _, g := range gens {
+			if tb.Pool().Equal(g.ca) {
+				return nil
+			}
+		}
+		return errors.New("trust bundle is not one generation's whole bundle")
+	}
 	// Only "the files changed under the reading" may fail a reload; a key
 	// mismatch would mean a pair of two generations was read.
 	benign := func(err error) bool {
@@ -432,7 +453,7 @@ func TestKubeletSecretSwapConsistent(t *testing.T) {
 		default:
 		}
 	}
-	for _, reload := range []func() error{rel.Reload, rel.Reload, rot.Rotate, rot.Rotate} {
+	for _, reload := range []func() error{rel.Reload, rel.Reload, rot.Rotate, rot.Rotate, tb.Reload} {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -455,6 +476,10 @@ func TestKubeletSecretSwapConsistent(t *testing.T) {
 					return
 				}
 				if err := checkKeys(); err != nil {
+					report(err)
+					return
+				}
+				if err := checkBundle(); err != nil {
 					report(err)
 					return
 				}
@@ -481,7 +506,13 @@ func TestKubeletSecretSwapConsistent(t *testing.T) {
 	if err := rot.Rotate(); err != nil {
 		t.Fatal(err)
 	}
+	if err := tb.Reload(); err != nil {
+		t.Fatal(err)
+	}
 	last := gens[generations-1]
+	if !tb.Pool().Equal(last.ca) {
+		t.Fatal("the last Secret update's trust bundle is not in force")
+	}
 	if c, _ := rel.GetCertificate(nil); c.Leaf.SerialNumber.String() != last.serial {
 		t.Fatal("the last Secret update's certificate is not in force")
 	}

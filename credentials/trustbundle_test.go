@@ -298,3 +298,65 @@ func TestTrustBundleBadInputs(t *testing.T) {
 		t.Fatalf("good reload: %v, Err %v, pool changed %v", err, rb.Err(), !rb.Pool().Equal(before))
 	}
 }
+
+// TrustBundle.ServerConfig and TicketKeyRotator.ServerConfig compose in
+// either order: clients resume on the rotator's keys and the bundle still
+// decides which client certificates are accepted.
+func TestTrustBundleComposesWithTicketKeyRotator(t *testing.T) {
+	ca, other := testutil.NewPKI(t, testutil.ECDSAP256), testutil.NewPKI(t, testutil.ECDSAP256)
+	sb := newTrustBundle(t, writeFile(t, "ca.pem", ca.CAPEM))
+	for _, tv := range tlsVersions {
+		for _, order := range []string{"RotatorOutside", "BundleOutside"} {
+			t.Run(tv.name+"/"+order, func(t *testing.T) {
+				rot := newRotator(t, credentials.WithPreviousKeys(0), credentials.WithTickChannel(make(chan time.Time)))
+				var slog serverLog
+				base := serverConfig(t, ca, &slog)
+				base.ClientAuth = tls.RequireAndVerifyClientCert
+				var cfg *tls.Config
+				var err error
+				if order == "RotatorOutside" {
+					if cfg, err = sb.ServerConfig(base); err == nil {
+						cfg, err = rot.ServerConfig(cfg)
+					}
+				} else {
+					if cfg, err = rot.ServerConfig(base); err == nil {
+						cfg, err = sb.ServerConfig(cfg)
+					}
+				}
+				if err != nil {
+					t.Fatal(err)
+				}
+				srv := testutil.StartBackend(t, testutil.BackendOptions{TLS: cfg})
+				ccfg := clientConfig(ca, tv.v)
+				ccfg.Certificates = []tls.Certificate{ca.Leaf(t)}
+				creds, err := credentials.NewTLS(ccfg)
+				if err != nil {
+					t.Fatal(err)
+				}
+				for i := range 3 {
+					if got := resumed(t, callOnce(t, creds, srv.Addr, "")); got != (i > 0) {
+						t.Fatalf("connection %d resumed = %v", i+1, got)
+					}
+				}
+				// The rotator's keys are in use: after a rotation that drops
+				// every earlier key, the next connection is full.
+				if err := rot.Rotate(); err != nil {
+					t.Fatal(err)
+				}
+				callOnce(t, creds, srv.Addr, "")
+				if got := slog.handshakes(); len(got) != 4 || got[3] {
+					t.Fatalf("server saw DidResume %v; want a full handshake after the rotation pushed the key out", got)
+				}
+				stranger := clientConfig(ca, tv.v)
+				stranger.Certificates = []tls.Certificate{other.Leaf(t)}
+				screds, err := credentials.NewTLS(stranger)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if _, err := tryCall(screds, srv.Addr, ""); err == nil {
+					t.Fatal("a client certificate from a CA outside the bundle was accepted")
+				}
+			})
+		}
+	}
+}
