@@ -30,9 +30,9 @@ func (f reloadOptionFunc) applyTrustBundle(o *reloadOptions) { f(o) }
 //
 // To roll a CA without failed calls: publish a bundle with both CAs, wait
 // until every peer has polled, move the peers' certificates to the new
-// CA, then publish the new CA alone. Peers whose certificate chains to a
-// CA no longer in the bundle are refused from the next handshake on,
-// resumed handshakes included.
+// CA, then publish the new CA alone. A peer whose certificate chains to a
+// CA no longer in the bundle is refused from its next handshake on, and
+// sessions it made before are not resumed.
 //
 // Its methods are safe for concurrent use. It starts one goroutine,
 // stopped by Close.
