@@ -129,7 +129,7 @@ type hungMount struct {
 
 func newHungMount(t *testing.T) *hungMount {
 	h := &hungMount{entered: make(chan string, 16), release: make(chan struct{})}
-	t.Cleanup(h.unhang) // before goleak looks: the stuck readings return
+	t.Cleanup(h.unhang) // before the leak check looks: the stuck readings return
 	return h
 }
 

@@ -197,3 +197,11 @@ func (Nop) SessionCacheLookup(string, bool) {}
 
 // SessionCacheEvicted does nothing.
 func (Nop) SessionCacheEvicted(string) {}
+
+// HandshakeReporter is implemented by a connection's AuthInfo when it
+// knows how its handshake went; grpcreuse/credentials.TLSInfo does.
+type HandshakeReporter interface {
+	// HandshakeReport returns whether the TLS handshake resumed a session
+	// and how long it took.
+	HandshakeReport() (resumed bool, d time.Duration)
+}

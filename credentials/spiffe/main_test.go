@@ -3,11 +3,11 @@ package spiffe_test
 import (
 	"testing"
 
-	"go.uber.org/goleak"
+	"github.com/grpcreuse/grpcreuse/internal/leakcheck"
 )
 
 // TestMain fails the package's tests if any goroutine (a gRPC server or
 // client, a rotator's loop) outlives them.
 func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m)
+	leakcheck.VerifyTestMain(m)
 }

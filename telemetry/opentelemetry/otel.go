@@ -1,4 +1,4 @@
-package telemetry
+package opentelemetry
 
 import (
 	"context"
@@ -10,6 +10,8 @@ import (
 	"net"
 	"sync"
 	"time"
+
+	"github.com/grpcreuse/grpcreuse/telemetry"
 
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
@@ -39,7 +41,7 @@ type options struct {
 func WithMeterProvider(mp metric.MeterProvider) Option {
 	return optionFunc(func(o *options) {
 		if mp == nil {
-			o.err = errors.New("telemetry: WithMeterProvider: provider is nil")
+			o.err = errors.New("opentelemetry: WithMeterProvider: provider is nil")
 			return
 		}
 		o.mp = mp
@@ -51,7 +53,7 @@ func WithMeterProvider(mp metric.MeterProvider) Option {
 func WithTracerProvider(tp trace.TracerProvider) Option {
 	return optionFunc(func(o *options) {
 		if tp == nil {
-			o.err = errors.New("telemetry: WithTracerProvider: provider is nil")
+			o.err = errors.New("opentelemetry: WithTracerProvider: provider is nil")
 			return
 		}
 		o.tp = tp
@@ -59,7 +61,7 @@ func WithTracerProvider(tp trace.TracerProvider) Option {
 }
 
 // Telemetry records what grpcreuse reports as OpenTelemetry metrics and
-// spans. It implements Observer; hand it to clientconn.WithObserver, or to
+// spans. It implements telemetry.Observer; hand it to clientconn.WithObserver, or to
 // a single package's observer option. It is safe for concurrent use.
 //
 // It complements grpc-go's own stats/opentelemetry plugin, which records
@@ -67,8 +69,8 @@ func WithTracerProvider(tp trace.TracerProvider) Option {
 // not (handshakes, pooling, balancing, breakers, limiters, session caches).
 type Telemetry struct {
 	// Nop answers the events this implementation records nothing for, so a
-	// new Observer method never breaks the build here.
-	Nop
+	// new telemetry.Observer method never breaks the build here.
+	telemetry.Nop
 
 	meter  metric.Meter
 	tracer trace.Tracer
@@ -84,7 +86,7 @@ type Telemetry struct {
 	conns sync.Map // net.Addr (local address of a client transport) -> *connRecord
 }
 
-var _ Observer = (*Telemetry)(nil)
+var _ telemetry.Observer = (*Telemetry)(nil)
 
 // New creates the instruments. It fails only if the meter provider
 // refuses one.
@@ -92,7 +94,7 @@ func New(opts ...Option) (*Telemetry, error) {
 	o := &options{mp: otel.GetMeterProvider(), tp: otel.GetTracerProvider()}
 	for i, opt := range opts {
 		if opt == nil {
-			return nil, fmt.Errorf("telemetry: New: option %d is nil", i)
+			return nil, fmt.Errorf("opentelemetry: New: option %d is nil", i)
 		}
 		opt.apply(o)
 	}
@@ -141,36 +143,57 @@ func New(opts ...Option) (*Telemetry, error) {
 	errs = append(errs, err)
 	t.endpointInFlight = g
 	if err := errors.Join(errs...); err != nil {
-		return nil, fmt.Errorf("telemetry: creating instruments: %w", err)
+		return nil, fmt.Errorf("opentelemetry: creating instruments: %w", err)
 	}
 	return t, nil
 }
 
-// ObserveSnapshots records, at every collection, the gauges that only a
+// Gauges is what ObserveGauges reads at every collection: the values only
+// their owner knows at that moment.
+type Gauges struct {
+	// Limiters are the concurrency limiters' slots in use and waiters.
+	Limiters []LimiterGauge
+	// SessionCaches are the TLS session caches' sizes.
+	SessionCaches []SessionCacheGauge
+}
+
+// LimiterGauge is one limiter's calls in flight and queued.
+type LimiterGauge struct {
+	Key              string
+	InFlight, Queued int
+}
+
+// SessionCacheGauge is one session cache's size, in sessions.
+type SessionCacheGauge struct {
+	Name string
+	Size int
+}
+
+// ObserveGauges records, at every collection, the gauges that only a
 // snapshot knows: limiters' calls in flight and queued, and session cache
-// sizes. clientconn's Factory registers its debug snapshot here; call
-// unregister when the source goes away.
-func (t *Telemetry) ObserveSnapshots(snapshot func() DebugSnapshot) (unregister func() error, err error) {
+// sizes. clientconn's Factory registers its source here; call unregister
+// when the source goes away. read must be cheap and must not block.
+func (t *Telemetry) ObserveGauges(read func() Gauges) (unregister func() error, err error) {
 	inFlight, err1 := t.meter.Int64ObservableGauge(MetricLimiterInFlight, metric.WithUnit("{call}"), metric.WithDescription("Calls holding a limiter slot."))
 	queued, err2 := t.meter.Int64ObservableGauge(MetricLimiterQueued, metric.WithUnit("{call}"), metric.WithDescription("Calls waiting for a limiter slot."))
 	size, err3 := t.meter.Int64ObservableGauge(MetricSessionCacheSize, metric.WithUnit("{session}"), metric.WithDescription("TLS sessions held."))
 	if err := errors.Join(err1, err2, err3); err != nil {
-		return nil, fmt.Errorf("telemetry: creating instruments: %w", err)
+		return nil, fmt.Errorf("opentelemetry: creating instruments: %w", err)
 	}
 	reg, err := t.meter.RegisterCallback(func(_ context.Context, o metric.Observer) error {
-		s := snapshot()
-		for _, l := range s.Limiters {
+		g := read()
+		for _, l := range g.Limiters {
 			attrs := metric.WithAttributes(attribute.String(AttrLimiterKey, l.Key))
 			o.ObserveInt64(inFlight, int64(l.InFlight), attrs)
 			o.ObserveInt64(queued, int64(l.Queued), attrs)
 		}
-		for _, c := range s.SessionCaches {
+		for _, c := range g.SessionCaches {
 			o.ObserveInt64(size, int64(c.Size), metric.WithAttributes(attribute.String(AttrSessionCache, c.Name)))
 		}
 		return nil
 	}, inFlight, queued, size)
 	if err != nil {
-		return nil, fmt.Errorf("telemetry: registering snapshot gauges: %w", err)
+		return nil, fmt.Errorf("opentelemetry: registering gauges: %w", err)
 	}
 	return reg.Unregister, nil
 }
@@ -215,7 +238,7 @@ func (t *Telemetry) Dialed(target, _ string, d time.Duration, err error) {
 
 // Handshake records a client TLS handshake as metrics and as a span that
 // covers the handshake.
-func (t *Telemetry) Handshake(h HandshakeInfo) {
+func (t *Telemetry) Handshake(h telemetry.HandshakeInfo) {
 	resumed := FullHandshake
 	if h.Resumed {
 		resumed = ResumedHandshake
@@ -272,14 +295,14 @@ func (t *Telemetry) EndpointLoad(target, endpoint string, inFlight int, _ time.D
 }
 
 // BreakerStateChanged records a breaker transition.
-func (t *Telemetry) BreakerStateChanged(key string, from, to BreakerState) {
+func (t *Telemetry) BreakerStateChanged(key string, from, to telemetry.BreakerState) {
 	ctx := context.Background()
 	t.breakerTransitions.Add(ctx, 1, metric.WithAttributes(attribute.String(AttrBreakerKey, key),
 		attribute.String(AttrFrom, from.String()), attribute.String(AttrTo, to.String())))
 	switch {
-	case to == BreakerOpen && from != BreakerOpen:
+	case to == telemetry.BreakerOpen && from != telemetry.BreakerOpen:
 		t.breakersOpen.Add(ctx, 1)
-	case from == BreakerOpen && to != BreakerOpen:
+	case from == telemetry.BreakerOpen && to != telemetry.BreakerOpen:
 		t.breakersOpen.Add(ctx, -1)
 	}
 }

@@ -1,4 +1,4 @@
-package telemetry
+package opentelemetry
 
 // Instrument names. Where gRPC defines a metric for the same thing (gRFC
 // A118 for TLS handshakes) the name and labels are gRPC's; the rest are
