@@ -93,7 +93,8 @@ func (r *CertificateReloader) GetClientCertificate(*tls.CertificateRequestInfo) 
 // key from another generation: such a pair fails tls.X509KeyPair and is
 // not taken.
 func (r *CertificateReloader) Reload() error {
-	cert, err := r.load()
+	cert, changed, err := r.load()
+	r.files.note(err, changed)
 	r.mu.Lock()
 	prev := r.err
 	r.err = err
@@ -125,12 +126,13 @@ func (r *CertificateReloader) Close() error {
 	return nil
 }
 
-func (r *CertificateReloader) load() (*tls.Certificate, error) {
-	data, err := r.files.read()
+func (r *CertificateReloader) load() (*tls.Certificate, bool, error) {
+	data, changed, err := r.files.read()
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
-	return parseKeyPair(r.certFile, r.keyFile, data)
+	cert, err := parseKeyPair(r.certFile, r.keyFile, data)
+	return cert, changed, err
 }
 
 func parseKeyPair(certFile, keyFile string, data [][]byte) (*tls.Certificate, error) {

@@ -45,8 +45,13 @@ func WithReadTimeout(d time.Duration) ReloadOption {
 	return reloadOptionFunc(func(o *reloadOptions) { o.readTimeout = d })
 }
 
-// errClosed is returned by a reading interrupted by Close.
-var errClosed = errors.New("closed while reading")
+var (
+	// errClosed is returned (wrapped) by a reading interrupted by Close.
+	errClosed = errors.New("closed while reading")
+	// errTimedOut is returned (wrapped) by a reading abandoned after the
+	// read timeout.
+	errTimedOut = errors.New("read timed out (hung mount?)")
+)
 
 // fileSpec names one file of a reading: kind is what it is for ("ticket
 // key file", "certificate file", ...), used in every error.
@@ -93,6 +98,9 @@ type fileReader struct {
 
 	mu     sync.Mutex // serialises readings; guards stable
 	stable [sha256.Size]byte
+
+	statsMu sync.Mutex // guards stats; never held with mu's callers' locks
+	stats   fileStats
 }
 
 // fileHooks are test hooks (see export_test.go); zero values mean none.
@@ -129,36 +137,41 @@ func (r *fileReader) readInitial() ([][]byte, error) {
 		return nil, err
 	}
 	r.stable = s.sum
+	r.statsMu.Lock()
+	r.stats.readings++
+	r.stats.lastChange = time.Now()
+	r.statsMu.Unlock()
 	return s.data, nil
 }
 
 // read takes a reading; if it differs from the last stable one, it waits
 // the settle delay and takes another, and returns the contents only when
-// both agree.
-func (r *fileReader) read() ([][]byte, error) {
+// both agree. changed reports that they differ from the last stable
+// contents.
+func (r *fileReader) read() (data [][]byte, changed bool, err error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	s1, err := r.take()
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	if s1.sum == r.stable {
-		return s1.data, nil
+		return s1.data, false, nil
 	}
 	if err := r.wait(); err != nil {
-		return nil, fmt.Errorf("credentials: %s %q: %w", r.specs[0].kind, r.specs[0].path, err)
+		return nil, false, fmt.Errorf("credentials: %s %q: %w", r.specs[0].kind, r.specs[0].path, err)
 	}
 	s2, err := r.take()
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	if s2.sum != s1.sum {
 		i := r.firstDiff(s1, s2)
-		return nil, fmt.Errorf("credentials: %s %q changed while being read; not applied "+
+		return nil, false, fmt.Errorf("credentials: %s %q changed while being read; not applied "+
 			"(write it to a temporary file in the same directory and rename it into place)", r.specs[i].kind, r.specs[i].path)
 	}
 	r.stable = s2.sum
-	return s2.data, nil
+	return s2.data, true, nil
 }
 
 func (r *fileReader) firstDiff(a, b snapshot) int {
@@ -177,13 +190,18 @@ func (r *fileReader) wait() error {
 	if r.settle <= 0 {
 		return nil
 	}
+	select {
+	case <-r.quit:
+		return nil // after Close: read again at once, so a caller still gets an answer
+	default:
+	}
 	t := time.NewTimer(r.settle)
 	defer t.Stop()
 	select {
 	case <-t.C:
 		return nil
 	case <-r.quit:
-		return nil // read again at once: Close must not wait, and a caller after Close still gets an answer
+		return errClosed // Close interrupts a reading in progress
 	}
 }
 
@@ -224,8 +242,8 @@ func (r *fileReader) take() (snapshot, error) {
 		return out.s, out.err
 	case <-t.C:
 		r.stuck.Store(&done)
-		return snapshot{}, fmt.Errorf("credentials: %s %q: read did not finish within %v (hung mount?); keeping the last good contents",
-			first.kind, first.path, r.timeout)
+		return snapshot{}, fmt.Errorf("credentials: %s %q: %w after %v; keeping the last good contents",
+			first.kind, first.path, errTimedOut, r.timeout)
 	case <-quit:
 		r.stuck.Store(&done)
 		return snapshot{}, fmt.Errorf("credentials: %s %q: %w", first.kind, first.path, errClosed)
@@ -327,4 +345,88 @@ func fileType(m fs.FileMode) string {
 	default:
 		return "irregular file"
 	}
+}
+
+// FileStatus reports how a reloader's files have been read, for debug
+// pages and metrics. It is a snapshot; the reloader keeps counting.
+type FileStatus struct {
+	// Files are the paths the reloader reads, in the order read.
+	Files []string
+	// Readings counts readings since the reloader was made, the
+	// constructor's included, whether they succeeded or not.
+	Readings uint64
+	// Failures counts readings whose contents were not taken: the file
+	// was missing, refused (not a regular file, too large), timed out,
+	// changed while being read, or did not parse.
+	Failures uint64
+	// TimedOut counts the failures that were readings abandoned after the
+	// read timeout (a hung mount).
+	TimedOut uint64
+	// Changes counts new contents taken into use after the constructor's.
+	Changes uint64
+	// LastChange is when contents were last taken into use (at first, when
+	// the reloader was made).
+	LastChange time.Time
+	// Err is why the last reading was not taken, or nil; the same as the
+	// reloader's Err.
+	Err error
+}
+
+// fileStats are a fileReader's counters; guarded by fileReader.statsMu.
+type fileStats struct {
+	readings, failures, timedOut, changes uint64
+	lastChange                            time.Time
+	err                                   error
+}
+
+// note records the outcome of one reading, after the owner parsed it:
+// err is why it was not taken (nil if it was), changed whether it replaced
+// the contents in use.
+func (r *fileReader) note(err error, changed bool) {
+	r.statsMu.Lock()
+	defer r.statsMu.Unlock()
+	r.stats.readings++
+	r.stats.err = err
+	switch {
+	case err != nil:
+		r.stats.failures++
+		if errors.Is(err, errTimedOut) {
+			r.stats.timedOut++
+		}
+	case changed:
+		r.stats.changes++
+		r.stats.lastChange = time.Now()
+	}
+}
+
+func (r *fileReader) status() FileStatus {
+	r.statsMu.Lock()
+	defer r.statsMu.Unlock()
+	st := FileStatus{
+		Readings:   r.stats.readings,
+		Failures:   r.stats.failures,
+		TimedOut:   r.stats.timedOut,
+		Changes:    r.stats.changes,
+		LastChange: r.stats.lastChange,
+		Err:        r.stats.err,
+	}
+	for _, sp := range r.specs {
+		st.Files = append(st.Files, sp.path)
+	}
+	return st
+}
+
+// FileStatus reports how the certificate and key files have been read.
+func (r *CertificateReloader) FileStatus() FileStatus { return r.files.status() }
+
+// FileStatus reports how the bundle file has been read.
+func (b *TrustBundle) FileStatus() FileStatus { return b.files.status() }
+
+// FileStatus reports how the key file has been read; with random keys
+// (no WithTicketKeyFile) it is the zero FileStatus.
+func (r *TicketKeyRotator) FileStatus() FileStatus {
+	if r.files == nil {
+		return FileStatus{}
+	}
+	return r.files.status()
 }

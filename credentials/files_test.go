@@ -183,7 +183,7 @@ func TestKeyFileHungMountBoundedAndCloseReturns(t *testing.T) {
 		testutil.WriteFileAtomic(t, path, keyFile(k2, k1))
 		h.hung.Store(true)
 		err = rot.Rotate()
-		if err == nil || !strings.Contains(err.Error(), `ticket key file "`+path+`": read did not finish within 20ms (hung mount?)`) {
+		if err == nil || !strings.Contains(err.Error(), `ticket key file "`+path+`": read timed out (hung mount?) after 20ms`) {
 			t.Fatalf("Rotate() on a hung mount = %v; want a read timeout naming the file", err)
 		}
 		errorMustNotLeak(t, err, k1, k2)
@@ -200,8 +200,14 @@ func TestKeyFileHungMountBoundedAndCloseReturns(t *testing.T) {
 		if keys, _ := credentials.TicketKeys(rot); !slices.Equal(keys, [][32]byte{k1}) {
 			t.Fatal("keys changed while the mount hung")
 		}
+		if st := rot.FileStatus(); st.TimedOut != 1 || st.Failures != 4 || st.Changes != 0 || st.Err == nil {
+			t.Fatalf("FileStatus while hung = %+v; want 1 timed out of 4 failures, no change, an error", st)
+		}
 		h.unhang()
 		testutil.Eventually(t, hangLimit, func() bool { return rot.Rotate() == nil }, "no recovery after the mount answered")
+		if st := rot.FileStatus(); st.Changes != 1 || st.Err != nil || !slices.Equal(st.Files, []string{path}) {
+			t.Fatalf("FileStatus after recovery = %+v; want 1 change, no error", st)
+		}
 		if keys, _ := credentials.TicketKeys(rot); !slices.Equal(keys, [][32]byte{k2, k1}) {
 			t.Fatalf("after recovery, keys are not the file's")
 		}
@@ -261,6 +267,9 @@ func TestKeyFileCaughtMidWriteNotApplied(t *testing.T) {
 	}
 	if keys, _ := credentials.TicketKeys(rot); !slices.Equal(keys, [][32]byte{k3, k4, k1, k2}) {
 		t.Fatalf("keys after the write completed: %d keys; want all 4 of the new file", len(keys))
+	}
+	if st := rot.FileStatus(); st.Readings != 3 || st.Failures != 1 || st.Changes != 1 || st.TimedOut != 0 {
+		t.Fatalf("FileStatus = %+v; want 3 readings (constructor, torn, whole), 1 failure, 1 change", st)
 	}
 }
 

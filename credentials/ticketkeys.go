@@ -176,7 +176,8 @@ func (r *TicketKeyRotator) Rotate() error {
 		return nil
 	}
 
-	keys, err := r.readTicketKeyFile()
+	keys, changed, err := r.readTicketKeyFile()
+	r.files.note(err, changed)
 	r.mu.Lock()
 	prev := r.err
 	r.err = err
@@ -222,12 +223,13 @@ func newTicketKey() [32]byte {
 
 // readTicketKeyFile reads and parses the key file through the bounded,
 // tear-free reader (see fileReader); its errors name the file.
-func (r *TicketKeyRotator) readTicketKeyFile() ([][32]byte, error) {
-	data, err := r.files.read()
+func (r *TicketKeyRotator) readTicketKeyFile() (keys [][32]byte, changed bool, err error) {
+	data, changed, err := r.files.read()
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
-	return parseTicketKeyFile(r.keyFile, data[0])
+	keys, err = parseTicketKeyFile(r.keyFile, data[0])
+	return keys, changed, err
 }
 
 func parseTicketKeyFile(path string, data []byte) ([][32]byte, error) {

@@ -93,10 +93,11 @@ func (b *TrustBundle) Pool() *x509.CertPool { return b.pool.Load() }
 // and returns (and reports, if the error is new) why.
 func (b *TrustBundle) Reload() error {
 	var pool *x509.CertPool
-	data, err := b.files.read()
+	data, changed, err := b.files.read()
 	if err == nil {
 		pool, err = parseTrustBundle(b.file, data[0])
 	}
+	b.files.note(err, changed)
 	b.mu.Lock()
 	prev := b.err
 	b.err = err
