@@ -2,8 +2,8 @@ package spiffe_test
 
 import (
 	"context"
-	"fmt"
 	"crypto/tls"
+	"fmt"
 	"net"
 	"sync"
 	"testing"
