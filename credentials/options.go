@@ -95,6 +95,7 @@ type tlsOptions struct {
 	observer               telemetry.HandshakeObserver
 	serverObs              []telemetry.ServerHandshakeObserver
 	allowVerifyPeerCertRes bool
+	trust                  *TrustBundle // see WithTrustBundle in trustbundle.go
 }
 
 func defaultTLSOptions() tlsOptions {
@@ -193,24 +194,28 @@ type CertificateReloaderOption interface {
 	applyCertReload(*reloadOptions)
 }
 
-// ReloadOption configures both NewTicketKeyRotator and
-// NewCertificateReloader.
+// ReloadOption configures NewTicketKeyRotator, NewCertificateReloader and
+// NewTrustBundle.
 type ReloadOption interface {
 	TicketKeyOption
 	CertificateReloaderOption
+	TrustBundleOption
 }
 
 // reloadOptions are shared by everything that re-reads files.
 type reloadOptions struct {
 	pollInterval time.Duration
 	onError      func(error)
+	readTimeout  time.Duration
 	newTicker    func(time.Duration) ticker // test hook, see export_test.go
+	fileHooks    fileHooks                  // test hooks, see export_files_test.go
 }
 
 func defaultReloadOptions() reloadOptions {
 	return reloadOptions{
 		pollInterval: DefaultPollInterval,
 		onError:      func(error) {},
+		readTimeout:  DefaultReadTimeout,
 		newTicker:    newRealTicker,
 	}
 }

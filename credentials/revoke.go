@@ -58,7 +58,9 @@ func (r *TicketKeyRotator) Revoke() error {
 		err      error
 	)
 	if r.fromFile {
-		fileKeys, err = readTicketKeyFile(r.keyFile)
+		var changed bool
+		fileKeys, changed, err = r.readTicketKeyFile()
+		r.files.note(err, changed)
 	}
 	r.mu.Lock()
 	old := r.keys.Load()

@@ -92,6 +92,7 @@ type tlsCreds struct {
 	// serverObs hears server handshakes; nil when none was given, so
 	// ServerHandshake is then exactly grpc's.
 	serverObs telemetry.ServerHandshakeObserver
+	trust     *TrustBundle // if set, the RootCAs of every client handshake
 }
 
 // NewTLS returns gRPC transport credentials over cfg that resume TLS
@@ -133,6 +134,9 @@ func NewTLS(cfg *tls.Config, opts ...TLSOption) (grpccreds.TransportCredentials,
 			"(called on every handshake), set SessionTicketsDisabled, or pass " +
 			"WithVerifyPeerCertificateSkippedOnResumption()")
 	}
+	if err := checkTrustBundle(o.trust, cfg); err != nil {
+		return nil, err
+	}
 	if o.cache != nil && cfg.ClientSessionCache != nil {
 		return nil, errors.New("credentials: NewTLS: both WithSessionCache and tls.Config.ClientSessionCache are set; pass only one")
 	}
@@ -153,6 +157,7 @@ func NewTLS(cfg *tls.Config, opts ...TLSOption) (grpccreds.TransportCredentials,
 		anyAddr:   o.anyAddr,
 		observer:  o.observer,
 		serverObs: serverObservers(o.serverObs),
+		trust:     o.trust,
 	}
 	if c.cache == nil && c.foreign == nil && !cfg.SessionTicketsDisabled {
 		cache, err := NewSessionCache()
@@ -227,6 +232,9 @@ func (c *tlsCreds) ClientHandshake(ctx context.Context, authority string, rawCon
 		addr = ra.String()
 	}
 	cfg := c.cfg.Clone()
+	if c.trust != nil {
+		cfg.RootCAs = c.trust.Pool()
+	}
 	var hv *handshakeView
 	switch {
 	case cfg.SessionTicketsDisabled:
