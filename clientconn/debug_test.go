@@ -81,6 +81,7 @@ func TestDebugPageInBrowser(t *testing.T) {
 		`<td class="open">open</td>`,                                      // the open breaker
 		`<td id="hs-full">1</td><td id="hs-resumed">2</td>`,               // full and resumed handshakes
 		`<td>WithTLS</td><td>`,                                            // the session cache
+		`<td class="service-config"><code>{"methodConfig"`,                // the service config in force
 	} {
 		if !strings.Contains(dom, want) {
 			t.Errorf("rendered page lacks %q\n%s", want, dom)

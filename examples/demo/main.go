@@ -3,7 +3,7 @@
 // on loopback:
 //
 //	go run ./examples/demo
-//	go run ./examples/demo -debug-addr 127.0.0.1:8080 -hold 5m   # /debug and /metrics while it runs
+//	go run ./examples/demo -debug-addr 127.0.0.1:8080 -hold 5m   # /debug/grpcreuse and /metrics while it runs
 //
 // Six logical services (checkout, search, profile, feed and status call a
 // pool of three backends; the ledger calls b2 alone) run the same open-loop
@@ -90,7 +90,7 @@ func parseFlags(args []string, stdout io.Writer) (options, error) {
 	fs.SetOutput(io.Discard) // the caller prints the error; -h prints the usage below
 	fs.DurationVar(&o.phase, "phase", 1500*time.Millisecond, "length of the steady phase; the others are scaled from it (warm-up ½×, failing 1.25×, recovery 2×)")
 	fs.IntVar(&o.rate, "rate", 40, "calls per second per service at steady load (overload is 6×)")
-	fs.StringVar(&o.debugAddr, "debug-addr", "", "serve the Factory's debug page at /debug and OpenTelemetry metrics at /metrics on this address (e.g. 127.0.0.1:8080)")
+	fs.StringVar(&o.debugAddr, "debug-addr", "", "serve the Factory's debug page at /debug/grpcreuse and OpenTelemetry metrics at /metrics on this address (e.g. 127.0.0.1:8080)")
 	fs.DurationVar(&o.hold, "hold", 0, "with -debug-addr, keep serving this long after the phases (Ctrl-C stops)")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -488,7 +488,7 @@ func serveDebug(o options, debug, metrics http.Handler, stdout io.Writer) (stop 
 		return nil, fmt.Errorf("-debug-addr: %w", err)
 	}
 	mux := http.NewServeMux()
-	mux.Handle("/debug", debug)
+	mux.Handle("/debug/grpcreuse", debug)
 	mux.Handle("/metrics", metrics)
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	served := make(chan struct{})
@@ -497,7 +497,7 @@ func serveDebug(o options, debug, metrics http.Handler, stdout io.Writer) (stop 
 		_ = srv.Serve(lis) // ErrServerClosed after Shutdown
 	}()
 	url := "http://" + lis.Addr().String()
-	fmt.Fprintf(stdout, "debug page: %s/debug (JSON: ?format=json), metrics: %s/metrics\n", url, url)
+	fmt.Fprintf(stdout, "debug page: %s/debug/grpcreuse (JSON: ?format=json), metrics: %s/metrics\n", url, url)
 	if o.debugServing != nil {
 		o.debugServing(url)
 	}

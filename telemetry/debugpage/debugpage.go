@@ -2,14 +2,39 @@ package debugpage
 
 import (
 	"encoding/json"
-	"html/template"
+	"fmt"
 	"net/http"
-	"strconv"
 	"time"
 )
 
-// Snapshot is the live state the debug page shows. Durations are
-// time.Duration (nanoseconds in JSON).
+// Duration is a time.Duration that JSON spells as Go does ("1.5s",
+// "250ms"), so the page's JSON needs no unit guessing.
+type Duration time.Duration
+
+// MarshalJSON returns the duration as a quoted string.
+func (d Duration) MarshalJSON() ([]byte, error) {
+	return json.Marshal(time.Duration(d).String())
+}
+
+// UnmarshalJSON reads the string MarshalJSON writes.
+func (d *Duration) UnmarshalJSON(b []byte) error {
+	var s string
+	if err := json.Unmarshal(b, &s); err != nil {
+		return fmt.Errorf("debugpage: duration %s: must be a string such as \"1.5s\"", b)
+	}
+	v, err := time.ParseDuration(s)
+	if err != nil {
+		return fmt.Errorf("debugpage: duration %q: %w", s, err)
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// String returns the duration as Go formats it.
+func (d Duration) String() string { return time.Duration(d).String() }
+
+// Snapshot is the live state the page shows. Unset times are left out of
+// the JSON, and every list is a list ([] when empty, never null).
 type Snapshot struct {
 	Generated     time.Time      `json:"generated"`
 	Connections   []Conn         `json:"connections"`
@@ -18,36 +43,54 @@ type Snapshot struct {
 	Limiters      []Limiter      `json:"limiters"`
 	SessionCaches []SessionCache `json:"sessionCaches"`
 	Handshakes    Handshakes     `json:"handshakes"`
+	// Server is the server half, when the page serves one (NewServerSection).
+	Server *Server `json:"server,omitempty"`
 }
 
 // Conn is one shared connection of a pool.
 type Conn struct {
-	Target   string        `json:"target"`
-	Tenant   string        `json:"tenant"`
-	Handles  int           `json:"handles"`
-	State    string        `json:"state"`
-	Age      time.Duration `json:"age"`
-	InFlight int64         `json:"inFlight"`
+	Target   string   `json:"target"`
+	Tenant   string   `json:"tenant"`
+	Handles  int      `json:"handles"`
+	State    string   `json:"state"`
+	Age      Duration `json:"age"`
+	InFlight int64    `json:"inFlight"`
+	// ServiceConfig is the document the connection was made with (gRPC's
+	// part and the grpcreuse policy), compacted; "" if none. A resolver
+	// (xDS, DNS TXT) may push a gRPC part that takes precedence.
+	ServiceConfig string `json:"serviceConfig"`
 }
 
 // Endpoint is one backend endpoint as the balancer reported it.
 type Endpoint struct {
 	Target   string `json:"target"`
 	Endpoint string `json:"endpoint"`
-	State    string `json:"state"` // of its most recent subchannel change
-	InFlight int    `json:"inFlight"`
+	// State is aggregated over the endpoint's connections: READY if any is.
+	State string `json:"state"`
+	// Connections is how many connections to the endpoint are open.
+	Connections int `json:"connections"`
+	InFlight    int `json:"inFlight"`
 	// Latency is the balancer's peak-EWMA latency estimate.
-	Latency time.Duration `json:"latency"`
-	Ejected bool          `json:"ejected"`
+	Latency Duration `json:"latency"`
+	Ejected bool     `json:"ejected"`
+	// CallsOK, CallsFailed and CallsShed count finished calls since the
+	// endpoint appeared; shed calls (ResourceExhausted from the server)
+	// are not failures.
+	CallsOK     uint64 `json:"callsOk"`
+	CallsFailed uint64 `json:"callsFailed"`
+	CallsShed   uint64 `json:"callsShed"`
 }
 
 // Breaker is one circuit breaker.
 type Breaker struct {
-	Key   string    `json:"key"`
-	State string    `json:"state"`
-	Since time.Time `json:"since"` // of the last state change; zero if never changed
-	// NextProbe is when an open breaker lets a probe through; zero otherwise.
-	NextProbe time.Time `json:"nextProbe"`
+	Key    string `json:"key"`
+	Tenant string `json:"tenant"`
+	State  string `json:"state"`
+	// Since is the last state change; left out if it never changed.
+	Since time.Time `json:"since,omitzero"`
+	// NextProbe is when an open breaker lets a probe through; left out
+	// otherwise.
+	NextProbe time.Time `json:"nextProbe,omitzero"`
 	// Requests, Failures and ConsecutiveFailures are the breaker's counts
 	// in its current window (reset on each state change).
 	Requests            uint32 `json:"requests"`
@@ -56,40 +99,47 @@ type Breaker struct {
 	Rejections          uint64 `json:"rejections"` // calls failed fast, since start
 }
 
-// Limiter is one concurrency limiter (client or server side).
+// Limiter is one client concurrency limiter.
 type Limiter struct {
 	Key      string `json:"key"`
+	Tenant   string `json:"tenant"`
 	Limit    int    `json:"limit"`
 	InFlight int    `json:"inFlight"`
 	Queued   int    `json:"queued"`
 	Rejected uint64 `json:"rejected"` // since start
 }
 
-// SessionCache is one TLS session cache.
+// SessionCache is one TLS client session cache. A lookup that finds a
+// session is an offer; the server decides whether it resumes.
 type SessionCache struct {
-	Name    string  `json:"name"`
-	Size    int     `json:"size"`
-	Hits    uint64  `json:"hits"`
-	Misses  uint64  `json:"misses"`
-	HitRate float64 `json:"hitRate"` // 0..1
+	Name       string `json:"name"`
+	Size       int    `json:"size"`
+	Offered    uint64 `json:"offered"`
+	Resumed    uint64 `json:"resumed"`
+	NotResumed uint64 `json:"notResumed"`
+	Misses     uint64 `json:"misses"`
+	// ResumedRate is Resumed over the handshakes that were offered a
+	// session, 0..1.
+	ResumedRate float64 `json:"resumedRate"`
 }
 
-// Handshakes summarises recent client TLS handshakes.
+// Handshakes summarises recent TLS handshakes of one side.
 type Handshakes struct {
-	Full    uint64        `json:"full"`
-	Resumed uint64        `json:"resumed"`
-	Failed  uint64        `json:"failed"`
-	P50     time.Duration `json:"p50"`
-	P99     time.Duration `json:"p99"`
+	Full    uint64   `json:"full"`
+	Resumed uint64   `json:"resumed"`
+	Failed  uint64   `json:"failed"`
+	P50     Duration `json:"p50"` // of full handshakes where the side knows them apart
+	P99     Duration `json:"p99"`
 }
 
 // NewHandler serves snapshot() as a plain HTML page that refreshes
 // itself every 2 s and needs no JavaScript, or as JSON with ?format=json.
 // Every value is escaped by html/template: target names and tenants are
-// caller input.
+// caller input. snapshot is called once per request.
 func NewHandler(snapshot func() Snapshot) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		s := snapshot()
+		s.normalize()
 		if r.URL.Query().Get("format") == "json" {
 			w.Header().Set("Content-Type", "application/json")
 			enc := json.NewEncoder(w)
@@ -98,51 +148,26 @@ func NewHandler(snapshot func() Snapshot) http.Handler {
 			return
 		}
 		w.Header().Set("Content-Type", "text/html; charset=utf-8")
-		if err := debugPage.Execute(w, s); err != nil {
-			http.Error(w, "telemetry: rendering debug page: "+err.Error(), http.StatusInternalServerError)
+		if err := page.Execute(w, s); err != nil {
+			http.Error(w, "debugpage: rendering: "+err.Error(), http.StatusInternalServerError)
 		}
 	})
 }
 
-var debugPage = template.Must(template.New("debug").Funcs(template.FuncMap{
-	"ms":  func(d time.Duration) string { return d.Round(10 * time.Microsecond).String() },
-	"age": func(d time.Duration) string { return d.Round(time.Second).String() },
-	"pct": func(f float64) string { return strconv.FormatFloat(f*100, 'f', 1, 64) + "%" },
-	"ts": func(t time.Time) string {
-		if t.IsZero() {
-			return "—"
-		}
-		return t.Format(time.RFC3339)
-	},
-}).Parse(`<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><meta http-equiv="refresh" content="2">
-<title>grpcreuse debug</title>
-<style>body{font:14px system-ui,sans-serif;margin:1.5em}table{border-collapse:collapse;margin-bottom:1.5em}
-td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}th{background:#f3f3f3}
-.open{color:#b00;font-weight:bold}.ok{color:#070}</style></head><body>
-<h1>grpcreuse</h1><p>Generated {{ts .Generated}}; refreshes every 2 s. <a href="?format=json">JSON</a></p>
-<h2 id="connections">Shared connections ({{len .Connections}})</h2>
-<table><tr><th>target</th><th>tenant</th><th>handles</th><th>state</th><th>age</th><th>in flight</th></tr>
-{{range .Connections}}<tr class="connection"><td>{{.Target}}</td><td>{{.Tenant}}</td><td>{{.Handles}}</td><td>{{.State}}</td><td>{{age .Age}}</td><td>{{.InFlight}}</td></tr>
-{{else}}<tr><td colspan="6">none</td></tr>{{end}}</table>
-<h2 id="endpoints">Endpoints ({{len .Endpoints}})</h2>
-<table><tr><th>target</th><th>endpoint</th><th>last subchannel state</th><th>in flight</th><th>EWMA latency</th><th>ejected</th></tr>
-{{range .Endpoints}}<tr class="endpoint"><td>{{.Target}}</td><td>{{.Endpoint}}</td><td>{{.State}}</td><td>{{.InFlight}}</td><td>{{ms .Latency}}</td><td>{{if .Ejected}}<span class="open">ejected</span>{{else}}no{{end}}</td></tr>
-{{else}}<tr><td colspan="6">none reported</td></tr>{{end}}</table>
-<h2 id="breakers">Circuit breakers ({{len .Breakers}})</h2>
-<table><tr><th>key</th><th>state</th><th>since</th><th>next probe</th><th>requests</th><th>failures</th><th>consecutive failures</th><th>rejections</th></tr>
-{{range .Breakers}}<tr class="breaker"><td>{{.Key}}</td><td class="{{if eq .State "open"}}open{{else}}ok{{end}}">{{.State}}</td><td>{{ts .Since}}</td><td>{{ts .NextProbe}}</td><td>{{.Requests}}</td><td>{{.Failures}}</td><td>{{.ConsecutiveFailures}}</td><td>{{.Rejections}}</td></tr>
-{{else}}<tr><td colspan="8">none</td></tr>{{end}}</table>
-<h2 id="limiters">Limiters ({{len .Limiters}})</h2>
-<table><tr><th>key</th><th>limit</th><th>in flight</th><th>queued</th><th>rejected</th></tr>
-{{range .Limiters}}<tr class="limiter"><td>{{.Key}}</td><td>{{.Limit}}</td><td>{{.InFlight}}</td><td>{{.Queued}}</td><td>{{.Rejected}}</td></tr>
-{{else}}<tr><td colspan="5">none</td></tr>{{end}}</table>
-<h2 id="sessions">TLS session caches</h2>
-<table><tr><th>cache</th><th>size</th><th>hits</th><th>misses</th><th>hit rate</th></tr>
-{{range .SessionCaches}}<tr class="session-cache"><td>{{.Name}}</td><td>{{.Size}}</td><td>{{.Hits}}</td><td>{{.Misses}}</td><td>{{pct .HitRate}}</td></tr>
-{{else}}<tr><td colspan="5">none</td></tr>{{end}}</table>
-<h2 id="handshakes">TLS handshakes</h2>
-<table><tr><th>full</th><th>resumed</th><th>failed</th><th>p50</th><th>p99</th></tr>
-<tr class="handshakes"><td id="hs-full">{{.Handshakes.Full}}</td><td id="hs-resumed">{{.Handshakes.Resumed}}</td><td id="hs-failed">{{.Handshakes.Failed}}</td><td>{{ms .Handshakes.P50}}</td><td>{{ms .Handshakes.P99}}</td></tr></table>
-</body></html>
-`))
+// normalize turns nil lists into empty ones, so JSON says [] not null.
+func (s *Snapshot) normalize() {
+	empty(&s.Connections)
+	empty(&s.Endpoints)
+	empty(&s.Breakers)
+	empty(&s.Limiters)
+	empty(&s.SessionCaches)
+	if s.Server != nil {
+		s.Server.normalize()
+	}
+}
+
+func empty[T any](s *[]T) {
+	if *s == nil {
+		*s = []T{}
+	}
+}

@@ -77,7 +77,9 @@ type Telemetry struct {
 
 	tlsHandshakes, poolGets, poolEvictions, subchannelChanges, ejections metric.Int64Counter
 	breakerTransitions, breakerRejections, limiterRejections             metric.Int64Counter
-	sessionLookups, sessionEvictions                                     metric.Int64Counter
+	sessionLookups, sessionEvictions, sessionResumptions                 metric.Int64Counter
+	serverHandshakes                                                     metric.Int64Counter
+	serverHandshakeDuration                                              metric.Float64Histogram
 	tlsDuration, connectDuration, connLifetime                           metric.Float64Histogram
 	openConns, ejected, breakersOpen                                     metric.Int64UpDownCounter
 	limiterLimit, endpointInFlight                                       metric.Int64Gauge
@@ -86,7 +88,10 @@ type Telemetry struct {
 	conns sync.Map // net.Addr (local address of a client transport) -> *connRecord
 }
 
-var _ telemetry.Observer = (*Telemetry)(nil)
+var (
+	_ telemetry.Observer                = (*Telemetry)(nil)
+	_ telemetry.ServerHandshakeObserver = (*Telemetry)(nil)
+)
 
 // New creates the instruments. It fails only if the meter provider
 // refuses one.
@@ -136,6 +141,9 @@ func New(opts ...Option) (*Telemetry, error) {
 	t.limiterRejections = counter(MetricLimiterRejections, "{call}", "Calls rejected or shed by a limiter.")
 	t.sessionLookups = counter(MetricSessionCacheLookups, "{lookup}", "TLS session cache lookups by hit.")
 	t.sessionEvictions = counter(MetricSessionCacheEvictions, "{session}", "TLS sessions evicted for capacity or age.")
+	t.sessionResumptions = counter(MetricSessionCacheResumptions, "{handshake}", "Client handshakes offered a cached session, by whether the server resumed it.")
+	t.serverHandshakes = counter(MetricServerTLSHandshakes, "{handshake}", "Server TLS handshakes by result, resumption and version.")
+	t.serverHandshakeDuration = seconds(MetricServerTLSHandshakeDuration, "Server TLS handshake duration, from accept.")
 	g, err := m.Int64Gauge(MetricLimiterLimit, metric.WithUnit("{call}"), metric.WithDescription("Current concurrency limit."))
 	errs = append(errs, err)
 	t.limiterLimit = g
@@ -365,6 +373,10 @@ func TLSResult(err error) string {
 		return "HANDSHAKE_TIMEOUT"
 	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, net.ErrClosed):
 		return "PEER_CONNECTION_CLOSED"
+	case isRemoteAlert(err):
+		// The peer sent an alert: crypto/tls wraps its unexported alert
+		// type in a *net.OpError, so only the alert's text tells which.
+		return remoteAlertResult(err)
 	case errors.As(err, &alertErr):
 		switch alertErr {
 		case 70: // protocol_version
@@ -374,6 +386,31 @@ func TLSResult(err error) string {
 		case 120: // no_application_protocol
 			return "NO_APPLICATION_PROTOCOL"
 		}
+	}
+	return "UNKNOWN_FAILURE"
+}
+
+func isRemoteAlert(err error) bool {
+	var op *net.OpError
+	return errors.As(err, &op) && op.Op == "remote error" && op.Err != nil
+}
+
+// remoteAlertResult classifies an alert the peer sent, by crypto/tls's
+// alert texts: on a server, a client that refused its certificate.
+func remoteAlertResult(err error) string {
+	var op *net.OpError
+	errors.As(err, &op)
+	switch op.Err.Error() {
+	case "tls: bad certificate", "tls: unknown certificate authority", "tls: unsupported certificate",
+		"tls: revoked certificate", "tls: expired certificate", "tls: unknown certificate", "tls: certificate required",
+		"tls: access denied":
+		return "CERTIFICATE_REJECTED_BY_PEER"
+	case "tls: protocol version not supported":
+		return "PROTOCOL_VERSION_UNSUPPORTED"
+	case "tls: handshake failure", "tls: insufficient security level":
+		return "CIPHER_SUITE_MISMATCH"
+	case "tls: no application protocol":
+		return "NO_APPLICATION_PROTOCOL"
 	}
 	return "UNKNOWN_FAILURE"
 }
