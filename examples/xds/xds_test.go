@@ -744,3 +744,36 @@ func TestLimiterBesideXDS(t *testing.T) {
 		t.Errorf("backend got %d calls; want 1 (the limited call never left the client)", got)
 	}
 }
+
+// TestEDSHealthStatus: an endpoint the control plane marks DRAINING is
+// left out before the policy sees it (no connection, no call); marked
+// HEALTHY again, it gets the config's connections and calls.
+func TestEDSHealthStatus(t *testing.T) {
+	bs := startBackends(t, 2, testutil.BackendOptions{})
+	cp := startControlPlane(t)
+	f := newFactory(t, cp)
+	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
+	defer cancel()
+	conn := get(ctx, t, f)
+	locs := oneLocality(bs...)
+	locs[0].Endpoints[1].Health = corepb.HealthStatus_DRAINING
+	if _, err := pushAndAwait(t, cp, resources(t, policyForms[0], map[string]any{"subchannelsPerEndpoint": 2}, locs)); err != nil {
+		t.Fatal(err)
+	}
+	awaitAccepts(t, bs[:1], 2)
+	c := testpb.NewTestServiceClient(conn)
+	if err := callN(ctx, c, 20); err != nil {
+		t.Fatal(err)
+	}
+	if n, calls := bs[1].Listener.Accepts(), bs[1].Calls.Load(); n != 0 || calls != 0 {
+		t.Fatalf("the DRAINING backend accepted %d connections and got %d calls; want 0 and 0", n, calls)
+	}
+	locs[0].Endpoints[1].Health = corepb.HealthStatus_HEALTHY
+	if _, err := pushAndAwait(t, cp, resources(t, policyForms[0], map[string]any{"subchannelsPerEndpoint": 2}, locs)); err != nil {
+		t.Fatal(err)
+	}
+	awaitAccepts(t, bs, 2)
+	testutil.Eventually(t, waitFor, func() bool {
+		return callN(ctx, c, 5) == nil && bs[1].Calls.Load() > 0
+	}, "the backend marked HEALTHY again serves calls")
+}

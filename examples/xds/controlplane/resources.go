@@ -67,6 +67,9 @@ type Endpoint struct {
 	Addr string
 	// Weight is the endpoint's load_balancing_weight; 0 leaves it unset.
 	Weight uint32
+	// Health is the endpoint's health_status as the control plane sees it;
+	// the zero value is UNKNOWN, which clients treat as healthy.
+	Health corepb.HealthStatus
 }
 
 // TypedStructV3 returns a load_balancing_policy that names the gRPC LB
@@ -188,6 +191,7 @@ func (r Resources) build() (map[resourcev3.Type][]cachetypes.Resource, error) {
 					PortSpecifier: &corepb.SocketAddress_PortValue{PortValue: uint32(port)},
 				}}},
 			}}}
+			lb.HealthStatus = e.Health
 			if e.Weight > 0 {
 				lb.LoadBalancingWeight = wrapperspb.UInt32(e.Weight)
 			}
