@@ -15,6 +15,8 @@ require (
 	google.golang.org/protobuf v1.36.12
 )
 
+require github.com/spiffe/go-spiffe/v2 v2.9.0
+
 require golang.org/x/oauth2 v0.37.0 // indirect
 
 require (

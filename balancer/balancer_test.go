@@ -53,6 +53,17 @@ func TestEagerSubchannelsAndState(t *testing.T) {
 	// Everything fails: picks fail with the last connection error, as a
 	// plain error so that grpc gives fail-fast calls Unavailable and keeps
 	// wait-for-ready calls waiting.
+	// The READY connection breaks: pick_first goes IDLE and the control
+	// loop reconnects it at once.
+	subs[4].set(connectivity.Idle, nil)
+	if got := h.cc.last().ConnectivityState; got != connectivity.Connecting {
+		t.Fatalf("state %v after the only READY connection broke, want CONNECTING", got)
+	}
+	h.tick()
+	if subs[4].connects.Load() != 2 {
+		t.Fatalf("broken connection reconnected %d times, want 1", subs[4].connects.Load()-1)
+	}
+	subs[4].set(connectivity.Connecting, nil)
 	for i, s := range subs {
 		s.set(connectivity.TransientFailure, errors.New("dial tcp: connection refused #"+string(rune('0'+i))))
 	}
@@ -116,14 +127,23 @@ func TestResolverUpdates(t *testing.T) {
 	if h.obs.count("a:1", connectivity.Shutdown) != 2 {
 		t.Fatalf("observer saw %d shutdowns of a:1, want 2", h.obs.count("a:1", connectivity.Shutdown))
 	}
-	// Multi-address endpoints: every subchannel gets all the addresses.
+	// Multi-address endpoints: every connection is a pick_first child
+	// given all the addresses; it tries the first, then the next.
 	multi := []resolver.Endpoint{{Addresses: []resolver.Address{{Addr: "d:1"}, {Addr: "d:2"}}}}
 	if err := h.update(cfg, multi); err != nil {
 		t.Fatal(err)
 	}
 	live := h.cc.live()
-	if len(live) != 2 || len(live[0].addrs) != 2 {
-		t.Fatalf("live subchannels %d with addresses %v; want 2 with both addresses", len(live), live[0].addrs)
+	if len(live) != 2 || live[0].addrs[0].Addr != "d:1" || live[1].addrs[0].Addr != "d:1" {
+		t.Fatalf("live subchannels %d; want 2 connection attempts to d:1", len(live))
+	}
+	for _, s := range live {
+		s.set(connectivity.Connecting, nil)
+		s.set(connectivity.TransientFailure, errors.New("refused"))
+	}
+	live = h.cc.live()
+	if len(live) != 4 || live[2].addrs[0].Addr != "d:2" || live[3].addrs[0].Addr != "d:2" {
+		t.Fatalf("after d:1 failed: %d live subchannels; want each connection to try d:2", len(live))
 	}
 	if err := h.update(cfg, nil); !errors.Is(err, grpcbalancer.ErrBadResolverState) {
 		t.Fatalf("update without endpoints = %v, want ErrBadResolverState", err)
@@ -204,11 +224,11 @@ func TestPickPrefersLeastLoadedAndFaster(t *testing.T) {
 // TestChooseSubchannel: within an endpoint, calls spread over the base
 // subchannels while they are below target, then fill extras in order.
 func TestChooseSubchannel(t *testing.T) {
-	subs := make([]*subConn, 4)
+	subs := make([]*conn, 4)
 	for i := range subs {
-		subs[i] = &subConn{}
+		subs[i] = &conn{}
 	}
-	pe := &pickEndpoint{subs: subs, nBase: 2, target: 2}
+	pe := &pickEndpoint{conns: subs, nBase: 2, target: 2}
 	got := func() int {
 		s := pe.choose(0)
 		s.use.Add(1<<32 + 1)
@@ -247,13 +267,16 @@ func TestDoneClassification(t *testing.T) {
 		consec int64
 	}{
 		{"unavailable", grpcbalancer.DoneInfo{Err: status.Error(codes.Unavailable, "x")}, 1},
-		{"resource exhausted", grpcbalancer.DoneInfo{Err: status.Error(codes.ResourceExhausted, "x")}, 2},
-		{"internal", grpcbalancer.DoneInfo{Err: status.Error(codes.Internal, "x")}, 3},
-		{"caller cancelled (status)", grpcbalancer.DoneInfo{Err: status.Error(codes.Canceled, "x")}, 3},
-		{"caller cancelled (context)", grpcbalancer.DoneInfo{Err: context.Canceled}, 3},
-		{"caller deadline", grpcbalancer.DoneInfo{Err: status.Error(codes.DeadlineExceeded, "x")}, 3},
-		{"transport not ready: pick given back", grpcbalancer.DoneInfo{}, 3},
-		{"unknown", grpcbalancer.DoneInfo{Err: errors.New("boom")}, 4},
+		{"back-pressure is not a failure", grpcbalancer.DoneInfo{Err: status.Error(codes.ResourceExhausted, "x")}, 0},
+		{"unavailable", grpcbalancer.DoneInfo{Err: status.Error(codes.Unavailable, "x")}, 1},
+		{"internal is not a failure by default", grpcbalancer.DoneInfo{Err: status.Error(codes.Internal, "x")}, 0},
+		{"unavailable", grpcbalancer.DoneInfo{Err: status.Error(codes.Unavailable, "x")}, 1},
+		{"caller cancelled (status)", grpcbalancer.DoneInfo{Err: status.Error(codes.Canceled, "x")}, 1},
+		{"caller cancelled (context)", grpcbalancer.DoneInfo{Err: context.Canceled}, 1},
+		{"caller deadline", grpcbalancer.DoneInfo{Err: status.Error(codes.DeadlineExceeded, "x")}, 1},
+		{"transport not ready: pick given back", grpcbalancer.DoneInfo{}, 1},
+		{"unavailable again", grpcbalancer.DoneInfo{Err: status.Error(codes.Unavailable, "x")}, 2},
+		{"unknown (application error) is an answer", grpcbalancer.DoneInfo{Err: errors.New("boom")}, 0},
 		{"application error is an answer", grpcbalancer.DoneInfo{Err: status.Error(codes.NotFound, "x")}, 0},
 		{"unavailable again", grpcbalancer.DoneInfo{Err: status.Error(codes.Unavailable, "x")}, 1},
 		{"success", okDone, 0},
@@ -267,8 +290,8 @@ func TestDoneClassification(t *testing.T) {
 	if n := ep.load.Load() & inflightMask; n != 0 {
 		t.Fatalf("in flight %d after every call finished", n)
 	}
-	if ep.neutral.Load() != 3 || ep.failed.Load() != 5 || ep.ok.Load() != 2 {
-		t.Fatalf("neutral %d failed %d ok %d; want 3, 5, 2", ep.neutral.Load(), ep.failed.Load(), ep.ok.Load())
+	if got, want := ep.counts(), (counts{ok: 4, failed: 5, shed: 1, neutral: 2, timeouts: 1}); got != want {
+		t.Fatalf("counts %+v; want %+v", got, want)
 	}
 }
 

@@ -4,9 +4,12 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"strconv"
+	"strings"
 	"time"
 
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/serviceconfig"
 
 	"github.com/grpcreuse/grpcreuse/internal/duration"
@@ -35,7 +38,8 @@ const (
 //	        "consecutiveFailures": 5,
 //	        "baseEjectionTime": "30s",
 //	        "maxEjectionTime": "300s",
-//	        "maxEjectionPercent": 50}}}]}
+//	        "maxEjectionPercent": 50,
+//	        "failureCodes": ["UNAVAILABLE"]}}}]}
 type Config struct {
 	serviceconfig.LoadBalancingConfig `json:"-"`
 
@@ -67,9 +71,8 @@ type Config struct {
 // EjectionConfig is the "ejection" object of Config.
 type EjectionConfig struct {
 	// ConsecutiveFailures ("consecutiveFailures") is how many calls in a row
-	// must fail (Unavailable, ResourceExhausted, Internal, Unknown,
-	// DataLoss) to eject the endpoint. 0 disables ejection. Default 5;
-	// between 0 and 1000000.
+	// must fail with one of FailureCodes to eject the endpoint. 0 disables
+	// ejection. Default 5; between 0 and 1000000.
 	ConsecutiveFailures int
 	// BaseEjectionTime ("baseEjectionTime", a duration string) is how long
 	// an endpoint stays out the first time; the n-th ejection in a row lasts
@@ -83,6 +86,16 @@ type EjectionConfig struct {
 	// endpoints, in percent, that may be ejected at once; an ejection that
 	// would exceed it does not happen. Default 50; between 0 and 100.
 	MaxEjectionPercent int
+	// FailureCodes ("failureCodes", a list of status code names such as
+	// "UNAVAILABLE") are the codes of a finished call that count as a
+	// backend failure: toward ConsecutiveFailures and toward the score
+	// penalty of failing endpoints. Other codes are answers. Default
+	// ["UNAVAILABLE"]; at least one code, none twice, never "OK",
+	// "CANCELLED", "DEADLINE_EXCEEDED" or "RESOURCE_EXHAUSTED": a
+	// server's back-pressure (RESOURCE_EXHAUSTED) moves load away without
+	// ejecting, and the caller's own deadline or cancellation never
+	// counts against a backend.
+	FailureCodes []codes.Code
 }
 
 // defaultConfig returns the defaults, fresh on every call.
@@ -98,17 +111,23 @@ func defaultConfig() *Config {
 			BaseEjectionTime:    30 * time.Second,
 			MaxEjectionTime:     300 * time.Second,
 			MaxEjectionPercent:  50,
+			FailureCodes:        []codes.Code{codes.Unavailable},
 		},
 	}
 }
 
 // ParseConfig parses the policy's loadBalancingConfig JSON (the object
 // under "grpcreuse_least_loaded"), applies defaults to absent fields and
-// validates every field. Unknown fields are ignored, as gRPC requires for
-// forward compatibility. Errors name the JSON field, the value and what is
-// allowed, for example
+// validates every field. Unlike grpc's own policies, an unknown or
+// duplicate field is an error naming it (with the nearest known name), so
+// that a typo cannot silently leave a default in place. Errors name the
+// JSON field, the value and what is allowed, for example
 //
 //	grpcreuse_least_loaded: "choiceCount" is 1; must be between 2 and 10
+//	grpcreuse_least_loaded: unknown field "subchannelPerEndpoint"; did you mean "subchannelsPerEndpoint"?
+//
+// A parsed *Config marshals back (MarshalJSON) to JSON that ParseConfig
+// reads as an equal Config, as grpc's re-encoding of parsed configs needs.
 func ParseConfig(raw json.RawMessage) (*Config, error) {
 	cfg, err := parseConfig(raw)
 	if err != nil {
@@ -117,9 +136,15 @@ func ParseConfig(raw json.RawMessage) (*Config, error) {
 	return cfg, nil
 }
 
+// JSON field names, top level and in "ejection".
+var (
+	configFields   = []string{"subchannelsPerEndpoint", "maxSubchannelsPerEndpoint", "targetStreamsPerSubchannel", "choiceCount", "subchannelIdleTimeout", "ejection"}
+	ejectionFields = []string{"consecutiveFailures", "baseEjectionTime", "maxEjectionTime", "maxEjectionPercent", "failureCodes"}
+)
+
 func parseConfig(raw json.RawMessage) (*Config, error) {
 	cfg := defaultConfig()
-	fields, err := object("config", raw)
+	fields, err := object("", "config", raw, configFields)
 	if err != nil {
 		return nil, err
 	}
@@ -141,7 +166,7 @@ func parseConfig(raw json.RawMessage) (*Config, error) {
 	if cfg.SubchannelIdleTimeout, err = duration.FromJSON("subchannelIdleTimeout", fields["subchannelIdleTimeout"], cfg.SubchannelIdleTimeout); err != nil {
 		return nil, err
 	}
-	ej, err := object(`"ejection"`, fields["ejection"])
+	ej, err := object("ejection.", `"ejection"`, fields["ejection"], ejectionFields)
 	if err != nil {
 		return nil, err
 	}
@@ -160,10 +185,63 @@ func parseConfig(raw json.RawMessage) (*Config, error) {
 	if e.MaxEjectionTime, err = duration.FromJSON("ejection.maxEjectionTime", ej["maxEjectionTime"], defMax); err != nil {
 		return nil, err
 	}
+	if e.FailureCodes, err = codesField("ejection.failureCodes", ej["failureCodes"], e.FailureCodes); err != nil {
+		return nil, err
+	}
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
 	return cfg, nil
+}
+
+// configJSON and ejectionJSON are the wire shapes MarshalJSON writes; their
+// tags are the names parseConfig reads.
+type configJSON struct {
+	SubchannelsPerEndpoint     int          `json:"subchannelsPerEndpoint"`
+	MaxSubchannelsPerEndpoint  int          `json:"maxSubchannelsPerEndpoint"`
+	TargetStreamsPerSubchannel int          `json:"targetStreamsPerSubchannel"`
+	ChoiceCount                int          `json:"choiceCount"`
+	SubchannelIdleTimeout      string       `json:"subchannelIdleTimeout"`
+	Ejection                   ejectionJSON `json:"ejection"`
+}
+
+type ejectionJSON struct {
+	ConsecutiveFailures int      `json:"consecutiveFailures"`
+	BaseEjectionTime    string   `json:"baseEjectionTime"`
+	MaxEjectionTime     string   `json:"maxEjectionTime"`
+	MaxEjectionPercent  int      `json:"maxEjectionPercent"`
+	FailureCodes        []string `json:"failureCodes"`
+}
+
+// MarshalJSON writes c as the JSON ParseConfig reads: every field, with the
+// same lowerCamelCase names and proto-JSON duration strings, so that
+// ParseConfig(c.MarshalJSON()) equals c. grpc re-encodes parsed
+// load-balancing configs this way (xDS does, for example), so a Config
+// must survive it. It fails only for a Config that ParseConfig would
+// reject, naming the field.
+func (c *Config) MarshalJSON() ([]byte, error) {
+	if err := c.validate(); err != nil {
+		return nil, fmt.Errorf("%s: %w", Name, err)
+	}
+	e := c.Ejection
+	names := make([]string, len(e.FailureCodes))
+	for i, code := range e.FailureCodes {
+		names[i] = codeNames[code]
+	}
+	return json.Marshal(configJSON{
+		SubchannelsPerEndpoint:     c.SubchannelsPerEndpoint,
+		MaxSubchannelsPerEndpoint:  c.MaxSubchannelsPerEndpoint,
+		TargetStreamsPerSubchannel: c.TargetStreamsPerSubchannel,
+		ChoiceCount:                c.ChoiceCount,
+		SubchannelIdleTimeout:      duration.String(c.SubchannelIdleTimeout),
+		Ejection: ejectionJSON{
+			ConsecutiveFailures: e.ConsecutiveFailures,
+			BaseEjectionTime:    duration.String(e.BaseEjectionTime),
+			MaxEjectionTime:     duration.String(e.MaxEjectionTime),
+			MaxEjectionPercent:  e.MaxEjectionPercent,
+			FailureCodes:        names,
+		},
+	})
 }
 
 // validate checks what parseConfig cannot check field by field: ranges
@@ -192,22 +270,160 @@ func (c *Config) validate() error {
 	case e.MaxEjectionTime < e.BaseEjectionTime:
 		return fmt.Errorf("%q is %q; must be at least \"ejection.baseEjectionTime\" (%s)", "ejection.maxEjectionTime", duration.String(e.MaxEjectionTime), duration.String(e.BaseEjectionTime))
 	}
+	return validateCodes("ejection.failureCodes", e.FailureCodes)
+}
+
+// codeNames are the canonical names of gRPC status codes, as service config
+// spells them ("retryableStatusCodes"), indexed by code.
+var codeNames = [...]string{
+	codes.OK: "OK", codes.Canceled: "CANCELLED", codes.Unknown: "UNKNOWN",
+	codes.InvalidArgument: "INVALID_ARGUMENT", codes.DeadlineExceeded: "DEADLINE_EXCEEDED",
+	codes.NotFound: "NOT_FOUND", codes.AlreadyExists: "ALREADY_EXISTS",
+	codes.PermissionDenied: "PERMISSION_DENIED", codes.ResourceExhausted: "RESOURCE_EXHAUSTED",
+	codes.FailedPrecondition: "FAILED_PRECONDITION", codes.Aborted: "ABORTED",
+	codes.OutOfRange: "OUT_OF_RANGE", codes.Unimplemented: "UNIMPLEMENTED",
+	codes.Internal: "INTERNAL", codes.Unavailable: "UNAVAILABLE", codes.DataLoss: "DATA_LOSS",
+	codes.Unauthenticated: "UNAUTHENTICATED",
+}
+
+// validateCodes checks a failureCodes list: at least one code, no code
+// twice, and none of the codes that never say a backend failed.
+func validateCodes(field string, cs []codes.Code) error {
+	if len(cs) == 0 {
+		return fmt.Errorf("%q is []; must name at least one code (set \"ejection.consecutiveFailures\" to 0 to disable ejection)", field)
+	}
+	var seen uint32
+	for _, c := range cs {
+		if int(c) >= len(codeNames) {
+			return fmt.Errorf("%q holds code %d; must be status code names such as \"UNAVAILABLE\"", field, uint32(c))
+		}
+		switch c {
+		case codes.OK, codes.Canceled, codes.DeadlineExceeded, codes.ResourceExhausted:
+			return fmt.Errorf("%q holds %q; OK, CANCELLED, DEADLINE_EXCEEDED and RESOURCE_EXHAUSTED never count as backend failures", field, codeNames[c])
+		}
+		if seen&(1<<c) != 0 {
+			return fmt.Errorf("%q holds %q twice", field, codeNames[c])
+		}
+		seen |= 1 << c
+	}
 	return nil
+}
+
+// codeMask returns the codes of cs as a bit set (bit c for code c).
+func codeMask(cs []codes.Code) uint32 {
+	var m uint32
+	for _, c := range cs {
+		if c < 32 {
+			m |= 1 << c
+		}
+	}
+	return m
+}
+
+// codesField parses raw, the JSON value of field, as a list of status code
+// names. Absent or null yields def (copied). Membership rules are
+// validateCodes'.
+func codesField(field string, raw json.RawMessage, def []codes.Code) ([]codes.Code, error) {
+	raw = bytes.TrimSpace(raw)
+	if len(raw) == 0 || bytes.Equal(raw, []byte("null")) {
+		return slices.Clone(def), nil
+	}
+	var names []json.RawMessage
+	if raw[0] != '[' || json.Unmarshal(raw, &names) != nil {
+		return nil, fmt.Errorf("%q is %s; must be a list of status code names such as [\"UNAVAILABLE\"]", field, clip(raw))
+	}
+	out := make([]codes.Code, 0, len(names))
+	for _, n := range names {
+		var name string
+		if json.Unmarshal(n, &name) != nil {
+			return nil, fmt.Errorf("%q holds %s; must be status code names such as \"UNAVAILABLE\"", field, clip(n))
+		}
+		i := slices.Index(codeNames[:], name)
+		if i < 0 {
+			return nil, fmt.Errorf("%q holds %q; must be status code names such as \"UNAVAILABLE\"%s", field, clip([]byte(name)), suggest(name, codeNames[:]))
+		}
+		out = append(out, codes.Code(i))
+	}
+	return out, nil
 }
 
 // object decodes raw as a JSON object into its members, keyed exactly as
 // spelled (encoding/json would also match "ChoiceCount" to choiceCount).
-// Absent or null yields an empty map. label names raw in errors.
-func object(label string, raw json.RawMessage) (map[string]json.RawMessage, error) {
+// Absent or null yields an empty map. A member not in known, or one given
+// twice, is an error naming it as prefix+name, with the nearest known name.
+// label names raw in errors.
+func object(prefix, label string, raw json.RawMessage, known []string) (map[string]json.RawMessage, error) {
 	raw = bytes.TrimSpace(raw)
 	if len(raw) == 0 || bytes.Equal(raw, []byte("null")) {
 		return nil, nil
 	}
-	var m map[string]json.RawMessage
-	if raw[0] != '{' || json.Unmarshal(raw, &m) != nil {
-		return nil, fmt.Errorf("%s is %s; must be a JSON object", label, clip(raw))
+	notObject := fmt.Errorf("%s is %s; must be a JSON object", label, clip(raw))
+	if raw[0] != '{' || !json.Valid(raw) {
+		return nil, notObject
+	}
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	if _, err := dec.Token(); err != nil { // '{'
+		return nil, notObject
+	}
+	m := make(map[string]json.RawMessage)
+	for dec.More() {
+		tok, err := dec.Token()
+		if err != nil {
+			return nil, notObject
+		}
+		name, _ := tok.(string)
+		var v json.RawMessage
+		if err := dec.Decode(&v); err != nil {
+			return nil, notObject
+		}
+		if !slices.Contains(known, name) {
+			return nil, fmt.Errorf("unknown field %q%s", prefix+name, suggest(name, known))
+		}
+		if _, dup := m[name]; dup {
+			return nil, fmt.Errorf("field %q appears twice", prefix+name)
+		}
+		m[name] = v
 	}
 	return m, nil
+}
+
+// suggest returns `; did you mean "x"?` for the known name nearest to
+// name, or "" when none is near.
+func suggest(name string, known []string) string {
+	best, bestD := "", len(name)/2+2
+	for _, k := range known {
+		if d := editDistance(strings.ToLower(name), strings.ToLower(k)); d < bestD {
+			best, bestD = k, d
+		}
+	}
+	if best == "" {
+		return ""
+	}
+	return fmt.Sprintf("; did you mean %q?", best)
+}
+
+// editDistance is the Levenshtein distance between a and b, in bytes.
+func editDistance(a, b string) int {
+	if len(a) > 64 {
+		a = a[:64]
+	}
+	prev := make([]int, len(b)+1)
+	cur := make([]int, len(b)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		cur[0] = i
+		for j := 1; j <= len(b); j++ {
+			cost := 1
+			if a[i-1] == b[j-1] {
+				cost = 0
+			}
+			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
+		}
+		prev, cur = cur, prev
+	}
+	return prev[len(b)]
 }
 
 // intField parses raw, the JSON value of field, as a whole number between

@@ -428,7 +428,7 @@ func (r *Registry) classify(ctx context.Context, err error) error {
 	}
 	c := status.Code(err)
 	switch {
-	case c == codes.Canceled:
+	case c == codes.Canceled || xdsLocalDrop(c, err): // localdrop.go
 		return errExcluded
 	case c < 32 && r.failure&(1<<c) != 0:
 		return errFailure

@@ -14,6 +14,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/grpcreuse/grpcreuse/telemetry"
+	"github.com/grpcreuse/grpcreuse/telemetry/opentelemetry"
+
 	"go.opentelemetry.io/otel/metric/noop"
 	"google.golang.org/grpc/codes"
 	grpccreds "google.golang.org/grpc/credentials"
@@ -26,7 +29,6 @@ import (
 	grcreds "github.com/grpcreuse/grpcreuse/credentials"
 	"github.com/grpcreuse/grpcreuse/interceptors"
 	"github.com/grpcreuse/grpcreuse/internal/testutil"
-	"github.com/grpcreuse/grpcreuse/telemetry"
 )
 
 // uncomparableCreds is transport credentials that cannot be a map key.
@@ -305,10 +307,10 @@ func TestBadInputEveryConstructor(t *testing.T) {
 		{name: "balancer/percent above 100", run: parseLB(`{"ejection":{"maxEjectionPercent":101}}`), wantErr: []string{`"ejection.maxEjectionPercent" is 101`}},
 		{name: "balancer/ejection wrong type", run: parseLB(`{"ejection":[]}`), wantErr: []string{`"ejection" is []; must be a JSON object`}},
 
-		// telemetry.New.
-		{name: "telemetry/nil option", run: func(*testing.T) error { _, err := telemetry.New(nil); return err }, wantErr: []string{"option", "nil"}},
-		{name: "telemetry/nil meter provider", run: func(*testing.T) error { _, err := telemetry.New(telemetry.WithMeterProvider(nil)); return err }, wantErr: []string{"WithMeterProvider: provider is nil"}},
-		{name: "telemetry/nil tracer provider", run: func(*testing.T) error { _, err := telemetry.New(telemetry.WithTracerProvider(nil)); return err }, wantErr: []string{"WithTracerProvider: provider is nil"}},
+		// opentelemetry.New.
+		{name: "telemetry/nil option", run: func(*testing.T) error { _, err := opentelemetry.New(nil); return err }, wantErr: []string{"option", "nil"}},
+		{name: "telemetry/nil meter provider", run: func(*testing.T) error { _, err := opentelemetry.New(opentelemetry.WithMeterProvider(nil)); return err }, wantErr: []string{"WithMeterProvider: provider is nil"}},
+		{name: "telemetry/nil tracer provider", run: func(*testing.T) error { _, err := opentelemetry.New(opentelemetry.WithTracerProvider(nil)); return err }, wantErr: []string{"WithTracerProvider: provider is nil"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

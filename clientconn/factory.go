@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc/grpclog"
 
 	"github.com/grpcreuse/grpcreuse/telemetry"
+	"github.com/grpcreuse/grpcreuse/telemetry/opentelemetry"
 )
 
 var logger = grpclog.Component("grpcreuse.clientconn")
@@ -36,10 +37,10 @@ type Factory struct {
 	opts      *options
 	obs       telemetry.Observer // rec, in front of the user's observer
 	rec       *recorder
-	tel       *telemetry.Telemetry // WithMeterProvider/WithTracerProvider's, or nil
-	unobserve func() error         // unregisters the snapshot gauges
-	dialOpts  []grpc.DialOption    // the part shared by every connection
-	ctx       context.Context      // ends with Close; bounds replacement warm-ups
+	tel       *opentelemetry.Telemetry // WithMeterProvider/WithTracerProvider's, or nil
+	unobserve func() error             // unregisters the snapshot gauges
+	dialOpts  []grpc.DialOption        // the part shared by every connection
+	ctx       context.Context          // ends with Close; bounds replacement warm-ups
 	cancel    context.CancelFunc
 
 	// wg counts goroutines that drain or replace connections. Add is only
@@ -129,7 +130,7 @@ func New(opts ...Option) (*Factory, error) {
 	}
 	f.dialOpts = f.baseDialOptions()
 	if f.tel != nil {
-		unobserve, err := f.tel.ObserveSnapshots(f.debugSnapshot)
+		unobserve, err := f.tel.ObserveGauges(f.gauges)
 		if err != nil {
 			return fail(fmt.Errorf("clientconn: %w", err))
 		}
@@ -226,7 +227,7 @@ func (f *Factory) canonical(target string) (string, error) {
 	if ok {
 		return c, nil
 	}
-	c, err := canonicalTarget(target)
+	c, err := canonicalTargetWith(target, f.resolver)
 	if err != nil {
 		return "", err
 	}
@@ -405,7 +406,7 @@ func (f *Factory) dial(s *shared) (*grpc.ClientConn, error) {
 	if s.sc.grpc != "" {
 		opts = append(opts, grpc.WithDefaultServiceConfig(s.sc.grpc))
 	}
-	if o, ok := withObserverResolver(k.target, f.obs, s); ok {
+	if o, ok := withObserverResolver(k.target, f.obs, f.resolver, s); ok {
 		opts = append(opts, o)
 	}
 	opts = append(opts, f.dialOpts...)

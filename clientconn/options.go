@@ -8,12 +8,14 @@ import (
 	"fmt"
 	"net"
 	"reflect"
+	"strings"
 	"time"
 
 	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/resolver"
 
 	grcreds "github.com/grpcreuse/grpcreuse/credentials"
 	"github.com/grpcreuse/grpcreuse/telemetry"
@@ -57,6 +59,7 @@ type options struct {
 	meters        metric.MeterProvider
 	tracers       trace.TracerProvider
 	preconnect    []string
+	resolvers     map[string]resolver.Builder // WithResolvers, by scheme
 
 	// Test knobs, set through export_test.go.
 	noJitter bool
@@ -380,4 +383,39 @@ func compactJSON(s string) (string, error) {
 		return "", fmt.Errorf("service config is not valid JSON: %v", err)
 	}
 	return b.String(), nil
+}
+
+// WithResolvers hands the Factory resolver builders for its targets'
+// schemes, as grpc.WithResolvers does for one ClientConn, without
+// registering them globally (resolver.Register is for init time only).
+// A builder here takes precedence over a registered one of the same
+// scheme; an xDS resolver builder (xds:///) works like any other. Targets
+// of different schemes never share a connection.
+//
+// Custom resolvers must come through this option, not through a
+// grpc.WithResolvers in WithDialOptions: the Factory must know the scheme
+// to canonicalise targets, and wraps the builder so its observer reaches
+// the grpcreuse balancer. Two builders of one scheme are an error.
+func WithResolvers(builders ...resolver.Builder) Option {
+	return optionFunc(func(o *options) {
+		for i, b := range builders {
+			if b == nil {
+				o.fail("WithResolvers: builder %d is nil", i)
+				return
+			}
+			scheme := b.Scheme()
+			if scheme == "" || strings.ToLower(scheme) != scheme {
+				o.fail("WithResolvers: builder %d has scheme %q; must be non-empty and lower case, as grpc matches schemes", i, scheme)
+				return
+			}
+			if o.resolvers == nil {
+				o.resolvers = map[string]resolver.Builder{}
+			}
+			if _, dup := o.resolvers[scheme]; dup {
+				o.fail("WithResolvers: two builders for scheme %q", scheme)
+				return
+			}
+			o.resolvers[scheme] = b
+		}
+	})
 }
