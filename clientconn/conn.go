@@ -75,6 +75,13 @@ func (c *Conn) Close() error {
 	return nil
 }
 
+// discard is Close for the handle of a Get whose warm-up failed.
+func (c *Conn) discard() {
+	if c.closed.CompareAndSwap(false, true) {
+		c.f.releaseAs(c.s, true)
+	}
+}
+
 // ClientConn returns the underlying *grpc.ClientConn, for APIs that need
 // the concrete type. Do not Close it: the Factory owns it.
 //

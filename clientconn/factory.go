@@ -147,7 +147,9 @@ func New(opts ...Option) (*Factory, error) {
 // service config share one *grpc.ClientConn. Close the handle when done.
 //
 // ctx bounds only the wait of WithWarmUp; the connection itself is not
-// tied to ctx. A Get that fails leaves nothing behind.
+// tied to ctx. A Get that fails leaves nothing behind: in particular a
+// WithWarmUp Get that fails closes the connection it waited on unless
+// other handles use it, instead of keeping it idle.
 func (f *Factory) Get(ctx context.Context, target string, opts ...GetOption) (*Conn, error) {
 	g := resolveGetOptions(opts)
 	if g.err != nil {
@@ -163,7 +165,7 @@ func (f *Factory) Get(ctx context.Context, target string, opts ...GetOption) (*C
 	}
 	if g.waitReady {
 		if err := c.waitReady(ctx); err != nil {
-			c.Close()
+			c.discard()
 			return nil, err
 		}
 	}

@@ -22,31 +22,48 @@ func (f *Factory) nextAge() time.Duration {
 
 // release returns one handle's reference. The last one moves the entry to
 // the idle set, which may push out the least recently used idle entry.
-func (f *Factory) release(s *shared) {
+func (f *Factory) release(s *shared) { f.releaseAs(s, false) }
+
+// releaseAs is release; failed says the handle's Get failed its warm-up:
+// if it was the last handle, the entry is closed instead of kept idle, as
+// the connection is not known to work (a Get that fails leaves nothing
+// behind, rather than a connection redialling a dead address).
+func (f *Factory) releaseAs(s *shared, failed bool) {
 	f.handles.Add(-1)
-	var out []*shared
+	type eviction struct {
+		s      *shared
+		reason string
+	}
+	var out []eviction
 	f.mu.Lock()
 	s.refs--
 	if s.refs == 0 && !f.closed && !s.dead.Load() {
 		s.idleEpoch++
-		if f.idle == nil {
+		switch {
+		case failed:
 			f.evictLocked(s)
-			out = append(out, s)
-		} else {
+			out = append(out, eviction{s, telemetry.EvictWarmUpFailed})
+		case f.idle == nil:
+			f.evictLocked(s)
+			out = append(out, eviction{s, telemetry.EvictCapacity})
+		default:
 			f.idle.Add(s.key, s) // may evict the oldest into f.evicted
 			epoch := s.idleEpoch
 			s.idleTimer = time.AfterFunc(f.opts.idleTimeout, func() { f.expire(s, epoch) })
 		}
 	}
-	out = append(out, f.evicted...)
+	for _, e := range f.evicted {
+		out = append(out, eviction{e, telemetry.EvictCapacity})
+	}
+	clear(f.evicted)
 	f.evicted = f.evicted[:0]
 	f.mu.Unlock()
 	for _, e := range out {
 		if logger.V(2) {
-			logger.Infof("connection to %q (tenant %q) evicted: %s", e.key.target, e.key.tenant, telemetry.EvictCapacity)
+			logger.Infof("connection to %q (tenant %q) evicted: %s", e.s.key.target, e.s.key.tenant, e.reason)
 		}
-		f.obs.PoolEvicted(e.key.target, telemetry.EvictCapacity)
-		f.startDrain(e.key.target, e.cur.Load(), telemetry.CloseEvicted)
+		f.obs.PoolEvicted(e.s.key.target, e.reason)
+		f.startDrain(e.s.key.target, e.s.cur.Load(), telemetry.CloseEvicted)
 	}
 }
 

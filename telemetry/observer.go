@@ -41,6 +41,9 @@ const (
 	// EvictCapacity: more connections without handles were kept than allowed;
 	// the least recently used one went.
 	EvictCapacity = "capacity"
+	// EvictWarmUpFailed: a WithWarmUp Get failed and no other handle used
+	// the connection, so it was not kept (it may never connect).
+	EvictWarmUpFailed = "warm_up_failed"
 )
 
 // Reasons passed to PoolObserver.ConnClosed.
