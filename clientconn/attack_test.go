@@ -114,3 +114,50 @@ func TestDNSAuthorityWithoutEndpointFailsGet(t *testing.T) {
 	}
 	_ = errors.New
 }
+
+// TestTargetSpellingsAttack: odd spellings either canonicalise to what
+// grpc-go would resolve, or fail Get naming the target; none panics.
+func TestTargetSpellingsAttack(t *testing.T) {
+	f := newFactory(t)
+	for _, tt := range []struct{ target, want, wantErr string }{
+		{target: "DNS:///Example.COM:80", want: "dns:///example.com:80"},
+		{target: "dns://8.8.8.8:53/Example.com:80", want: "dns://8.8.8.8:53/example.com:80"},
+		{target: "dns://8.8.8.8/example.com", want: "dns://8.8.8.8/example.com:443"},
+		{target: "dns://8.8.8.8:53", wantErr: "no host to resolve"},
+		{target: "dns://8.8.8.8/", wantErr: "no host to resolve"},
+		{target: "dns://8.8.8.8/h:0", wantErr: "out of range"},
+		{target: "PASSTHROUGH:///Host:1", want: "passthrough:///Host:1"},
+		{target: "unix:///tmp/x.sock", want: "unix:///tmp/x.sock"},
+		{target: "UNIX:/tmp/x.sock", want: "unix:/tmp/x.sock"},
+		{target: "[::1]:50051", want: "dns:///[::1]:50051"},
+		{target: "[0:0::1]:50051", want: "dns:///[::1]:50051"},
+		{target: "dns:///[fe80::1%25eth0]:80", want: "dns:///[fe80::1%25eth0]:80"},
+		{target: "[fe80::1%25lo]:80", want: "dns:///[fe80::1%25lo]:80"},
+		{target: "dns:[fe80::1%lo]:80", want: "dns:///[fe80::1%25lo]:80"},
+		{target: "dns:///[fe80::1%eth0]:80", wantErr: "%25"},
+		{target: "dns:///Host%2eExample:80", want: "dns:///host.example:80"},
+		{target: "Localhost:80", want: "dns:///localhost:80"},
+		{target: "host.:80", want: "dns:///host.:80"},
+		{target: "h:99999", wantErr: "out of range"},
+		{target: "h:", wantErr: "names no port"},
+		{target: "nosuch:///x", wantErr: "no resolver is registered"},
+	} {
+		c, err := f.Get(context.Background(), tt.target)
+		switch {
+		case tt.wantErr != "":
+			if err == nil || !strings.Contains(err.Error(), tt.wantErr) || !strings.Contains(err.Error(), tt.target) {
+				t.Errorf("Get(%q) = %v, want an error naming it and saying %q", tt.target, err, tt.wantErr)
+			}
+			if c != nil {
+				c.Close()
+			}
+		case err != nil:
+			t.Errorf("Get(%q): %v", tt.target, err)
+		default:
+			if c.Target() != tt.want {
+				t.Errorf("Get(%q).Target() = %q, want %q", tt.target, c.Target(), tt.want)
+			}
+			c.Close()
+		}
+	}
+}
