@@ -17,4 +17,12 @@ func (r *recorder) EndpointCalls(target, endpoint string, c telemetry.EndpointCa
 	r.next.EndpointCalls(target, endpoint, c)
 }
 
-func (r *recorder) EndpointRemoved(target, endpoint string) { r.next.EndpointRemoved(target, endpoint) }
+// EndpointRemoved forgets the endpoint's record: the page shows the
+// endpoints the resolver lists, and a churning address set does not use
+// up maxDebugKeys with endpoints long gone.
+func (r *recorder) EndpointRemoved(target, endpoint string) {
+	if _, ok := r.endpoints.LoadAndDelete([2]string{target, endpoint}); ok {
+		r.keys.Add(-1)
+	}
+	r.next.EndpointRemoved(target, endpoint)
+}
