@@ -74,7 +74,9 @@ func TestDebugPageShowsNoPhantomBreaker(t *testing.T) {
 func TestDebugPageForgetsRemovedEndpoints(t *testing.T) {
 	b1 := testutil.StartBackend(t, testutil.BackendOptions{})
 	b2 := testutil.StartBackend(t, testutil.BackendOptions{})
-	ep := func(addr string) resolver.Endpoint { return resolver.Endpoint{Addresses: []resolver.Address{{Addr: addr}}} }
+	ep := func(addr string) resolver.Endpoint {
+		return resolver.Endpoint{Addresses: []resolver.Address{{Addr: addr}}}
+	}
 	scheme := "grpcreusetest" + strings.ToLower(t.Name())
 	r := manual.NewBuilderWithScheme(scheme)
 	r.InitialState(resolver.State{Endpoints: []resolver.Endpoint{ep(b1.Addr), ep(b2.Addr)}})

@@ -60,4 +60,3 @@ func TestBreakerCountsCallsNotRetryAttempts(t *testing.T) {
 		t.Fatalf("breakers = %+v", st)
 	}
 }
-
