@@ -5,6 +5,8 @@ import (
 	"math/rand/v2"
 	"time"
 
+	"google.golang.org/grpc/connectivity"
+
 	"github.com/grpcreuse/grpcreuse/telemetry"
 )
 
@@ -129,8 +131,18 @@ func (f *Factory) replace(s *shared) {
 		// Warm the replacement so calls do not wait for its handshake.
 		cc.Connect()
 		ctx, cancel := context.WithTimeout(f.ctx, min(f.opts.drainTimeout, 10*time.Second))
-		waitState(ctx, cc)
+		st := waitState(ctx, cc)
 		cancel()
+		// A replacement that could not connect does not replace a
+		// connection that works (the backend may refuse new connections
+		// while serving the open one): keep it and try next period.
+		if st != connectivity.Ready && s.cur.Load().cc.GetState() == connectivity.Ready {
+			if logger.V(2) {
+				logger.Infof("connection to %q (tenant %q): replacement not ready (%v), keeping the current one until next period", s.key.target, s.key.tenant, st)
+			}
+			cc.Close()
+			cc = nil
+		}
 	}
 
 	f.mu.Lock()

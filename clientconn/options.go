@@ -167,8 +167,10 @@ func WithMaxIdle(n int) Option {
 // (±10% jitter so a fleet does not reconnect at once), so long-lived
 // clients pick up new backends behind DNS or a load balancer. New calls
 // move to the new connection; the old one closes when its in-flight calls
-// and streams end (bounded by WithDrainTimeout). Default: never; d must
-// be positive.
+// and streams end (bounded by WithDrainTimeout). A replacement that does
+// not become READY within min(WithDrainTimeout, 10s) does not replace a
+// connection that is READY: the current one stays until the next period.
+// Default: never; d must be positive.
 func WithMaxConnectionAge(d time.Duration) Option {
 	return optionFunc(func(o *options) {
 		if d <= 0 {
