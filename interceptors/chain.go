@@ -376,12 +376,18 @@ const maxMemoMethods = 1024
 
 // match returns the index of the methodConfig entry for method, or -1.
 func (r *router) match(method string) int {
-	if m := r.memo.Load(); m != nil {
+	m := r.memo.Load()
+	if m != nil {
 		if i, ok := (*m)[method]; ok {
 			return i
 		}
 	}
 	i := r.resolve(method)
+	if m != nil && len(*m) >= maxMemoMethods {
+		// Full (a flood of method names fills it for good): resolve is
+		// two map lookups, so route without the lock.
+		return i
+	}
 	r.memoMu.Lock()
 	defer r.memoMu.Unlock()
 	old := r.memo.Load()
