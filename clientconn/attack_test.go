@@ -161,3 +161,37 @@ func TestTargetSpellingsAttack(t *testing.T) {
 		}
 	}
 }
+
+// TestPreconnectThatCannotBeKeptFailsNew: WithPreconnect connects ahead
+// so the first Get finds a warm connection, and the connections wait in
+// the idle pool. With WithMaxIdle(0), or more targets than WithMaxIdle,
+// the pool cannot keep them: New silently dialled and closed them. New
+// must say so instead.
+func TestPreconnectThatCannotBeKeptFailsNew(t *testing.T) {
+	a := testutil.StartBackend(t, testutil.BackendOptions{})
+	b := testutil.StartBackend(t, testutil.BackendOptions{})
+	for _, tt := range []struct {
+		name    string
+		opts    []clientconn.Option
+		wantErr string
+	}{
+		{"max idle 0", []clientconn.Option{clientconn.WithMaxIdle(0), clientconn.WithPreconnect(a.Addr)}, "WithMaxIdle"},
+		{"more targets than max idle", []clientconn.Option{clientconn.WithMaxIdle(1), clientconn.WithPreconnect(a.Addr, b.Addr)}, "WithMaxIdle"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			f, err := clientconn.New(append([]clientconn.Option{plaintext}, tt.opts...)...)
+			if err == nil {
+				defer f.Close()
+				t.Fatalf("New = %+v, want an error saying %q", f.Stats(), tt.wantErr)
+			}
+			if !strings.Contains(err.Error(), tt.wantErr) || !strings.Contains(err.Error(), "WithPreconnect") {
+				t.Fatalf("New: %v, want it to name WithPreconnect and %q", err, tt.wantErr)
+			}
+		})
+	}
+	// Preconnecting the same target twice is one connection, within the bound.
+	f := newFactory(t, clientconn.WithMaxIdle(1), clientconn.WithPreconnect(a.Addr, "dns:///"+a.Addr))
+	if st := f.Stats(); st.Open != 1 {
+		t.Fatalf("Stats = %+v, want the one preconnected connection kept", st)
+	}
+}

@@ -294,7 +294,8 @@ func WithTracerProvider(tp trace.TracerProvider) Option {
 // WithPreconnect makes New start connecting to targets (with the
 // Factory's default credentials and service config, no tenant) so the
 // first Get finds a warm connection. The connections wait in the pool
-// like any connection without handles: the idle timeout applies.
+// like any connection without handles: the idle timeout applies, and New
+// fails if there are more distinct targets than WithMaxIdle keeps.
 func WithPreconnect(targets ...string) Option {
 	return optionFunc(func(o *options) { o.preconnect = append(o.preconnect, targets...) })
 }
