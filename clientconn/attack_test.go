@@ -2,6 +2,7 @@ package clientconn_test
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"net"
 	"strings"
@@ -193,5 +194,24 @@ func TestPreconnectThatCannotBeKeptFailsNew(t *testing.T) {
 	f := newFactory(t, clientconn.WithMaxIdle(1), clientconn.WithPreconnect(a.Addr, "dns:///"+a.Addr))
 	if st := f.Stats(); st.Open != 1 {
 		t.Fatalf("Stats = %+v, want the one preconnected connection kept", st)
+	}
+}
+
+// TestWarmUpNamesMutualTLSRefusal: with TLS 1.3 a server that requires a
+// client certificate refuses it after the client's handshake returned;
+// the warm-up error must still say why, not only "context deadline
+// exceeded".
+func TestWarmUpNamesMutualTLSRefusal(t *testing.T) {
+	pki := testutil.NewPKI(t, testutil.ECDSAP256)
+	cfg := pki.ServerConfig(t)
+	cfg.ClientAuth = tls.RequireAndVerifyClientCert
+	cfg.ClientCAs = pki.Pool
+	be := testutil.StartBackend(t, testutil.BackendOptions{TLS: cfg})
+	f := mustNew(t, clientconn.WithTLS(pki.ClientConfig("")))
+	ctx, cancel := context.WithTimeout(context.Background(), 700*time.Millisecond)
+	defer cancel()
+	_, err := f.Get(ctx, be.Addr, clientconn.WithWarmUp())
+	if !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), "certificate required") {
+		t.Fatalf("Get(WithWarmUp) = %v, want a DeadlineExceeded naming the server's refusal", err)
 	}
 }

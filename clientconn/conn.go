@@ -104,9 +104,19 @@ func (c *Conn) GetState() connectivity.State { return c.s.cur.Load().cc.GetState
 // waitReady implements WithWarmUp. A generation replaced for its age
 // while it waits shuts down; the wait moves on to its successor.
 func (c *Conn) waitReady(ctx context.Context) error {
+	var onFailure func()
+	if c.s.key.creds.Info().SecurityProtocol == "insecure" {
+		probed := false // once per wait: a failing plaintext connection explains itself
+		onFailure = func() {
+			if !probed {
+				probed = true
+				c.f.plaintextProbe(ctx, c.s)
+			}
+		}
+	}
 	for {
 		g := c.s.cur.Load()
-		st := waitState(ctx, g.cc)
+		st := waitState(ctx, g.cc, onFailure)
 		switch {
 		case st == connectivity.Ready:
 			return nil

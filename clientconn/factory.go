@@ -471,8 +471,9 @@ func (f *Factory) Stats() Stats {
 }
 
 // waitState blocks until cc is READY or ctx ends, and returns the last
-// state seen.
-func waitState(ctx context.Context, cc *grpc.ClientConn) connectivity.State {
+// state seen. onFailure, if not nil, runs (on this goroutine) each time cc
+// is seen in TRANSIENT_FAILURE.
+func waitState(ctx context.Context, cc *grpc.ClientConn, onFailure func()) connectivity.State {
 	for {
 		st := cc.GetState()
 		if st == connectivity.Ready || st == connectivity.Shutdown {
@@ -480,6 +481,9 @@ func waitState(ctx context.Context, cc *grpc.ClientConn) connectivity.State {
 		}
 		if st == connectivity.Idle {
 			cc.Connect()
+		}
+		if st == connectivity.TransientFailure && onFailure != nil {
+			onFailure()
 		}
 		if !cc.WaitForStateChange(ctx, st) {
 			return cc.GetState()

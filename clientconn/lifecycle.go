@@ -131,7 +131,7 @@ func (f *Factory) replace(s *shared) {
 		// Warm the replacement so calls do not wait for its handshake.
 		cc.Connect()
 		ctx, cancel := context.WithTimeout(f.ctx, min(f.opts.drainTimeout, 10*time.Second))
-		st := waitState(ctx, cc)
+		st := waitState(ctx, cc, nil)
 		cancel()
 		// A replacement that could not connect does not replace a
 		// connection that works (the backend may refuse new connections

@@ -29,6 +29,8 @@ type shared struct {
 	dead atomic.Bool
 	// lastErr is the most recent dial or handshake error, for WithWarmUp.
 	lastErr atomic.Pointer[connError]
+	// lastAddr is the address last dialled, for plaintextProbe.
+	lastAddr atomic.Pointer[string]
 
 	sc        *serviceConfig // its document, held while the entry lives
 	pol       *policyState   // its tenant's breakers and limiters; nil without a policy
