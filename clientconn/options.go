@@ -340,7 +340,11 @@ func WithWarmUp() GetOption {
 func WithWaitForReady() GetOption { return WithWarmUp() }
 
 // WithTargetCredentials overrides the Factory's transport credentials for
-// this Get. Connections with different credentials are never shared.
+// this Get. Connections with different credentials are never shared, and
+// credentials are compared by identity: build them once and pass the same
+// value to every Get that should share a connection (a fresh
+// credentials.NewTLS(cfg) on each Get makes a new connection, and a new
+// TLS handshake, each time).
 func WithTargetCredentials(c credentials.TransportCredentials) GetOption {
 	return getOptionFunc(func(o *getOptions) {
 		if err := checkCreds(c); err != nil {
