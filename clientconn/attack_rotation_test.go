@@ -51,3 +51,32 @@ func TestRotationKeepsHealthyConnectionWhenReplacementFails(t *testing.T) {
 	testutil.Eventually(t, 10*time.Second, func() bool { return proxy.Accepts() > before }, "a rotation after the backend accepts again")
 	mustUnary(t, c)
 }
+
+// TestIdleConnectionIsNotRotated: max-age rotation exists so connections
+// in use pick up new backends. A connection without handles, waiting in
+// the idle pool, was still replaced every period: a new TCP (and TLS)
+// handshake to the backend each time for a connection nobody uses. It is
+// rotated again once a Get takes it back.
+func TestIdleConnectionIsNotRotated(t *testing.T) {
+	be := testutil.StartBackend(t, testutil.BackendOptions{})
+	f := newFactory(t, clientconn.WithMaxConnectionAge(10*time.Millisecond), clientconn.NoJitter(),
+		clientconn.WithDrainTimeout(50*time.Millisecond), clientconn.WithIdleTimeout(time.Hour))
+	c := get(t, f, be.Addr)
+	mustUnary(t, c)
+	// In use, it rotates.
+	testutil.Eventually(t, 10*time.Second, func() bool { return be.Listener.Accepts() >= 3 }, "rotations while in use")
+	c.Close()
+	accepts := be.Listener.Accepts()
+	// Idle for 30 periods.
+	until := time.Now().Add(300 * time.Millisecond)
+	testutil.Eventually(t, 5*time.Second, func() bool { return !time.Now().Before(until) }, "30 max-age periods")
+	if got := be.Listener.Accepts() - accepts; got > 1 { // one rotation may have been under way at Close
+		t.Errorf("%d new connections to the backend while the connection sat idle, want at most 1", got)
+	}
+	c = get(t, f, be.Addr)
+	defer c.Close()
+	mustUnary(t, c)
+	idle := be.Listener.Accepts()
+	testutil.Eventually(t, 10*time.Second, func() bool { return be.Listener.Accepts() > idle }, "rotation once back in use")
+	mustUnary(t, c)
+}

@@ -111,9 +111,16 @@ func (f *Factory) evictLocked(s *shared) {
 }
 
 // replace gives s a fresh connection after its max age and drains the old.
+// An entry without handles is not replaced (a new handshake for a
+// connection nobody uses); its next period, once a Get took it back, is.
 func (f *Factory) replace(s *shared) {
 	f.mu.Lock()
 	if f.closed || s.dead.Load() {
+		f.mu.Unlock()
+		return
+	}
+	if s.refs == 0 {
+		s.ageTimer = time.AfterFunc(f.nextAge(), func() { f.replace(s) })
 		f.mu.Unlock()
 		return
 	}

@@ -170,7 +170,9 @@ func WithMaxIdle(n int) Option {
 // and streams end (bounded by WithDrainTimeout). A replacement that does
 // not become READY within min(WithDrainTimeout, 10s) does not replace a
 // connection that is READY: the current one stays until the next period.
-// Default: never; d must be positive.
+// A connection without handles (idle in the pool) is not replaced; it is
+// at the first period after a Get takes it back. Default: never; d must
+// be positive.
 func WithMaxConnectionAge(d time.Duration) Option {
 	return optionFunc(func(o *options) {
 		if d <= 0 {
