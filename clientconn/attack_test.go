@@ -9,6 +9,9 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc"
+	testpb "google.golang.org/grpc/interop/grpc_testing"
+
 	"github.com/grpcreuse/grpcreuse/clientconn"
 	"github.com/grpcreuse/grpcreuse/internal/testutil"
 )
@@ -213,5 +216,47 @@ func TestWarmUpNamesMutualTLSRefusal(t *testing.T) {
 	_, err := f.Get(ctx, be.Addr, clientconn.WithWarmUp())
 	if !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), "certificate required") {
 		t.Fatalf("Get(WithWarmUp) = %v, want a DeadlineExceeded naming the server's refusal", err)
+	}
+}
+
+// TestNilDialOptionsAndInterceptorsFailNew: a nil grpc.DialOption made
+// the first Get panic inside grpc.NewClient, and a nil interceptor made
+// the first call panic; New validates every option, so it names them.
+func TestNilDialOptionsAndInterceptorsFailNew(t *testing.T) {
+	for _, tt := range []struct {
+		name    string
+		opt     clientconn.Option
+		wantErr string
+	}{
+		{"nil dial option", clientconn.WithDialOptions(grpc.WithUserAgent("x"), nil), "WithDialOptions: option 1 is nil"},
+		{"nil unary interceptor", clientconn.WithUnaryInterceptors(nil), "WithUnaryInterceptors: interceptor 0 is nil"},
+		{"nil stream interceptor", clientconn.WithStreamInterceptors(nil), "WithStreamInterceptors: interceptor 0 is nil"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			f, err := clientconn.New(plaintext, tt.opt)
+			if err == nil {
+				defer f.Close()
+				func() {
+					defer func() {
+						if r := recover(); r != nil {
+							t.Errorf("New accepted it, then Get or a call panicked: %v", r)
+						}
+					}()
+					b := testutil.StartBackend(t, testutil.BackendOptions{})
+					c, err := f.Get(context.Background(), b.Addr)
+					if err == nil {
+						ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+						defer cancel()
+						_ = unary(ctx, c)
+						_, _ = testpb.NewTestServiceClient(c).FullDuplexCall(ctx)
+						c.Close()
+					}
+				}()
+				t.Fatalf("New accepted %s", tt.name)
+			}
+			if !strings.Contains(err.Error(), tt.wantErr) {
+				t.Fatalf("New: %v, want %q", err, tt.wantErr)
+			}
+		})
 	}
 }

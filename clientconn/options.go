@@ -217,14 +217,34 @@ func WithServiceConfig(json string) Option {
 	})
 }
 
-// WithUnaryInterceptors chains interceptors, in order, on every connection.
+// WithUnaryInterceptors chains interceptors, in order, on every connection,
+// outside the interceptors of the service config's grpcreuse policy. A nil
+// interceptor fails New.
 func WithUnaryInterceptors(i ...grpc.UnaryClientInterceptor) Option {
-	return optionFunc(func(o *options) { o.unary = append(o.unary, i...) })
+	return optionFunc(func(o *options) {
+		for n, x := range i {
+			if x == nil {
+				o.fail("WithUnaryInterceptors: interceptor %d is nil", n)
+				return
+			}
+		}
+		o.unary = append(o.unary, i...)
+	})
 }
 
-// WithStreamInterceptors chains interceptors, in order, on every connection.
+// WithStreamInterceptors chains interceptors, in order, on every connection,
+// outside the interceptors of the service config's grpcreuse policy. A nil
+// interceptor fails New.
 func WithStreamInterceptors(i ...grpc.StreamClientInterceptor) Option {
-	return optionFunc(func(o *options) { o.stream = append(o.stream, i...) })
+	return optionFunc(func(o *options) {
+		for n, x := range i {
+			if x == nil {
+				o.fail("WithStreamInterceptors: interceptor %d is nil", n)
+				return
+			}
+		}
+		o.stream = append(o.stream, i...)
+	})
 }
 
 // WithDialOptions adds grpc.DialOptions to every connection, after the
@@ -232,7 +252,15 @@ func WithStreamInterceptors(i ...grpc.StreamClientInterceptor) Option {
 // config or a dialer here: use the Factory's options, which it needs to
 // know about for sharing and telemetry.
 func WithDialOptions(opts ...grpc.DialOption) Option {
-	return optionFunc(func(o *options) { o.dialOptions = append(o.dialOptions, opts...) })
+	return optionFunc(func(o *options) {
+		for n, x := range opts {
+			if x == nil { // grpc.NewClient would panic on it at the first Get
+				o.fail("WithDialOptions: option %d is nil", n)
+				return
+			}
+		}
+		o.dialOptions = append(o.dialOptions, opts...)
+	})
 }
 
 // WithDialer sets how TCP connections are made (addr is "host:port", or
