@@ -260,3 +260,29 @@ func TestNilDialOptionsAndInterceptorsFailNew(t *testing.T) {
 		})
 	}
 }
+
+// TestPanickingStreamInterceptorLeaksNoCallSlot: a user's stream
+// interceptor that panics propagates the panic as in grpc-go, but the
+// stream it never created must not stay counted in flight: that held
+// every drain (rotation, eviction, Factory.Close) for the drain timeout.
+func TestPanickingStreamInterceptorLeaksNoCallSlot(t *testing.T) {
+	be := testutil.StartBackend(t, testutil.BackendOptions{})
+	boom := func(context.Context, *grpc.StreamDesc, *grpc.ClientConn, string, grpc.Streamer, ...grpc.CallOption) (grpc.ClientStream, error) {
+		panic("interceptor bug")
+	}
+	f := newFactory(t, clientconn.WithStreamInterceptors(boom))
+	c := get(t, f, be.Addr)
+	defer c.Close()
+	func() {
+		defer func() {
+			if r := recover(); r == nil {
+				t.Fatal("the interceptor's panic did not reach the caller")
+			}
+		}()
+		_, _ = testpb.NewTestServiceClient(c).FullDuplexCall(context.Background())
+	}()
+	snap := debugJSON(t, f.DebugHandler())
+	if len(snap.Connections) != 1 || snap.Connections[0].InFlight != 0 {
+		t.Fatalf("connections = %+v, want one with nothing in flight", snap.Connections)
+	}
+}

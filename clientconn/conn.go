@@ -47,7 +47,14 @@ func (c *Conn) NewStream(ctx context.Context, desc *grpc.StreamDesc, method stri
 	}
 	done := &streamDone{g: g}
 	opts = append(opts[:len(opts):len(opts)], grpc.OnFinish(done.finish))
+	created := false
+	defer func() {
+		if !created { // an interceptor panicked: no stream, so no OnFinish
+			done.finish(nil)
+		}
+	}()
 	cs, err := g.cc.NewStream(ctx, desc, method, opts...)
+	created = true
 	if err != nil {
 		done.finish(err)
 	}
