@@ -101,3 +101,42 @@ func TestDebugPageForgetsRemovedEndpoints(t *testing.T) {
 	r.UpdateState(resolver.State{Endpoints: []resolver.Endpoint{ep(b1.Addr)}})
 	testutil.Eventually(t, 10*time.Second, func() bool { m := endpoints(); return m[b1.Addr] && !m[b2.Addr] }, "the removed endpoint to leave the page")
 }
+
+// TestDebugPageCountsEndpointCalls: the endpoint rows showed 0
+// connections and 0 calls for endpoints serving traffic (the balancer's
+// EndpointState and EndpointCalls were dropped): an operator would read
+// a busy backend as idle.
+func TestDebugPageCountsEndpointCalls(t *testing.T) {
+	var faults testutil.Faults
+	be := testutil.StartBackend(t, testutil.BackendOptions{ServerOptions: faults.ServerOptions()})
+	scheme := "grpcreusetest" + strings.ToLower(t.Name())
+	r := manual.NewBuilderWithScheme(scheme)
+	r.InitialState(resolver.State{Endpoints: []resolver.Endpoint{{Addresses: []resolver.Address{{Addr: be.Addr}}}}})
+	f := newFactory(t, clientconn.WithResolvers(r), clientconn.WithServiceConfig(
+		`{"loadBalancingConfig":[{"`+balancer.Name+`":{"subchannelsPerEndpoint":2}}]}`))
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := f.Get(ctx, scheme+":///backends", clientconn.WithWarmUp())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	for range 10 {
+		mustUnary(t, c)
+	}
+	faults.FailEvery(1, codes.Unavailable)
+	for range 3 {
+		_ = unary(ctx, c)
+	}
+	var last debugpage.Endpoint
+	testutil.Eventually(t, 10*time.Second, func() bool {
+		for _, e := range debugJSON(t, f.DebugHandler()).Endpoints {
+			if e.Endpoint == be.Addr {
+				last = e
+				return e.CallsOK == 10 && e.CallsFailed == 3 && e.Connections == 2 && e.State == "READY"
+			}
+		}
+		return false
+	}, "the endpoint row to count 10 OK and 3 failed calls over 2 connections")
+	t.Logf("endpoint row: %+v", last)
+}

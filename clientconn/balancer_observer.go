@@ -6,14 +6,24 @@ import (
 	"github.com/grpcreuse/grpcreuse/telemetry"
 )
 
-// The balancer's per-endpoint events (issue 11) pass through to the
-// user's observer; the debug page does not show them yet.
+// The balancer's per-endpoint events feed the debug page's endpoint rows
+// (state over the endpoint's connections, connections open, calls by
+// outcome) and pass through to the user's observer.
 
 func (r *recorder) EndpointState(target, endpoint string, s connectivity.State, conns int) {
+	if e := load(r, &r.endpoints, [2]string{target, endpoint}, func() *endpointRecord { return new(endpointRecord) }); e != nil {
+		e.aggState.Store(int32(s) + 1)
+		e.conns.Store(int64(conns))
+	}
 	r.next.EndpointState(target, endpoint, s, conns)
 }
 
 func (r *recorder) EndpointCalls(target, endpoint string, c telemetry.EndpointCalls) {
+	if e := load(r, &r.endpoints, [2]string{target, endpoint}, func() *endpointRecord { return new(endpointRecord) }); e != nil {
+		e.ok.Add(c.OK)
+		e.failed.Add(c.Failed)
+		e.shed.Add(c.Shed)
+	}
 	r.next.EndpointCalls(target, endpoint, c)
 }
 

@@ -38,10 +38,14 @@ type recorder struct {
 }
 
 type endpointRecord struct {
-	state    atomic.Int32 // connectivity.State
+	state    atomic.Int32 // connectivity.State of the last subchannel event
+	aggState atomic.Int32 // 1 + the state over its connections (EndpointState); 0: never reported
+	conns    atomic.Int64 // connections open (EndpointState)
 	inFlight atomic.Int64
 	latency  atomic.Int64 // nanoseconds
 	ejected  atomic.Bool
+
+	ok, failed, shed atomic.Uint64 // calls finished, since the endpoint appeared (EndpointCalls)
 }
 
 var _ telemetry.Observer = (*recorder)(nil)
@@ -191,9 +195,14 @@ func (f *Factory) debugSnapshot() debugpage.Snapshot {
 	})
 	f.rec.endpoints.Range(func(k, v any) bool {
 		key, e := k.([2]string), v.(*endpointRecord)
+		st := connectivity.State(e.state.Load())
+		if agg := e.aggState.Load(); agg > 0 {
+			st = connectivity.State(agg - 1)
+		}
 		s.Endpoints = append(s.Endpoints, debugpage.Endpoint{Target: key[0], Endpoint: key[1],
-			State: connectivity.State(e.state.Load()).String(), InFlight: int(e.inFlight.Load()),
-			Latency: debugpage.Duration(e.latency.Load()), Ejected: e.ejected.Load()})
+			State: st.String(), Connections: int(e.conns.Load()), InFlight: int(e.inFlight.Load()),
+			Latency: debugpage.Duration(e.latency.Load()), Ejected: e.ejected.Load(),
+			CallsOK: e.ok.Load(), CallsFailed: e.failed.Load(), CallsShed: e.shed.Load()})
 		return true
 	})
 	slices.SortFunc(s.Endpoints, func(a, b debugpage.Endpoint) int {
