@@ -14,7 +14,9 @@ import (
 	"github.com/grpcreuse/grpcreuse/clientconn"
 )
 
-type echoServer struct{ testpb.UnimplementedTestServiceServer }
+type echoServer struct {
+	testpb.UnimplementedTestServiceServer
+}
 
 func (echoServer) UnaryCall(context.Context, *testpb.SimpleRequest) (*testpb.SimpleResponse, error) {
 	return &testpb.SimpleResponse{}, nil
