@@ -2,10 +2,16 @@ package interceptors_test
 
 import (
 	"context"
+	"math/rand/v2"
+	"sync"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
 
 	"github.com/grpcreuse/grpcreuse/breaker"
 	"github.com/grpcreuse/grpcreuse/interceptors"
@@ -52,4 +58,61 @@ func TestPanickingStreamerFreesSlotAndProbe(t *testing.T) {
 	if s := reg.Snapshot(); len(s) != 1 || s[0].Failures != 3 {
 		t.Fatalf("breaker after 3 panicking streams = %+v, want 3 failures counted", s)
 	}
+}
+
+// TestLimiterStressNeverExceedsAndAlwaysReturns: many callers with random
+// deadlines, cancellations and queueing race on a limit of 3 (AIMD, so
+// the limit moves too). The invoker never sees more calls at once than the
+// limit allows, and when all is done nothing is in flight or queued.
+func TestLimiterStressNeverExceedsAndAlwaysReturns(t *testing.T) {
+	cc, err := grpc.NewClient("passthrough:///attack", grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	lim := newLimiter(t, telemetry.Nop{}, func(c *interceptors.LimiterConfig) {
+		c.Algorithm, c.Limit, c.MinLimit, c.MaxLimit = interceptors.AIMD, 3, 1, 3
+		c.MaxQueued, c.MaxWait = 8, 20*time.Millisecond
+	})
+	u := lim.UnaryClientInterceptor()
+	var inflight, peak atomic.Int64
+	invoker := func(ctx context.Context, _ string, _, _ any, _ *grpc.ClientConn, _ ...grpc.CallOption) error {
+		n := inflight.Add(1)
+		defer inflight.Add(-1)
+		for p := peak.Load(); n > p && !peak.CompareAndSwap(p, n); p = peak.Load() {
+		}
+		select {
+		case <-time.After(time.Duration(rand.IntN(3)) * time.Millisecond):
+		case <-ctx.Done():
+			return status.FromContextError(ctx.Err()).Err()
+		}
+		if rand.IntN(4) == 0 {
+			return status.Error(codes.Unavailable, "overloaded")
+		}
+		return nil
+	}
+	var wg sync.WaitGroup
+	for w := range 32 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range 150 {
+				ctx, cancel := context.WithTimeout(context.Background(), time.Duration(1+rand.IntN(30))*time.Millisecond)
+				if (w+i)%7 == 0 {
+					time.AfterFunc(time.Duration(rand.IntN(2))*time.Millisecond, cancel)
+				}
+				_ = u(ctx, "/pkg.Svc/M", nil, nil, cc, invoker)
+				cancel()
+			}
+		}()
+	}
+	wg.Wait()
+	if p := peak.Load(); p > 3 {
+		t.Errorf("invoker saw %d calls at once, limit is at most 3", p)
+	}
+	st := lim.Stats(cc.Target(), "")
+	if st.InFlight != 0 || st.Queued != 0 {
+		t.Errorf("after the storm: %+v, want nothing in flight or queued", st)
+	}
+	t.Logf("after the storm: %+v", st)
 }
