@@ -142,6 +142,9 @@ func normalizeHostPort(ep string) (string, error) {
 		return "", fmt.Errorf("missing host")
 	}
 	if ip, err := netip.ParseAddr(ep); err == nil {
+		if !validZone(ip.Zone()) {
+			return "", fmt.Errorf("%q has IPv6 zone %q; a zone is an interface name or number", ep, ip.Zone())
+		}
 		return net.JoinHostPort(ip.String(), dnsDefaultPort), nil
 	}
 	host, port, err := net.SplitHostPort(ep)
@@ -173,10 +176,19 @@ func normalizeHostPort(ep string) (string, error) {
 
 // validHost accepts IP addresses (with zones) and DNS names.
 func validHost(h string) bool {
-	if _, err := netip.ParseAddr(h); err == nil {
-		return true
+	if ip, err := netip.ParseAddr(h); err == nil {
+		return validZone(ip.Zone())
 	}
-	for _, r := range h {
+	return nameChars(h)
+}
+
+// validZone accepts no zone, or an interface name or number: netip takes
+// any text after "%", but "]" or "%" there cannot be written back as a
+// target grpc parses.
+func validZone(z string) bool { return nameChars(z) }
+
+func nameChars(s string) bool {
+	for _, r := range s {
 		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '.' || r == '_') {
 			return false
 		}
