@@ -50,3 +50,32 @@ func TestOverflowBreakerRecoversAfterOutage(t *testing.T) {
 		tok.Done(context.Background(), nil)
 	}
 }
+
+// TestCancelledProbeFreesTheHalfOpenSlot: the caller cancelling the one
+// half-open probe says nothing about the backend; the next call must be
+// let through as a new probe, not refused until the probe timeout.
+func TestCancelledProbeFreesTheHalfOpenSlot(t *testing.T) {
+	r := newRegistry(t, func(c *breaker.Config) {
+		c.ConsecutiveFailures = 1
+		c.OpenTimeout = 10 * time.Millisecond
+		c.ProbeTimeout = time.Hour
+	})
+	b := r.Get(target, method)
+	_ = call(t, b, context.Background(), status.Error(codes.Unavailable, ""))
+	testutil.Eventually(t, 5*time.Second, func() bool { return b.State() == breaker.StateHalfOpen }, "breaker half-opens")
+	tok, err := r.Allow(target, method)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	tok.Done(ctx, status.FromContextError(ctx.Err()).Err())
+	tok, err = r.Allow(target, method)
+	if err != nil {
+		t.Fatalf("next call after a cancelled probe: %v, want a new probe", err)
+	}
+	tok.Done(context.Background(), nil)
+	if st := b.State(); st != breaker.StateClosed {
+		t.Fatalf("after a successful probe: %v, want closed", st)
+	}
+}

@@ -124,3 +124,36 @@ func TestChaosGetCallCloseDebugFactoryClose(t *testing.T) {
 func testpbStream(ctx context.Context, c *clientconn.Conn) (testpb.TestService_FullDuplexCallClient, error) {
 	return testpb.NewTestServiceClient(c).FullDuplexCall(ctx)
 }
+
+// TestConcurrentGetsOfOneTenantNeverGiveUp: Gets that race to create one
+// tenant's connection retry a bounded number of times. With WithTLS (the
+// tenant's credentials are made by the first Get and dropped with its
+// last connection), WithMaxIdle(0) and a policy, many goroutines
+// getting and closing one tenant's connection must never see Get fail.
+func TestConcurrentGetsOfOneTenantNeverGiveUp(t *testing.T) {
+	pki := testutil.NewPKI(t, testutil.ECDSAP256)
+	be := testutil.StartBackend(t, testutil.BackendOptions{TLS: pki.ServerConfig(t)})
+	f := mustNew(t, clientconn.WithTLS(pki.ClientConfig("")), clientconn.WithMaxIdle(0),
+		clientconn.WithServiceConfig(breakerServiceConfig))
+	var wg sync.WaitGroup
+	errc := make(chan error, 64)
+	for w := range 32 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range 40 {
+				c, err := f.Get(context.Background(), be.Addr, clientconn.WithTenant(fmt.Sprint("t", (w+i)%2)))
+				if err != nil {
+					errc <- err
+					return
+				}
+				c.Close()
+			}
+		}()
+	}
+	wg.Wait()
+	close(errc)
+	for err := range errc {
+		t.Error(err)
+	}
+}
