@@ -60,3 +60,44 @@ func TestBreakerCountsCallsNotRetryAttempts(t *testing.T) {
 		t.Fatalf("breakers = %+v", st)
 	}
 }
+
+// TestBreakerAndHungBackend pins what docs/policy.md says about a backend
+// that stops answering (a black hole): calls that end at the caller's own
+// deadline never count, so the breaker does not open on them; a
+// methodConfig "timeout" shorter than the callers' deadlines makes the
+// same hang a backend failure (DEADLINE_EXCEEDED with the caller's
+// context alive), and the breaker opens.
+func TestBreakerAndHungBackend(t *testing.T) {
+	be := testutil.StartBackend(t, testutil.BackendOptions{})
+	for _, tt := range []struct {
+		name        string
+		timeout     string // methodConfig timeout; "" for none
+		callerLimit time.Duration
+		wantOpen    bool
+	}{
+		{"caller deadlines only", "", 100 * time.Millisecond, false},
+		{"methodConfig timeout", `"timeout": "0.1s",`, 5 * time.Second, true},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			proxy := testutil.StartProxy(t, be.Addr)
+			f := newFactory(t, clientconn.WithServiceConfig(`{
+  "methodConfig": [{"name": [{"service": "grpc.testing.TestService"}], `+tt.timeout+` "waitForReady": false}],
+  "grpcreuse": {"methodConfig": [{"name": [{}], "circuitBreaker": {"consecutiveFailures": 3, "openTimeout": "60s"}}]}}`))
+			c := get(t, f, proxy.Addr)
+			defer c.Close()
+			mustUnary(t, c)
+			proxy.Blackhole(true)
+			for range 4 {
+				ctx, cancel := context.WithTimeout(context.Background(), tt.callerLimit)
+				_ = unary(ctx, c)
+				cancel()
+			}
+			st := f.Policies().Breakers
+			open := len(st) == 1 && st[0].State == breaker.StateOpen
+			if open != tt.wantOpen {
+				t.Fatalf("breakers after 4 hung calls = %+v, want open=%v", st, tt.wantOpen)
+			}
+			proxy.Blackhole(false)
+		})
+	}
+}
