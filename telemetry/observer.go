@@ -15,6 +15,7 @@ type Observer interface {
 	SubchannelObserver
 	BreakerObserver
 	LimiterObserver
+	ShedObserver
 	SessionCacheObserver
 }
 
@@ -135,6 +136,15 @@ type LimiterObserver interface {
 	LimiterRejected(key string, reason string)
 }
 
+// ShedObserver receives server load-shedding events (interceptors.Shedder).
+type ShedObserver interface {
+	// ServerShed reports one request a server shed (answered without running
+	// its handler); method is the full method ("/pkg.Service/Method") and
+	// reason one of the interceptors.Reason* constants ("limit",
+	// "deadline", "sheddable", "expired", "stream_limit").
+	ServerShed(method, reason string)
+}
+
 // SessionCacheObserver receives TLS client session cache events.
 type SessionCacheObserver interface {
 	// SessionCacheLookup reports one lookup for tenant; hit says whether a
@@ -191,6 +201,9 @@ func (Nop) LimiterLimitChanged(string, int) {}
 
 // LimiterRejected does nothing.
 func (Nop) LimiterRejected(string, string) {}
+
+// ServerShed does nothing.
+func (Nop) ServerShed(string, string) {}
 
 // SessionCacheLookup does nothing.
 func (Nop) SessionCacheLookup(string, bool) {}
