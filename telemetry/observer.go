@@ -15,7 +15,6 @@ type Observer interface {
 	SubchannelObserver
 	BreakerObserver
 	LimiterObserver
-	ShedObserver
 	SessionCacheObserver
 }
 
@@ -136,7 +135,9 @@ type LimiterObserver interface {
 	LimiterRejected(key string, reason string)
 }
 
-// ShedObserver receives server load-shedding events (interceptors.Shedder).
+// ShedObserver receives server load-shedding events (interceptors.Shedder,
+// which calls it when the observer given to it implements it). Nop
+// implements it.
 type ShedObserver interface {
 	// ServerShed reports one request a server shed (answered without running
 	// its handler); method is the full method ("/pkg.Service/Method") and
@@ -158,7 +159,10 @@ type SessionCacheObserver interface {
 // Observer.
 type Nop struct{}
 
-var _ Observer = Nop{}
+var (
+	_ Observer     = Nop{}
+	_ ShedObserver = Nop{}
+)
 
 // PoolGet does nothing.
 func (Nop) PoolGet(string, bool) {}
