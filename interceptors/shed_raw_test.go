@@ -19,6 +19,7 @@ type rawH2 struct {
 	conn net.Conn
 	fr   *http2.Framer
 	next uint32
+	dec  *hpack.Decoder // one per connection: the server's table spans streams
 }
 
 func dialRawH2(t testing.TB, addr string) *rawH2 {
@@ -35,7 +36,7 @@ func dialRawH2(t testing.TB, addr string) *rawH2 {
 	if err := fr.WriteSettings(); err != nil {
 		t.Fatal(err)
 	}
-	return &rawH2{t: t, conn: conn, fr: fr, next: 1}
+	return &rawH2{t: t, conn: conn, fr: fr, next: 1, dec: hpack.NewDecoder(4096, nil)}
 }
 
 // start sends the HEADERS of a call to method with the given grpc-timeout
@@ -79,7 +80,6 @@ func (c *rawH2) reset(id uint32) {
 func (c *rawH2) status(id uint32) (int, string) {
 	c.t.Helper()
 	_ = c.conn.SetReadDeadline(time.Now().Add(10 * time.Second))
-	dec := hpack.NewDecoder(4096, nil)
 	code, msg := -1, ""
 	for {
 		f, err := c.fr.ReadFrame()
@@ -96,7 +96,7 @@ func (c *rawH2) status(id uint32) (int, string) {
 				_ = c.fr.WritePing(true, f.Data)
 			}
 		case *http2.HeadersFrame:
-			fields, err := dec.DecodeFull(f.HeaderBlockFragment())
+			fields, err := c.dec.DecodeFull(f.HeaderBlockFragment())
 			if err != nil {
 				c.t.Fatal(err)
 			}
