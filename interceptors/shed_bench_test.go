@@ -1,0 +1,167 @@
+package interceptors_test
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	testpb "google.golang.org/grpc/interop/grpc_testing"
+	"google.golang.org/grpc/status"
+
+	"github.com/grpcreuse/grpcreuse/interceptors"
+	"github.com/grpcreuse/grpcreuse/internal/testutil"
+	"github.com/grpcreuse/grpcreuse/telemetry"
+)
+
+const shedCPUEnv = "GRPCREUSE_SHED_CPU_SERVER"
+
+// TestShedCPUServer is the server half of BenchmarkShedCPU, run by it in a
+// child process so that the CPU it reports is the server's alone. It
+// serves with a Shedder of limit 1 whose one slot a blocked call holds,
+// prints "addr ADDR", answers each "cpu" line on stdin with "cpu NS" (its
+// user+system CPU time) and stops when stdin closes.
+func TestShedCPUServer(t *testing.T) {
+	mode := os.Getenv(shedCPUEnv)
+	if mode == "" {
+		t.Skip("the server half of BenchmarkShedCPU")
+	}
+	shed := makeShedder(t, telemetry.Nop{}, func(c *interceptors.ShedderConfig) { c.Limit, c.LogInterval = 1, 0 })
+	opts := shedPaths[0].opts(shed)
+	if mode == "interceptor" {
+		opts = shedPaths[1].opts(shed)
+	}
+	release := make(chan struct{})
+	be := testutil.StartBackend(t, testutil.BackendOptions{ServerOptions: opts,
+		Unary: func(ctx context.Context, _ *testpb.SimpleRequest) (*testpb.SimpleResponse, error) {
+			select {
+			case <-release:
+			case <-ctx.Done():
+			}
+			return &testpb.SimpleResponse{}, nil
+		}})
+	defer close(release)
+	fmt.Printf("addr %s\n", be.Addr)
+	in := bufio.NewScanner(os.Stdin)
+	for in.Scan() {
+		var ru syscall.Rusage
+		if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+			t.Fatal(err)
+		}
+		fmt.Printf("cpu %d\n", ru.Utime.Nano()+ru.Stime.Nano())
+	}
+}
+
+// BenchmarkShedCPU measures the server's CPU time per shed call on the
+// tap path and on the interceptor path, in one run: the server runs in a
+// child process, one call holds its only slot, and the benchmark's callers
+// (8 at a time over loopback) are all shed. Report: server-cpu-ns/shed.
+//
+//	go test -run '^$' -bench BenchmarkShedCPU -benchtime 20000x -count 3 ./interceptors/
+func BenchmarkShedCPU(b *testing.B) {
+	for _, mode := range []string{"tap", "interceptor"} {
+		b.Run(mode, func(b *testing.B) {
+			args := []string{"-test.run=^TestShedCPUServer$", "-test.count=1"}
+			if dir := os.Getenv("GRPCREUSE_SHED_CPU_PROFILE_DIR"); dir != "" { // pprof the server
+				args = append(args, "-test.cpuprofile="+dir+"/"+mode+".pprof")
+			}
+			cmd := exec.Command(os.Args[0], args...)
+			cmd.Env = append(os.Environ(), shedCPUEnv+"="+mode)
+			stdin, err := cmd.StdinPipe()
+			if err != nil {
+				b.Fatal(err)
+			}
+			stdout, err := cmd.StdoutPipe()
+			if err != nil {
+				b.Fatal(err)
+			}
+			cmd.Stderr = os.Stderr
+			if err := cmd.Start(); err != nil {
+				b.Fatal(err)
+			}
+			lines := bufio.NewScanner(stdout)
+			read := func(prefix string) string {
+				for lines.Scan() {
+					if v, ok := strings.CutPrefix(lines.Text(), prefix+" "); ok {
+						return v
+					}
+				}
+				b.Fatalf("server: no %q line", prefix)
+				return ""
+			}
+			defer func() {
+				stdin.Close()
+				_, _ = io.Copy(io.Discard, stdout)
+				_ = cmd.Wait()
+			}()
+			addr := read("addr")
+			cc, err := grpc.NewClient("passthrough:///"+addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer cc.Close()
+			c := testpb.NewTestServiceClient(cc)
+			hold, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			go func() { // takes the only slot, and keeps trying until it has it
+				for hold.Err() == nil {
+					_ = unary(hold, c)
+				}
+			}()
+			deadline := time.Now().Add(10 * time.Second)
+			for { // until calls are shed (the slot is held and the method known)
+				ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+				err := unary(ctx, c)
+				cancel()
+				if err != nil && strings.Contains(err.Error(), "in-flight limit") {
+					break
+				}
+				if time.Now().After(deadline) {
+					b.Fatal("calls are not shed")
+				}
+			}
+			cpu := func() int64 {
+				fmt.Fprintln(stdin, "cpu")
+				n, err := strconv.ParseInt(read("cpu"), 10, 64)
+				if err != nil {
+					b.Fatal(err)
+				}
+				return n
+			}
+			var next atomic.Int64
+			var wrong atomic.Int64
+			b.ResetTimer()
+			cpu0 := cpu()
+			var wg sync.WaitGroup
+			for range 8 {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					for next.Add(1) <= int64(b.N) {
+						if err := unary(context.Background(), c); err == nil || !strings.Contains(status.Convert(err).Message(), "in-flight limit") {
+							wrong.Add(1)
+						}
+					}
+				}()
+			}
+			wg.Wait()
+			cpu1 := cpu()
+			b.StopTimer()
+			if wrong.Load() > 0 {
+				b.Fatalf("%d calls were not shed", wrong.Load())
+			}
+			b.ReportMetric(float64(cpu1-cpu0)/float64(b.N), "server-cpu-ns/shed")
+		})
+	}
+}
