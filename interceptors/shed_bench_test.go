@@ -165,3 +165,85 @@ func BenchmarkShedCPU(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkShedRetryAmplification measures, in one run, how many attempts
+// grpc-go clients with a retry policy (5 attempts, 5 ms initial backoff,
+// ResourceExhausted retryable) make per logical call against a shedding
+// server (4 slots, 2 ms work, 16 closed-loop callers for 1 s): with the
+// grpc-retry-pushback-ms trailer (interceptor path, Pushback 20ms),
+// without it (interceptor path, Pushback 0), and on the tap path (no
+// trailer: RetryInfo only, which grpc-go does not read).
+//
+//	go test -run '^$' -bench BenchmarkShedRetryAmplification -benchtime 1x -count 3 ./interceptors/
+func BenchmarkShedRetryAmplification(b *testing.B) {
+	const slots, callers, work, run = 4, 16, 2 * time.Millisecond, time.Second
+	const sc = `{"methodConfig":[{"name":[{"service":"grpc.testing.TestService"}],"retryPolicy":{
+		"maxAttempts":5,"initialBackoff":"0.005s","maxBackoff":"0.05s","backoffMultiplier":2,
+		"retryableStatusCodes":["RESOURCE_EXHAUSTED"]}}]}`
+	for _, side := range []struct {
+		name     string
+		pushback time.Duration
+		path     int
+	}{
+		{"interceptor/pushback-20ms", 20 * time.Millisecond, 1},
+		{"interceptor/no-pushback", 0, 1},
+		{"tap/no-trailer", 20 * time.Millisecond, 0},
+	} {
+		b.Run(side.name, func(b *testing.B) {
+			var attemptsPerCall, okPerSec float64
+			for range b.N {
+				shed := makeShedder(b, telemetry.Nop{}, func(c *interceptors.ShedderConfig) {
+					c.Limit, c.Pushback, c.LogInterval = slots, side.pushback, 0
+				})
+				cpu := make(chan struct{}, slots)
+				var handled atomic.Int64
+				be := testutil.StartBackend(b, testutil.BackendOptions{ServerOptions: shedPaths[side.path].opts(shed),
+					Unary: func(context.Context, *testpb.SimpleRequest) (*testpb.SimpleResponse, error) {
+						handled.Add(1)
+						cpu <- struct{}{}
+						t := time.NewTimer(work)
+						<-t.C
+						<-cpu
+						return &testpb.SimpleResponse{}, nil
+					}})
+				c := dial(b, be.Addr, grpc.WithDefaultServiceConfig(sc))
+				if err := unary(context.Background(), c); err != nil {
+					b.Fatal(err)
+				}
+				h0, s0 := handled.Load(), shedTotal(shed)
+				var calls, oks atomic.Int64
+				var wg sync.WaitGroup
+				stop := time.Now().Add(run)
+				for range callers {
+					wg.Add(1)
+					go func() {
+						defer wg.Done()
+						for time.Now().Before(stop) {
+							ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+							err := unary(ctx, c)
+							cancel()
+							calls.Add(1)
+							if err == nil {
+								oks.Add(1)
+							}
+						}
+					}()
+				}
+				wg.Wait()
+				attempts := handled.Load() - h0 + shedTotal(shed) - s0
+				attemptsPerCall += float64(attempts) / float64(calls.Load())
+				okPerSec += float64(oks.Load()) / run.Seconds()
+			}
+			b.ReportMetric(attemptsPerCall/float64(b.N), "attempts/call")
+			b.ReportMetric(okPerSec/float64(b.N), "ok/s")
+		})
+	}
+}
+
+func shedTotal(s *interceptors.Shedder) int64 {
+	var n int64
+	for _, v := range s.Snapshot().Shed {
+		n += v
+	}
+	return n
+}
