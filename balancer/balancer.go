@@ -57,6 +57,9 @@ const (
 	// shares are smoothed (EWMA weight 1-exp(-calls/failureMemory) per
 	// sample).
 	failureMemory = 20
+	// latencyBand: endpoints whose latency is within this factor of the
+	// fastest one's score as equally fast.
+	latencyBand = 1.5
 	// shedPenalty scales an endpoint's score by 1+shedPenalty*s, s being
 	// its smoothed share of calls the server shed (RESOURCE_EXHAUSTED).
 	// Small on purpose: shedding is back-pressure, and a big penalty herds
@@ -223,12 +226,18 @@ func (e *endpoint) score() float64 {
 	return math.Float64frombits(e.weight.Load()) * float64(e.load.Load()&inflightMask+1)
 }
 
-func (e *endpoint) setWeight() {
-	w := e.ewma
-	if w <= 0 {
-		w = 1
+// setWeight stores the endpoint's weight: its latency factor times its
+// failure and shed penalties. The latency factor is 1 for endpoints within
+// latencyBand of ref, the fastest endpoint's latency, and grows in
+// proportion beyond: endpoints alike then compete on calls in flight alone
+// (with the round-robin tie-break), so that latency noise does not herd
+// calls, while a really slower endpoint is avoided.
+func (e *endpoint) setWeight(ref float64) {
+	f := 1.0
+	if ref > 0 && e.ewma > latencyBand*ref {
+		f = e.ewma / (latencyBand * ref)
 	}
-	e.weight.Store(math.Float64bits(w * (1 + failurePenalty*e.failRate) * (1 + shedPenalty*e.shedRate)))
+	e.weight.Store(math.Float64bits(f * (1 + failurePenalty*e.failRate) * (1 + shedPenalty*e.shedRate)))
 }
 
 // conn is one connection of an endpoint: a pick_first child given all of
@@ -358,6 +367,9 @@ type lb struct {
 	// othersAnswer is how many endpoints answered a call in the last
 	// sample window.
 	othersAnswer int
+	// refLatency is the lowest latency estimate of any endpoint, µs; 0
+	// before the first sample.
+	refLatency float64
 	inhibit      int // >0 while a top-down change is applied to children
 	pendingIdle  []*conn
 	pending      []event
@@ -544,7 +556,7 @@ func (l *lb) newEndpointLocked(re resolver.Endpoint, now time.Duration) *endpoin
 	if n > 0 {
 		ep.ewma = sum / float64(n)
 	}
-	ep.setWeight()
+	ep.setWeight(l.refLatency)
 	return ep
 }
 
@@ -752,6 +764,7 @@ func (l *lb) updatePickerLocked() {
 		}
 	}
 	p := &picker{sh: l.sh, eps: pes, choice: cfg.ChoiceCount}
+	p.next.Store(uint32(l.sh.rand()))
 	switch {
 	case len(pes) > 0:
 		l.state = connectivity.Ready

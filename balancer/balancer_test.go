@@ -200,11 +200,13 @@ func TestPickPrefersLeastLoadedAndFaster(t *testing.T) {
 	for _, r := range held {
 		r.Done(okDone)
 	}
-	// b is 10 times slower: it gets a call only when a has 10 in flight.
+	// b is 10 times slower (a weight of 10/1.5 = 6.7 beyond the latency
+	// band): it gets a call only once a has several times as many in
+	// flight.
 	h.lb.mu.Lock()
 	h.lb.order[0].ewma, h.lb.order[1].ewma = 1000, 10000
-	h.lb.order[0].setWeight()
-	h.lb.order[1].setWeight()
+	h.lb.order[0].setWeight(1000)
+	h.lb.order[1].setWeight(1000)
 	h.lb.mu.Unlock()
 	count = map[string]int{}
 	held = held[:0]
@@ -213,8 +215,8 @@ func TestPickPrefersLeastLoadedAndFaster(t *testing.T) {
 		count[h.addrOf(r)]++
 		held = append(held, r)
 	}
-	if count["a:1"] != 20 || count["b:1"] != 2 {
-		t.Fatalf("22 concurrent picks spread %v, want a:1 20, b:1 2", count)
+	if count["a:1"] != 18 || count["b:1"] != 4 {
+		t.Fatalf("22 concurrent picks spread %v, want a:1 18, b:1 4", count)
 	}
 	for _, r := range held {
 		r.Done(okDone)

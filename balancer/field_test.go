@@ -36,6 +36,7 @@ type fieldServer struct {
 	srv     *grpc.Server
 	calls   atomic.Int64 // calls answered OK
 	shed    atomic.Int64 // calls refused
+	busy    atomic.Int64 // nanoseconds spent on the work of OK calls
 	running atomic.Int64
 }
 
@@ -80,7 +81,9 @@ func (f *fieldService) UnaryCall(ctx context.Context, _ *testpb.SimpleRequest) (
 		return nil, status.Error(codes.ResourceExhausted, "server at its in-flight limit")
 	}
 	if f.work > 0 {
+		t0 := time.Now()
 		time.Sleep(f.work) // simulated work
+		f.s.busy.Add(int64(time.Since(t0)))
 	}
 	f.s.calls.Add(1)
 	return &testpb.SimpleResponse{}, nil
@@ -162,7 +165,9 @@ func TestIssue11HealthCheckNotServing(t *testing.T) {
 
 // hungListener accepts TCP connections and never speaks HTTP/2: a backend
 // that hangs in the handshake.
-func hungListener(t *testing.T, addr string) string {
+func hungListener(t *testing.T, addr string) string { return hungListenerTB(t, addr) }
+
+func hungListenerTB(t testing.TB, addr string) string {
 	t.Helper()
 	lis, err := net.Listen("tcp", addr)
 	if err != nil {
@@ -197,7 +202,9 @@ func hungListener(t *testing.T, addr string) string {
 
 // liveAddr is a loopback address other than 127.0.0.1: [::1] when the
 // machine has IPv6, else 127.0.0.2.
-func liveAddr(t *testing.T) string {
+func liveAddr(*testing.T) string { return liveAddrTB() }
+
+func liveAddrTB() string {
 	if l, err := net.Listen("tcp", "[::1]:0"); err == nil {
 		l.Close()
 		return "[::1]:0"

@@ -149,7 +149,6 @@ func (l *lb) sampleLocked(now time.Duration) bool {
 			ep.failRate *= w
 			ep.shedRate *= w
 		}
-		ep.setWeight()
 		if changed || dDone > 0 {
 			l.pending = append(l.pending, event{kind: evLoad, ep: ep.name, n: int(n),
 				d: time.Duration(ep.ewma * float64(time.Microsecond))})
@@ -170,9 +169,18 @@ func (l *lb) sampleLocked(now time.Duration) bool {
 		for _, ep := range idle {
 			if ep.ewma > 0 && !ep.held {
 				ep.ewma = mean + w*(ep.ewma-mean)
-				ep.setWeight()
 			}
 		}
+	}
+	ref := 0.0
+	for _, ep := range l.order {
+		if ep.ewma > 0 && (ref == 0 || ep.ewma < ref) {
+			ref = ep.ewma
+		}
+	}
+	l.refLatency = ref
+	for _, ep := range l.order {
+		ep.setWeight(ref)
 	}
 	return active
 }
