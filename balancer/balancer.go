@@ -369,10 +369,10 @@ type lb struct {
 	othersAnswer int
 	// refLatency is the lowest latency estimate of any endpoint, µs; 0
 	// before the first sample.
-	refLatency float64
-	inhibit      int // >0 while a top-down change is applied to children
-	pendingIdle  []*conn
-	pending      []event
+	refLatency  float64
+	inhibit     int // >0 while a top-down change is applied to children
+	pendingIdle []*conn
+	pending     []event
 }
 
 // event is an observer call collected under mu and made after it.
