@@ -201,6 +201,9 @@ type endpoint struct {
 	holds      int           // holds in a row; reset by an answered call
 	holdUntil  time.Duration
 	probing    bool // back from a hold: one call at a time until one is answered
+	// drifted: avoided as slow, its estimate drifted back without a call
+	// measuring it; it takes one call at a time until one does.
+	drifted bool
 	// answeredWindow: the endpoint answered a call in the last sample window.
 	answeredWindow bool
 	ewma           float64 // peak-EWMA latency, µs; 0 = no data yet
@@ -736,7 +739,7 @@ func (l *lb) updatePickerLocked() {
 				continue
 			}
 			pe := pickEndpoint{ep: ep, target: uint32(cfg.TargetStreamsPerSubchannel)}
-			if ep.probing {
+			if ep.probing || ep.drifted {
 				pe.limit = 1
 			}
 			allReady := true
@@ -757,7 +760,7 @@ func (l *lb) updatePickerLocked() {
 			if len(pe.conns) == 0 {
 				continue
 			}
-			if allReady && !ep.ejected && !ep.held && !ep.probing && len(ep.conns) < cfg.MaxSubchannelsPerEndpoint {
+			if allReady && !ep.ejected && !ep.held && pe.limit == 0 && len(ep.conns) < cfg.MaxSubchannelsPerEndpoint {
 				pe.growAt = uint64(cfg.TargetStreamsPerSubchannel) * uint64(len(pe.conns))
 			}
 			pes = append(pes, pe)
