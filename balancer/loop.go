@@ -229,7 +229,13 @@ func (l *lb) holdLocked(now time.Duration) bool {
 			if ep.answeredWindow {
 				others--
 			}
-			if ep.consecTO.Load() < need || others <= 0 {
+			if ep.consecTO.Load() < need {
+				continue
+			}
+			if others <= 0 {
+				// Nobody answered in this window: the timeouts are the
+				// callers' deadlines, not this endpoint's silence.
+				ep.consecTO.Store(0)
 				continue
 			}
 			ep.consecTO.Store(0)
