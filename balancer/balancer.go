@@ -224,11 +224,6 @@ func (e *endpoint) counts() counts {
 	return counts{e.ok.Load(), e.failed.Load(), e.shed.Load(), e.neutral.Load(), e.timeouts.Load()}
 }
 
-// score is the endpoint's cost for a new call: latency × (in flight + 1).
-func (e *endpoint) score() float64 {
-	return math.Float64frombits(e.weight.Load()) * float64(e.load.Load()&inflightMask+1)
-}
-
 // setWeight stores the endpoint's weight: its latency factor times its
 // failure and shed penalties. The latency factor is 1 for endpoints within
 // latencyBand of ref, the fastest endpoint's latency, and grows in
