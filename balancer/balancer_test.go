@@ -479,7 +479,7 @@ func TestScaleUpAndDown(t *testing.T) {
 }
 
 // TestCloseShutsDown: Close shuts every subchannel down and stops the loop
-// (goleak in TestMain checks the goroutine), and is idempotent.
+// (leakcheck in TestMain checks the goroutine), and is idempotent.
 func TestCloseShutsDown(t *testing.T) {
 	h := newHarness(t, 10)
 	if err := h.update(mustConfig(t, `{"subchannelsPerEndpoint":2}`), endpoints("a:1", "b:1")); err != nil {

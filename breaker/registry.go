@@ -92,15 +92,28 @@ func (r *Registry) State(target, method string) telemetry.BreakerState {
 	return telemetry.BreakerClosed
 }
 
+// Status describes one breaker, as Snapshot reports it.
+type Status struct {
+	Key   string
+	State string
+	// Since is when an open breaker opened; zero otherwise.
+	Since time.Time
+	// NextProbe is when an open breaker lets a probe through; zero otherwise.
+	NextProbe time.Time
+	// Requests, Failures and ConsecutiveFailures are the breaker's counts
+	// in its current window (reset on each state change).
+	Requests, Failures, ConsecutiveFailures uint32
+}
+
 // Snapshot describes every breaker the registry holds, for the debug
 // page: state, next probe and counts (rejections are counted by observers).
-func (r *Registry) Snapshot() []telemetry.DebugBreaker {
+func (r *Registry) Snapshot() []Status {
 	bs := r.breakers.Values()
-	out := make([]telemetry.DebugBreaker, 0, len(bs))
+	out := make([]Status, 0, len(bs))
 	for _, b := range bs {
 		st := b.State()
 		c := b.cb.Counts()
-		d := telemetry.DebugBreaker{Key: b.key, State: st.String(), Requests: c.Requests,
+		d := Status{Key: b.key, State: st.String(), Requests: c.Requests,
 			Failures: c.TotalFailures, ConsecutiveFailures: c.ConsecutiveFailures}
 		if at := b.openedAt.Load(); at != 0 && st == telemetry.BreakerOpen {
 			d.Since = time.Unix(0, at)
@@ -240,7 +253,7 @@ func (r *Registry) classify(ctx context.Context, err error) error {
 	}
 	c := status.Code(err)
 	switch {
-	case c == codes.Canceled:
+	case c == codes.Canceled || xdsLocalDrop(c, err): // localdrop.go
 		return errExcluded
 	case c < 32 && r.failure&(1<<c) != 0:
 		return errFailure

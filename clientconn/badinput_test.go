@@ -14,6 +14,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/grpcreuse/grpcreuse/telemetry"
+	"github.com/grpcreuse/grpcreuse/telemetry/opentelemetry"
+
 	"go.opentelemetry.io/otel/metric/noop"
 	"google.golang.org/grpc/codes"
 	grpccreds "google.golang.org/grpc/credentials"
@@ -26,7 +29,6 @@ import (
 	grcreds "github.com/grpcreuse/grpcreuse/credentials"
 	"github.com/grpcreuse/grpcreuse/interceptors"
 	"github.com/grpcreuse/grpcreuse/internal/testutil"
-	"github.com/grpcreuse/grpcreuse/telemetry"
 )
 
 // uncomparableCreds is transport credentials that cannot be a map key.
@@ -38,7 +40,7 @@ type uncomparableCreds struct {
 // TestBadInputEveryConstructor is the one place that feeds bad input to
 // every public constructor and parser of the module: each must return an
 // error naming the field or option and the value, must not panic, and
-// must leave nothing running (goleak in TestMain; Factories are closed).
+// must leave nothing running (leakcheck in TestMain; Factories are closed).
 func TestBadInputEveryConstructor(t *testing.T) {
 	pki := testutil.NewPKI(t, testutil.ECDSAP256)
 	certPEM, keyPEM := pki.LeafPEM(t)
@@ -67,7 +69,10 @@ func TestBadInputEveryConstructor(t *testing.T) {
 	// local port) and closes it; a failed Get must leave nothing behind.
 	factory := func(opts []clientconn.Option, target string, getOpts ...clientconn.GetOption) func(*testing.T) error {
 		return func(t *testing.T) error {
-			f := clientconn.New(opts...)
+			f, err := clientconn.New(opts...)
+			if err != nil {
+				return err // validated at construction, as grpc.NewClient does
+			}
 			defer f.Close()
 			if target == "" {
 				target = "127.0.0.1:1"
@@ -144,7 +149,7 @@ func TestBadInputEveryConstructor(t *testing.T) {
 		run     func(*testing.T) error
 		wantErr []string // every substring must appear
 	}{
-		// clientconn.New options, reported by Get.
+		// clientconn.New options, reported by New.
 		{name: "Factory/nil option", run: factory([]clientconn.Option{plaintext, nil}, ""), wantErr: []string{"option 1 is nil"}},
 		{name: "Factory/negative idle timeout", run: factory(opts(clientconn.WithIdleTimeout(-time.Second)), ""), wantErr: []string{"WithIdleTimeout is -1s; must be positive"}},
 		{name: "Factory/negative max idle", run: factory(opts(clientconn.WithMaxIdle(-1)), ""), wantErr: []string{"WithMaxIdle is -1; must be 0 or more"}},
@@ -302,10 +307,10 @@ func TestBadInputEveryConstructor(t *testing.T) {
 		{name: "balancer/percent above 100", run: parseLB(`{"ejection":{"maxEjectionPercent":101}}`), wantErr: []string{`"ejection.maxEjectionPercent" is 101`}},
 		{name: "balancer/ejection wrong type", run: parseLB(`{"ejection":[]}`), wantErr: []string{`"ejection" is []; must be a JSON object`}},
 
-		// telemetry.New.
-		{name: "telemetry/nil option", run: func(*testing.T) error { _, err := telemetry.New(nil); return err }, wantErr: []string{"option", "nil"}},
-		{name: "telemetry/nil meter provider", run: func(*testing.T) error { _, err := telemetry.New(telemetry.WithMeterProvider(nil)); return err }, wantErr: []string{"WithMeterProvider: provider is nil"}},
-		{name: "telemetry/nil tracer provider", run: func(*testing.T) error { _, err := telemetry.New(telemetry.WithTracerProvider(nil)); return err }, wantErr: []string{"WithTracerProvider: provider is nil"}},
+		// opentelemetry.New.
+		{name: "telemetry/nil option", run: func(*testing.T) error { _, err := opentelemetry.New(nil); return err }, wantErr: []string{"option", "nil"}},
+		{name: "telemetry/nil meter provider", run: func(*testing.T) error { _, err := opentelemetry.New(opentelemetry.WithMeterProvider(nil)); return err }, wantErr: []string{"WithMeterProvider: provider is nil"}},
+		{name: "telemetry/nil tracer provider", run: func(*testing.T) error { _, err := opentelemetry.New(opentelemetry.WithTracerProvider(nil)); return err }, wantErr: []string{"WithTracerProvider: provider is nil"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

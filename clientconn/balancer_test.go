@@ -2,6 +2,7 @@ package clientconn_test
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -41,10 +42,9 @@ func TestFactoryWithGrpcreuseBalancer(t *testing.T) {
 	scheme := "grpcreusetest" + strings.ToLower(strings.ReplaceAll(t.Name(), "/", ""))
 	r := manual.NewBuilderWithScheme(scheme)
 	r.InitialState(resolver.State{Endpoints: endpoints})
-	resolver.Register(r)
 
 	obs := &stateCounter{ready: make(chan string, 64)}
-	f := newFactory(t, clientconn.WithObserver(obs), clientconn.WithServiceConfig(
+	f := newFactory(t, clientconn.WithResolvers(r), clientconn.WithObserver(obs), clientconn.WithServiceConfig(
 		`{"loadBalancingConfig":[{"`+balancer.Name+`":{"subchannelsPerEndpoint":2}}]}`))
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -57,6 +57,8 @@ func TestFactoryWithGrpcreuseBalancer(t *testing.T) {
 		mustUnary(t, c)
 	}
 	for i, b := range backends {
+		// The second eager connection may still be dialling after the calls.
+		testutil.Eventually(t, 5*time.Second, func() bool { return b.Listener.Accepts() >= 2 }, fmt.Sprintf("backend %d accepted 2 connections", i))
 		if got := b.Listener.Accepts(); got != 2 {
 			t.Errorf("backend %d accepted %d connections, want 2 (subchannelsPerEndpoint)", i, got)
 		}

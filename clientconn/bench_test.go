@@ -16,7 +16,7 @@ import (
 // pays to take a handle on a shared connection.
 func BenchmarkGetHit(b *testing.B) {
 	backend := testutil.StartBackend(b, testutil.BackendOptions{})
-	f := clientconn.New(clientconn.WithTransportCredentials(insecure.NewCredentials()))
+	f := mustNew(b, clientconn.WithTransportCredentials(insecure.NewCredentials()))
 	defer f.Close()
 	ctx := context.Background()
 	keep, err := f.Get(ctx, backend.Addr)
@@ -87,7 +87,7 @@ func BenchmarkServices(b *testing.B) {
 		// One Factory per process lifetime, as in production: it outlives
 		// the services' handles, so each iteration models a wave of
 		// services starting, calling and stopping.
-		f := clientconn.New(clientconn.WithTransportCredentials(insecure.NewCredentials()), clientconn.WithMaxIdle(backends))
+		f := mustNew(b, clientconn.WithTransportCredentials(insecure.NewCredentials()), clientconn.WithMaxIdle(backends))
 		defer f.Close()
 		work(b, func(target string) (grpc.ClientConnInterface, func()) {
 			c, err := f.Get(ctx, target)

@@ -13,12 +13,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/grpcreuse/grpcreuse/telemetry/debugpage"
+
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/grpcreuse/grpcreuse/clientconn"
 	"github.com/grpcreuse/grpcreuse/internal/testutil"
-	"github.com/grpcreuse/grpcreuse/telemetry"
 )
 
 // chromium returns the headless browser, or skips the test; in CI a
@@ -58,7 +59,7 @@ func TestDebugPageInBrowser(t *testing.T) {
 	var faults testutil.Faults
 	pki := testutil.NewPKI(t, testutil.ECDSAP256)
 	b := startTLSBackend(t, pki, tls.VersionTLS13, faults.ServerOptions()...)
-	f := clientconn.New(clientconn.WithTLS(pki.ClientConfig("")), clientconn.WithMaxIdle(0), clientconn.WithServiceConfig(breakerServiceConfig))
+	f := mustNew(t, clientconn.WithTLS(pki.ClientConfig("")), clientconn.WithMaxIdle(0), clientconn.WithServiceConfig(breakerServiceConfig))
 	defer f.Close()
 	connectOnce(t, f, b.Addr) // full handshake
 	connectOnce(t, f, b.Addr) // resumed
@@ -80,6 +81,7 @@ func TestDebugPageInBrowser(t *testing.T) {
 		`<td class="open">open</td>`,                                      // the open breaker
 		`<td id="hs-full">1</td><td id="hs-resumed">2</td>`,               // full and resumed handshakes
 		`<td>WithTLS</td><td>`,                                            // the session cache
+		`<td class="service-config"><code>{"methodConfig"`,                // the service config in force
 	} {
 		if !strings.Contains(dom, want) {
 			t.Errorf("rendered page lacks %q\n%s", want, dom)
@@ -92,7 +94,7 @@ func TestDebugPageInBrowser(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer resp.Body.Close()
-	var snap telemetry.DebugSnapshot
+	var snap debugpage.Snapshot
 	if err := json.NewDecoder(resp.Body).Decode(&snap); err != nil {
 		t.Fatalf("decoding JSON: %v", err)
 	}
@@ -108,7 +110,7 @@ func TestDebugPageInBrowser(t *testing.T) {
 }
 
 func TestDebugPageEscapesTargets(t *testing.T) {
-	f := clientconn.New(clientconn.WithTransportCredentials(insecure.NewCredentials()))
+	f := mustNew(t, clientconn.WithTransportCredentials(insecure.NewCredentials()))
 	defer f.Close()
 	evil := `passthrough:///x<script>document.title='pwned'</script><img/src=x/onerror=alert(1)>`
 	c, err := f.Get(context.Background(), evil, clientconn.WithTenant(`<b>tenant</b>`))

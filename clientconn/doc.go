@@ -9,7 +9,8 @@
 // key, where the key is the canonical target (so "h:p" and "dns:///h:p" are
 // one), the tenant, the transport credentials and the service config.
 //
-//	f := clientconn.New(clientconn.WithTLS(tlsConfig))
+//	f, err := clientconn.New(clientconn.WithTLS(tlsConfig))
+//	if err != nil { ... } // names the bad option and its value
 //	defer f.Close()
 //	conn, err := f.Get(ctx, "backend.internal:443")
 //	if err != nil { ... }

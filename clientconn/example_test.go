@@ -28,10 +28,13 @@ func Example() {
 	go srv.Serve(lis)
 	defer srv.Stop()
 
-	f := clientconn.New(
+	f, err := clientconn.New(
 		clientconn.WithTransportCredentials(insecure.NewCredentials()),
 		clientconn.WithIdleTimeout(time.Minute),
 	)
+	if err != nil {
+		log.Fatal(err)
+	}
 	defer f.Close()
 
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -63,7 +66,10 @@ func ExampleKeepalive() {
 	k := clientconn.KeepaliveDefault()
 	srv := grpc.NewServer(k.ServerOptions()...)
 	defer srv.Stop()
-	f := clientconn.New(clientconn.WithTransportCredentials(insecure.NewCredentials()), clientconn.WithKeepalive(k))
+	f, err := clientconn.New(clientconn.WithTransportCredentials(insecure.NewCredentials()), clientconn.WithKeepalive(k))
+	if err != nil {
+		log.Fatal(err)
+	}
 	defer f.Close()
 
 	// A server left at grpc-go's defaults would not accept these pings.

@@ -14,6 +14,7 @@ import (
 	"google.golang.org/grpc/credentials"
 
 	"github.com/grpcreuse/grpcreuse/telemetry"
+	"github.com/grpcreuse/grpcreuse/telemetry/opentelemetry"
 )
 
 // ErrClosed is matched (errors.Is) by the errors of a closed Factory and
@@ -31,13 +32,12 @@ const maxCanonCache = 4096
 // A Factory is safe for concurrent use.
 type Factory struct {
 	opts      *options
-	err       error              // invalid options; every Get returns it
 	obs       telemetry.Observer // rec, in front of the user's observer
 	rec       *recorder
-	tel       *telemetry.Telemetry // WithMeterProvider/WithTracerProvider's, or nil
-	unobserve func() error         // unregisters the snapshot gauges
-	dialOpts  []grpc.DialOption    // the part shared by every connection
-	ctx       context.Context      // ends with Close; bounds replacement warm-ups
+	tel       *opentelemetry.Telemetry // WithMeterProvider/WithTracerProvider's, or nil
+	unobserve func() error             // unregisters the snapshot gauges
+	dialOpts  []grpc.DialOption        // the part shared by every connection
+	ctx       context.Context          // ends with Close; bounds replacement warm-ups
 	cancel    context.CancelFunc
 
 	// wg counts goroutines that drain or replace connections. Add is only
@@ -75,9 +75,10 @@ type Stats struct {
 	Evictions uint64
 }
 
-// New returns a Factory configured by opts. New never fails: an invalid
-// option is reported, naming the option and the value, by every Get.
-func New(opts ...Option) *Factory {
+// New returns a Factory configured by opts. Every option and the service
+// config are validated here, as grpc.NewClient validates its dial options:
+// the error names the option and the value, and nothing is left running.
+func New(opts ...Option) (*Factory, error) {
 	o := defaultOptions()
 	for i, opt := range opts {
 		if opt == nil {
@@ -86,41 +87,42 @@ func New(opts ...Option) *Factory {
 		}
 		opt.apply(o)
 	}
+	if len(o.errs) > 0 {
+		return nil, errors.Join(o.errs...)
+	}
 	f := &Factory{opts: o, obs: o.observer, conns: make(map[key]*shared), canon: make(map[string]string),
 		tenants: make(map[string]*tenantCreds), configs: make(map[string]*serviceConfig)}
 	f.ctx, f.cancel = context.WithCancel(context.Background())
+	fail := func(err error) (*Factory, error) {
+		f.Close()
+		return nil, err
+	}
 	if err := f.setUpTelemetry(); err != nil {
-		o.errs = append(o.errs, err)
+		return fail(err)
 	}
 	f.rec = &recorder{next: f.obs}
 	f.obs = f.rec
 	if err := f.setUpTLS(); err != nil {
-		o.errs = append(o.errs, err)
+		return fail(err)
 	}
 	if _, err := f.serviceConfig(o.serviceConfig); err != nil {
-		o.errs = append(o.errs, err)
-	}
-	if len(o.errs) > 0 {
-		f.err = errors.Join(o.errs...)
-		return f
+		return fail(err)
 	}
 	if o.maxIdle > 0 {
 		f.idle, _ = simplelru.NewLRU(o.maxIdle, f.onIdleEvict) // error only for size <= 0
 	}
 	f.dialOpts = f.baseDialOptions()
 	if f.tel != nil {
-		unobserve, err := f.tel.ObserveSnapshots(f.debugSnapshot)
+		unobserve, err := f.tel.ObserveGauges(f.gauges)
 		if err != nil {
-			f.err = fmt.Errorf("clientconn: %w", err)
-			return f
+			return fail(fmt.Errorf("clientconn: %w", err))
 		}
 		f.unobserve = unobserve
 	}
 	if err := f.preconnect(); err != nil {
-		f.err = err
-		f.Close()
+		return fail(err)
 	}
-	return f
+	return f, nil
 }
 
 // Get returns a handle on the connection for target, creating it on first
@@ -130,9 +132,6 @@ func New(opts ...Option) *Factory {
 // ctx bounds only the wait of WithWaitForReady; the connection itself is
 // not tied to ctx.
 func (f *Factory) Get(ctx context.Context, target string, opts ...GetOption) (*Conn, error) {
-	if f.err != nil {
-		return nil, f.err
-	}
 	g := resolveGetOptions(opts)
 	if g.err != nil {
 		return nil, g.err
@@ -204,7 +203,7 @@ func (f *Factory) canonical(target string) (string, error) {
 	if ok {
 		return c, nil
 	}
-	c, err := canonicalTarget(target)
+	c, err := canonicalTargetWith(target, f.resolver)
 	if err != nil {
 		return "", err
 	}
@@ -289,7 +288,7 @@ func (f *Factory) dial(s *shared) (*grpc.ClientConn, error) {
 	if sc.grpc != "" {
 		opts = append(opts, grpc.WithDefaultServiceConfig(sc.grpc))
 	}
-	if o, ok := withObserverResolver(k.target, f.obs); ok {
+	if o, ok := withObserverResolver(k.target, f.obs, f.resolver); ok {
 		opts = append(opts, o)
 	}
 	opts = append(opts, f.dialOpts...)

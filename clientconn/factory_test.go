@@ -27,9 +27,7 @@ var plaintext = clientconn.WithTransportCredentials(insecure.NewCredentials())
 
 func newFactory(t *testing.T, opts ...clientconn.Option) *clientconn.Factory {
 	t.Helper()
-	f := clientconn.New(append([]clientconn.Option{plaintext}, opts...)...)
-	t.Cleanup(func() { f.Close() })
-	return f
+	return mustNew(t, append([]clientconn.Option{plaintext}, opts...)...)
 }
 
 func get(t *testing.T, f *clientconn.Factory, target string, opts ...clientconn.GetOption) *clientconn.Conn {
@@ -369,7 +367,21 @@ func TestBadInputs(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			f := newFactory(t, tt.opts...)
+			f, err := clientconn.New(append([]clientconn.Option{plaintext}, tt.opts...)...)
+			if len(tt.opts) > 0 {
+				// Options are validated by New, as grpc.NewClient does.
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("New error = %v, want containing %q", err, tt.wantErr)
+				}
+				if f != nil {
+					t.Errorf("New returned a Factory with its error")
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer f.Close()
 			target := tt.target
 			if target == "" && !strings.Contains(tt.wantErr, "empty") {
 				target = "127.0.0.1:1"
@@ -387,7 +399,7 @@ func TestBadInputs(t *testing.T) {
 		})
 	}
 	t.Run("no credentials", func(t *testing.T) {
-		f := clientconn.New()
+		f := mustNew(t)
 		defer f.Close()
 		if _, err := f.Get(context.Background(), "127.0.0.1:1"); err == nil || !strings.Contains(err.Error(), "no transport credentials") {
 			t.Fatalf("Get without credentials: %v", err)
@@ -401,7 +413,7 @@ func TestConcurrentGetCallClose(t *testing.T) {
 	for i := range backends {
 		backends[i] = testutil.StartBackend(t, testutil.BackendOptions{})
 	}
-	f := clientconn.New(plaintext)
+	f := mustNew(t, plaintext)
 	var wg sync.WaitGroup
 	errs := make(chan error, workers)
 	for w := 0; w < workers; w++ {
@@ -465,4 +477,16 @@ func TestGetHitAllocatesOnlyTheHandle(t *testing.T) {
 	if allocs > 1 {
 		t.Errorf("Get+Close of a live key allocates %v times, want at most 1 (the Conn)", allocs)
 	}
+}
+
+// mustNew is New for options a test expects to be valid; the Factory is
+// closed when the test ends.
+func mustNew(tb testing.TB, opts ...clientconn.Option) *clientconn.Factory {
+	tb.Helper()
+	f, err := clientconn.New(opts...)
+	if err != nil {
+		tb.Fatalf("New: %v", err)
+	}
+	tb.Cleanup(func() { f.Close() })
+	return f
 }

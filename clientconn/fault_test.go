@@ -138,10 +138,10 @@ func TestServerMaxConnectionAgeUnderLoad(t *testing.T) {
 
 // TestCloseDuringTraffic closes handles and then the Factory while unary
 // calls and streams run: each call finishes or fails with a clear error,
-// nothing panics, nothing leaks (goleak in TestMain).
+// nothing panics, nothing leaks (leakcheck in TestMain).
 func TestCloseDuringTraffic(t *testing.T) {
 	b := testutil.StartBackend(t, testutil.BackendOptions{})
-	f := clientconn.New(plaintext, clientconn.WithDrainTimeout(2*time.Second))
+	f := mustNew(t, plaintext, clientconn.WithDrainTimeout(2*time.Second))
 	conns := []*clientconn.Conn{get(t, f, b.Addr), get(t, f, b.Addr), get(t, f, b.Addr)}
 	stop := make(chan struct{})
 	var waits []func() ([]error, int64)

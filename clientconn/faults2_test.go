@@ -117,7 +117,7 @@ func TestTicketKeyRotationDuringReconnectStorm(t *testing.T) {
 			b := testutil.StartBackend(t, testutil.BackendOptions{TLS: srvCfg})
 
 			obs := &handshakeCounter{}
-			f := clientconn.New(clientconn.WithTLS(pki.ClientConfig("")), clientconn.WithMaxIdle(0), clientconn.WithObserver(obs))
+			f := mustNew(t, clientconn.WithTLS(pki.ClientConfig("")), clientconn.WithMaxIdle(0), clientconn.WithObserver(obs))
 			defer f.Close()
 
 			// A tenant that connects before the storm and after it: its
@@ -292,10 +292,9 @@ func TestBlackholedBackendDetectedByKeepalive(t *testing.T) {
 	scheme := "grpcreusetest" + strings.ToLower(strings.ReplaceAll(t.Name(), "/", ""))
 	r := manual.NewBuilderWithScheme(scheme)
 	r.InitialState(resolver.State{Endpoints: endpoints})
-	resolver.Register(r)
 
 	obs := &subchannelLog{}
-	f := newFactory(t, clientconn.WithKeepalive(ka), clientconn.WithObserver(obs), clientconn.WithServiceConfig(
+	f := newFactory(t, clientconn.WithResolvers(r), clientconn.WithKeepalive(ka), clientconn.WithObserver(obs), clientconn.WithServiceConfig(
 		`{"loadBalancingConfig":[{"`+balancer.Name+`":{"subchannelsPerEndpoint":1,"maxSubchannelsPerEndpoint":1}}]}`))
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -592,7 +591,7 @@ func TestServerCertificateRotationDuringTraffic(t *testing.T) {
 	oldSerial := certSerial(t, oldCert)
 
 	// A long-lived, shared connection under load.
-	f := clientconn.New(clientconn.WithTLS(pki.ClientConfig("")))
+	f := mustNew(t, clientconn.WithTLS(pki.ClientConfig("")))
 	defer f.Close()
 	c := get(t, f, b.Addr)
 	defer c.Close()
@@ -602,9 +601,9 @@ func TestServerCertificateRotationDuringTraffic(t *testing.T) {
 	// One client that always makes full handshakes and one that resumes.
 	fullCfg := pki.ClientConfig("")
 	fullCfg.SessionTicketsDisabled = true
-	fullF := clientconn.New(clientconn.WithTLS(fullCfg), clientconn.WithMaxIdle(0))
+	fullF := mustNew(t, clientconn.WithTLS(fullCfg), clientconn.WithMaxIdle(0))
 	defer fullF.Close()
-	resumeF := clientconn.New(clientconn.WithTLS(pki.ClientConfig("")), clientconn.WithMaxIdle(0))
+	resumeF := mustNew(t, clientconn.WithTLS(pki.ClientConfig("")), clientconn.WithMaxIdle(0))
 	defer resumeF.Close()
 	var errs errList
 	waitFull := reconnectLoop(fullF, b.Addr, stop, &errs)
@@ -625,7 +624,7 @@ func TestServerCertificateRotationDuringTraffic(t *testing.T) {
 		return nil
 	}
 	testutil.Eventually(t, 5*time.Second, func() bool {
-		g := clientconn.New(clientconn.WithTLS(freshCfg))
+		g := mustNew(t, clientconn.WithTLS(freshCfg))
 		defer g.Close()
 		mustUnary(t, get(t, g, b.Addr))
 		return fresh.Load().Cmp(newSerial) == 0
@@ -710,7 +709,7 @@ func TestTenantsNeverShareConnections(t *testing.T) {
 				return &testpb.SimpleResponse{}, nil
 			}
 			b := testutil.StartBackend(t, testutil.BackendOptions{TLS: tc.server, Unary: record})
-			f := clientconn.New(tc.client) // idle connections stay in the pool
+			f := mustNew(t, tc.client) // idle connections stay in the pool
 			defer f.Close()
 			call := func(tenant string) {
 				t.Helper()

@@ -8,12 +8,14 @@ import (
 	"fmt"
 	"net"
 	"reflect"
+	"strings"
 	"time"
 
 	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/resolver"
 
 	grcreds "github.com/grpcreuse/grpcreuse/credentials"
 	"github.com/grpcreuse/grpcreuse/telemetry"
@@ -57,11 +59,12 @@ type options struct {
 	meters        metric.MeterProvider
 	tracers       trace.TracerProvider
 	preconnect    []string
+	resolvers     map[string]resolver.Builder // WithResolvers, by scheme
 
 	// Test knobs, set through export_test.go.
 	noJitter bool
 
-	errs []error // invalid options, reported by every Get
+	errs []error // invalid options, reported by New
 }
 
 func defaultOptions() *options {
@@ -83,7 +86,7 @@ func (o *options) fail(format string, args ...any) {
 // tenant (WithTenant) and per backend address, and every handshake is
 // reported to the Factory's observer. A cfg that credentials.NewTLS
 // refuses (for example one relying on VerifyPeerCertificate, which
-// crypto/tls skips on resumption) fails every Get with its reason.
+// crypto/tls skips on resumption) fails New with its reason.
 func WithTLS(cfg *tls.Config) Option {
 	return optionFunc(func(o *options) {
 		if cfg == nil {
@@ -197,7 +200,7 @@ func WithDrainTimeout(d time.Duration) Option {
 // top-level "grpcreuse" object with circuit breaker and concurrency limit
 // policies per method (see interceptors.SplitServiceConfig): gRPC gets the
 // rest, and the Factory chains the breaker and limiter interceptors it
-// describes. An invalid document fails every Get, naming the field and
+// describes. An invalid document fails New, naming the field and
 // value. The compacted JSON is part of the sharing key.
 func WithServiceConfig(json string) Option {
 	return optionFunc(func(o *options) {
@@ -367,4 +370,39 @@ func compactJSON(s string) (string, error) {
 		return "", fmt.Errorf("service config is not valid JSON: %v", err)
 	}
 	return b.String(), nil
+}
+
+// WithResolvers hands the Factory resolver builders for its targets'
+// schemes, as grpc.WithResolvers does for one ClientConn, without
+// registering them globally (resolver.Register is for init time only).
+// A builder here takes precedence over a registered one of the same
+// scheme; an xDS resolver builder (xds:///) works like any other. Targets
+// of different schemes never share a connection.
+//
+// Custom resolvers must come through this option, not through a
+// grpc.WithResolvers in WithDialOptions: the Factory must know the scheme
+// to canonicalise targets, and wraps the builder so its observer reaches
+// the grpcreuse balancer. Two builders of one scheme are an error.
+func WithResolvers(builders ...resolver.Builder) Option {
+	return optionFunc(func(o *options) {
+		for i, b := range builders {
+			if b == nil {
+				o.fail("WithResolvers: builder %d is nil", i)
+				return
+			}
+			scheme := b.Scheme()
+			if scheme == "" || strings.ToLower(scheme) != scheme {
+				o.fail("WithResolvers: builder %d has scheme %q; must be non-empty and lower case, as grpc matches schemes", i, scheme)
+				return
+			}
+			if o.resolvers == nil {
+				o.resolvers = map[string]resolver.Builder{}
+			}
+			if _, dup := o.resolvers[scheme]; dup {
+				o.fail("WithResolvers: two builders for scheme %q", scheme)
+				return
+			}
+			o.resolvers[scheme] = b
+		}
+	})
 }

@@ -57,10 +57,9 @@ func TestServiceConfigPolicyOpensBreaker(t *testing.T) {
 }
 
 func TestServiceConfigPolicyBadField(t *testing.T) {
-	f := newFactory(t, clientconn.WithServiceConfig(`{"grpcreuse":{"methodConfig":[{"name":[{}],"circuitBreaker":{"failureRatio":1.5}}]}}`))
-	_, err := f.Get(context.Background(), "127.0.0.1:1")
+	_, err := clientconn.New(plaintext, clientconn.WithServiceConfig(`{"grpcreuse":{"methodConfig":[{"name":[{}],"circuitBreaker":{"failureRatio":1.5}}]}}`))
 	if err == nil || !strings.Contains(err.Error(), `"circuitBreaker.failureRatio" is 1.5`) {
-		t.Fatalf("Get with a bad policy: %v, want the field and value named", err)
+		t.Fatalf("New with a bad policy: %v, want the field and value named", err)
 	}
 	// A bad per-Get policy fails that Get only.
 	g := newFactory(t)

@@ -11,16 +11,26 @@ import (
 	"github.com/grpcreuse/grpcreuse/telemetry"
 )
 
+// resolver returns the builder the Factory's connections use for scheme:
+// the one handed to WithResolvers, else grpc's registered one.
+func (f *Factory) resolver(scheme string) resolver.Builder {
+	if b, ok := f.opts.resolvers[scheme]; ok {
+		return b
+	}
+	return resolver.Get(scheme)
+}
+
 // withObserverResolver returns a dial option that wraps the resolver of
-// target's scheme, so every resolver state carries obs for the grpcreuse
+// target's scheme (as lookup finds it: the Factory's own, else grpc's
+// registered one), so every resolver state carries obs for the grpcreuse
 // balancer: grpc builds balancers from a global registry, and the
 // resolver state is how one channel hands its own observer down.
-func withObserverResolver(target string, obs telemetry.SubchannelObserver) (grpc.DialOption, bool) {
+func withObserverResolver(target string, obs telemetry.SubchannelObserver, lookup func(string) resolver.Builder) (grpc.DialOption, bool) {
 	u, err := url.Parse(target)
 	if err != nil {
 		return nil, false
 	}
-	b := resolver.Get(u.Scheme)
+	b := lookup(u.Scheme)
 	if b == nil {
 		return nil, false
 	}

@@ -8,7 +8,7 @@ import (
 	"google.golang.org/grpc/credentials"
 
 	grcreds "github.com/grpcreuse/grpcreuse/credentials"
-	"github.com/grpcreuse/grpcreuse/telemetry"
+	"github.com/grpcreuse/grpcreuse/telemetry/opentelemetry"
 )
 
 // How New turns options into what every connection is dialled with.
@@ -38,14 +38,14 @@ func (f *Factory) setUpTelemetry() error {
 	if o.observerSet {
 		return fmt.Errorf("clientconn: WithObserver and WithMeterProvider/WithTracerProvider are both set; use one")
 	}
-	var topts []telemetry.Option
+	var topts []opentelemetry.Option
 	if o.meters != nil {
-		topts = append(topts, telemetry.WithMeterProvider(o.meters))
+		topts = append(topts, opentelemetry.WithMeterProvider(o.meters))
 	}
 	if o.tracers != nil {
-		topts = append(topts, telemetry.WithTracerProvider(o.tracers))
+		topts = append(topts, opentelemetry.WithTracerProvider(o.tracers))
 	}
-	t, err := telemetry.New(topts...)
+	t, err := opentelemetry.New(topts...)
 	if err != nil {
 		return fmt.Errorf("clientconn: %w", err)
 	}

@@ -88,7 +88,7 @@ func TestFactoryResumesTLSSessions(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			f := clientconn.New(clientconn.WithTLS(pki.ClientConfig("")), clientconn.WithSessionCache(cache), clientconn.WithMaxIdle(0))
+			f := mustNew(t, clientconn.WithTLS(pki.ClientConfig("")), clientconn.WithSessionCache(cache), clientconn.WithMaxIdle(0))
 			defer f.Close()
 			var client []bool
 			for i := 0; i < 5; i++ {
@@ -113,7 +113,7 @@ func TestFactoryKeepsTenantSessionsApart(t *testing.T) {
 		t.Run(v.name, func(t *testing.T) {
 			pki := testutil.NewPKI(t, testutil.ECDSAP256)
 			b := startTLSBackend(t, pki, v.version)
-			f := clientconn.New(clientconn.WithTLS(pki.ClientConfig("")), clientconn.WithMaxIdle(0))
+			f := mustNew(t, clientconn.WithTLS(pki.ClientConfig("")), clientconn.WithMaxIdle(0))
 			defer f.Close()
 			a, bt := clientconn.WithTenant("tenant-a"), clientconn.WithTenant("tenant-b")
 			connectOnce(t, f, b.Addr, a)  // full
@@ -146,12 +146,13 @@ func TestFactoryTLSBadInputs(t *testing.T) {
 		{name: "nil cache", opts: []clientconn.Option{clientconn.WithTLS(&tls.Config{}), clientconn.WithSessionCache(nil)}, wantErr: "WithSessionCache: cache is nil"},
 	}
 	for _, tt := range tests {
-		f := clientconn.New(tt.opts...)
-		_, err := f.Get(context.Background(), "127.0.0.1:1")
+		f, err := clientconn.New(tt.opts...)
 		if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
-			t.Errorf("%s: Get error = %v, want containing %q", tt.name, err, tt.wantErr)
+			t.Errorf("%s: New error = %v, want containing %q", tt.name, err, tt.wantErr)
 		}
-		f.Close()
+		if f != nil {
+			f.Close()
+		}
 	}
 }
 
@@ -161,7 +162,7 @@ func TestFactoryTLSBadInputs(t *testing.T) {
 func TestTenantCredentialsDoNotAccumulate(t *testing.T) {
 	pki := testutil.NewPKI(t, testutil.ECDSAP256)
 	b := startTLSBackend(t, pki, tls.VersionTLS13)
-	f := clientconn.New(clientconn.WithTLS(pki.ClientConfig("")), clientconn.WithMaxIdle(0))
+	f := mustNew(t, clientconn.WithTLS(pki.ClientConfig("")), clientconn.WithMaxIdle(0))
 	defer f.Close()
 	for i := 0; i < 20; i++ {
 		connectOnce(t, f, b.Addr, clientconn.WithTenant(fmt.Sprintf("tenant-%d", i)))

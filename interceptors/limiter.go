@@ -98,16 +98,23 @@ func (l *Limiter) get(target, method string) *limiter { return l.keys.Get(l.keyO
 
 // Snapshot describes every key's limiter, for the debug page (rejections
 // are counted by observers).
-func (l *Limiter) Snapshot() []telemetry.DebugLimiter {
+func (l *Limiter) Snapshot() []LimiterStatus {
 	lims := l.keys.Values()
-	out := make([]telemetry.DebugLimiter, 0, len(lims))
+	out := make([]LimiterStatus, 0, len(lims))
 	for _, lim := range lims {
 		lim.mu.Lock()
 		q := len(lim.queue)
 		lim.mu.Unlock()
-		out = append(out, telemetry.DebugLimiter{Key: lim.key, Limit: int(lim.limit.Load()), InFlight: int(lim.inflight.Load()), Queued: q})
+		out = append(out, LimiterStatus{Key: lim.key, Limit: int(lim.limit.Load()), InFlight: int(lim.inflight.Load()), Queued: q})
 	}
 	return out
+}
+
+// LimiterStatus describes one key's limiter, as Snapshot reports it.
+type LimiterStatus struct {
+	Key              string
+	Limit            int
+	InFlight, Queued int
 }
 
 // LimiterStats is a snapshot of one key's limiter.

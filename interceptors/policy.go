@@ -355,8 +355,8 @@ type Chain struct {
 func (c *Chain) DialOptions() []grpc.DialOption { return dialOptions(c.Unary, c.Stream) }
 
 // Breakers describes every breaker of the chain.
-func (c *Chain) Breakers() []telemetry.DebugBreaker {
-	var out []telemetry.DebugBreaker
+func (c *Chain) Breakers() []breaker.Status {
+	var out []breaker.Status
 	for _, r := range c.breakers {
 		out = append(out, r.Snapshot()...)
 	}
@@ -364,8 +364,8 @@ func (c *Chain) Breakers() []telemetry.DebugBreaker {
 }
 
 // Limiters describes every limiter of the chain.
-func (c *Chain) Limiters() []telemetry.DebugLimiter {
-	var out []telemetry.DebugLimiter
+func (c *Chain) Limiters() []LimiterStatus {
+	var out []LimiterStatus
 	for _, l := range c.limiters {
 		out = append(out, l.Snapshot()...)
 	}

@@ -173,13 +173,55 @@ type SessionCacheObserver interface {
 	SessionCacheLookup(tenant string, hit bool)
 	// SessionCacheEvicted reports a session of tenant evicted for capacity or age.
 	SessionCacheEvicted(tenant string)
+	// SessionCacheResumption reports, for caches used through
+	// grpcreuse/credentials' NewTLS, one handshake of tenant that was
+	// offered a cached session; resumed says whether the server resumed it
+	// (false: crypto/tls dropped it, the server refused it, or the
+	// handshake failed). A lookup hit is an offer, not a resumption.
+	SessionCacheResumption(tenant string, resumed bool)
+}
+
+// ServerHandshakeObserver receives the TLS server handshakes of
+// grpcreuse/credentials' NewTLS used as a server's grpc.Creds.
+type ServerHandshakeObserver interface {
+	// ServerHandshake reports one TLS server handshake, successful or not.
+	ServerHandshake(ServerHandshakeInfo)
+}
+
+// ServerHandshakeInfo describes one TLS server handshake.
+type ServerHandshakeInfo struct {
+	// Server is the local address the connection was accepted on
+	// ("10.0.0.7:8443"): the server, for a process serving several.
+	Server string
+	// Addr is the client's address.
+	Addr string
+	// ServerName is the server name the client asked for (SNI), "" if none
+	// or if the handshake failed before it was read.
+	ServerName string
+	// Duration is how long the handshake took, from the server starting it
+	// (right after accept, so it includes the wait for the client's first
+	// message) to its completion or failure.
+	Duration time.Duration
+	// Resumed reports whether the handshake resumed a session.
+	Resumed bool
+	// Version is the negotiated TLS version (tls.VersionTLS13, ...), 0 on
+	// failure.
+	Version uint16
+	// ClientCertificate reports whether the client presented a certificate
+	// (on a resumed handshake: in the session it resumed).
+	ClientCertificate bool
+	// Err is the error that failed the handshake, nil on success.
+	Err error
 }
 
 // Nop is an Observer that does nothing. Embed it to implement only part of
 // Observer.
 type Nop struct{}
 
-var _ Observer = Nop{}
+var (
+	_ Observer                = Nop{}
+	_ ServerHandshakeObserver = Nop{}
+)
 
 // PoolGet does nothing.
 func (Nop) PoolGet(string, bool) {}
@@ -237,3 +279,17 @@ func (Nop) SessionCacheLookup(string, bool) {}
 
 // SessionCacheEvicted does nothing.
 func (Nop) SessionCacheEvicted(string) {}
+
+// SessionCacheResumption does nothing.
+func (Nop) SessionCacheResumption(string, bool) {}
+
+// ServerHandshake does nothing.
+func (Nop) ServerHandshake(ServerHandshakeInfo) {}
+
+// HandshakeReporter is implemented by a connection's AuthInfo when it
+// knows how its handshake went; grpcreuse/credentials.TLSInfo does.
+type HandshakeReporter interface {
+	// HandshakeReport returns whether the TLS handshake resumed a session
+	// and how long it took.
+	HandshakeReport() (resumed bool, d time.Duration)
+}

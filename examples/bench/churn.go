@@ -144,14 +144,21 @@ func runChurn(ctx context.Context, e *env) (*result, error) {
 			}, func() {}
 		})},
 		{name: "one Factory", toolkit: true, measure: measure(func() (func(string) (grpc.ClientConnInterface, func(), error), func()) {
-			f := clientconn.New(clientconn.WithTLS(clientTLS))
+			f, err := clientconn.New(clientconn.WithTLS(clientTLS))
 			return func(addr string) (grpc.ClientConnInterface, func(), error) {
-				c, err := f.Get(ctx, addr)
-				if err != nil {
-					return nil, nil, err
+					if err != nil {
+						return nil, nil, err
+					}
+					c, err := f.Get(ctx, addr)
+					if err != nil {
+						return nil, nil, err
+					}
+					return c, func() { c.Close() }, nil
+				}, func() {
+					if f != nil {
+						f.Close()
+					}
 				}
-				return c, func() { c.Close() }, nil
-			}, func() { f.Close() }
 		})},
 	}
 	res, err := runRounds(ctx, e, sides)

@@ -52,7 +52,10 @@ func runSaturation(ctx context.Context, e *env) (*result, error) {
 	}
 	var rr atomic.Uint64
 
-	f := clientconn.New(clientconn.WithTransportCredentials(insecure.NewCredentials()), clientconn.WithServiceConfig(saturationConfig))
+	f, err := clientconn.New(clientconn.WithTransportCredentials(insecure.NewCredentials()), clientconn.WithServiceConfig(saturationConfig))
+	if err != nil {
+		return nil, err
+	}
 	defer f.Close()
 	sctx, cancel := context.WithTimeout(ctx, e.setupDeadline)
 	defer cancel()

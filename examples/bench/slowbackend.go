@@ -57,8 +57,11 @@ func runSlowBackend(ctx context.Context, e *env) (*result, error) {
 		return nil, err
 	}
 	defer lr.Close()
-	f := clientconn.New(clientconn.WithTransportCredentials(insecure.NewCredentials()),
+	f, err := clientconn.New(clientconn.WithTransportCredentials(insecure.NewCredentials()),
 		clientconn.WithServiceConfig(`{"loadBalancingConfig":[{"`+balancer.Name+`":{"maxSubchannelsPerEndpoint":8,"targetStreamsPerSubchannel":64}}]}`))
+	if err != nil {
+		return nil, err
+	}
 	defer f.Close()
 	sctx, cancel := context.WithTimeout(ctx, e.setupDeadline)
 	defer cancel()

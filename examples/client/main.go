@@ -162,7 +162,7 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 	}
 	var seen handshakes
 	var calls callCounter
-	newFactory := func() *clientconn.Factory {
+	newFactory := func() (*clientconn.Factory, error) {
 		return clientconn.New(
 			clientconn.WithTLS(tlsConfig),
 			clientconn.WithSessionCache(sessions),
@@ -177,8 +177,11 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 	fmt.Fprintf(stdout, "client: load balancing %s; grpcreuse policy: %s\n", balancer.Name, describePolicy(policy))
 
 	for round, what := range []string{"new connections", "connections made again (as after a backend restart): TLS sessions resume"} {
-		f := newFactory()
-		err := callBothServices(ctx, f, cfg)
+		f, err := newFactory()
+		if err != nil {
+			return err
+		}
+		err = callBothServices(ctx, f, cfg)
 		if err == nil {
 			// The balancer opens its connections at once but the calls may
 			// finish on the first: closing the Factory mid-handshake would

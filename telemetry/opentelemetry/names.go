@@ -1,8 +1,29 @@
-package telemetry
+package opentelemetry
 
 // Instrument names. Where gRPC defines a metric for the same thing (gRFC
 // A118 for TLS handshakes) the name and labels are gRPC's; the rest are
 // prefixed "grpcreuse.". Units are UCUM, as OpenTelemetry asks.
+const (
+	// MetricServerTLSHandshakes counts server TLS handshakes ({handshake}),
+	// by AttrTLSResult, AttrTLSResumed, AttrTLSVersion, AttrLocalAddress
+	// and AttrLocalPort: gRFC A118's client metric, server side.
+	MetricServerTLSHandshakes = "grpcreuse.server.tls.handshakes"
+	// MetricServerTLSHandshakeDuration is the server TLS handshake time (s),
+	// from accept, by the same attributes.
+	MetricServerTLSHandshakeDuration = "grpcreuse.server.tls.handshake.duration"
+	// MetricSessionCacheResumptions counts client handshakes that were
+	// offered a cached session ({handshake}), by AttrTenant and
+	// AttrSessionResumed: the offers the server took.
+	MetricSessionCacheResumptions = "grpcreuse.tls.session_cache.resumptions"
+
+	// AttrLocalAddress and AttrLocalPort are the address and port a server
+	// accepted the connection on (OpenTelemetry's network.local.*).
+	AttrLocalAddress = "network.local.address"
+	AttrLocalPort    = "network.local.port"
+	// AttrSessionResumed says whether an offered session was resumed.
+	AttrSessionResumed = "grpcreuse.tls.session_cache.resumed"
+)
+
 const (
 	// MetricTLSHandshakes counts client TLS handshakes ({handshake}), by
 	// AttrTLSResult, AttrTLSResumed and AttrTarget, as gRFC A118's.

@@ -1,4 +1,4 @@
-package interceptors_test
+package compose_test
 
 import (
 	"context"

@@ -1,4 +1,4 @@
-package telemetry_test
+package opentelemetry_test
 
 import (
 	"context"
@@ -11,14 +11,15 @@ import (
 	"testing"
 	"time"
 
+	"github.com/grpcreuse/grpcreuse/telemetry"
+	"github.com/grpcreuse/grpcreuse/telemetry/opentelemetry"
+
 	"go.opentelemetry.io/otel/attribute"
 	metricnoop "go.opentelemetry.io/otel/metric/noop"
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 	"go.opentelemetry.io/otel/sdk/metric/metricdata"
 	tracenoop "go.opentelemetry.io/otel/trace/noop"
 	"google.golang.org/grpc/connectivity"
-
-	"github.com/grpcreuse/grpcreuse/telemetry"
 )
 
 func TestTLSResult(t *testing.T) {
@@ -36,29 +37,33 @@ func TestTLSResult(t *testing.T) {
 		{tls.AlertError(70), "PROTOCOL_VERSION_UNSUPPORTED"},
 		{tls.AlertError(120), "NO_APPLICATION_PROTOCOL"},
 		{errors.New("something else"), "UNKNOWN_FAILURE"},
+		// What a server sees when the client refuses its certificate.
+		{&net.OpError{Op: "remote error", Err: errors.New("tls: bad certificate")}, "CERTIFICATE_REJECTED_BY_PEER"},
+		{&net.OpError{Op: "remote error", Err: errors.New("tls: unknown certificate authority")}, "CERTIFICATE_REJECTED_BY_PEER"},
+		{&net.OpError{Op: "remote error", Err: errors.New("tls: protocol version not supported")}, "PROTOCOL_VERSION_UNSUPPORTED"},
 	}
 	for _, tt := range tests {
-		if got := telemetry.TLSResult(tt.err); got != tt.want {
+		if got := opentelemetry.TLSResult(tt.err); got != tt.want {
 			t.Errorf("TLSResult(%v) = %q, want %q", tt.err, got, tt.want)
 		}
 	}
 }
 
 func TestNewRejectsNilProviders(t *testing.T) {
-	if _, err := telemetry.New(telemetry.WithMeterProvider(nil)); err == nil {
+	if _, err := opentelemetry.New(opentelemetry.WithMeterProvider(nil)); err == nil {
 		t.Error("New(WithMeterProvider(nil)) succeeded")
 	}
-	if _, err := telemetry.New(telemetry.WithTracerProvider(nil)); err == nil {
+	if _, err := opentelemetry.New(opentelemetry.WithTracerProvider(nil)); err == nil {
 		t.Error("New(WithTracerProvider(nil)) succeeded")
 	}
 }
 
-// TestEveryObserverEventIsRecorded drives each Observer method once and
+// TestEveryObserverEventIsRecorded drives each telemetry.Observer method once and
 // checks the instrument and attributes it lands in.
 func TestEveryObserverEventIsRecorded(t *testing.T) {
 	reader := sdkmetric.NewManualReader()
-	tel, err := telemetry.New(telemetry.WithMeterProvider(sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))),
-		telemetry.WithTracerProvider(tracenoop.NewTracerProvider()))
+	tel, err := opentelemetry.New(opentelemetry.WithMeterProvider(sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))),
+		opentelemetry.WithTracerProvider(tracenoop.NewTracerProvider()))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -79,6 +84,9 @@ func TestEveryObserverEventIsRecorded(t *testing.T) {
 	tel.LimiterRejected("svc", "queue_full")
 	tel.SessionCacheLookup("acme", false)
 	tel.SessionCacheEvicted("acme")
+	tel.SessionCacheResumption("acme", true)
+	tel.ServerHandshake(telemetry.ServerHandshakeInfo{Server: "127.0.0.1:8443", Duration: time.Millisecond, Version: tls.VersionTLS13,
+		Err: &net.OpError{Op: "remote error", Err: errors.New("tls: bad certificate")}})
 
 	var rm metricdata.ResourceMetrics
 	if err := reader.Collect(context.Background(), &rm); err != nil {
@@ -104,24 +112,29 @@ func TestEveryObserverEventIsRecorded(t *testing.T) {
 		}
 	}
 	want := map[string]string{
-		telemetry.MetricPoolGets:               "1 grpc.target=dns:///a:1,grpcreuse.pool.hit=true;",
-		telemetry.MetricPoolEvictions:          "1 grpc.target=dns:///a:1,grpcreuse.reason=idle;",
-		telemetry.MetricPoolOpenConnections:    "0 grpc.target=dns:///a:1;",
-		telemetry.MetricPoolConnectionLifetime: "n=1 grpc.target=dns:///a:1,grpcreuse.reason=evicted;",
-		telemetry.MetricConnectDuration:        "n=1 error.type=dial,grpc.target=dns:///a:1;",
-		telemetry.MetricTLSHandshakes:          "1 grpc.target=a,grpc.tls.handshake.result=SUCCESS,grpc.tls.handshake.resumed=RESUMED_HANDSHAKE;",
-		telemetry.MetricTLSHandshakeDuration:   "n=1 grpc.target=a,grpc.tls.handshake.result=SUCCESS,grpc.tls.handshake.resumed=RESUMED_HANDSHAKE,tls.protocol.version=1.2;",
-		telemetry.MetricSubchannelStateChanges: "1 grpc.target=dns:///a:1,grpcreuse.state=READY;",
-		telemetry.MetricEjections:              "1 grpc.target=dns:///a:1;",
-		telemetry.MetricEjectedEndpoints:       "0 grpc.target=dns:///a:1;",
-		telemetry.MetricEndpointInFlight:       "7 grpc.target=dns:///a:1,grpcreuse.endpoint=10.0.0.1:1;",
-		telemetry.MetricBreakerTransitions:     "1 grpcreuse.breaker.key=svc,grpcreuse.from=closed,grpcreuse.to=open;",
-		telemetry.MetricBreakersOpen:           "1 ;",
-		telemetry.MetricBreakerRejections:      "2 grpcreuse.breaker.key=svc;",
-		telemetry.MetricLimiterLimit:           "42 grpcreuse.limiter.key=svc;",
-		telemetry.MetricLimiterRejections:      "1 grpcreuse.limiter.key=svc,grpcreuse.reason=queue_full;",
-		telemetry.MetricSessionCacheLookups:    "1 grpcreuse.tenant=acme,grpcreuse.tls.session_cache.hit=false;",
-		telemetry.MetricSessionCacheEvictions:  "1 grpcreuse.tenant=acme;",
+		opentelemetry.MetricPoolGets:                "1 grpc.target=dns:///a:1,grpcreuse.pool.hit=true;",
+		opentelemetry.MetricPoolEvictions:           "1 grpc.target=dns:///a:1,grpcreuse.reason=idle;",
+		opentelemetry.MetricPoolOpenConnections:     "0 grpc.target=dns:///a:1;",
+		opentelemetry.MetricPoolConnectionLifetime:  "n=1 grpc.target=dns:///a:1,grpcreuse.reason=evicted;",
+		opentelemetry.MetricConnectDuration:         "n=1 error.type=dial,grpc.target=dns:///a:1;",
+		opentelemetry.MetricTLSHandshakes:           "1 grpc.target=a,grpc.tls.handshake.result=SUCCESS,grpc.tls.handshake.resumed=RESUMED_HANDSHAKE;",
+		opentelemetry.MetricTLSHandshakeDuration:    "n=1 grpc.target=a,grpc.tls.handshake.result=SUCCESS,grpc.tls.handshake.resumed=RESUMED_HANDSHAKE,tls.protocol.version=1.2;",
+		opentelemetry.MetricSubchannelStateChanges:  "1 grpc.target=dns:///a:1,grpcreuse.state=READY;",
+		opentelemetry.MetricEjections:               "1 grpc.target=dns:///a:1;",
+		opentelemetry.MetricEjectedEndpoints:        "0 grpc.target=dns:///a:1;",
+		opentelemetry.MetricEndpointInFlight:        "7 grpc.target=dns:///a:1,grpcreuse.endpoint=10.0.0.1:1;",
+		opentelemetry.MetricBreakerTransitions:      "1 grpcreuse.breaker.key=svc,grpcreuse.from=closed,grpcreuse.to=open;",
+		opentelemetry.MetricBreakersOpen:            "1 ;",
+		opentelemetry.MetricBreakerRejections:       "2 grpcreuse.breaker.key=svc;",
+		opentelemetry.MetricLimiterLimit:            "42 grpcreuse.limiter.key=svc;",
+		opentelemetry.MetricLimiterRejections:       "1 grpcreuse.limiter.key=svc,grpcreuse.reason=queue_full;",
+		opentelemetry.MetricSessionCacheLookups:     "1 grpcreuse.tenant=acme,grpcreuse.tls.session_cache.hit=false;",
+		opentelemetry.MetricSessionCacheEvictions:   "1 grpcreuse.tenant=acme;",
+		opentelemetry.MetricSessionCacheResumptions: "1 grpcreuse.tenant=acme,grpcreuse.tls.session_cache.resumed=true;",
+		opentelemetry.MetricServerTLSHandshakes: "1 grpc.tls.handshake.result=CERTIFICATE_REJECTED_BY_PEER,grpc.tls.handshake.resumed=FULL_HANDSHAKE," +
+			"network.local.address=127.0.0.1,network.local.port=8443,tls.protocol.version=1.3;",
+		opentelemetry.MetricServerTLSHandshakeDuration: "n=1 grpc.tls.handshake.result=CERTIFICATE_REJECTED_BY_PEER,grpc.tls.handshake.resumed=FULL_HANDSHAKE," +
+			"network.local.address=127.0.0.1,network.local.port=8443,tls.protocol.version=1.3;",
 	}
 	for name, w := range want {
 		if got[name] != w {
@@ -136,7 +149,7 @@ func TestEveryObserverEventIsRecorded(t *testing.T) {
 // The events that can come once per call (fail-fast rejections, shed
 // calls, Gets) must not allocate once their attribute set is cached.
 func TestFrequentEventsDoNotAllocate(t *testing.T) {
-	tel, err := telemetry.New(telemetry.WithMeterProvider(metricnoop.NewMeterProvider()))
+	tel, err := opentelemetry.New(opentelemetry.WithMeterProvider(metricnoop.NewMeterProvider()))
 	if err != nil {
 		t.Fatal(err)
 	}
