@@ -80,8 +80,11 @@ func runShedding(ctx context.Context, e *env) (*result, error) {
 	}
 	defer rr.Close()
 	ejections := &ejectionCounter{}
-	f := clientconn.New(clientconn.WithTransportCredentials(insecure.NewCredentials()), clientconn.WithObserver(ejections),
+	f, err := clientconn.New(clientconn.WithTransportCredentials(insecure.NewCredentials()), clientconn.WithObserver(ejections),
 		clientconn.WithServiceConfig(`{"loadBalancingConfig":[{"`+balancer.Name+`":{}}]}`))
+	if err != nil {
+		return nil, err
+	}
 	defer f.Close()
 	sctx, cancel := context.WithTimeout(ctx, e.setupDeadline)
 	defer cancel()
