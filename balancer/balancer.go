@@ -85,6 +85,8 @@ type knobs struct {
 	rand           func() uint64
 	sampleInterval time.Duration
 	latencyDecay   time.Duration
+	// manualLoop: no control-loop goroutine; the test calls tick.
+	manualLoop bool
 }
 
 type builder struct {
@@ -129,7 +131,11 @@ func (b *builder) Build(cc grpcbalancer.ClientConn, opts grpcbalancer.BuildOptio
 	}
 	l.sh.failThreshold.Store(int64(l.cfg.Ejection.ConsecutiveFailures))
 	l.sh.failCodes.Store(codeMask(l.cfg.Ejection.FailureCodes))
-	go l.run()
+	if k.manualLoop {
+		close(l.loopDone)
+	} else {
+		go l.run()
+	}
 	return l
 }
 
