@@ -131,6 +131,7 @@ func (b *builder) Build(cc grpcbalancer.ClientConn, opts grpcbalancer.BuildOptio
 	}
 	l.sh.failThreshold.Store(int64(l.cfg.Ejection.ConsecutiveFailures))
 	l.sh.failCodes.Store(codeMask(l.cfg.Ejection.FailureCodes))
+	register(l)
 	if k.manualLoop {
 		close(l.loopDone)
 	} else {
@@ -709,6 +710,7 @@ func (l *lb) Close() {
 		return
 	}
 	l.closed = true
+	unregister(l)
 	var w work
 	for _, ep := range l.order {
 		for len(ep.conns) > 0 {

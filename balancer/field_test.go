@@ -438,3 +438,50 @@ func TestEndpointStateAggregated(t *testing.T) {
 		t.Fatalf("observer counted %+v; want 2 OK calls", c)
 	}
 }
+
+// TestSnapshot: the debug-page snapshot shows every endpoint with its
+// aggregated state, connections and call counts, and forgets a closed
+// channel.
+func TestSnapshot(t *testing.T) {
+	s1 := startFieldServer(t, "", 0, 0)
+	s2 := startFieldServer(t, "", 0, 0)
+	cc, _ := dialSC(t, lbSC(Name, `{"subchannelsPerEndpoint":2}`), nil, endpoints(s1.addr, s2.addr))
+	client := testpb.NewTestServiceClient(cc)
+	for range 20 {
+		if _, err := client.UnaryCall(context.Background(), &testpb.SimpleRequest{}, grpc.WaitForReady(true)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var mine ChannelSnapshot
+	testutil.Eventually(t, 5*time.Second, func() bool {
+		for _, s := range Snapshot() {
+			if s.Target == "grpcreuse-field:///backends" && len(s.Endpoints) == 2 && s.Endpoints[0].Ready == 2 && s.Endpoints[1].Ready == 2 {
+				mine = s
+				return true
+			}
+		}
+		return false
+	}, "a snapshot with both endpoints READY on 2 connections")
+	if mine.State != connectivity.Ready {
+		t.Fatalf("channel state %v; want READY", mine.State)
+	}
+	var ok uint64
+	for _, e := range mine.Endpoints {
+		if e.State != connectivity.Ready || e.Connections != 2 || e.Ejected || e.Held {
+			t.Fatalf("endpoint %+v; want READY, 2 connections, not ejected or held", e)
+		}
+		ok += e.Calls.OK
+	}
+	if ok != 20 {
+		t.Fatalf("snapshot counts %d OK calls; want 20", ok)
+	}
+	cc.Close()
+	testutil.Eventually(t, 5*time.Second, func() bool {
+		for _, s := range Snapshot() {
+			if s.Target == mine.Target {
+				return false
+			}
+		}
+		return true
+	}, "the closed channel leaves the snapshot")
+}
