@@ -112,7 +112,8 @@
 // are sampled by the control loop, never reported per call. The observer is
 // never called with a lock held. Ejections, returns, holds, probes and
 // connection scaling are also logged through the grpclog component
-// "grpcreuse-balancer" at verbosity 2.
+// "grpcreuse-balancer" at verbosity 2. Snapshot returns the same picture
+// for every channel of the process at once, for debug pages.
 //
 // # Concurrency and goroutines
 //
