@@ -290,7 +290,7 @@ func TestBadInputEveryConstructor(t *testing.T) {
 		// interceptors.SplitServiceConfig and ParsePolicy.
 		{name: "Policy/not JSON", run: split(`{"grpcreuse":`), wantErr: []string{"grpcreuse: service config is not valid JSON"}},
 		{name: "Policy/not an object", run: split(`{"grpcreuse":[]}`), wantErr: []string{`"grpcreuse" is []; must be a JSON object`}},
-		{name: "Policy/methodConfig wrong type", run: split(`{"grpcreuse":{"methodConfig":5}}`), wantErr: []string{`"methodConfig" is 5; must be a list`}},
+		{name: "Policy/methodConfig wrong type", run: split(`{"grpcreuse":{"methodConfig":5}}`), wantErr: []string{`"methodConfig" is 5; must be a JSON array`}},
 		{name: "Policy/out of range", run: split(policy(`"circuitBreaker":{"failureRatio":-0.1}`)), wantErr: []string{`"circuitBreaker.failureRatio" is -0.1; must be between 0 and 1`}},
 		{name: "Policy/malformed duration", run: split(policy(`"concurrencyLimit":{"maxWait":"100ms"}`)), wantErr: []string{`"concurrencyLimit.maxWait" is "100ms"`}},
 		{name: "Policy/unknown code name", run: split(policy(`"circuitBreaker":{"failureCodes":["BROKEN"]}`)), wantErr: []string{`"circuitBreaker.failureCodes[0]" is "BROKEN"`}},

@@ -11,7 +11,6 @@ import (
 
 	"google.golang.org/grpc/connectivity"
 
-	"github.com/grpcreuse/grpcreuse/interceptors"
 	"github.com/grpcreuse/grpcreuse/telemetry"
 	"github.com/grpcreuse/grpcreuse/telemetry/debugpage"
 	"github.com/grpcreuse/grpcreuse/telemetry/opentelemetry"
@@ -243,57 +242,47 @@ func (f *Factory) debugSnapshot() debugpage.Snapshot {
 
 // chains returns the policies' chains, copied under cfgMu so that their
 // breakers and limiters are read after it is released.
-func (f *Factory) chains() []*interceptors.Chain {
-	f.cfgMu.Lock()
-	defer f.cfgMu.Unlock()
-	out := make([]*interceptors.Chain, 0, len(f.configs))
-	for _, sc := range f.configs {
-		if sc.chain != nil {
-			out = append(out, sc.chain)
-		}
-	}
-	return out
-}
-
 // policyRows merges the live state of the policies' breakers and limiters
-// with the rejections the recorder counted; keys only the recorder saw
-// (breakers built outside the Factory) keep what it knows.
+// (Factory.Policies, one set per tenant) with the rejections the recorder
+// counted for keys only it saw (breakers built outside the Factory).
 func (f *Factory) policyRows() ([]debugpage.Breaker, []debugpage.Limiter) {
-	breakers := map[string]debugpage.Breaker{}
+	type id struct{ tenant, key string }
+	breakers := map[id]debugpage.Breaker{}
 	f.rec.breakers.Range(func(k, v any) bool {
 		b := v.(*breakerRecord)
 		row := debugpage.Breaker{Key: k.(string), State: telemetry.BreakerState(b.state.Load()).String(), Rejections: b.rejections.Load()}
 		if at := b.since.Load(); at != 0 {
 			row.Since = time.Unix(0, at)
 		}
-		breakers[row.Key] = row
+		breakers[id{"", row.Key}] = row
 		return true
 	})
-	limiters := map[string]debugpage.Limiter{}
+	limiters := map[id]debugpage.Limiter{}
 	f.rec.limiters.Range(func(k, v any) bool {
 		l := v.(*limiterRecord)
-		limiters[k.(string)] = debugpage.Limiter{Key: k.(string), Limit: int(l.limit.Load()), Rejected: l.rejected.Load()}
+		limiters[id{"", k.(string)}] = debugpage.Limiter{Key: k.(string), Limit: int(l.limit.Load()), Rejected: l.rejected.Load()}
 		return true
 	})
-	for _, c := range f.chains() {
-		for _, st := range c.Breakers() {
-			b := debugpage.Breaker{Key: st.Key, State: st.State, Since: st.Since, NextProbe: st.NextProbe,
-				Requests: st.Requests, Failures: st.Failures, ConsecutiveFailures: st.ConsecutiveFailures}
-			if b.Since.IsZero() {
-				b.Since = breakers[b.Key].Since
-			}
-			b.Rejections = breakers[b.Key].Rejections
-			breakers[b.Key] = b
-		}
-		for _, st := range c.Limiters() {
-			limiters[st.Key] = debugpage.Limiter{Key: st.Key, Limit: st.Limit, InFlight: st.InFlight, Queued: st.Queued,
-				Rejected: limiters[st.Key].Rejected}
-		}
+	pol := f.Policies()
+	for _, st := range pol.Breakers {
+		delete(breakers, id{"", st.Key}) // the policy's own rows replace what the recorder saw of the key
+		breakers[id{st.Tenant, st.Key}] = debugpage.Breaker{Key: st.Key, Tenant: st.Tenant, State: st.State.String(),
+			Since: st.Since, NextProbe: st.NextProbe, Requests: st.Requests, Failures: st.Failures,
+			ConsecutiveFailures: st.ConsecutiveFailures, Rejections: st.Rejections}
+	}
+	for _, st := range pol.Limiters {
+		delete(limiters, id{"", st.Key})
+		limiters[id{st.Tenant, st.Key}] = debugpage.Limiter{Key: st.Key, Tenant: st.Tenant, Limit: st.Limit,
+			InFlight: st.InFlight, Queued: st.Queued, Rejected: st.Rejected}
 	}
 	bs := slices.Collect(maps.Values(breakers))
 	ls := slices.Collect(maps.Values(limiters))
-	slices.SortFunc(bs, func(a, b debugpage.Breaker) int { return cmp.Compare(a.Key, b.Key) })
-	slices.SortFunc(ls, func(a, b debugpage.Limiter) int { return cmp.Compare(a.Key, b.Key) })
+	slices.SortFunc(bs, func(a, b debugpage.Breaker) int {
+		return cmp.Or(cmp.Compare(a.Tenant, b.Tenant), cmp.Compare(a.Key, b.Key))
+	})
+	slices.SortFunc(ls, func(a, b debugpage.Limiter) int {
+		return cmp.Or(cmp.Compare(a.Tenant, b.Tenant), cmp.Compare(a.Key, b.Key))
+	})
 	return bs, ls
 }
 
@@ -302,10 +291,17 @@ func (f *Factory) policyRows() ([]debugpage.Breaker, []debugpage.Limiter) {
 // the debug snapshot, and nothing under the Factory's locks.
 func (f *Factory) gauges() opentelemetry.Gauges {
 	var g opentelemetry.Gauges
-	for _, c := range f.chains() {
-		for _, l := range c.Limiters() {
-			g.Limiters = append(g.Limiters, opentelemetry.LimiterGauge{Key: l.Key, InFlight: l.InFlight, Queued: l.Queued})
+	// LimiterGauge has no tenant yet: tenants' limiters of one key add up.
+	byKey := map[string]int{}
+	for _, l := range f.Policies().Limiters {
+		i, ok := byKey[l.Key]
+		if !ok {
+			i = len(g.Limiters)
+			byKey[l.Key] = i
+			g.Limiters = append(g.Limiters, opentelemetry.LimiterGauge{Key: l.Key})
 		}
+		g.Limiters[i].InFlight += l.InFlight
+		g.Limiters[i].Queued += l.Queued
 	}
 	if c := f.opts.sessions; c != nil {
 		g.SessionCaches = append(g.SessionCaches, opentelemetry.SessionCacheGauge{Name: "WithTLS", Size: c.Stats().Len})

@@ -318,12 +318,23 @@ func WithTenant(tenant string) GetOption {
 	return getOptionFunc(func(o *getOptions) { o.tenant = tenant })
 }
 
-// WithWaitForReady makes Get block until the connection is READY or ctx
-// ends. On timeout the error wraps both ctx.Err() and the last connection
-// error (dial or handshake), so callers see why, not only that it timed out.
-func WithWaitForReady() GetOption {
+// WithWarmUp makes Get return only once the connection is READY, or fail
+// when ctx ends: the first call then finds a warm connection. It is not
+// grpc's per-call grpc.WaitForReady, which makes each call wait. On
+// timeout the error wraps ctx.Err() and says why the connection is not
+// ready: the last resolver, dial or handshake error (an unknown host, a
+// refused connection, a certificate the server rejected, a plaintext
+// client talking to a TLS server). A max-age replacement of the
+// connection during the wait does not fail it: Get waits for the new one.
+func WithWarmUp() GetOption {
 	return getOptionFunc(func(o *getOptions) { o.waitReady = true })
 }
+
+// WithWaitForReady is WithWarmUp.
+//
+// Deprecated: use WithWarmUp; the name was easily confused with grpc's
+// per-call grpc.WaitForReady.
+func WithWaitForReady() GetOption { return WithWarmUp() }
 
 // WithTargetCredentials overrides the Factory's transport credentials for
 // this Get. Connections with different credentials are never shared.
@@ -351,13 +362,15 @@ func WithTargetServiceConfig(json string) GetOption {
 }
 
 // checkCreds rejects credentials that cannot identify a connection: nil,
-// or a type that is not comparable and would panic as a map key.
+// or a value that is not comparable and would panic as a map key. The
+// check is on the dynamic value: a struct type is comparable, yet one
+// holding an interface field whose value is a slice panics when compared.
 func checkCreds(c credentials.TransportCredentials) error {
 	if c == nil {
 		return fmt.Errorf("credentials are nil")
 	}
-	if t := reflect.TypeOf(c); !t.Comparable() {
-		return fmt.Errorf("credentials of type %v are not comparable; pass a pointer", t)
+	if v := reflect.ValueOf(c); !v.Comparable() {
+		return fmt.Errorf("credentials of type %v are not comparable (a map, slice or func inside); pass a pointer", v.Type())
 	}
 	return nil
 }
