@@ -52,10 +52,14 @@ type limiterRecord struct {
 }
 
 type endpointRecord struct {
-	state    atomic.Int32 // connectivity.State
+	state    atomic.Int32 // connectivity.State: aggregated once EndpointState came, else the last subchannel's
+	agg      atomic.Bool  // state is the balancer's aggregate
+	conns    atomic.Int32 // connections open
 	inFlight atomic.Int64
 	latency  atomic.Int64 // nanoseconds
 	ejected  atomic.Bool
+	// Finished calls since the endpoint appeared, from EndpointCalls.
+	ok, failed, shed atomic.Uint64
 }
 
 var _ telemetry.Observer = (*recorder)(nil)
@@ -108,7 +112,7 @@ func (r *recorder) Handshake(h telemetry.HandshakeInfo) {
 }
 
 func (r *recorder) SubchannelState(target, endpoint string, s connectivity.State) {
-	if e := load(r, &r.endpoints, [2]string{target, endpoint}, func() *endpointRecord { return new(endpointRecord) }); e != nil {
+	if e := load(r, &r.endpoints, [2]string{target, endpoint}, func() *endpointRecord { return new(endpointRecord) }); e != nil && !e.agg.Load() {
 		e.state.Store(int32(s))
 	}
 	r.next.SubchannelState(target, endpoint, s)
@@ -126,6 +130,33 @@ func (r *recorder) EndpointReturned(target, endpoint string) {
 		e.ejected.Store(false)
 	}
 	r.next.EndpointReturned(target, endpoint)
+}
+
+func (r *recorder) EndpointState(target, endpoint string, s connectivity.State, conns int) {
+	if e := load(r, &r.endpoints, [2]string{target, endpoint}, func() *endpointRecord { return new(endpointRecord) }); e != nil {
+		e.agg.Store(true)
+		e.state.Store(int32(s))
+		e.conns.Store(int32(conns))
+	}
+	r.next.EndpointState(target, endpoint, s, conns)
+}
+
+func (r *recorder) EndpointCalls(target, endpoint string, c telemetry.EndpointCalls) {
+	if e := load(r, &r.endpoints, [2]string{target, endpoint}, func() *endpointRecord { return new(endpointRecord) }); e != nil {
+		e.ok.Add(c.OK)
+		e.failed.Add(c.Failed + c.TimedOut)
+		e.shed.Add(c.Shed)
+	}
+	r.next.EndpointCalls(target, endpoint, c)
+}
+
+// EndpointRemoved forgets the endpoint, so the page shows only endpoints
+// the resolver still lists.
+func (r *recorder) EndpointRemoved(target, endpoint string) {
+	if _, loaded := r.endpoints.LoadAndDelete([2]string{target, endpoint}); loaded {
+		r.keys.Add(-1)
+	}
+	r.next.EndpointRemoved(target, endpoint)
 }
 
 func (r *recorder) EndpointLoad(target, endpoint string, n int, latency time.Duration) {
@@ -219,8 +250,9 @@ func (f *Factory) debugSnapshot() debugpage.Snapshot {
 	f.rec.endpoints.Range(func(k, v any) bool {
 		key, e := k.([2]string), v.(*endpointRecord)
 		s.Endpoints = append(s.Endpoints, debugpage.Endpoint{Target: key[0], Endpoint: key[1],
-			State: connectivity.State(e.state.Load()).String(), InFlight: int(e.inFlight.Load()),
-			Latency: debugpage.Duration(e.latency.Load()), Ejected: e.ejected.Load()})
+			State: connectivity.State(e.state.Load()).String(), Connections: int(e.conns.Load()), InFlight: int(e.inFlight.Load()),
+			Latency: debugpage.Duration(e.latency.Load()), Ejected: e.ejected.Load(),
+			CallsOK: e.ok.Load(), CallsFailed: e.failed.Load(), CallsShed: e.shed.Load()})
 		return true
 	})
 	slices.SortFunc(s.Endpoints, func(a, b debugpage.Endpoint) int {

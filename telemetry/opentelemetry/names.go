@@ -57,6 +57,13 @@ const (
 	// MetricEndpointInFlight is an endpoint's calls in flight as the
 	// balancer last sampled them ({call}), by AttrTarget and AttrEndpoint.
 	MetricEndpointInFlight = "grpcreuse.lb.endpoint.in_flight"
+	// MetricEndpointConnections is an endpoint's open connections
+	// ({connection}), by AttrTarget and AttrEndpoint, on every change.
+	MetricEndpointConnections = "grpcreuse.lb.endpoint.connections"
+	// MetricEndpointCalls counts an endpoint's finished calls ({call}) by
+	// AttrTarget, AttrEndpoint and AttrOutcome, as the balancer classifies
+	// them; reported by its control loop, not per call.
+	MetricEndpointCalls = "grpcreuse.lb.endpoint.calls"
 	// MetricBreakerTransitions counts breaker state changes ({transition}),
 	// by AttrBreakerKey, AttrFrom and AttrTo.
 	MetricBreakerTransitions = "grpcreuse.breaker.transitions"
@@ -107,6 +114,9 @@ const (
 	AttrReason = "grpcreuse.reason"
 	// AttrEndpoint is a balancer endpoint (its first address).
 	AttrEndpoint = "grpcreuse.endpoint"
+	// AttrOutcome is a call's outcome as the balancer classifies it:
+	// "ok", "failed", "shed", "cancelled" or "timed_out".
+	AttrOutcome = "grpcreuse.lb.outcome"
 	// AttrState is a connectivity state ("READY", ...).
 	AttrState = "grpcreuse.state"
 	// AttrBreakerKey and AttrLimiterKey name a breaker or limiter.

@@ -77,6 +77,8 @@ func TestEveryObserverEventIsRecorded(t *testing.T) {
 	tel.EndpointEjected("dns:///a:1", "10.0.0.1:1", time.Second)
 	tel.EndpointReturned("dns:///a:1", "10.0.0.1:1")
 	tel.EndpointLoad("dns:///a:1", "10.0.0.1:1", 7, time.Millisecond)
+	tel.EndpointState("dns:///a:1", "10.0.0.1:1", connectivity.Ready, 3)
+	tel.EndpointCalls("dns:///a:1", "10.0.0.1:1", telemetry.EndpointCalls{OK: 5})
 	tel.BreakerStateChanged("svc", telemetry.BreakerClosed, telemetry.BreakerOpen)
 	tel.BreakerRejected("svc")
 	tel.BreakerRejected("svc")
@@ -123,6 +125,8 @@ func TestEveryObserverEventIsRecorded(t *testing.T) {
 		opentelemetry.MetricEjections:               "1 grpc.target=dns:///a:1;",
 		opentelemetry.MetricEjectedEndpoints:        "0 grpc.target=dns:///a:1;",
 		opentelemetry.MetricEndpointInFlight:        "7 grpc.target=dns:///a:1,grpcreuse.endpoint=10.0.0.1:1;",
+		opentelemetry.MetricEndpointConnections:     "3 grpc.target=dns:///a:1,grpcreuse.endpoint=10.0.0.1:1;",
+		opentelemetry.MetricEndpointCalls:           "5 grpc.target=dns:///a:1,grpcreuse.endpoint=10.0.0.1:1,grpcreuse.lb.outcome=ok;",
 		opentelemetry.MetricBreakerTransitions:      "1 grpcreuse.breaker.key=svc,grpcreuse.from=closed,grpcreuse.to=open;",
 		opentelemetry.MetricBreakersOpen:            "1 ;",
 		opentelemetry.MetricBreakerRejections:       "2 grpcreuse.breaker.key=svc;",
