@@ -12,7 +12,9 @@ import (
 	"time"
 
 	grpcbalancer "google.golang.org/grpc/balancer"
+	"google.golang.org/grpc/balancer/pickfirst"
 	"google.golang.org/grpc/connectivity"
+	"google.golang.org/grpc/grpclog"
 	"google.golang.org/grpc/resolver"
 	"google.golang.org/grpc/serviceconfig"
 
@@ -23,6 +25,10 @@ import (
 // Name is the policy's name in service config ("loadBalancingConfig") and
 // in grpc's balancer registry.
 const Name = "grpcreuse_least_loaded"
+
+// logger logs ejections, returns and connection scaling at verbosity 2
+// (GRPC_GO_LOG_VERBOSITY_LEVEL=2), as grpc's own policies do.
+var logger = grpclog.Component("grpcreuse-balancer")
 
 func init() {
 	grpcbalancer.Register(&builder{name: Name})
@@ -47,9 +53,25 @@ const (
 	// f being its smoothed share of failed calls: a backend that fails half
 	// its calls quickly scores as if it were 11 times slower.
 	failurePenalty = 20
-	// failureMemory is the number of calls over which the failure share is
-	// smoothed (EWMA weight 1-exp(-calls/failureMemory) per sample).
+	// failureMemory is the number of calls over which the failure and shed
+	// shares are smoothed (EWMA weight 1-exp(-calls/failureMemory) per
+	// sample).
 	failureMemory = 20
+	// latencyBand: endpoints whose latency is within this factor of the
+	// fastest one's score as equally fast.
+	latencyBand = 1.5
+	// shedPenalty scales an endpoint's score by 1+shedPenalty*s, s being
+	// its smoothed share of calls the server shed (RESOURCE_EXHAUSTED).
+	// Small on purpose: shedding is back-pressure, and a big penalty herds
+	// the load onto the other backends, which then shed in turn.
+	shedPenalty = 1
+	// minTimeouts is how many calls in a row must time out
+	// (DEADLINE_EXCEEDED) on an endpoint, while other endpoints answer,
+	// before it is held out as a black hole.
+	minTimeouts = 3
+	// Black-hole holds start at holdBase and double with each probe that
+	// times out again, up to the ejection's maxEjectionTime.
+	holdBase = time.Second
 	// maxSleep bounds how long the control loop sleeps with nothing to do.
 	maxSleep = time.Minute
 )
@@ -63,6 +85,8 @@ type knobs struct {
 	rand           func() uint64
 	sampleInterval time.Duration
 	latencyDecay   time.Duration
+	// manualLoop: no control-loop goroutine; the test calls tick.
+	manualLoop bool
 }
 
 type builder struct {
@@ -94,6 +118,7 @@ func (b *builder) Build(cc grpcbalancer.ClientConn, opts grpcbalancer.BuildOptio
 	}
 	l := &lb{
 		cc:       cc,
+		opts:     opts,
 		target:   opts.Target.String(),
 		k:        k,
 		sh:       &shared{kick: make(chan struct{}, 1), now: k.now, rand: k.rand},
@@ -105,7 +130,13 @@ func (b *builder) Build(cc grpcbalancer.ClientConn, opts grpcbalancer.BuildOptio
 		state:    connectivity.Connecting,
 	}
 	l.sh.failThreshold.Store(int64(l.cfg.Ejection.ConsecutiveFailures))
-	go l.run()
+	l.sh.failCodes.Store(codeMask(l.cfg.Ejection.FailureCodes))
+	register(l)
+	if k.manualLoop {
+		close(l.loopDone)
+	} else {
+		go l.run()
+	}
 	return l
 }
 
@@ -118,6 +149,7 @@ type shared struct {
 	// the next pick clears it and wakes the loop.
 	sleeping      atomic.Bool
 	failThreshold atomic.Int64
+	failCodes     atomic.Uint32 // bit set of ejection.failureCodes
 	now           func() time.Duration
 	rand          func() uint64
 }
@@ -137,7 +169,8 @@ const (
 	areaMask     = 1<<areaBits - 1
 )
 
-// endpoint is one resolver.Endpoint and its subchannels.
+// endpoint is one resolver.Endpoint and its connections (pick_first
+// children).
 type endpoint struct {
 	sh *shared
 
@@ -151,76 +184,173 @@ type endpoint struct {
 	// have spent in flight — is then t·n − Z, and by Little's law its
 	// growth over a window divided by the calls completed in it is their
 	// mean latency. This measures latency exactly without any per-call
-	// state, which lets the done callback be built once per subchannel.
+	// state, which lets the done callback be built once per connection.
 	load     atomic.Uint64
-	ok       atomic.Uint64 // calls the backend answered (any code but the failure codes)
-	failed   atomic.Uint64 // calls that failed with a failure code
-	neutral  atomic.Uint64 // calls cancelled or timed out by the caller
+	ok       atomic.Uint64 // calls the backend answered (any code but those below)
+	failed   atomic.Uint64 // calls that failed with one of ejection.failureCodes
+	shed     atomic.Uint64 // calls the server shed (RESOURCE_EXHAUSTED)
+	neutral  atomic.Uint64 // calls cancelled by the caller
+	timeouts atomic.Uint64 // calls that ended in DEADLINE_EXCEEDED
 	consec   atomic.Int64  // consecutive failures
-	weight   atomic.Uint64 // float64 bits: latency EWMA (µs) × failure penalty
-	growReq  atomic.Bool   // a pick asked for another subchannel
-	inflight int           // last reported in-flight, guarded by lb.mu
+	consecTO atomic.Int64  // consecutive timeouts, reset by any answer
+	weight   atomic.Uint64 // float64 bits: latency EWMA (µs) × penalties
+	growReq  atomic.Bool   // a pick asked for another connection
 
 	// Guarded by lb.mu.
-	addrs      []resolver.Address
+	ep         resolver.Endpoint
 	name       string
-	subs       []*subConn // live subchannels, in creation order
+	conns      []*conn // live connections, in creation order
 	ejected    bool
 	ejections  int           // ejections in a row, decays while healthy
 	returnAt   time.Duration // when an ejection ends
 	lastReturn time.Duration // when the endpoint last came back (or was created)
-	ewma       float64       // peak-EWMA latency, µs; 0 = no data yet
-	failRate   float64       // smoothed share of failed calls
-	lastArea   uint64        // t·n − Z at the last sample, mod 2^44
-	lastDone   uint64        // ok+neutral at the last sample
-	lastFailed uint64
+	held       bool          // held out as a black hole (not an ejection)
+	holds      int           // holds in a row; reset by an answered call
+	holdUntil  time.Duration
+	probing    bool // back from a hold: one call at a time until one is answered
+	// drifted: avoided as slow, its estimate drifted back without a call
+	// measuring it; it takes one call at a time until one does.
+	drifted bool
+	// answeredWindow: the endpoint answered a call in the last sample window.
+	answeredWindow bool
+	ewma           float64 // peak-EWMA latency, µs; 0 = no data yet
+	failRate       float64 // smoothed share of failed calls
+	shedRate       float64 // smoothed share of shed calls
+	lastArea       uint64  // t·n − Z at the last sample, mod 2^44
+	last           counts  // counters at the last sample
+	reported       counts  // counters at the last EndpointCalls report
+	inflight       int     // last reported in-flight
+	aggState       connectivity.State
+	aggConns       int // open connections at the last EndpointState report
 }
 
-// score is the endpoint's cost for a new call: latency × (in flight + 1).
-func (e *endpoint) score() float64 {
-	return math.Float64frombits(e.weight.Load()) * float64(e.load.Load()&inflightMask+1)
+// counts is a snapshot of an endpoint's call counters.
+type counts struct{ ok, failed, shed, neutral, timeouts uint64 }
+
+func (e *endpoint) counts() counts {
+	return counts{e.ok.Load(), e.failed.Load(), e.shed.Load(), e.neutral.Load(), e.timeouts.Load()}
 }
 
-func (e *endpoint) setWeight() {
-	w := e.ewma
-	if w <= 0 {
-		w = 1
+// setWeight stores the endpoint's weight: its latency factor times its
+// failure and shed penalties. The latency factor is 1 for endpoints within
+// latencyBand of ref, the fastest endpoint's latency, and grows in
+// proportion beyond: endpoints alike then compete on calls in flight alone
+// (with the round-robin tie-break), so that latency noise does not herd
+// calls, while a really slower endpoint is avoided.
+func (e *endpoint) setWeight(ref float64) {
+	f := 1.0
+	if ref > 0 && e.ewma > latencyBand*ref {
+		f = e.ewma / (latencyBand * ref)
 	}
-	e.weight.Store(math.Float64bits(w * (1 + failurePenalty*e.failRate)))
+	e.weight.Store(math.Float64bits(f * (1 + failurePenalty*e.failRate) * (1 + shedPenalty*e.shedRate)))
 }
 
-// subConn is one connection of an endpoint.
-type subConn struct {
+// conn is one connection of an endpoint: a pick_first child given all of
+// the endpoint's addresses, so that it connects the way pick_first does
+// (happy eyeballs, health checking, outlier-detection ejections through
+// the health listener).
+type conn struct {
+	l  *lb
 	ep *endpoint
-	sc grpcbalancer.SubConn
-	// done is s.onDone, built once so that picks do not allocate.
+	// done is c.onDone, built once so that picks do not allocate.
 	done func(grpcbalancer.DoneInfo)
 	// use packs calls in flight (low 32 bits) and picks mod 2^32 (high).
 	use atomic.Uint64
 
+	// childMu serialises calls into child. Lock order: childMu before
+	// lb.mu (the child calls back into UpdateState, which takes lb.mu,
+	// from inside its own methods), so the child is never called with
+	// lb.mu held.
+	childMu     sync.Mutex
+	child       grpcbalancer.Balancer
+	childClosed bool
+
 	// Guarded by lb.mu.
-	state     connectivity.State
-	sticky    bool // in TRANSIENT_FAILURE until it becomes READY again
-	shutdown  bool
+	removed   bool               // closed by us; later updates are ignored
+	state     connectivity.State // the child's state (health included)
+	result    grpcbalancer.PickResult
+	lastErr   error // the child's picker error while not READY
 	lastPicks uint32
 	idleSince time.Duration
 }
 
-func (s *subConn) inflight() uint32 { return uint32(s.use.Load()) }
+func (c *conn) inflight() uint32 { return uint32(c.use.Load()) }
+
+// connCC is the ClientConn a child sees: the channel's, with UpdateState
+// intercepted.
+type connCC struct {
+	grpcbalancer.ClientConn
+	c *conn
+}
+
+func (w *connCC) UpdateState(s grpcbalancer.State) { w.c.l.onChildState(w.c, s) }
+
+// update gives the child the endpoint's addresses. Called without lb.mu.
+func (c *conn) update(rs resolver.State) {
+	c.childMu.Lock()
+	defer c.childMu.Unlock()
+	if !c.childClosed {
+		_ = c.child.UpdateClientConnState(grpcbalancer.ClientConnState{ResolverState: rs})
+	}
+}
+
+// close shuts the child down (its calls finish). Called without lb.mu.
+func (c *conn) close() {
+	c.childMu.Lock()
+	defer c.childMu.Unlock()
+	if !c.childClosed {
+		c.childClosed = true
+		c.child.Close()
+	}
+}
+
+func (c *conn) exitIdle() {
+	c.childMu.Lock()
+	defer c.childMu.Unlock()
+	if !c.childClosed {
+		c.child.ExitIdle()
+	}
+}
+
+// work is what a change decided under lb.mu asks of the children; do
+// runs it after mu is released.
+type work struct {
+	update   []*conn
+	rs       []resolver.State // rs[i] for update[i]
+	close    []*conn
+	exitIdle []*conn
+}
+
+func (w *work) empty() bool { return len(w.update)+len(w.close)+len(w.exitIdle) == 0 }
+
+func (w *work) do() {
+	for _, c := range w.close {
+		c.close()
+	}
+	for i, c := range w.update {
+		c.update(w.rs[i])
+	}
+	for _, c := range w.exitIdle {
+		c.exitIdle()
+	}
+}
 
 // lb is the balancer of one channel.
 //
-// Concurrency: grpc calls UpdateClientConnState, ResolverError, ExitIdle,
-// Close and the subchannel state listeners from one goroutine; the control
-// loop (run) is a second one. Both take mu. Pick and the done callbacks
-// take no lock: they read the immutable picker and update atomics.
+// Concurrency: grpc calls UpdateClientConnState, ResolverError, ExitIdle
+// and Close from one goroutine; children report through UpdateState from
+// that goroutine and from their own timers (happy eyeballs); the control
+// loop (run) is one more goroutine. All of them take mu. Pick and the done
+// callbacks take no lock: they read the immutable picker and update
+// atomics.
 //
-// Lock order: mu is the only lock. Calls into grpc (NewSubConn, Connect,
-// Shutdown, UpdateState) are made with mu held; none of them calls back
-// into the balancer synchronously. The observer is only called after mu is
-// released.
+// Lock order: conn.childMu, then mu. Calls into children are made without
+// mu (see work); calls into grpc's ClientConn (UpdateState) are made with
+// mu held, and grpc never calls back synchronously. The observer is only
+// called after mu is released.
 type lb struct {
 	cc       grpcbalancer.ClientConn
+	opts     grpcbalancer.BuildOptions
 	target   string
 	k        knobs
 	sh       *shared
@@ -231,23 +361,33 @@ type lb struct {
 	closed      bool
 	cfg         *Config
 	obs         telemetry.SubchannelObserver
+	attrs       *resolver.State // attributes handed to children (ResolverState without endpoints)
 	eps         *resolver.EndpointMap[*endpoint]
 	order       []*endpoint // eps in resolver order
 	state       connectivity.State
-	connErr     error // last connection error of any subchannel
+	lastErr     error // last error of a child that could not serve
 	resolverErr error
 	lastSample  time.Duration
 	active      bool // calls flowed in the last sample window
+	// othersAnswer is how many endpoints answered a call in the last
+	// sample window.
+	othersAnswer int
+	// refLatency is the lowest latency estimate of any endpoint, µs; 0
+	// before the first sample.
+	refLatency  float64
+	inhibit     int // >0 while a top-down change is applied to children
+	pendingIdle []*conn
 	pending     []event
 }
 
 // event is an observer call collected under mu and made after it.
 type event struct {
-	kind  int // evState, evEjected, evReturned, evLoad
+	kind  int // evState, evEjected, evReturned, evLoad, evEndpoint, evCalls, evRemoved
 	ep    string
 	state connectivity.State
 	d     time.Duration
 	n     int
+	calls counts
 }
 
 const (
@@ -255,6 +395,9 @@ const (
 	evEjected
 	evReturned
 	evLoad
+	evEndpoint
+	evCalls
+	evRemoved
 )
 
 // unlockAndEmit releases mu and then reports the collected events.
@@ -272,8 +415,26 @@ func (l *lb) unlockAndEmit() {
 			obs.EndpointReturned(l.target, ev.ep)
 		case evLoad:
 			obs.EndpointLoad(l.target, ev.ep, ev.n, ev.d)
+		case evEndpoint:
+			obs.EndpointState(l.target, ev.ep, ev.state, ev.n)
+		case evCalls:
+			obs.EndpointCalls(l.target, ev.ep, telemetry.EndpointCalls{OK: ev.calls.ok, Failed: ev.calls.failed, Shed: ev.calls.shed,
+				Cancelled: ev.calls.neutral, TimedOut: ev.calls.timeouts})
+		case evRemoved:
+			obs.EndpointRemoved(l.target, ev.ep)
 		}
 	}
+}
+
+// childState is the resolver state a child of ep is given: ep alone, the
+// channel's attributes, and pick_first's health listener enabled so that
+// health checking and outlier detection reach us through it.
+func (l *lb) childStateLocked(ep *endpoint) resolver.State {
+	rs := resolver.State{Endpoints: []resolver.Endpoint{ep.ep}}
+	if l.attrs != nil {
+		rs.Attributes = l.attrs.Attributes
+	}
+	return pickfirst.EnableHealthListener(rs)
 }
 
 func (l *lb) UpdateClientConnState(ccs grpcbalancer.ClientConnState) error {
@@ -285,14 +446,16 @@ func (l *lb) UpdateClientConnState(ccs grpcbalancer.ClientConnState) error {
 		return fmt.Errorf("%s: config of type %T; want *balancer.Config: %w", Name, ccs.BalancerConfig, grpcbalancer.ErrBadResolverState)
 	}
 	l.mu.Lock()
-	defer l.unlockAndEmit()
 	if l.closed {
+		l.mu.Unlock()
 		return nil
 	}
 	l.obs = observerattr.Get(ccs.ResolverState)
 	l.cfg = cfg
 	l.sh.failThreshold.Store(int64(cfg.Ejection.ConsecutiveFailures))
+	l.sh.failCodes.Store(codeMask(cfg.Ejection.FailureCodes))
 	l.resolverErr = nil
+	l.attrs = &resolver.State{Attributes: ccs.ResolverState.Attributes}
 
 	endpoints := ccs.ResolverState.Endpoints
 	if len(endpoints) == 0 {
@@ -301,6 +464,7 @@ func (l *lb) UpdateClientConnState(ccs grpcbalancer.ClientConnState) error {
 		}
 	}
 	now := l.sh.now()
+	var w work
 	seen := resolver.NewEndpointMap[bool]()
 	var order []*endpoint
 	for _, re := range endpoints {
@@ -316,35 +480,60 @@ func (l *lb) UpdateClientConnState(ccs grpcbalancer.ClientConnState) error {
 			ep = l.newEndpointLocked(re, now)
 			l.eps.Set(re, ep)
 		}
+		ep.ep = re // attributes (weights, ...) may have changed
 		order = append(order, ep)
 	}
 	for re, ep := range l.eps.All() {
 		if _, ok := seen.Get(re); !ok {
 			l.eps.Delete(re)
-			for _, s := range ep.subs {
-				l.shutdownLocked(s)
+			for len(ep.conns) > 0 {
+				w.close = append(w.close, l.removeLocked(ep.conns[0]))
 			}
-			ep.subs = nil
+			l.pending = append(l.pending, event{kind: evRemoved, ep: ep.name})
 		}
 	}
 	l.order = order
 	for _, ep := range l.order {
-		for len(ep.subs) < cfg.SubchannelsPerEndpoint {
-			if !l.newSubConnLocked(ep, now) {
-				break
-			}
+		for len(ep.conns) > cfg.MaxSubchannelsPerEndpoint {
+			w.close = append(w.close, l.removeLocked(ep.conns[len(ep.conns)-1]))
 		}
-		for len(ep.subs) > cfg.MaxSubchannelsPerEndpoint {
-			l.shutdownLocked(ep.subs[len(ep.subs)-1])
+		rs := l.childStateLocked(ep)
+		for _, c := range ep.conns {
+			w.update = append(w.update, c)
+			w.rs = append(w.rs, rs)
+		}
+		for len(ep.conns) < cfg.SubchannelsPerEndpoint {
+			w.update = append(w.update, l.newConnLocked(ep, now))
+			w.rs = append(w.rs, rs)
 		}
 	}
+	var err error
 	if len(l.order) == 0 {
 		l.resolverErr = errors.New("resolver produced no endpoints")
-		l.updatePickerLocked()
-		return grpcbalancer.ErrBadResolverState
+		err = grpcbalancer.ErrBadResolverState
 	}
-	l.updatePickerLocked()
-	return nil
+	l.applyLocked(&w)
+	return err
+}
+
+// applyLocked runs w on the children without mu (their state reports
+// wait), then publishes one picker. It is called with mu held and
+// returns with mu released and the events emitted.
+func (l *lb) applyLocked(w *work) {
+	if w.empty() {
+		l.updatePickerLocked()
+		l.unlockAndEmit()
+		return
+	}
+	l.inhibit++
+	l.unlockAndEmit()
+	w.do()
+	l.mu.Lock()
+	l.inhibit--
+	if !l.closed {
+		l.updatePickerLocked()
+	}
+	l.unlockAndEmit()
 }
 
 func (l *lb) newEndpointLocked(re resolver.Endpoint, now time.Duration) *endpoint {
@@ -354,9 +543,10 @@ func (l *lb) newEndpointLocked(re resolver.Endpoint, now time.Duration) *endpoin
 	}
 	ep := &endpoint{
 		sh:         l.sh,
-		addrs:      re.Addresses,
+		ep:         re,
 		name:       strings.Join(names, ","),
 		lastReturn: now,
+		aggState:   connectivity.Idle,
 	}
 	// A new endpoint starts at the mean latency of the others, so that it is
 	// neither flooded nor starved before its first sample.
@@ -371,78 +561,119 @@ func (l *lb) newEndpointLocked(re resolver.Endpoint, now time.Duration) *endpoin
 	if n > 0 {
 		ep.ewma = sum / float64(n)
 	}
-	ep.setWeight()
+	ep.setWeight(l.refLatency)
 	return ep
 }
 
-// newSubConnLocked opens one more connection to ep and reports whether it
-// could.
-func (l *lb) newSubConnLocked(ep *endpoint, now time.Duration) bool {
-	s := &subConn{ep: ep, state: connectivity.Idle, idleSince: now}
-	s.done = s.onDone
-	//lint:ignore SA1019 one SubConn per connection, given all of the endpoint's addresses (see doc.go); grpc has no replacement yet
-	sc, err := l.cc.NewSubConn(ep.addrs, grpcbalancer.NewSubConnOptions{
-		StateListener: func(st grpcbalancer.SubConnState) { l.onSubConnState(s, st) },
-	})
-	if err != nil {
-		l.connErr = err
-		return false
-	}
-	s.sc = sc
-	ep.subs = append(ep.subs, s)
+// newConnLocked adds one connection (a pick_first child, not yet given its
+// addresses: the caller's work does that) to ep.
+func (l *lb) newConnLocked(ep *endpoint, now time.Duration) *conn {
+	c := &conn{l: l, ep: ep, state: connectivity.Idle, idleSince: now}
+	c.done = c.onDone
+	c.child = grpcbalancer.Get(pickfirst.Name).Build(&connCC{ClientConn: l.cc, c: c}, l.opts)
+	ep.conns = append(ep.conns, c)
 	l.pending = append(l.pending, event{kind: evState, ep: ep.name, state: connectivity.Idle})
-	sc.Connect()
-	return true
+	l.endpointStateLocked(ep)
+	return c
 }
 
-// shutdownLocked closes s gracefully (its calls finish) and forgets it.
-func (l *lb) shutdownLocked(s *subConn) {
-	if s.shutdown {
-		return
-	}
-	s.shutdown = true
-	s.sc.Shutdown()
-	s.ep.remove(s)
-	l.pending = append(l.pending, event{kind: evState, ep: s.ep.name, state: connectivity.Shutdown})
-}
-
-// remove drops s from e.subs, keeping the order. Called with lb.mu held.
-func (e *endpoint) remove(s *subConn) {
-	for i, o := range e.subs {
-		if o == s {
-			e.subs = append(e.subs[:i:i], e.subs[i+1:]...)
-			return
+// removeLocked forgets c and returns it for the caller's work to close.
+func (l *lb) removeLocked(c *conn) *conn {
+	c.removed = true
+	for i, o := range c.ep.conns {
+		if o == c {
+			c.ep.conns = append(c.ep.conns[:i:i], c.ep.conns[i+1:]...)
+			break
 		}
 	}
+	l.pending = append(l.pending, event{kind: evState, ep: c.ep.name, state: connectivity.Shutdown})
+	l.endpointStateLocked(c.ep)
+	return c
 }
 
-func (l *lb) onSubConnState(s *subConn, st grpcbalancer.SubConnState) {
-	l.mu.Lock()
-	defer l.unlockAndEmit()
-	if l.closed || s.shutdown {
+// endpointStateLocked reports ep's state aggregated over its connections
+// (READY if any is READY, else CONNECTING if any is connecting or idle,
+// else TRANSIENT_FAILURE) and its count of open connections, when either
+// changed.
+func (l *lb) endpointStateLocked(ep *endpoint) {
+	st, ready := aggregate(ep.conns)
+	if st == ep.aggState && len(ep.conns) == ep.aggConns {
 		return
 	}
-	old := s.state
-	s.state = st.ConnectivityState
-	l.pending = append(l.pending, event{kind: evState, ep: s.ep.name, state: s.state})
-	switch s.state {
-	case connectivity.Idle:
-		// Keep connections warm; grpc applies its reconnect backoff
-		// before a failed subchannel reports IDLE again.
-		s.sc.Connect()
-	case connectivity.TransientFailure:
-		s.sticky = true
-		l.connErr = st.ConnectionError
+	if st != ep.aggState && logger.V(2) {
+		logger.Infof("%s: target %q: endpoint %s is %v with %d of %d connections ready", Name, l.target, ep.name, st, ready, len(ep.conns))
+	}
+	ep.aggState, ep.aggConns = st, len(ep.conns)
+	l.pending = append(l.pending, event{kind: evEndpoint, ep: ep.name, state: st, n: len(ep.conns)})
+}
+
+func aggregate(conns []*conn) (connectivity.State, int) {
+	ready, connecting := 0, false
+	for _, c := range conns {
+		switch c.state {
+		case connectivity.Ready:
+			ready++
+		case connectivity.Connecting, connectivity.Idle:
+			connecting = true
+		}
+	}
+	switch {
+	case ready > 0:
+		return connectivity.Ready, ready
+	case connecting:
+		return connectivity.Connecting, 0
+	case len(conns) == 0:
+		return connectivity.Idle, 0
+	}
+	return connectivity.TransientFailure, 0
+}
+
+// onChildState records a child's state. The child calls it from inside
+// its own methods, possibly holding its own lock, so nothing here calls
+// back into a child: IDLE children are handed to the control loop to be
+// reconnected.
+func (l *lb) onChildState(c *conn, st grpcbalancer.State) {
+	l.mu.Lock()
+	if l.closed || c.removed {
+		l.mu.Unlock()
+		return
+	}
+	old := c.state
+	c.state = st.ConnectivityState
+	switch c.state {
 	case connectivity.Ready:
-		s.sticky = false
-	case connectivity.Shutdown:
-		// Not requested by us (we ignore updates after our Shutdown).
-		s.shutdown = true
-		s.ep.remove(s)
+		res, err := st.Picker.Pick(grpcbalancer.PickInfo{})
+		if err != nil || res.SubConn == nil {
+			// Not a pick_first picker we understand; treat as connecting.
+			c.state = connectivity.Connecting
+			break
+		}
+		c.result = grpcbalancer.PickResult{SubConn: res.SubConn, Done: c.done, Metadata: res.Metadata}
+		if childDone := res.Done; childDone != nil {
+			c.result.Done = func(info grpcbalancer.DoneInfo) { c.onDone(info); childDone(info) }
+		}
+		c.lastErr = nil
+	case connectivity.TransientFailure:
+		if _, err := st.Picker.Pick(grpcbalancer.PickInfo{}); err != nil {
+			c.lastErr, l.lastErr = err, err
+		}
+	case connectivity.Idle:
+		// A connection went away. Keep connections warm: the control loop
+		// asks the child to reconnect (grpc applies its backoff to
+		// failed attempts).
+		l.pendingIdle = append(l.pendingIdle, c)
+		l.sh.wake()
 	}
-	if old != s.state {
-		l.updatePickerLocked()
+	if old != c.state {
+		l.pending = append(l.pending, event{kind: evState, ep: c.ep.name, state: c.state})
+		l.endpointStateLocked(c.ep)
+		if l.inhibit == 0 {
+			l.updatePickerLocked()
+		}
+	} else if c.state == connectivity.TransientFailure && l.inhibit == 0 && l.state == connectivity.TransientFailure {
+		l.updatePickerLocked() // a newer error for the picker
 	}
+	l.unlockAndEmit()
 }
 
 func (l *lb) ResolverError(err error) {
@@ -457,22 +688,20 @@ func (l *lb) ResolverError(err error) {
 	}
 }
 
-// UpdateSubConnState is never called: every subchannel has a listener.
+// UpdateSubConnState is never called: pick_first children use listeners.
 func (l *lb) UpdateSubConnState(grpcbalancer.SubConn, grpcbalancer.SubConnState) {}
 
 func (l *lb) ExitIdle() {
 	l.mu.Lock()
-	defer l.unlockAndEmit()
+	var w work
 	for _, ep := range l.order {
-		for _, s := range ep.subs {
-			if s.state == connectivity.Idle {
-				s.sc.Connect()
-			}
-		}
+		w.exitIdle = append(w.exitIdle, ep.conns...)
 	}
+	l.unlockAndEmit()
+	w.do()
 }
 
-// Close shuts every subchannel down (in-flight calls finish) and stops the
+// Close shuts every connection down (in-flight calls finish) and stops the
 // control loop, waiting for it. It is idempotent.
 func (l *lb) Close() {
 	l.mu.Lock()
@@ -481,14 +710,17 @@ func (l *lb) Close() {
 		return
 	}
 	l.closed = true
+	unregister(l)
+	var w work
 	for _, ep := range l.order {
-		for len(ep.subs) > 0 {
-			l.shutdownLocked(ep.subs[0])
+		for len(ep.conns) > 0 {
+			w.close = append(w.close, l.removeLocked(ep.conns[0]))
 		}
 	}
 	l.unlockAndEmit()
 	close(l.quit)
 	<-l.loopDone
+	w.do()
 }
 
 // updatePickerLocked builds a picker from the current state and hands it
@@ -498,43 +730,47 @@ func (l *lb) updatePickerLocked() {
 	var pes []pickEndpoint
 	anyConnecting := false
 	for _, ep := range l.order {
-		// Each picker may ask for one more subchannel per endpoint.
+		// Each picker may ask for one more connection per endpoint.
 		ep.growReq.Store(false)
 	}
 	for pass := 0; pass < 2 && len(pes) == 0; pass++ {
-		// The first pass skips ejected endpoints; the second runs only
-		// when nothing else can serve, so ejection never fails calls that
-		// an ejected but connected endpoint could take.
+		// The first pass skips ejected and held endpoints; the second
+		// runs only when nothing else can serve, so that neither fails
+		// calls that a connected endpoint could take.
 		for _, ep := range l.order {
-			if pass == 0 && ep.ejected {
+			if pass == 0 && (ep.ejected || ep.held) {
 				continue
 			}
 			pe := pickEndpoint{ep: ep, target: uint32(cfg.TargetStreamsPerSubchannel)}
+			if ep.probing || ep.drifted {
+				pe.limit = 1
+			}
 			allReady := true
-			for i, s := range ep.subs {
-				switch {
-				case s.state == connectivity.Ready:
-					pe.subs = append(pe.subs, s)
+			for i, c := range ep.conns {
+				switch c.state {
+				case connectivity.Ready:
+					pe.conns = append(pe.conns, c)
 					if i < cfg.SubchannelsPerEndpoint {
 						pe.nBase++
 					}
-				case !s.sticky && (s.state == connectivity.Connecting || s.state == connectivity.Idle):
+				case connectivity.Connecting, connectivity.Idle:
 					anyConnecting = true
 					allReady = false
 				default:
 					allReady = false
 				}
 			}
-			if len(pe.subs) == 0 {
+			if len(pe.conns) == 0 {
 				continue
 			}
-			if allReady && !ep.ejected && len(ep.subs) < cfg.MaxSubchannelsPerEndpoint {
-				pe.growAt = uint64(cfg.TargetStreamsPerSubchannel) * uint64(len(pe.subs))
+			if allReady && !ep.ejected && !ep.held && pe.limit == 0 && len(ep.conns) < cfg.MaxSubchannelsPerEndpoint {
+				pe.growAt = uint64(cfg.TargetStreamsPerSubchannel) * uint64(len(pe.conns))
 			}
 			pes = append(pes, pe)
 		}
 	}
 	p := &picker{sh: l.sh, eps: pes, choice: cfg.ChoiceCount}
+	p.next.Store(uint32(l.sh.rand()))
 	switch {
 	case len(pes) > 0:
 		l.state = connectivity.Ready
@@ -552,13 +788,26 @@ func (l *lb) updatePickerLocked() {
 // plain error, not a status: grpc fails non-wait-for-ready calls with
 // Unavailable and this message, and keeps wait-for-ready calls waiting.
 func (l *lb) failureErrLocked() error {
-	switch {
-	case l.connErr != nil && l.resolverErr != nil:
-		return fmt.Errorf("%s: no endpoint can serve; last connection error: %v; last resolver error: %v", Name, l.connErr, l.resolverErr)
-	case l.connErr != nil:
-		return fmt.Errorf("%s: no endpoint can serve; last connection error: %v", Name, l.connErr)
-	case l.resolverErr != nil:
-		return fmt.Errorf("%s: no endpoint can serve; last resolver error: %v", Name, l.resolverErr)
+	n, unhealthy := 0, 0
+	for _, ep := range l.order {
+		for _, c := range ep.conns {
+			n++
+			if c.lastErr != nil && strings.Contains(c.lastErr.Error(), "health check") {
+				unhealthy++
+			}
+		}
 	}
-	return fmt.Errorf("%s: no endpoint can serve", Name)
+	what := "no endpoint can serve"
+	if n > 0 && unhealthy == n {
+		what = fmt.Sprintf("all %d endpoints fail their health checks (NOT_SERVING or no health service)", len(l.order))
+	}
+	switch {
+	case l.lastErr != nil && l.resolverErr != nil:
+		return fmt.Errorf("%s: %s; last connection error: %v; last resolver error: %v", Name, what, l.lastErr, l.resolverErr)
+	case l.lastErr != nil:
+		return fmt.Errorf("%s: %s; last connection error: %v", Name, what, l.lastErr)
+	case l.resolverErr != nil:
+		return fmt.Errorf("%s: %s; last resolver error: %v", Name, what, l.resolverErr)
+	}
+	return fmt.Errorf("%s: %s", Name, what)
 }

@@ -12,6 +12,8 @@ import (
 	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/resolver"
 	"google.golang.org/grpc/status"
+
+	"github.com/grpcreuse/grpcreuse/internal/testutil"
 )
 
 var okDone = grpcbalancer.DoneInfo{BytesSent: true, BytesReceived: true}
@@ -53,6 +55,15 @@ func TestEagerSubchannelsAndState(t *testing.T) {
 	// Everything fails: picks fail with the last connection error, as a
 	// plain error so that grpc gives fail-fast calls Unavailable and keeps
 	// wait-for-ready calls waiting.
+	// The READY connection breaks: pick_first goes IDLE and the control
+	// loop reconnects it at once.
+	subs[4].set(connectivity.Idle, nil)
+	if got := h.cc.last().ConnectivityState; got != connectivity.Connecting {
+		t.Fatalf("state %v after the only READY connection broke, want CONNECTING", got)
+	}
+	h.tick() // or the loop goroutine, woken by the IDLE report, does it
+	testutil.Eventually(t, 5*time.Second, func() bool { return subs[4].connects.Load() == 2 }, "the broken connection reconnects once")
+	subs[4].set(connectivity.Connecting, nil)
 	for i, s := range subs {
 		s.set(connectivity.TransientFailure, errors.New("dial tcp: connection refused #"+string(rune('0'+i))))
 	}
@@ -116,14 +127,23 @@ func TestResolverUpdates(t *testing.T) {
 	if h.obs.count("a:1", connectivity.Shutdown) != 2 {
 		t.Fatalf("observer saw %d shutdowns of a:1, want 2", h.obs.count("a:1", connectivity.Shutdown))
 	}
-	// Multi-address endpoints: every subchannel gets all the addresses.
+	// Multi-address endpoints: every connection is a pick_first child
+	// given all the addresses; it tries the first, then the next.
 	multi := []resolver.Endpoint{{Addresses: []resolver.Address{{Addr: "d:1"}, {Addr: "d:2"}}}}
 	if err := h.update(cfg, multi); err != nil {
 		t.Fatal(err)
 	}
 	live := h.cc.live()
-	if len(live) != 2 || len(live[0].addrs) != 2 {
-		t.Fatalf("live subchannels %d with addresses %v; want 2 with both addresses", len(live), live[0].addrs)
+	if len(live) != 2 || live[0].addrs[0].Addr != "d:1" || live[1].addrs[0].Addr != "d:1" {
+		t.Fatalf("live subchannels %d; want 2 connection attempts to d:1", len(live))
+	}
+	for _, s := range live {
+		s.set(connectivity.Connecting, nil)
+		s.set(connectivity.TransientFailure, errors.New("refused"))
+	}
+	live = h.cc.live()
+	if len(live) != 4 || live[2].addrs[0].Addr != "d:2" || live[3].addrs[0].Addr != "d:2" {
+		t.Fatalf("after d:1 failed: %d live subchannels; want each connection to try d:2", len(live))
 	}
 	if err := h.update(cfg, nil); !errors.Is(err, grpcbalancer.ErrBadResolverState) {
 		t.Fatalf("update without endpoints = %v, want ErrBadResolverState", err)
@@ -180,11 +200,13 @@ func TestPickPrefersLeastLoadedAndFaster(t *testing.T) {
 	for _, r := range held {
 		r.Done(okDone)
 	}
-	// b is 10 times slower: it gets a call only when a has 10 in flight.
+	// b is 10 times slower (a weight of 10/1.5 = 6.7 beyond the latency
+	// band): it gets a call only once a has several times as many in
+	// flight.
 	h.lb.mu.Lock()
 	h.lb.order[0].ewma, h.lb.order[1].ewma = 1000, 10000
-	h.lb.order[0].setWeight()
-	h.lb.order[1].setWeight()
+	h.lb.order[0].setWeight(1000)
+	h.lb.order[1].setWeight(1000)
 	h.lb.mu.Unlock()
 	count = map[string]int{}
 	held = held[:0]
@@ -193,8 +215,8 @@ func TestPickPrefersLeastLoadedAndFaster(t *testing.T) {
 		count[h.addrOf(r)]++
 		held = append(held, r)
 	}
-	if count["a:1"] != 20 || count["b:1"] != 2 {
-		t.Fatalf("22 concurrent picks spread %v, want a:1 20, b:1 2", count)
+	if count["a:1"] != 18 || count["b:1"] != 4 {
+		t.Fatalf("22 concurrent picks spread %v, want a:1 18, b:1 4", count)
 	}
 	for _, r := range held {
 		r.Done(okDone)
@@ -204,11 +226,11 @@ func TestPickPrefersLeastLoadedAndFaster(t *testing.T) {
 // TestChooseSubchannel: within an endpoint, calls spread over the base
 // subchannels while they are below target, then fill extras in order.
 func TestChooseSubchannel(t *testing.T) {
-	subs := make([]*subConn, 4)
+	subs := make([]*conn, 4)
 	for i := range subs {
-		subs[i] = &subConn{}
+		subs[i] = &conn{}
 	}
-	pe := &pickEndpoint{subs: subs, nBase: 2, target: 2}
+	pe := &pickEndpoint{conns: subs, nBase: 2, target: 2}
 	got := func() int {
 		s := pe.choose(0)
 		s.use.Add(1<<32 + 1)
@@ -247,15 +269,20 @@ func TestDoneClassification(t *testing.T) {
 		consec int64
 	}{
 		{"unavailable", grpcbalancer.DoneInfo{Err: status.Error(codes.Unavailable, "x")}, 1},
-		{"resource exhausted", grpcbalancer.DoneInfo{Err: status.Error(codes.ResourceExhausted, "x")}, 2},
-		{"internal", grpcbalancer.DoneInfo{Err: status.Error(codes.Internal, "x")}, 3},
-		{"caller cancelled (status)", grpcbalancer.DoneInfo{Err: status.Error(codes.Canceled, "x")}, 3},
-		{"caller cancelled (context)", grpcbalancer.DoneInfo{Err: context.Canceled}, 3},
-		{"caller deadline", grpcbalancer.DoneInfo{Err: status.Error(codes.DeadlineExceeded, "x")}, 3},
-		{"transport not ready: pick given back", grpcbalancer.DoneInfo{}, 3},
-		{"unknown", grpcbalancer.DoneInfo{Err: errors.New("boom")}, 4},
+		{"back-pressure is not a failure", grpcbalancer.DoneInfo{Err: status.Error(codes.ResourceExhausted, "x")}, 0},
+		{"unavailable", grpcbalancer.DoneInfo{Err: status.Error(codes.Unavailable, "x")}, 1},
+		{"internal is not a failure by default", grpcbalancer.DoneInfo{Err: status.Error(codes.Internal, "x")}, 0},
+		{"unavailable", grpcbalancer.DoneInfo{Err: status.Error(codes.Unavailable, "x")}, 1},
+		{"caller cancelled (status)", grpcbalancer.DoneInfo{Err: status.Error(codes.Canceled, "x")}, 1},
+		{"caller cancelled (context)", grpcbalancer.DoneInfo{Err: context.Canceled}, 1},
+		{"caller deadline", grpcbalancer.DoneInfo{Err: status.Error(codes.DeadlineExceeded, "x")}, 1},
+		{"transport not ready: pick given back", grpcbalancer.DoneInfo{}, 1},
+		{"unavailable again", grpcbalancer.DoneInfo{Err: status.Error(codes.Unavailable, "x")}, 2},
+		{"unknown (application error) is an answer", grpcbalancer.DoneInfo{Err: errors.New("boom")}, 0},
 		{"application error is an answer", grpcbalancer.DoneInfo{Err: status.Error(codes.NotFound, "x")}, 0},
 		{"unavailable again", grpcbalancer.DoneInfo{Err: status.Error(codes.Unavailable, "x")}, 1},
+		{"received message over the client's limit is not shedding", grpcbalancer.DoneInfo{Err: status.Error(codes.ResourceExhausted, "grpc: received message larger than max (9 vs. 4)"), BytesReceived: true}, 0},
+		{"sent message over the client's limit is not shedding", grpcbalancer.DoneInfo{Err: status.Error(codes.ResourceExhausted, "trying to send message larger than max (9 vs. 4)")}, 0},
 		{"success", okDone, 0},
 	}
 	for _, tt := range tests {
@@ -267,8 +294,8 @@ func TestDoneClassification(t *testing.T) {
 	if n := ep.load.Load() & inflightMask; n != 0 {
 		t.Fatalf("in flight %d after every call finished", n)
 	}
-	if ep.neutral.Load() != 3 || ep.failed.Load() != 5 || ep.ok.Load() != 2 {
-		t.Fatalf("neutral %d failed %d ok %d; want 3, 5, 2", ep.neutral.Load(), ep.failed.Load(), ep.ok.Load())
+	if got, want := ep.counts(), (counts{ok: 6, failed: 5, shed: 1, neutral: 2, timeouts: 1}); got != want {
+		t.Fatalf("counts %+v; want %+v", got, want)
 	}
 }
 
@@ -452,7 +479,7 @@ func TestScaleUpAndDown(t *testing.T) {
 }
 
 // TestCloseShutsDown: Close shuts every subchannel down and stops the loop
-// (goleak in TestMain checks the goroutine), and is idempotent.
+// (leakcheck in TestMain checks the goroutine), and is idempotent.
 func TestCloseShutsDown(t *testing.T) {
 	h := newHarness(t, 10)
 	if err := h.update(mustConfig(t, `{"subchannelsPerEndpoint":2}`), endpoints("a:1", "b:1")); err != nil {
@@ -467,5 +494,139 @@ func TestCloseShutsDown(t *testing.T) {
 	h.cc.subs[0].set(connectivity.Ready, nil)
 	if err := h.update(mustConfig(t, `{}`), endpoints("c:1")); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestFailureCodesConfigurable: ejection.failureCodes decides what counts;
+// INTERNAL ejects only when listed.
+func TestFailureCodesConfigurable(t *testing.T) {
+	for _, tt := range []struct {
+		cfg    string
+		consec int64
+	}{
+		{`{"ejection":{"consecutiveFailures":100}}`, 0},
+		{`{"ejection":{"consecutiveFailures":100,"failureCodes":["UNAVAILABLE","INTERNAL"]}}`, 3},
+	} {
+		h := newHarness(t, 11)
+		if err := h.update(mustConfig(t, tt.cfg), endpoints("a:1")); err != nil {
+			t.Fatal(err)
+		}
+		h.readyAll()
+		for range 3 {
+			h.pick().Done(grpcbalancer.DoneInfo{Err: status.Error(codes.Internal, "x")})
+		}
+		if got := h.lb.order[0].consec.Load(); got != tt.consec {
+			t.Fatalf("%s: %d consecutive failures after 3 INTERNAL; want %d", tt.cfg, got, tt.consec)
+		}
+	}
+}
+
+// TestBlackHoleHold: an endpoint whose calls keep timing out while another
+// answers is held out, then probed one call at a time; a probe that times
+// out doubles the hold; an answered probe ends it. Timeouts everywhere
+// (the callers' deadlines) hold nothing, and nothing is ever ejected.
+func TestBlackHoleHold(t *testing.T) {
+	h := newHarness(t, 12)
+	if err := h.update(mustConfig(t, `{}`), endpoints("a:1", "b:1")); err != nil {
+		t.Fatal(err)
+	}
+	h.readyAll()
+	deadline := grpcbalancer.DoneInfo{Err: status.Error(codes.DeadlineExceeded, "context deadline exceeded")}
+	held := func() bool {
+		h.lb.mu.Lock()
+		defer h.lb.mu.Unlock()
+		return h.lb.order[0].held
+	}
+	// The callers' own deadlines on every endpoint, nobody answering in
+	// the window: no hold, and the runs are forgotten.
+	for range 10 {
+		h.pick().Done(deadline)
+	}
+	h.clock.advance(100 * time.Millisecond)
+	h.tick()
+	if held() {
+		t.Fatal("held an endpoint when every endpoint's calls timed out")
+	}
+	if n := h.lb.order[0].consecTO.Load(); n != 0 {
+		t.Fatalf("timeout run %d kept after a window where nobody answered", n)
+	}
+	// a times out 3 times in a row while b answers: held.
+	timeoutsOn := func(a string, n int) {
+		for got := 0; got < n; {
+			r := h.pick()
+			if h.addrOf(r) == a {
+				r.Done(deadline)
+				got++
+			} else {
+				r.Done(okDone)
+			}
+		}
+	}
+	timeoutsOn("a:1", 3)
+	h.clock.advance(100 * time.Millisecond)
+	h.tick()
+	if !held() {
+		t.Fatal("a:1 not held after 3 timeouts in a row while b:1 answered")
+	}
+	for range 50 {
+		r := h.pick()
+		if h.addrOf(r) != "b:1" {
+			t.Fatal("picked the held endpoint")
+		}
+		r.Done(okDone)
+	}
+	// The hold (1 s) ends: one probe at a time.
+	h.clock.advance(time.Second)
+	h.tick()
+	if held() {
+		t.Fatal("still held after 1 s")
+	}
+	var probe grpcbalancer.PickResult
+	for range 100 {
+		r := h.pick()
+		if h.addrOf(r) == "a:1" {
+			if probe.SubConn != nil {
+				t.Fatal("a second call went to the endpoint while its probe was in flight")
+			}
+			probe = r
+			continue
+		}
+		r.Done(okDone)
+	}
+	if probe.SubConn == nil {
+		t.Fatal("no probe call after the hold ended")
+	}
+	probe.Done(deadline) // the probe times out: held again, for 2 s
+	h.clock.advance(100 * time.Millisecond)
+	h.tick()
+	if !held() {
+		t.Fatal("not held again after the probe timed out")
+	}
+	h.lb.mu.Lock()
+	until := h.lb.order[0].holdUntil - h.clock.now()
+	h.lb.mu.Unlock()
+	if until != 2*time.Second {
+		t.Fatalf("second hold lasts %v; want 2s", until)
+	}
+	h.clock.advance(2 * time.Second)
+	h.tick()
+	for {
+		r := h.pick()
+		if h.addrOf(r) == "a:1" {
+			r.Done(okDone) // the probe is answered
+			break
+		}
+		r.Done(okDone)
+	}
+	h.clock.advance(100 * time.Millisecond)
+	h.tick()
+	h.lb.mu.Lock()
+	probing, holds := h.lb.order[0].probing, h.lb.order[0].holds
+	h.lb.mu.Unlock()
+	if probing || holds != 0 {
+		t.Fatalf("after an answered probe: probing %v, holds %d; want neither", probing, holds)
+	}
+	if len(h.obs.ejections("a:1")) != 0 {
+		t.Fatal("timeouts ejected the endpoint")
 	}
 }

@@ -1,15 +1,17 @@
 package balancer
 
 import (
-	"bytes"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"strconv"
 	"time"
 
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/serviceconfig"
 
 	"github.com/grpcreuse/grpcreuse/internal/duration"
+	"github.com/grpcreuse/grpcreuse/internal/jsonfield"
 )
 
 // Limits of the integer fields. A config outside them is rejected, never
@@ -35,7 +37,8 @@ const (
 //	        "consecutiveFailures": 5,
 //	        "baseEjectionTime": "30s",
 //	        "maxEjectionTime": "300s",
-//	        "maxEjectionPercent": 50}}}]}
+//	        "maxEjectionPercent": 50,
+//	        "failureCodes": ["UNAVAILABLE"]}}}]}
 type Config struct {
 	serviceconfig.LoadBalancingConfig `json:"-"`
 
@@ -67,9 +70,8 @@ type Config struct {
 // EjectionConfig is the "ejection" object of Config.
 type EjectionConfig struct {
 	// ConsecutiveFailures ("consecutiveFailures") is how many calls in a row
-	// must fail (Unavailable, ResourceExhausted, Internal, Unknown,
-	// DataLoss) to eject the endpoint. 0 disables ejection. Default 5;
-	// between 0 and 1000000.
+	// must fail with one of FailureCodes to eject the endpoint. 0 disables
+	// ejection. Default 5; between 0 and 1000000.
 	ConsecutiveFailures int
 	// BaseEjectionTime ("baseEjectionTime", a duration string) is how long
 	// an endpoint stays out the first time; the n-th ejection in a row lasts
@@ -83,6 +85,16 @@ type EjectionConfig struct {
 	// endpoints, in percent, that may be ejected at once; an ejection that
 	// would exceed it does not happen. Default 50; between 0 and 100.
 	MaxEjectionPercent int
+	// FailureCodes ("failureCodes", a list of status code names such as
+	// "UNAVAILABLE") are the codes of a finished call that count as a
+	// backend failure: toward ConsecutiveFailures and toward the score
+	// penalty of failing endpoints. Other codes are answers. Default
+	// ["UNAVAILABLE"]; at least one code, none twice, never "OK",
+	// "CANCELLED", "DEADLINE_EXCEEDED" or "RESOURCE_EXHAUSTED": a
+	// server's back-pressure (RESOURCE_EXHAUSTED) moves load away without
+	// ejecting, and the caller's own deadline or cancellation never
+	// counts against a backend.
+	FailureCodes []codes.Code
 }
 
 // defaultConfig returns the defaults, fresh on every call.
@@ -98,17 +110,23 @@ func defaultConfig() *Config {
 			BaseEjectionTime:    30 * time.Second,
 			MaxEjectionTime:     300 * time.Second,
 			MaxEjectionPercent:  50,
+			FailureCodes:        []codes.Code{codes.Unavailable},
 		},
 	}
 }
 
 // ParseConfig parses the policy's loadBalancingConfig JSON (the object
 // under "grpcreuse_least_loaded"), applies defaults to absent fields and
-// validates every field. Unknown fields are ignored, as gRPC requires for
-// forward compatibility. Errors name the JSON field, the value and what is
-// allowed, for example
+// validates every field. Unlike grpc's own policies, an unknown or
+// duplicate field is an error naming it (with the nearest known name), so
+// that a typo cannot silently leave a default in place. Errors name the
+// JSON field, the value and what is allowed, for example
 //
 //	grpcreuse_least_loaded: "choiceCount" is 1; must be between 2 and 10
+//	grpcreuse_least_loaded: "subchannelPerEndpoint" is not a known field; did you mean "subchannelsPerEndpoint"?
+//
+// A parsed *Config marshals back (MarshalJSON) to JSON that ParseConfig
+// reads as an equal Config, as grpc's re-encoding of parsed configs needs.
 func ParseConfig(raw json.RawMessage) (*Config, error) {
 	cfg, err := parseConfig(raw)
 	if err != nil {
@@ -119,7 +137,7 @@ func ParseConfig(raw json.RawMessage) (*Config, error) {
 
 func parseConfig(raw json.RawMessage) (*Config, error) {
 	cfg := defaultConfig()
-	fields, err := object("config", raw)
+	o, err := jsonfield.Parse("", raw)
 	if err != nil {
 		return nil, err
 	}
@@ -134,30 +152,39 @@ func parseConfig(raw json.RawMessage) (*Config, error) {
 		{"choiceCount", &cfg.ChoiceCount, minChoiceCount, maxChoiceCount},
 	}
 	for _, f := range ints {
-		if err := intField(f.name, fields[f.name], f.dst, f.min, f.max); err != nil {
+		if err := o.Int(f.name, f.dst, f.min, f.max); err != nil {
 			return nil, err
 		}
 	}
-	if cfg.SubchannelIdleTimeout, err = duration.FromJSON("subchannelIdleTimeout", fields["subchannelIdleTimeout"], cfg.SubchannelIdleTimeout); err != nil {
+	if err := o.Duration("subchannelIdleTimeout", &cfg.SubchannelIdleTimeout); err != nil {
 		return nil, err
 	}
-	ej, err := object(`"ejection"`, fields["ejection"])
+	ej, err := o.Object("ejection")
 	if err != nil {
 		return nil, err
 	}
 	e := &cfg.Ejection
-	if err := intField("ejection.consecutiveFailures", ej["consecutiveFailures"], &e.ConsecutiveFailures, 0, maxConsecutiveFailure); err != nil {
+	if err := ej.Int("consecutiveFailures", &e.ConsecutiveFailures, 0, maxConsecutiveFailure); err != nil {
 		return nil, err
 	}
-	if err := intField("ejection.maxEjectionPercent", ej["maxEjectionPercent"], &e.MaxEjectionPercent, 0, 100); err != nil {
+	if err := ej.Int("maxEjectionPercent", &e.MaxEjectionPercent, 0, 100); err != nil {
 		return nil, err
 	}
-	if e.BaseEjectionTime, err = duration.FromJSON("ejection.baseEjectionTime", ej["baseEjectionTime"], e.BaseEjectionTime); err != nil {
+	if err := ej.Duration("baseEjectionTime", &e.BaseEjectionTime); err != nil {
 		return nil, err
 	}
 	// The default maximum never undercuts an explicit base.
-	defMax := max(e.MaxEjectionTime, e.BaseEjectionTime)
-	if e.MaxEjectionTime, err = duration.FromJSON("ejection.maxEjectionTime", ej["maxEjectionTime"], defMax); err != nil {
+	e.MaxEjectionTime = max(e.MaxEjectionTime, e.BaseEjectionTime)
+	if err := ej.Duration("maxEjectionTime", &e.MaxEjectionTime); err != nil {
+		return nil, err
+	}
+	if e.FailureCodes, err = codesField(ej, "failureCodes", e.FailureCodes); err != nil {
+		return nil, err
+	}
+	if err := ej.Done(); err != nil {
+		return nil, err
+	}
+	if err := o.Done(); err != nil {
 		return nil, err
 	}
 	if err := cfg.validate(); err != nil {
@@ -166,73 +193,170 @@ func parseConfig(raw json.RawMessage) (*Config, error) {
 	return cfg, nil
 }
 
+// configJSON and ejectionJSON are the wire shapes MarshalJSON writes; their
+// tags are the names parseConfig reads.
+type configJSON struct {
+	SubchannelsPerEndpoint     int          `json:"subchannelsPerEndpoint"`
+	MaxSubchannelsPerEndpoint  int          `json:"maxSubchannelsPerEndpoint"`
+	TargetStreamsPerSubchannel int          `json:"targetStreamsPerSubchannel"`
+	ChoiceCount                int          `json:"choiceCount"`
+	SubchannelIdleTimeout      string       `json:"subchannelIdleTimeout"`
+	Ejection                   ejectionJSON `json:"ejection"`
+}
+
+type ejectionJSON struct {
+	ConsecutiveFailures int      `json:"consecutiveFailures"`
+	BaseEjectionTime    string   `json:"baseEjectionTime"`
+	MaxEjectionTime     string   `json:"maxEjectionTime"`
+	MaxEjectionPercent  int      `json:"maxEjectionPercent"`
+	FailureCodes        []string `json:"failureCodes"`
+}
+
+// MarshalJSON writes c as the JSON ParseConfig reads: every field, with the
+// same lowerCamelCase names and proto-JSON duration strings, so that
+// ParseConfig(c.MarshalJSON()) equals c. grpc re-encodes parsed
+// load-balancing configs this way (xDS does, for example), so a Config
+// must survive it. It fails only for a Config that ParseConfig would
+// reject, naming the field.
+func (c *Config) MarshalJSON() ([]byte, error) {
+	if err := c.validate(); err != nil {
+		return nil, fmt.Errorf("%s: %w", Name, err)
+	}
+	e := c.Ejection
+	names := make([]string, len(e.FailureCodes))
+	for i, code := range e.FailureCodes {
+		names[i] = codeNames[code]
+	}
+	return json.Marshal(configJSON{
+		SubchannelsPerEndpoint:     c.SubchannelsPerEndpoint,
+		MaxSubchannelsPerEndpoint:  c.MaxSubchannelsPerEndpoint,
+		TargetStreamsPerSubchannel: c.TargetStreamsPerSubchannel,
+		ChoiceCount:                c.ChoiceCount,
+		SubchannelIdleTimeout:      duration.String(c.SubchannelIdleTimeout),
+		Ejection: ejectionJSON{
+			ConsecutiveFailures: e.ConsecutiveFailures,
+			BaseEjectionTime:    duration.String(e.BaseEjectionTime),
+			MaxEjectionTime:     duration.String(e.MaxEjectionTime),
+			MaxEjectionPercent:  e.MaxEjectionPercent,
+			FailureCodes:        names,
+		},
+	})
+}
+
 // validate checks what parseConfig cannot check field by field: ranges
 // that depend on other fields, and durations. Messages use the JSON names.
 func (c *Config) validate() error {
 	switch {
 	case c.MaxSubchannelsPerEndpoint < 1 || c.MaxSubchannelsPerEndpoint > maxSubchannelsLimit:
-		return fmt.Errorf("%q is %d; must be between 1 and %d", "maxSubchannelsPerEndpoint", c.MaxSubchannelsPerEndpoint, maxSubchannelsLimit)
+		return intErr("maxSubchannelsPerEndpoint", c.MaxSubchannelsPerEndpoint, fmt.Sprintf("must be between 1 and %d", maxSubchannelsLimit))
 	case c.SubchannelsPerEndpoint < 1 || c.SubchannelsPerEndpoint > c.MaxSubchannelsPerEndpoint:
-		return fmt.Errorf("%q is %d; must be between 1 and \"maxSubchannelsPerEndpoint\" (%d)", "subchannelsPerEndpoint", c.SubchannelsPerEndpoint, c.MaxSubchannelsPerEndpoint)
+		return intErr("subchannelsPerEndpoint", c.SubchannelsPerEndpoint, fmt.Sprintf("must be between 1 and \"maxSubchannelsPerEndpoint\" (%d)", c.MaxSubchannelsPerEndpoint))
 	case c.TargetStreamsPerSubchannel < 1 || c.TargetStreamsPerSubchannel > maxTargetStreams:
-		return fmt.Errorf("%q is %d; must be between 1 and %d", "targetStreamsPerSubchannel", c.TargetStreamsPerSubchannel, maxTargetStreams)
+		return intErr("targetStreamsPerSubchannel", c.TargetStreamsPerSubchannel, fmt.Sprintf("must be between 1 and %d", maxTargetStreams))
 	case c.ChoiceCount < minChoiceCount || c.ChoiceCount > maxChoiceCount:
-		return fmt.Errorf("%q is %d; must be between %d and %d", "choiceCount", c.ChoiceCount, minChoiceCount, maxChoiceCount)
+		return intErr("choiceCount", c.ChoiceCount, fmt.Sprintf("must be between %d and %d", minChoiceCount, maxChoiceCount))
 	case c.SubchannelIdleTimeout <= 0:
-		return fmt.Errorf("%q is %q; must be greater than 0s", "subchannelIdleTimeout", duration.String(c.SubchannelIdleTimeout))
+		return durErr("subchannelIdleTimeout", c.SubchannelIdleTimeout, "must be greater than 0s")
 	}
 	e := c.Ejection
 	switch {
 	case e.ConsecutiveFailures < 0 || e.ConsecutiveFailures > maxConsecutiveFailure:
-		return fmt.Errorf("%q is %d; must be between 0 and %d", "ejection.consecutiveFailures", e.ConsecutiveFailures, maxConsecutiveFailure)
+		return intErr("ejection.consecutiveFailures", e.ConsecutiveFailures, fmt.Sprintf("must be between 0 and %d", maxConsecutiveFailure))
 	case e.MaxEjectionPercent < 0 || e.MaxEjectionPercent > 100:
-		return fmt.Errorf("%q is %d; must be between 0 and 100", "ejection.maxEjectionPercent", e.MaxEjectionPercent)
+		return intErr("ejection.maxEjectionPercent", e.MaxEjectionPercent, "must be between 0 and 100")
 	case e.BaseEjectionTime <= 0:
-		return fmt.Errorf("%q is %q; must be greater than 0s", "ejection.baseEjectionTime", duration.String(e.BaseEjectionTime))
+		return durErr("ejection.baseEjectionTime", e.BaseEjectionTime, "must be greater than 0s")
 	case e.MaxEjectionTime < e.BaseEjectionTime:
-		return fmt.Errorf("%q is %q; must be at least \"ejection.baseEjectionTime\" (%s)", "ejection.maxEjectionTime", duration.String(e.MaxEjectionTime), duration.String(e.BaseEjectionTime))
+		return durErr("ejection.maxEjectionTime", e.MaxEjectionTime, "must be at least \"ejection.baseEjectionTime\" ("+duration.String(e.BaseEjectionTime)+")")
+	}
+	return validateCodes("ejection.failureCodes", e.FailureCodes)
+}
+
+// intErr and durErr are validate's field errors, in the shape every
+// parser of the toolkit gives.
+func intErr(field string, v int, rule string) error {
+	return &jsonfield.Error{Field: field, Value: strconv.Itoa(v), Rule: rule}
+}
+
+func durErr(field string, d time.Duration, rule string) error {
+	return &jsonfield.Error{Field: field, Value: strconv.Quote(duration.String(d)), Rule: rule}
+}
+
+// codeNames are the canonical names of gRPC status codes, as service config
+// spells them ("retryableStatusCodes"), indexed by code.
+var codeNames = [...]string{
+	codes.OK: "OK", codes.Canceled: "CANCELLED", codes.Unknown: "UNKNOWN",
+	codes.InvalidArgument: "INVALID_ARGUMENT", codes.DeadlineExceeded: "DEADLINE_EXCEEDED",
+	codes.NotFound: "NOT_FOUND", codes.AlreadyExists: "ALREADY_EXISTS",
+	codes.PermissionDenied: "PERMISSION_DENIED", codes.ResourceExhausted: "RESOURCE_EXHAUSTED",
+	codes.FailedPrecondition: "FAILED_PRECONDITION", codes.Aborted: "ABORTED",
+	codes.OutOfRange: "OUT_OF_RANGE", codes.Unimplemented: "UNIMPLEMENTED",
+	codes.Internal: "INTERNAL", codes.Unavailable: "UNAVAILABLE", codes.DataLoss: "DATA_LOSS",
+	codes.Unauthenticated: "UNAUTHENTICATED",
+}
+
+// validateCodes checks a failureCodes list: at least one code, no code
+// twice, and none of the codes that never say a backend failed.
+func validateCodes(field string, cs []codes.Code) error {
+	if len(cs) == 0 {
+		return &jsonfield.Error{Field: field, Value: "[]", Rule: "must name at least one code (set \"ejection.consecutiveFailures\" to 0 to disable ejection)"}
+	}
+	var seen uint32
+	for _, c := range cs {
+		if int(c) >= len(codeNames) {
+			return &jsonfield.Error{Field: field, Rule: fmt.Sprintf("holds code %d; must be status code names such as \"UNAVAILABLE\"", uint32(c))}
+		}
+		switch c {
+		case codes.OK, codes.Canceled, codes.DeadlineExceeded, codes.ResourceExhausted:
+			return &jsonfield.Error{Field: field, Rule: "holds " + strconv.Quote(codeNames[c]) + "; OK, CANCELLED, DEADLINE_EXCEEDED and RESOURCE_EXHAUSTED never count as backend failures"}
+		}
+		if seen&(1<<c) != 0 {
+			return &jsonfield.Error{Field: field, Rule: "holds " + strconv.Quote(codeNames[c]) + " twice"}
+		}
+		seen |= 1 << c
 	}
 	return nil
 }
 
-// object decodes raw as a JSON object into its members, keyed exactly as
-// spelled (encoding/json would also match "ChoiceCount" to choiceCount).
-// Absent or null yields an empty map. label names raw in errors.
-func object(label string, raw json.RawMessage) (map[string]json.RawMessage, error) {
-	raw = bytes.TrimSpace(raw)
-	if len(raw) == 0 || bytes.Equal(raw, []byte("null")) {
-		return nil, nil
+// codeMask returns the codes of cs as a bit set (bit c for code c).
+func codeMask(cs []codes.Code) uint32 {
+	var m uint32
+	for _, c := range cs {
+		if c < 32 {
+			m |= 1 << c
+		}
 	}
-	var m map[string]json.RawMessage
-	if raw[0] != '{' || json.Unmarshal(raw, &m) != nil {
-		return nil, fmt.Errorf("%s is %s; must be a JSON object", label, clip(raw))
-	}
-	return m, nil
+	return m
 }
 
-// intField parses raw, the JSON value of field, as a whole number between
-// lo and hi into dst. Absent or null leaves dst (the default) alone.
-func intField(field string, raw json.RawMessage, dst *int, lo, hi int) error {
-	raw = bytes.TrimSpace(raw)
-	if len(raw) == 0 || bytes.Equal(raw, []byte("null")) {
-		return nil
+// codesField reads member name of o as a list of status code names.
+// Absent or null yields def (copied). Membership rules are validateCodes'.
+func codesField(o *jsonfield.Object, name string, def []codes.Code) ([]codes.Code, error) {
+	field := o.Field(name)
+	const rule = `must be status code names such as "UNAVAILABLE"`
+	if !o.Has(name) {
+		o.Raw(name) // known, and absent or null
+		return slices.Clone(def), nil
 	}
-	n, err := strconv.ParseInt(string(raw), 10, 64)
+	names, err := o.Array(name)
 	if err != nil {
-		return fmt.Errorf("%q is %s; must be a whole number between %d and %d", field, clip(raw), lo, hi)
+		return nil, err
 	}
-	if n < int64(lo) || n > int64(hi) {
-		return fmt.Errorf("%q is %d; must be between %d and %d", field, n, lo, hi)
+	out := make([]codes.Code, 0, len(names))
+	for _, n := range names {
+		var s string
+		if json.Unmarshal(n, &s) != nil {
+			return nil, &jsonfield.Error{Field: field, Rule: "holds " + jsonfield.Clip(n) + "; " + rule}
+		}
+		i := slices.Index(codeNames[:], s)
+		if i < 0 {
+			r := "holds " + strconv.Quote(jsonfield.Clip([]byte(s))) + "; " + rule
+			if near := jsonfield.Nearest(s, codeNames[:]); near != "" {
+				r += "; did you mean " + strconv.Quote(near) + "?"
+			}
+			return nil, &jsonfield.Error{Field: field, Rule: r}
+		}
+		out = append(out, codes.Code(i))
 	}
-	*dst = int(n)
-	return nil
-}
-
-// clip keeps error messages short when a caller sends a huge value.
-func clip(raw []byte) string {
-	const limit = 40
-	if len(raw) > limit {
-		return string(raw[:limit]) + "…"
-	}
-	return string(raw)
+	return out, nil
 }

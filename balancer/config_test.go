@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 )
 
@@ -30,10 +31,15 @@ func TestParseConfig(t *testing.T) {
 		{name: "null", json: `null`, want: def},
 		{name: "empty input", json: ``, want: def},
 		{name: "null fields take defaults", json: `{"choiceCount":null,"ejection":null,"subchannelIdleTimeout":null}`, want: def},
-		{name: "unknown fields ignored", json: `{"futureField":{"x":1},"ejection":{"futureToo":true}}`, want: def},
-		{name: "field names are case-sensitive", json: `{"ChoiceCount":1,"CHOICECOUNT":1}`, want: def},
-		{name: "config not an object", json: `[1]`, wantErr: `grpcreuse_least_loaded: config is [1]; must be a JSON object`},
-		{name: "config is a number", json: `5`, wantErr: `config is 5; must be a JSON object`},
+		{name: "unknown field (issue 11)", json: `{"subchannelPerEndpoint":8}`, wantErr: `grpcreuse_least_loaded: "subchannelPerEndpoint" is not a known field; did you mean "subchannelsPerEndpoint"?`},
+		{name: "unknown field far from any", json: `{"futureField":{"x":1}}`, wantErr: `grpcreuse_least_loaded: "futureField" is not a known field; known fields: choiceCount, ejection,`},
+		{name: "unknown ejection field", json: `{"ejection":{"consecutiveFailure":3}}`, wantErr: `"ejection.consecutiveFailure" is not a known field; did you mean "consecutiveFailures"?`},
+		{name: "field names are case-sensitive", json: `{"ChoiceCount":3}`, wantErr: `"ChoiceCount" is not a known field; did you mean "choiceCount"?`},
+		{name: "duplicate field", json: `{"choiceCount":3,"choiceCount":4}`, wantErr: `grpcreuse_least_loaded: "choiceCount" appears more than once`},
+		{name: "duplicate ejection field", json: `{"ejection":{"maxEjectionPercent":3,"maxEjectionPercent":3}}`, wantErr: `"ejection.maxEjectionPercent" appears more than once`},
+		{name: "truncated object", json: `{"choiceCount":3`, wantErr: `"config" is {"choiceCount":3; must be a JSON object`},
+		{name: "config not an object", json: `[1]`, wantErr: `grpcreuse_least_loaded: "config" is [1]; must be a JSON object`},
+		{name: "config is a number", json: `5`, wantErr: `"config" is 5; must be a JSON object`},
 
 		// subchannelsPerEndpoint.
 		{name: "subchannelsPerEndpoint 1", json: `{"subchannelsPerEndpoint":1}`, want: def},
@@ -95,10 +101,23 @@ func TestParseConfig(t *testing.T) {
 		{name: "maxEjectionPercent 101", json: `{"ejection":{"maxEjectionPercent":101}}`, wantErr: `grpcreuse_least_loaded: "ejection.maxEjectionPercent" is 101; must be between 0 and 100`},
 		{name: "maxEjectionPercent negative", json: `{"ejection":{"maxEjectionPercent":-1}}`, wantErr: `"ejection.maxEjectionPercent" is -1; must be between 0 and 100`},
 
+		{name: "failureCodes", json: `{"ejection":{"failureCodes":["UNAVAILABLE","INTERNAL","DATA_LOSS"]}}`, want: with(func(c *Config) {
+			c.Ejection.FailureCodes = []codes.Code{codes.Unavailable, codes.Internal, codes.DataLoss}
+		})},
+		{name: "failureCodes unknown name", json: `{"ejection":{"failureCodes":["UNAVAILABEL"]}}`, wantErr: `grpcreuse_least_loaded: "ejection.failureCodes" holds "UNAVAILABEL"; must be status code names such as "UNAVAILABLE"; did you mean "UNAVAILABLE"?`},
+		{name: "failureCodes number", json: `{"ejection":{"failureCodes":[14]}}`, wantErr: `"ejection.failureCodes" holds 14; must be status code names`},
+		{name: "failureCodes not a list", json: `{"ejection":{"failureCodes":"UNAVAILABLE"}}`, wantErr: `"ejection.failureCodes" is "UNAVAILABLE"; must be a JSON array`},
+		{name: "failureCodes empty", json: `{"ejection":{"failureCodes":[]}}`, wantErr: `"ejection.failureCodes" is []; must name at least one code`},
+		{name: "failureCodes twice", json: `{"ejection":{"failureCodes":["INTERNAL","INTERNAL"]}}`, wantErr: `"ejection.failureCodes" holds "INTERNAL" twice`},
+		{name: "failureCodes back-pressure", json: `{"ejection":{"failureCodes":["RESOURCE_EXHAUSTED"]}}`, wantErr: `"ejection.failureCodes" holds "RESOURCE_EXHAUSTED"; OK, CANCELLED, DEADLINE_EXCEEDED and RESOURCE_EXHAUSTED never count`},
+		{name: "failureCodes caller deadline", json: `{"ejection":{"failureCodes":["DEADLINE_EXCEEDED"]}}`, wantErr: `holds "DEADLINE_EXCEEDED"; OK, CANCELLED`},
+		{name: "failureCodes cancelled", json: `{"ejection":{"failureCodes":["CANCELLED"]}}`, wantErr: `holds "CANCELLED"; OK, CANCELLED`},
+		{name: "failureCodes OK", json: `{"ejection":{"failureCodes":["OK"]}}`, wantErr: `holds "OK"; OK, CANCELLED`},
+
 		// Everything at once.
 		{name: "full config", json: `{"subchannelsPerEndpoint":2,"maxSubchannelsPerEndpoint":8,"targetStreamsPerSubchannel":80,"choiceCount":3,"subchannelIdleTimeout":"10s","ejection":{"consecutiveFailures":7,"baseEjectionTime":"1s","maxEjectionTime":"9s","maxEjectionPercent":34}}`,
 			want: &Config{SubchannelsPerEndpoint: 2, MaxSubchannelsPerEndpoint: 8, TargetStreamsPerSubchannel: 80, ChoiceCount: 3, SubchannelIdleTimeout: 10 * time.Second,
-				Ejection: EjectionConfig{ConsecutiveFailures: 7, BaseEjectionTime: time.Second, MaxEjectionTime: 9 * time.Second, MaxEjectionPercent: 34}}},
+				Ejection: EjectionConfig{ConsecutiveFailures: 7, BaseEjectionTime: time.Second, MaxEjectionTime: 9 * time.Second, MaxEjectionPercent: 34, FailureCodes: []codes.Code{codes.Unavailable}}}},
 		{name: "long value is clipped", json: `{"choiceCount":"` + strings.Repeat("x", 200) + `"}`, wantErr: `…; must be a whole number`},
 	}
 	for _, tt := range tests {
@@ -142,6 +161,8 @@ func FuzzParseConfig(f *testing.F) {
 		`{}`, `null`, `[]`, `{"choiceCount":3}`, `{"subchannelsPerEndpoint":2,"maxSubchannelsPerEndpoint":2}`,
 		`{"ejection":{"baseEjectionTime":"1s","maxEjectionTime":"0.5s"}}`, `{"subchannelIdleTimeout":"-0.000000001s"}`,
 		`{"targetStreamsPerSubchannel":1e3}`, `{"ejection":{"consecutiveFailures":0,"maxEjectionPercent":100}}`,
+		`{"subchannelIdleTimeout":"0.000000001s","ejection":{"baseEjectionTime":"315576000000s","failureCodes":["DATA_LOSS","UNKNOWN"]}}`,
+		`{"subchannelIdleTimeout":"1.5s","ejection":{"maxEjectionTime":"1.000000001s","baseEjectionTime":"1s"}}`,
 	} {
 		f.Add(s)
 	}
@@ -158,8 +179,24 @@ func FuzzParseConfig(f *testing.F) {
 			t.Fatalf("ParseConfig(%q) accepted an invalid config: %v", raw, err)
 		}
 		if cfg.ChoiceCount < 2 || cfg.TargetStreamsPerSubchannel < 1 || cfg.SubchannelsPerEndpoint > cfg.MaxSubchannelsPerEndpoint ||
-			cfg.Ejection.BaseEjectionTime <= 0 || cfg.SubchannelIdleTimeout <= 0 {
+			cfg.Ejection.BaseEjectionTime <= 0 || cfg.SubchannelIdleTimeout <= 0 || len(cfg.Ejection.FailureCodes) == 0 {
 			t.Fatalf("ParseConfig(%q) = %+v, unsafe", raw, cfg)
+		}
+		// Round trip: parse → marshal → parse gives an equal Config, and
+		// marshalling again gives the same bytes.
+		js, err := json.Marshal(cfg)
+		if err != nil {
+			t.Fatalf("json.Marshal(ParseConfig(%q)): %v", raw, err)
+		}
+		again, err := ParseConfig(js)
+		if err != nil {
+			t.Fatalf("ParseConfig(json.Marshal(ParseConfig(%q))) = %v; marshalled %s", raw, err, js)
+		}
+		if !reflect.DeepEqual(again, cfg) {
+			t.Fatalf("round trip of %q changed the config:\n%+v\n%+v\nvia %s", raw, *cfg, *again, js)
+		}
+		if js2, _ := json.Marshal(again); string(js2) != string(js) {
+			t.Fatalf("second marshal differs:\n%s\n%s", js, js2)
 		}
 	})
 }

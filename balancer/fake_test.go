@@ -8,6 +8,7 @@ import (
 
 	grpcbalancer "google.golang.org/grpc/balancer"
 	"google.golang.org/grpc/connectivity"
+	estats "google.golang.org/grpc/experimental/stats"
 	"google.golang.org/grpc/resolver"
 
 	"github.com/grpcreuse/grpcreuse/internal/observerattr"
@@ -30,6 +31,11 @@ func (f *fakeCC) NewSubConn(addrs []resolver.Address, o grpcbalancer.NewSubConnO
 	f.subs = append(f.subs, s)
 	return s, nil
 }
+
+func (f *fakeCC) MetricsRecorder() estats.MetricsRecorder                  { return nopRecorder{} }
+func (f *fakeCC) ResolveNow(resolver.ResolveNowOptions)                    {}
+func (f *fakeCC) Target() string                                           { return "fake:///x" }
+func (f *fakeCC) UpdateAddresses(grpcbalancer.SubConn, []resolver.Address) {}
 
 func (f *fakeCC) UpdateState(s grpcbalancer.State) {
 	f.mu.Lock()
@@ -62,20 +68,40 @@ type fakeSC struct {
 	listener func(grpcbalancer.SubConnState)
 	connects atomic.Int32
 	shut     atomic.Bool
+
+	mu     sync.Mutex
+	health func(grpcbalancer.SubConnState)
 }
 
 func (s *fakeSC) Connect()  { s.connects.Add(1) }
 func (s *fakeSC) Shutdown() { s.shut.Store(true) }
 
-// RegisterHealthListener reports READY at once (pick_first children of
-// grpc's least_request register one; used by BenchmarkPick).
+// RegisterHealthListener keeps the listener (pick_first registers one when
+// the connection is READY, holding its own lock); set delivers health
+// states through it afterwards, as grpc's serializer would.
 func (s *fakeSC) RegisterHealthListener(f func(grpcbalancer.SubConnState)) {
-	go f(grpcbalancer.SubConnState{ConnectivityState: connectivity.Ready})
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.health = f
 }
 
-// set delivers a state as grpc's serializer would.
+// set delivers a state as grpc's serializer would. READY is followed by a
+// healthy report, as grpc's health producer gives without health checking.
 func (s *fakeSC) set(st connectivity.State, err error) {
 	s.listener(grpcbalancer.SubConnState{ConnectivityState: st, ConnectionError: err})
+	if st == connectivity.Ready {
+		s.setHealth(connectivity.Ready, nil)
+	}
+}
+
+// setHealth delivers a health state (health checking or outlier detection).
+func (s *fakeSC) setHealth(st connectivity.State, err error) {
+	s.mu.Lock()
+	f := s.health
+	s.mu.Unlock()
+	if f != nil {
+		f(grpcbalancer.SubConnState{ConnectivityState: st, ConnectionError: err})
+	}
 }
 
 // fakeClock is a settable monotonic clock.
@@ -93,12 +119,17 @@ type recorder struct {
 	inflight map[string]int
 	latency  map[string]time.Duration
 	peak     map[string]time.Duration // highest latency reported
+	epState  map[string]connectivity.State
+	epConns  map[string]int
+	calls    map[string]telemetry.EndpointCalls
+	removed  map[string]int
 }
 
 var _ telemetry.SubchannelObserver = (*recorder)(nil)
 
 func newRecorder() *recorder {
-	return &recorder{states: map[string][]connectivity.State{}, ejected: map[string][]time.Duration{}, returned: map[string]int{}, inflight: map[string]int{}, latency: map[string]time.Duration{}, peak: map[string]time.Duration{}}
+	return &recorder{states: map[string][]connectivity.State{}, ejected: map[string][]time.Duration{}, returned: map[string]int{}, inflight: map[string]int{}, latency: map[string]time.Duration{}, peak: map[string]time.Duration{},
+		epState: map[string]connectivity.State{}, epConns: map[string]int{}, calls: map[string]telemetry.EndpointCalls{}, removed: map[string]int{}}
 }
 
 func (r *recorder) SubchannelState(_, ep string, s connectivity.State) {
@@ -127,6 +158,44 @@ func (r *recorder) EndpointLoad(_, ep string, n int, latency time.Duration) {
 	r.peak[ep] = max(r.peak[ep], latency)
 }
 
+func (r *recorder) EndpointState(_, ep string, s connectivity.State, conns int) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.epState[ep] = s
+	r.epConns[ep] = conns
+}
+
+func (r *recorder) EndpointCalls(_, ep string, c telemetry.EndpointCalls) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	t := r.calls[ep]
+	t.OK += c.OK
+	t.Failed += c.Failed
+	t.Shed += c.Shed
+	t.Cancelled += c.Cancelled
+	t.TimedOut += c.TimedOut
+	r.calls[ep] = t
+}
+
+func (r *recorder) EndpointRemoved(_, ep string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.removed[ep]++
+}
+
+// endpoint returns the latest aggregated state and open connections of ep.
+func (r *recorder) endpoint(ep string) (connectivity.State, int) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.epState[ep], r.epConns[ep]
+}
+
+func (r *recorder) callsOf(ep string) telemetry.EndpointCalls {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.calls[ep]
+}
+
 func (r *recorder) count(ep string, s connectivity.State) int {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -151,10 +220,9 @@ func (r *recorder) returns(ep string) int {
 	return r.returned[ep]
 }
 
-// harness is a balancer built on a fakeCC with a fake clock. Its control
-// loop still runs, but it sees only the fake time, so everything that
-// depends on time happens when the test advances the clock; tests also
-// call tick themselves to run a round synchronously.
+// harness is a balancer built on a fakeCC with a fake clock and no
+// control-loop goroutine: tests call tick to run a round synchronously, so
+// everything that depends on time or on the loop happens when they say.
 type harness struct {
 	t     *testing.T
 	cc    *fakeCC
@@ -175,7 +243,7 @@ func newHarness(t *testing.T, seed uint64) *harness {
 		z = (z ^ z>>27) * 0x94d049bb133111eb
 		return z ^ z>>31
 	}
-	b := &builder{name: "test", k: knobs{now: h.clock.now, rand: rnd, sampleInterval: 100 * time.Millisecond, latencyDecay: 2 * time.Second}}
+	b := &builder{name: "test", k: knobs{now: h.clock.now, rand: rnd, sampleInterval: 100 * time.Millisecond, latencyDecay: 2 * time.Second, manualLoop: true}}
 	h.lb = b.Build(h.cc, grpcbalancer.BuildOptions{}).(*lb)
 	t.Cleanup(h.lb.Close)
 	return h

@@ -3,9 +3,9 @@ package balancer
 import (
 	"testing"
 
-	"go.uber.org/goleak"
+	"github.com/grpcreuse/grpcreuse/internal/leakcheck"
 )
 
 func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m)
+	leakcheck.VerifyTestMain(m)
 }

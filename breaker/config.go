@@ -8,9 +8,12 @@ import (
 	"google.golang.org/grpc/codes"
 
 	"github.com/grpcreuse/grpcreuse/internal/duration"
+	"github.com/grpcreuse/grpcreuse/internal/jsonfield"
 )
 
-// Scope says what one breaker covers.
+// Scope says what one breaker (or, in package interceptors, one client
+// limiter) covers. Its zero value is ScopeMethod everywhere; the limiter's
+// defaults choose ScopeTarget explicitly.
 type Scope int
 
 const (
@@ -65,6 +68,12 @@ type Config struct {
 	// once, and how many of them must succeed to close it; one failure
 	// opens it again. Default 1.
 	HalfOpenProbes int
+	// ProbeTimeout bounds how long a half-open probe may take to report
+	// its outcome: a probe still outstanding after it (a stream nobody
+	// reads, a call that hangs) counts as failed when the next call asks,
+	// so the breaker opens again and later probes afresh instead of
+	// staying half-open. Default 10s; must be positive.
+	ProbeTimeout time.Duration
 	// FailureCodes are the gRPC codes that count as failures. Default
 	// (DefaultFailureCodes): Unavailable, Internal, Unknown, DataLoss and
 	// DeadlineExceeded. DeadlineExceeded counts only when the caller's own
@@ -95,6 +104,7 @@ func DefaultConfig() Config {
 		WindowBuckets:       10,
 		OpenTimeout:         10 * time.Second,
 		HalfOpenProbes:      1,
+		ProbeTimeout:        10 * time.Second,
 		FailureCodes:        DefaultFailureCodes(),
 		MaxBreakers:         1024,
 	}
@@ -107,23 +117,27 @@ const (
 	maxMaxBreakers = 1 << 20
 )
 
-// ConfigError reports an invalid Config field. Field is the field's JSON
-// name ("failureRatio"), Value the value received as JSON would spell it,
-// and Rule what is allowed ("must be between 0 and 1"). The grpcreuse JSON
-// policy parser rewrites it with the field's full path.
-type ConfigError struct {
-	Field, Value, Rule string
-}
+// ConfigError reports an invalid Config field: Field is the field's JSON
+// name ("failureRatio"), Value the value received as JSON spells it, and
+// Rule what is allowed ("must be between 0 and 1"). It is the one field
+// error type of every grpcreuse config parser (interceptors.ConfigError is
+// the same type). Validate returns it wrapped, with the message prefixed
+// "breaker: "; match it with errors.As.
+type ConfigError = jsonfield.Error
 
-// Error returns `breaker: "failureRatio" is 1.5; must be between 0 and 1`.
-func (e *ConfigError) Error() string {
-	return "breaker: " + strconv.Quote(e.Field) + " is " + e.Value + "; " + e.Rule
-}
+// configError prefixes a *ConfigError with the package name and unwraps
+// to it.
+type configError struct{ err *ConfigError }
 
-// Validate checks every field of c and returns a *ConfigError for the
-// first invalid one. New calls it; so does the JSON policy parser.
+func (e configError) Error() string { return "breaker: " + e.err.Error() }
+func (e configError) Unwrap() error { return e.err }
+
+// Validate checks every field of c and returns an error wrapping a
+// *ConfigError for the first invalid one. New calls it; so does the JSON policy parser.
 func (c Config) Validate() error {
-	bad := func(field, value, rule string) error { return &ConfigError{Field: field, Value: value, Rule: rule} }
+	bad := func(field, value, rule string) error {
+		return configError{&ConfigError{Field: field, Value: value, Rule: rule}}
+	}
 	itoa := strconv.Itoa
 	dur := func(d time.Duration) string { return strconv.Quote(duration.String(d)) }
 	if c.Scope != ScopeMethod && c.Scope != ScopeTarget {
@@ -152,6 +166,9 @@ func (c Config) Validate() error {
 	}
 	if c.HalfOpenProbes < 1 || c.HalfOpenProbes > maxCount {
 		return bad("halfOpenProbes", itoa(c.HalfOpenProbes), "must be between 1 and "+itoa(maxCount))
+	}
+	if c.ProbeTimeout <= 0 {
+		return bad("probeTimeout", dur(c.ProbeTimeout), "must be positive")
 	}
 	if len(c.FailureCodes) == 0 {
 		return bad("failureCodes", "[]", "must list at least one gRPC code")

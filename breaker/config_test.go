@@ -1,7 +1,9 @@
 package breaker_test
 
 import (
+	"errors"
 	"math"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -32,6 +34,7 @@ func TestNewValidates(t *testing.T) {
 		{name: "no codes", edit: func(c *breaker.Config) { c.FailureCodes = nil }, wantErr: `"failureCodes" is []; must list at least one gRPC code`},
 		{name: "canceled code", edit: func(c *breaker.Config) { c.FailureCodes = []codes.Code{codes.Internal, codes.Canceled} }, wantErr: `"failureCodes[1]" is "CANCELLED"; must be a gRPC code other than OK and CANCELLED`},
 		{name: "unknown code", edit: func(c *breaker.Config) { c.FailureCodes = []codes.Code{99} }, wantErr: `"failureCodes[0]" is 99`},
+		{name: "probe timeout 0", edit: func(c *breaker.Config) { c.ProbeTimeout = 0 }, wantErr: `breaker: "probeTimeout" is "0s"; must be positive`},
 		{name: "max breakers 0", edit: func(c *breaker.Config) { c.MaxBreakers = 0 }, wantErr: `"maxBreakers" is 0; must be between 1 and 1048576`},
 	}
 	for _, tt := range tests {
@@ -47,6 +50,10 @@ func TestNewValidates(t *testing.T) {
 			}
 			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
 				t.Fatalf("New() error = %v, want containing %q", err, tt.wantErr)
+			}
+			var ce *breaker.ConfigError
+			if !errors.As(err, &ce) || !strings.Contains(tt.wantErr, strconv.Quote(ce.Field)) {
+				t.Errorf("New() error %v does not unwrap to a *ConfigError naming its field (got %+v)", err, ce)
 			}
 		})
 	}

@@ -20,6 +20,7 @@ type options struct {
 	cfg     Config
 	keyFunc func(target, method string) string
 	obs     telemetry.BreakerObserver
+	tenant  string
 }
 
 func defaultOptions() options {
@@ -39,6 +40,14 @@ func WithConfig(c Config) Option {
 // and telemetry.
 func WithKeyFunc(fn func(target, method string) string) Option {
 	return optionFunc(func(o *options) { o.keyFunc = fn })
+}
+
+// WithTenant labels the registry's breakers with tenant: it appears in
+// Status and in the messages of rejected calls. A registry serves one
+// tenant; give each tenant its own (clientconn.Factory does), so one
+// tenant's failures never open another's breakers.
+func WithTenant(tenant string) Option {
+	return optionFunc(func(o *options) { o.tenant = tenant })
 }
 
 // WithObserver sends state changes and rejections to obs. Default:

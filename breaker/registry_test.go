@@ -95,7 +95,7 @@ func TestTripsAfterConsecutiveFailures(t *testing.T) {
 			t.Fatalf("call %d rejected early: %v", i, err)
 		}
 	}
-	if got := b.State(); got != telemetry.BreakerOpen {
+	if got := b.State(); got != breaker.StateOpen {
 		t.Fatalf("State() = %v, want open", got)
 	}
 	_, err := b.Allow()
@@ -155,7 +155,7 @@ func TestClassification(t *testing.T) {
 			if err := call(t, b, tt.ctx, tt.err); err != nil {
 				t.Fatal(err)
 			}
-			if got := b.State() == telemetry.BreakerOpen; got != tt.wantOpen {
+			if got := b.State() == breaker.StateOpen; got != tt.wantOpen {
 				t.Errorf("after %v: open = %v, want %v", tt.err, got, tt.wantOpen)
 			}
 		})
@@ -176,7 +176,7 @@ func TestFailureRatio(t *testing.T) {
 			t.Fatalf("call %d: %v", i, err)
 		}
 	}
-	if b.State() != telemetry.BreakerClosed {
+	if b.State() != breaker.StateClosed {
 		t.Fatal("opened before MinimumRequests")
 	}
 	if err := call(t, b, ctx, nil); err != nil { // 2 of 4 do not trip: the ratio is checked on failures
@@ -185,7 +185,7 @@ func TestFailureRatio(t *testing.T) {
 	if err := call(t, b, ctx, fail); err != nil { // 3 of 5 >= 0.5
 		t.Fatal(err)
 	}
-	if b.State() != telemetry.BreakerOpen {
+	if b.State() != breaker.StateOpen {
 		t.Fatal("not open at 3 failures of 5 with ratio 0.5")
 	}
 }
@@ -206,7 +206,7 @@ func TestRollingWindowForgets(t *testing.T) {
 	if err := call(t, b, ctx, status.Error(codes.Unavailable, "")); err != nil {
 		t.Fatal(err)
 	}
-	if b.State() != telemetry.BreakerClosed {
+	if b.State() != breaker.StateClosed {
 		t.Fatal("a failure older than the window still counted")
 	}
 }
@@ -222,16 +222,16 @@ func TestHalfOpenProbeAndRecovery(t *testing.T) {
 	ctx := context.Background()
 	fail := status.Error(codes.Unavailable, "")
 	_ = call(t, b, ctx, fail)
-	testutil.Eventually(t, 2*time.Second, func() bool { return b.State() == telemetry.BreakerHalfOpen }, "breaker half-opens")
+	testutil.Eventually(t, 2*time.Second, func() bool { return b.State() == breaker.StateHalfOpen }, "breaker half-opens")
 
 	// A failed probe opens it again.
 	if err := call(t, b, ctx, fail); err != nil {
 		t.Fatal(err)
 	}
-	if b.State() != telemetry.BreakerOpen {
+	if b.State() != breaker.StateOpen {
 		t.Fatal("failed probe did not reopen")
 	}
-	testutil.Eventually(t, 2*time.Second, func() bool { return b.State() == telemetry.BreakerHalfOpen }, "breaker half-opens again")
+	testutil.Eventually(t, 2*time.Second, func() bool { return b.State() == breaker.StateHalfOpen }, "breaker half-opens again")
 
 	// Two probes at once; a third is refused while they are in flight.
 	p1, err1 := b.Allow()
@@ -244,11 +244,11 @@ func TestHalfOpenProbeAndRecovery(t *testing.T) {
 		t.Fatalf("third concurrent call = %v, want ErrOpen naming half-open", err)
 	}
 	p1.Done(ctx, nil)
-	if b.State() != telemetry.BreakerHalfOpen {
+	if b.State() != breaker.StateHalfOpen {
 		t.Fatal("closed after 1 of 2 probes")
 	}
 	p2.Done(ctx, nil)
-	if b.State() != telemetry.BreakerClosed {
+	if b.State() != breaker.StateClosed {
 		t.Fatal("not closed after both probes succeeded")
 	}
 	changes, _ := rec.get()
@@ -281,7 +281,7 @@ func TestKeying(t *testing.T) {
 				t.Errorf("Key() = %q, want %q", b.Key(), tt.wantKey)
 			}
 			_ = call(t, b, context.Background(), fail)
-			if got := r.State(target, "/other.Svc/M") == telemetry.BreakerOpen; got != tt.wantOpen {
+			if got := r.State(target, "/other.Svc/M") == breaker.StateOpen; got != tt.wantOpen {
 				t.Errorf("other method open = %v, want %v", got, tt.wantOpen)
 			}
 			if r.Get(target, method) != b {
@@ -375,5 +375,70 @@ func TestAllowDoneAllocations(t *testing.T) {
 	// gobreaker's two-step Allow returns a closure: one allocation.
 	if allocs > 1 {
 		t.Errorf("Get+Allow+Done allocates %v times, want <= 1", allocs)
+	}
+}
+
+// TestAbandonedHalfOpenProbeIsBounded is issue 13 item 3 (breaker half):
+// a probe whose outcome never comes (an abandoned stream) counts as failed
+// once ProbeTimeout has passed, so the breaker reopens and probes afresh
+// instead of rejecting every call as "half-open" forever.
+func TestAbandonedHalfOpenProbeIsBounded(t *testing.T) {
+	r := newRegistry(t, func(c *breaker.Config) {
+		c.ConsecutiveFailures = 1
+		c.OpenTimeout = 20 * time.Millisecond
+		c.ProbeTimeout = 50 * time.Millisecond
+	})
+	b := r.Get(target, method)
+	_ = call(t, b, context.Background(), status.Error(codes.Unavailable, ""))
+	testutil.Eventually(t, 5*time.Second, func() bool { return b.State() == breaker.StateHalfOpen }, "breaker half-opens")
+	if _, err := r.Allow(target, method); err != nil { // the probe, never reported
+		t.Fatalf("probe refused: %v", err)
+	}
+	// Until the probe timeout, the next call is refused as half-open; after
+	// it, the breaker reopens and later lets a new probe through.
+	testutil.Eventually(t, 5*time.Second, func() bool {
+		tok, err := r.Allow(target, method)
+		if err == nil {
+			tok.Done(context.Background(), nil)
+			return true
+		}
+		return false
+	}, "a new probe after the abandoned one timed out")
+	if st := b.State(); st != breaker.StateClosed {
+		t.Errorf("after a successful fresh probe the breaker is %v, want closed", st)
+	}
+}
+
+// TestOpenBreakerSurvivesKeyFlood is issue 13 item 4 (breaker half): an
+// open breaker is never evicted into a fresh closed one.
+func TestOpenBreakerSurvivesKeyFlood(t *testing.T) {
+	r := newRegistry(t, func(c *breaker.Config) { c.ConsecutiveFailures = 1; c.MaxBreakers = 4; c.OpenTimeout = time.Hour })
+	_ = call(t, r.Get(target, method), context.Background(), status.Error(codes.Unavailable, ""))
+	for i := range 1000 {
+		tok, err := r.Allow(target, "/flood/M"+strconv.Itoa(i))
+		if err == nil {
+			tok.Done(context.Background(), nil)
+		}
+	}
+	if st := r.State(target, method); st != breaker.StateOpen {
+		t.Fatalf("after a flood of keys the open breaker is %v", st)
+	}
+	if _, err := r.Allow(target, method); !errors.Is(err, breaker.ErrOpen) {
+		t.Fatalf("call after the flood: %v, want ErrOpen", err)
+	}
+}
+
+// TestStatusCarriesTenant: a registry's snapshot names its tenant, and
+// rejections name it too (issue 13 item 1).
+func TestStatusCarriesTenant(t *testing.T) {
+	r := newRegistry(t, func(c *breaker.Config) { c.ConsecutiveFailures = 1 }, breaker.WithTenant("acme"))
+	_ = call(t, r.Get(target, method), context.Background(), status.Error(codes.Unavailable, ""))
+	_, err := r.Allow(target, method)
+	if err == nil || !strings.Contains(err.Error(), `(tenant "acme") is open`) {
+		t.Errorf("rejection %v does not name the tenant", err)
+	}
+	s := r.Snapshot()
+	if len(s) != 1 || s[0].Tenant != "acme" || s[0].State != breaker.StateOpen || s[0].Rejections != 1 || s[0].Since.IsZero() || s[0].NextProbe.IsZero() {
+		t.Errorf("Snapshot() = %+v", s)
 	}
 }

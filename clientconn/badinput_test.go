@@ -14,6 +14,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/grpcreuse/grpcreuse/telemetry"
+	"github.com/grpcreuse/grpcreuse/telemetry/opentelemetry"
+
 	"go.opentelemetry.io/otel/metric/noop"
 	"google.golang.org/grpc/codes"
 	grpccreds "google.golang.org/grpc/credentials"
@@ -26,7 +29,6 @@ import (
 	grcreds "github.com/grpcreuse/grpcreuse/credentials"
 	"github.com/grpcreuse/grpcreuse/interceptors"
 	"github.com/grpcreuse/grpcreuse/internal/testutil"
-	"github.com/grpcreuse/grpcreuse/telemetry"
 )
 
 // uncomparableCreds is transport credentials that cannot be a map key.
@@ -38,7 +40,7 @@ type uncomparableCreds struct {
 // TestBadInputEveryConstructor is the one place that feeds bad input to
 // every public constructor and parser of the module: each must return an
 // error naming the field or option and the value, must not panic, and
-// must leave nothing running (goleak in TestMain; Factories are closed).
+// must leave nothing running (leakcheck in TestMain; Factories are closed).
 func TestBadInputEveryConstructor(t *testing.T) {
 	pki := testutil.NewPKI(t, testutil.ECDSAP256)
 	certPEM, keyPEM := pki.LeafPEM(t)
@@ -288,7 +290,7 @@ func TestBadInputEveryConstructor(t *testing.T) {
 		// interceptors.SplitServiceConfig and ParsePolicy.
 		{name: "Policy/not JSON", run: split(`{"grpcreuse":`), wantErr: []string{"grpcreuse: service config is not valid JSON"}},
 		{name: "Policy/not an object", run: split(`{"grpcreuse":[]}`), wantErr: []string{`"grpcreuse" is []; must be a JSON object`}},
-		{name: "Policy/methodConfig wrong type", run: split(`{"grpcreuse":{"methodConfig":5}}`), wantErr: []string{`"methodConfig" is 5; must be a list`}},
+		{name: "Policy/methodConfig wrong type", run: split(`{"grpcreuse":{"methodConfig":5}}`), wantErr: []string{`"methodConfig" is 5; must be a JSON array`}},
 		{name: "Policy/out of range", run: split(policy(`"circuitBreaker":{"failureRatio":-0.1}`)), wantErr: []string{`"circuitBreaker.failureRatio" is -0.1; must be between 0 and 1`}},
 		{name: "Policy/malformed duration", run: split(policy(`"concurrencyLimit":{"maxWait":"100ms"}`)), wantErr: []string{`"concurrencyLimit.maxWait" is "100ms"`}},
 		{name: "Policy/unknown code name", run: split(policy(`"circuitBreaker":{"failureCodes":["BROKEN"]}`)), wantErr: []string{`"circuitBreaker.failureCodes[0]" is "BROKEN"`}},
@@ -297,7 +299,7 @@ func TestBadInputEveryConstructor(t *testing.T) {
 
 		// balancer.ParseConfig.
 		{name: "balancer/not JSON", run: parseLB(`{"choiceCount":`), wantErr: []string{balancer.Name}},
-		{name: "balancer/not an object", run: parseLB(`"x"`), wantErr: []string{`config is "x"; must be a JSON object`}},
+		{name: "balancer/not an object", run: parseLB(`"x"`), wantErr: []string{`"config" is "x"; must be a JSON object`}},
 		{name: "balancer/wrong type", run: parseLB(`{"subchannelsPerEndpoint":"2"}`), wantErr: []string{`"subchannelsPerEndpoint" is "2"; must be a whole number`}},
 		{name: "balancer/out of range", run: parseLB(`{"maxSubchannelsPerEndpoint":65}`), wantErr: []string{`"maxSubchannelsPerEndpoint" is 65; must be between 1 and 64`}},
 		{name: "balancer/malformed duration", run: parseLB(`{"subchannelIdleTimeout":"1m"}`), wantErr: []string{`"subchannelIdleTimeout" is "1m"; must be a duration string`}},
@@ -305,10 +307,10 @@ func TestBadInputEveryConstructor(t *testing.T) {
 		{name: "balancer/percent above 100", run: parseLB(`{"ejection":{"maxEjectionPercent":101}}`), wantErr: []string{`"ejection.maxEjectionPercent" is 101`}},
 		{name: "balancer/ejection wrong type", run: parseLB(`{"ejection":[]}`), wantErr: []string{`"ejection" is []; must be a JSON object`}},
 
-		// telemetry.New.
-		{name: "telemetry/nil option", run: func(*testing.T) error { _, err := telemetry.New(nil); return err }, wantErr: []string{"option", "nil"}},
-		{name: "telemetry/nil meter provider", run: func(*testing.T) error { _, err := telemetry.New(telemetry.WithMeterProvider(nil)); return err }, wantErr: []string{"WithMeterProvider: provider is nil"}},
-		{name: "telemetry/nil tracer provider", run: func(*testing.T) error { _, err := telemetry.New(telemetry.WithTracerProvider(nil)); return err }, wantErr: []string{"WithTracerProvider: provider is nil"}},
+		// opentelemetry.New.
+		{name: "telemetry/nil option", run: func(*testing.T) error { _, err := opentelemetry.New(nil); return err }, wantErr: []string{"option", "nil"}},
+		{name: "telemetry/nil meter provider", run: func(*testing.T) error { _, err := opentelemetry.New(opentelemetry.WithMeterProvider(nil)); return err }, wantErr: []string{"WithMeterProvider: provider is nil"}},
+		{name: "telemetry/nil tracer provider", run: func(*testing.T) error { _, err := opentelemetry.New(opentelemetry.WithTracerProvider(nil)); return err }, wantErr: []string{"WithTracerProvider: provider is nil"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

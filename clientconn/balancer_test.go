@@ -42,10 +42,9 @@ func TestFactoryWithGrpcreuseBalancer(t *testing.T) {
 	scheme := "grpcreusetest" + strings.ToLower(strings.ReplaceAll(t.Name(), "/", ""))
 	r := manual.NewBuilderWithScheme(scheme)
 	r.InitialState(resolver.State{Endpoints: endpoints})
-	resolver.Register(r)
 
 	obs := &stateCounter{ready: make(chan string, 64)}
-	f := newFactory(t, clientconn.WithObserver(obs), clientconn.WithServiceConfig(
+	f := newFactory(t, clientconn.WithResolvers(r), clientconn.WithObserver(obs), clientconn.WithServiceConfig(
 		`{"loadBalancingConfig":[{"`+balancer.Name+`":{"subchannelsPerEndpoint":2}}]}`))
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()

@@ -76,9 +76,16 @@ func (c *Conn) Close() error {
 }
 
 // ClientConn returns the underlying *grpc.ClientConn, for APIs that need
-// the concrete type. Do not Close it: the Factory owns it. With
-// WithMaxConnectionAge the underlying connection changes over time, so do
-// not keep the result.
+// the concrete type. Do not Close it: the Factory owns it.
+//
+// Calls made directly on it are outside the Factory's guarantees: they
+// are not counted as in flight, so a max-age replacement, an eviction or
+// Factory.Close does not wait for them and may cancel them (with
+// codes.Canceled) when it closes the connection. The breakers and
+// limiters of the Factory's policy do apply to them (they are the
+// connection's interceptors). With WithMaxConnectionAge the underlying
+// connection changes over time, so do not keep the result; make calls
+// through the Conn itself wherever the API allows.
 func (c *Conn) ClientConn() *grpc.ClientConn { return c.s.cur.Load().cc }
 
 // Target returns the canonical target the connection was made for.
@@ -87,17 +94,22 @@ func (c *Conn) Target() string { return c.s.key.target }
 // GetState returns the connectivity state of the underlying connection.
 func (c *Conn) GetState() connectivity.State { return c.s.cur.Load().cc.GetState() }
 
-// waitReady implements WithWaitForReady.
+// waitReady implements WithWarmUp. A generation replaced for its age
+// while it waits shuts down; the wait moves on to its successor.
 func (c *Conn) waitReady(ctx context.Context) error {
-	st := waitState(ctx, c.s.cur.Load().cc)
-	switch {
-	case st == connectivity.Ready:
-		return nil
-	case ctx.Err() == nil: // Shutdown: the Factory was closed meanwhile
-		return fmt.Errorf("clientconn: %q closed while waiting for READY: %w", c.s.key.target, ErrClosed)
+	for {
+		g := c.s.cur.Load()
+		st := waitState(ctx, g.cc)
+		switch {
+		case st == connectivity.Ready:
+			return nil
+		case ctx.Err() != nil:
+			if err := c.s.lastError(); err != nil {
+				return fmt.Errorf("clientconn: %q not ready (%v): %w; last connection error: %w", c.s.key.target, st, ctx.Err(), err)
+			}
+			return fmt.Errorf("clientconn: %q not ready (%v): %w", c.s.key.target, st, ctx.Err())
+		case c.s.dead.Load() || c.s.cur.Load() == g: // Shutdown, not replaced: closed
+			return fmt.Errorf("clientconn: %q closed while waiting for READY: %w", c.s.key.target, ErrClosed)
+		}
 	}
-	if err := c.s.lastError(); err != nil {
-		return fmt.Errorf("clientconn: %q not ready (%v): %w; last connection error: %w", c.s.key.target, st, ctx.Err(), err)
-	}
-	return fmt.Errorf("clientconn: %q not ready (%v): %w", c.s.key.target, st, ctx.Err())
 }

@@ -2,6 +2,7 @@ package clientconn
 
 import (
 	"cmp"
+	"maps"
 	"net/http"
 	"slices"
 	"sync"
@@ -11,6 +12,8 @@ import (
 	"google.golang.org/grpc/connectivity"
 
 	"github.com/grpcreuse/grpcreuse/telemetry"
+	"github.com/grpcreuse/grpcreuse/telemetry/debugpage"
+	"github.com/grpcreuse/grpcreuse/telemetry/opentelemetry"
 )
 
 // maxDebugKeys bounds how many breakers, limiters and endpoints the debug
@@ -49,10 +52,14 @@ type limiterRecord struct {
 }
 
 type endpointRecord struct {
-	state    atomic.Int32 // connectivity.State
+	state    atomic.Int32 // connectivity.State: aggregated once EndpointState came, else the last subchannel's
+	agg      atomic.Bool  // state is the balancer's aggregate
+	conns    atomic.Int32 // connections open
 	inFlight atomic.Int64
 	latency  atomic.Int64 // nanoseconds
 	ejected  atomic.Bool
+	// Finished calls since the endpoint appeared, from EndpointCalls.
+	ok, failed, shed atomic.Uint64
 }
 
 var _ telemetry.Observer = (*recorder)(nil)
@@ -73,11 +80,14 @@ func load[K comparable, V any](r *recorder, m *sync.Map, k K, mk func() *V) *V {
 	return v.(*V)
 }
 
-func (r *recorder) PoolGet(target string, hit bool)                { r.next.PoolGet(target, hit) }
-func (r *recorder) PoolEvicted(target, reason string)              { r.next.PoolEvicted(target, reason) }
-func (r *recorder) ConnOpened(target string)                       { r.next.ConnOpened(target) }
-func (r *recorder) SessionCacheLookup(t string, hit bool)          { r.next.SessionCacheLookup(t, hit) }
-func (r *recorder) SessionCacheEvicted(tenant string)              { r.next.SessionCacheEvicted(tenant) }
+func (r *recorder) PoolGet(target string, hit bool)       { r.next.PoolGet(target, hit) }
+func (r *recorder) PoolEvicted(target, reason string)     { r.next.PoolEvicted(target, reason) }
+func (r *recorder) ConnOpened(target string)              { r.next.ConnOpened(target) }
+func (r *recorder) SessionCacheLookup(t string, hit bool) { r.next.SessionCacheLookup(t, hit) }
+func (r *recorder) SessionCacheEvicted(tenant string)     { r.next.SessionCacheEvicted(tenant) }
+func (r *recorder) SessionCacheResumption(t string, resumed bool) {
+	r.next.SessionCacheResumption(t, resumed)
+}
 func (r *recorder) Dialed(t, a string, d time.Duration, err error) { r.next.Dialed(t, a, d, err) }
 func (r *recorder) ConnClosed(target, reason string, lifetime time.Duration) {
 	r.next.ConnClosed(target, reason, lifetime)
@@ -102,7 +112,7 @@ func (r *recorder) Handshake(h telemetry.HandshakeInfo) {
 }
 
 func (r *recorder) SubchannelState(target, endpoint string, s connectivity.State) {
-	if e := load(r, &r.endpoints, [2]string{target, endpoint}, func() *endpointRecord { return new(endpointRecord) }); e != nil {
+	if e := load(r, &r.endpoints, [2]string{target, endpoint}, func() *endpointRecord { return new(endpointRecord) }); e != nil && !e.agg.Load() {
 		e.state.Store(int32(s))
 	}
 	r.next.SubchannelState(target, endpoint, s)
@@ -120,6 +130,33 @@ func (r *recorder) EndpointReturned(target, endpoint string) {
 		e.ejected.Store(false)
 	}
 	r.next.EndpointReturned(target, endpoint)
+}
+
+func (r *recorder) EndpointState(target, endpoint string, s connectivity.State, conns int) {
+	if e := load(r, &r.endpoints, [2]string{target, endpoint}, func() *endpointRecord { return new(endpointRecord) }); e != nil {
+		e.agg.Store(true)
+		e.state.Store(int32(s))
+		e.conns.Store(int32(conns))
+	}
+	r.next.EndpointState(target, endpoint, s, conns)
+}
+
+func (r *recorder) EndpointCalls(target, endpoint string, c telemetry.EndpointCalls) {
+	if e := load(r, &r.endpoints, [2]string{target, endpoint}, func() *endpointRecord { return new(endpointRecord) }); e != nil {
+		e.ok.Add(c.OK)
+		e.failed.Add(c.Failed + c.TimedOut)
+		e.shed.Add(c.Shed)
+	}
+	r.next.EndpointCalls(target, endpoint, c)
+}
+
+// EndpointRemoved forgets the endpoint, so the page shows only endpoints
+// the resolver still lists.
+func (r *recorder) EndpointRemoved(target, endpoint string) {
+	if _, loaded := r.endpoints.LoadAndDelete([2]string{target, endpoint}); loaded {
+		r.keys.Add(-1)
+	}
+	r.next.EndpointRemoved(target, endpoint)
 }
 
 func (r *recorder) EndpointLoad(target, endpoint string, n int, latency time.Duration) {
@@ -160,101 +197,146 @@ func (r *recorder) LimiterRejected(key, reason string) {
 }
 
 // handshakes summarises the handshake counters and recent durations.
-func (r *recorder) handshakes() telemetry.DebugHandshakes {
-	h := telemetry.DebugHandshakes{Full: r.full.Load(), Resumed: r.resumed.Load(), Failed: r.failed.Load()}
+func (r *recorder) handshakes() debugpage.Handshakes {
+	h := debugpage.Handshakes{Full: r.full.Load(), Resumed: r.resumed.Load(), Failed: r.failed.Load()}
 	r.mu.Lock()
 	d := append([]time.Duration(nil), r.durations[:min(r.n, handshakeWindow)]...)
 	r.mu.Unlock()
 	if len(d) > 0 {
 		slices.Sort(d)
-		h.P50 = d[len(d)*50/100]
-		h.P99 = d[min(len(d)*99/100, len(d)-1)]
+		h.P50 = debugpage.Duration(d[len(d)*50/100])
+		h.P99 = debugpage.Duration(d[min(len(d)*99/100, len(d)-1)])
 	}
 	return h
 }
 
 // DebugHandler returns an http.Handler showing the Factory's live state,
 // like Envoy's admin /clusters: shared connections (target, tenant,
-// handles, state, age, in-flight calls), endpoints as the balancer
-// reported them, breakers, limiters, the TLS session cache and recent
-// handshakes. HTML refreshing itself every 2 s, or JSON with ?format=json.
-// Mount it on an internal-only listener: it shows targets and tenants.
-func (f *Factory) DebugHandler() http.Handler { return telemetry.NewDebugHandler(f.debugSnapshot) }
+// handles, state, age, in-flight calls, the service config in force),
+// endpoints as the balancer reported them (state over their connections,
+// connections open, calls OK, failed and shed), breakers and limiters by
+// tenant, the TLS session cache and recent handshakes. HTML refreshing
+// itself every 2 s, or JSON with ?format=json. Mount it at
+// /debug/grpcreuse on an internal-only listener: it shows targets and
+// tenants.
+func (f *Factory) DebugHandler() http.Handler { return debugpage.NewHandler(f.debugSnapshot) }
 
-func (f *Factory) debugSnapshot() telemetry.DebugSnapshot {
+// connRow is what debugSnapshot copies of a shared entry under f.mu, so
+// that it asks grpc for states after releasing the lock.
+type connRow struct {
+	key  key
+	refs int
+	gen  *generation
+}
+
+func (f *Factory) debugSnapshot() debugpage.Snapshot {
 	now := time.Now()
-	s := telemetry.DebugSnapshot{Generated: now}
+	s := debugpage.Snapshot{Generated: now}
 	f.mu.Lock()
+	rows := make([]connRow, 0, len(f.conns))
 	for _, sh := range f.conns {
-		g := sh.cur.Load()
-		s.Connections = append(s.Connections, telemetry.DebugConn{
-			Target: sh.key.target, Tenant: sh.key.tenant, Handles: sh.refs,
-			State: g.cc.GetState().String(), Age: now.Sub(g.born), InFlight: g.inflight.Load(),
-		})
+		rows = append(rows, connRow{key: sh.key, refs: sh.refs, gen: sh.cur.Load()})
 	}
 	f.mu.Unlock()
-	slices.SortFunc(s.Connections, func(a, b telemetry.DebugConn) int {
+	for _, r := range rows { // GetState takes grpc's own locks: not under f.mu
+		s.Connections = append(s.Connections, debugpage.Conn{
+			Target: r.key.target, Tenant: r.key.tenant, Handles: r.refs, State: r.gen.cc.GetState().String(),
+			Age: debugpage.Duration(now.Sub(r.gen.born)), InFlight: r.gen.inflight.Load(), ServiceConfig: r.key.serviceConfig,
+		})
+	}
+	slices.SortFunc(s.Connections, func(a, b debugpage.Conn) int {
 		return cmp.Or(cmp.Compare(a.Target, b.Target), cmp.Compare(a.Tenant, b.Tenant))
 	})
 	f.rec.endpoints.Range(func(k, v any) bool {
 		key, e := k.([2]string), v.(*endpointRecord)
-		s.Endpoints = append(s.Endpoints, telemetry.DebugEndpoint{Target: key[0], Endpoint: key[1],
-			State: connectivity.State(e.state.Load()).String(), InFlight: int(e.inFlight.Load()), Latency: time.Duration(e.latency.Load()), Ejected: e.ejected.Load()})
+		s.Endpoints = append(s.Endpoints, debugpage.Endpoint{Target: key[0], Endpoint: key[1],
+			State: connectivity.State(e.state.Load()).String(), Connections: int(e.conns.Load()), InFlight: int(e.inFlight.Load()),
+			Latency: debugpage.Duration(e.latency.Load()), Ejected: e.ejected.Load(),
+			CallsOK: e.ok.Load(), CallsFailed: e.failed.Load(), CallsShed: e.shed.Load()})
 		return true
 	})
-	slices.SortFunc(s.Endpoints, func(a, b telemetry.DebugEndpoint) int {
+	slices.SortFunc(s.Endpoints, func(a, b debugpage.Endpoint) int {
 		return cmp.Or(cmp.Compare(a.Target, b.Target), cmp.Compare(a.Endpoint, b.Endpoint))
 	})
-	// Breakers and limiters: live state from the policies' chains, with
-	// the rejections the recorder counted; keys only the recorder saw
-	// (breakers built outside the Factory) keep what it knows.
-	breakers := map[string]telemetry.DebugBreaker{}
-	f.rec.breakers.Range(func(k, v any) bool {
-		b := v.(*breakerRecord)
-		breakers[k.(string)] = telemetry.DebugBreaker{Key: k.(string), State: telemetry.BreakerState(b.state.Load()).String(),
-			Since: time.Unix(0, b.since.Load()), Rejections: b.rejections.Load()}
-		return true
-	})
-	limiters := map[string]telemetry.DebugLimiter{}
-	f.rec.limiters.Range(func(k, v any) bool {
-		l := v.(*limiterRecord)
-		limiters[k.(string)] = telemetry.DebugLimiter{Key: k.(string), Limit: int(l.limit.Load()), Rejected: l.rejected.Load()}
-		return true
-	})
-	f.cfgMu.Lock()
-	for _, sc := range f.configs {
-		if sc.chain == nil {
-			continue
-		}
-		for _, b := range sc.chain.Breakers() {
-			if b.Since.IsZero() {
-				b.Since = breakers[b.Key].Since
-			}
-			b.Rejections = breakers[b.Key].Rejections
-			breakers[b.Key] = b
-		}
-		for _, l := range sc.chain.Limiters() {
-			l.Rejected = limiters[l.Key].Rejected
-			limiters[l.Key] = l
-		}
-	}
-	f.cfgMu.Unlock()
-	for _, b := range breakers {
-		s.Breakers = append(s.Breakers, b)
-	}
-	for _, l := range limiters {
-		s.Limiters = append(s.Limiters, l)
-	}
-	slices.SortFunc(s.Breakers, func(a, b telemetry.DebugBreaker) int { return cmp.Compare(a.Key, b.Key) })
-	slices.SortFunc(s.Limiters, func(a, b telemetry.DebugLimiter) int { return cmp.Compare(a.Key, b.Key) })
+	s.Breakers, s.Limiters = f.policyRows()
 	if c := f.opts.sessions; c != nil {
 		st := c.Stats()
-		dc := telemetry.DebugSessionCache{Name: "WithTLS", Size: st.Len, Hits: st.Hits, Misses: st.Misses}
-		if st.Hits+st.Misses > 0 {
-			dc.HitRate = float64(st.Hits) / float64(st.Hits+st.Misses)
+		dc := debugpage.SessionCache{Name: "WithTLS", Size: st.Len, Offered: st.Offered, Resumed: st.Resumed,
+			NotResumed: st.NotResumed, Misses: st.Misses}
+		if n := st.Resumed + st.NotResumed; n > 0 {
+			dc.ResumedRate = float64(st.Resumed) / float64(n)
 		}
 		s.SessionCaches = append(s.SessionCaches, dc)
 	}
 	s.Handshakes = f.rec.handshakes()
 	return s
+}
+
+// chains returns the policies' chains, copied under cfgMu so that their
+// breakers and limiters are read after it is released.
+// policyRows merges the live state of the policies' breakers and limiters
+// (Factory.Policies, one set per tenant) with the rejections the recorder
+// counted for keys only it saw (breakers built outside the Factory).
+func (f *Factory) policyRows() ([]debugpage.Breaker, []debugpage.Limiter) {
+	type id struct{ tenant, key string }
+	breakers := map[id]debugpage.Breaker{}
+	f.rec.breakers.Range(func(k, v any) bool {
+		b := v.(*breakerRecord)
+		row := debugpage.Breaker{Key: k.(string), State: telemetry.BreakerState(b.state.Load()).String(), Rejections: b.rejections.Load()}
+		if at := b.since.Load(); at != 0 {
+			row.Since = time.Unix(0, at)
+		}
+		breakers[id{"", row.Key}] = row
+		return true
+	})
+	limiters := map[id]debugpage.Limiter{}
+	f.rec.limiters.Range(func(k, v any) bool {
+		l := v.(*limiterRecord)
+		limiters[id{"", k.(string)}] = debugpage.Limiter{Key: k.(string), Limit: int(l.limit.Load()), Rejected: l.rejected.Load()}
+		return true
+	})
+	pol := f.Policies()
+	for _, st := range pol.Breakers {
+		delete(breakers, id{"", st.Key}) // the policy's own rows replace what the recorder saw of the key
+		breakers[id{st.Tenant, st.Key}] = debugpage.Breaker{Key: st.Key, Tenant: st.Tenant, State: st.State.String(),
+			Since: st.Since, NextProbe: st.NextProbe, Requests: st.Requests, Failures: st.Failures,
+			ConsecutiveFailures: st.ConsecutiveFailures, Rejections: st.Rejections}
+	}
+	for _, st := range pol.Limiters {
+		delete(limiters, id{"", st.Key})
+		limiters[id{st.Tenant, st.Key}] = debugpage.Limiter{Key: st.Key, Tenant: st.Tenant, Limit: st.Limit,
+			InFlight: st.InFlight, Queued: st.Queued, Rejected: st.Rejected}
+	}
+	bs := slices.Collect(maps.Values(breakers))
+	ls := slices.Collect(maps.Values(limiters))
+	slices.SortFunc(bs, func(a, b debugpage.Breaker) int {
+		return cmp.Or(cmp.Compare(a.Tenant, b.Tenant), cmp.Compare(a.Key, b.Key))
+	})
+	slices.SortFunc(ls, func(a, b debugpage.Limiter) int {
+		return cmp.Or(cmp.Compare(a.Tenant, b.Tenant), cmp.Compare(a.Key, b.Key))
+	})
+	return bs, ls
+}
+
+// gauges reads what the OpenTelemetry gauges need at a collection: the
+// limiters' slots and the session cache's size, nothing of the rest of
+// the debug snapshot, and nothing under the Factory's locks.
+func (f *Factory) gauges() opentelemetry.Gauges {
+	var g opentelemetry.Gauges
+	// LimiterGauge has no tenant yet: tenants' limiters of one key add up.
+	byKey := map[string]int{}
+	for _, l := range f.Policies().Limiters {
+		i, ok := byKey[l.Key]
+		if !ok {
+			i = len(g.Limiters)
+			byKey[l.Key] = i
+			g.Limiters = append(g.Limiters, opentelemetry.LimiterGauge{Key: l.Key})
+		}
+		g.Limiters[i].InFlight += l.InFlight
+		g.Limiters[i].Queued += l.Queued
+	}
+	if c := f.opts.sessions; c != nil {
+		g.SessionCaches = append(g.SessionCaches, opentelemetry.SessionCacheGauge{Name: "WithTLS", Size: c.Stats().Len})
+	}
+	return g
 }

@@ -13,12 +13,16 @@ import (
 	"testing"
 	"time"
 
+	"github.com/grpcreuse/grpcreuse/balancer"
+	"github.com/grpcreuse/grpcreuse/telemetry/debugpage"
+
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/resolver"
+	"google.golang.org/grpc/resolver/manual"
 
 	"github.com/grpcreuse/grpcreuse/clientconn"
 	"github.com/grpcreuse/grpcreuse/internal/testutil"
-	"github.com/grpcreuse/grpcreuse/telemetry"
 )
 
 // chromium returns the headless browser, or skips the test; in CI a
@@ -80,6 +84,7 @@ func TestDebugPageInBrowser(t *testing.T) {
 		`<td class="open">open</td>`,                                      // the open breaker
 		`<td id="hs-full">1</td><td id="hs-resumed">2</td>`,               // full and resumed handshakes
 		`<td>WithTLS</td><td>`,                                            // the session cache
+		`<td class="service-config"><code>{"methodConfig"`,                // the service config in force
 	} {
 		if !strings.Contains(dom, want) {
 			t.Errorf("rendered page lacks %q\n%s", want, dom)
@@ -92,7 +97,7 @@ func TestDebugPageInBrowser(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer resp.Body.Close()
-	var snap telemetry.DebugSnapshot
+	var snap debugpage.Snapshot
 	if err := json.NewDecoder(resp.Body).Decode(&snap); err != nil {
 		t.Fatalf("decoding JSON: %v", err)
 	}
@@ -137,5 +142,49 @@ func TestDebugPageEscapesTargets(t *testing.T) {
 	}
 	if !strings.Contains(dom, "&lt;script&gt;document.title='pwned'&lt;/script&gt;") {
 		t.Errorf("the target should show as text:\n%s", dom)
+	}
+}
+
+// TestDebugPageShowsEndpoints renders, in a real browser, what the
+// balancer reports per endpoint: its state over its connections, the
+// connections open and the calls that finished OK, failed or shed.
+func TestDebugPageShowsEndpoints(t *testing.T) {
+	b := testutil.StartBackend(t, testutil.BackendOptions{})
+	r := manual.NewBuilderWithScheme("grpcreusedebug")
+	r.InitialState(resolver.State{Endpoints: []resolver.Endpoint{{Addresses: []resolver.Address{{Addr: b.Addr}}}}})
+	f := newFactory(t, clientconn.WithResolvers(r), clientconn.WithServiceConfig(
+		`{"loadBalancingConfig":[{"`+balancer.Name+`":{"subchannelsPerEndpoint":2}}]}`))
+	c := get(t, f, "grpcreusedebug:///svc", clientconn.WithWarmUp())
+	defer c.Close()
+	for i := 0; i < 20; i++ {
+		mustUnary(t, c)
+	}
+	srv := httptest.NewServer(f.DebugHandler())
+	defer srv.Close()
+	var ep debugpage.Endpoint
+	testutil.Eventually(t, 10*time.Second, func() bool {
+		resp, err := http.Get(srv.URL + "?format=json")
+		if err != nil {
+			return false
+		}
+		defer resp.Body.Close()
+		var snap debugpage.Snapshot
+		if json.NewDecoder(resp.Body).Decode(&snap) != nil || len(snap.Endpoints) != 1 {
+			return false
+		}
+		ep = snap.Endpoints[0]
+		return ep.Connections == 2 && ep.CallsOK >= 20
+	}, "the endpoint row shows 2 connections and 20 calls OK")
+	if ep.State != "READY" || ep.CallsFailed != 0 || ep.CallsShed != 0 {
+		t.Errorf("endpoint = %+v, want READY with no failed or shed calls", ep)
+	}
+	dom := renderDOM(t, srv.URL)
+	for _, want := range []string{
+		`<td>` + b.Addr + `</td><td>READY</td><td class="endpoint-connections">2</td>`,
+		`<td class="calls-failed">0</td><td class="calls-shed">0</td>`,
+	} {
+		if !strings.Contains(dom, want) {
+			t.Errorf("rendered page lacks %q\n%s", want, dom)
+		}
 	}
 }

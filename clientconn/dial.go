@@ -2,8 +2,10 @@ package clientconn
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc/credentials"
@@ -24,7 +26,7 @@ func defaultDial(ctx context.Context, addr string) (net.Conn, error) {
 }
 
 // dialerFor wraps the Factory's dialer for one shared entry: it times each
-// connect for telemetry and keeps the last error for WithWaitForReady.
+// connect for telemetry and keeps the last error for WithWarmUp.
 func (f *Factory) dialerFor(s *shared) func(context.Context, string) (net.Conn, error) {
 	dial := f.opts.dialer
 	if dial == nil {
@@ -50,7 +52,37 @@ func (c *observedCreds) ClientHandshake(ctx context.Context, authority string, c
 	ctx = targetctx.With(ctx, c.s.key.target) // for the handshake's telemetry
 	out, info, err := c.TransportCredentials.ClientHandshake(ctx, authority, conn)
 	c.s.recordErr(err)
+	if err == nil && c.Info().SecurityProtocol == "insecure" {
+		// Plaintext: nothing checked the peer. Explain a TLS server (or
+		// anything that is not a gRPC server) from its first bytes.
+		out = &firstRead{Conn: out, s: c.s}
+	}
 	return out, info, err
+}
+
+// firstRead looks at the first bytes a plaintext connection receives: a
+// TLS record, or the connection closing before the server said anything,
+// becomes the entry's last connection error. Reads after the first pass
+// straight through.
+type firstRead struct {
+	net.Conn
+	s    *shared
+	done atomic.Bool
+}
+
+func (c *firstRead) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	if c.done.Load() || !c.done.CompareAndSwap(false, true) {
+		return n, err
+	}
+	addr := c.Conn.RemoteAddr().String()
+	switch {
+	case n >= 2 && (p[0] == 0x15 || p[0] == 0x16) && p[1] == 0x03:
+		c.s.recordErr(fmt.Errorf("%s answered with TLS but this connection is plaintext: use WithTLS (or TLS transport credentials)", addr))
+	case n == 0 && err != nil:
+		c.s.recordErr(fmt.Errorf("%s closed the plaintext connection before sending anything (%v): is it a TLS server? then use WithTLS", addr, err))
+	}
+	return n, err
 }
 
 func (c *observedCreds) Clone() credentials.TransportCredentials {

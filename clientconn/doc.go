@@ -26,10 +26,22 @@
 //   - WithKeepalive applies a Keepalive preset whose server half
 //     (Keepalive.ServerOptions) is guaranteed not to answer with a
 //     too_many_pings GOAWAY;
-//   - WithWaitForReady and WithPreconnect warm connections up before the
-//     first call.
+//   - WithWarmUp (per Get) and WithPreconnect warm connections up before
+//     the first call; a WithWarmUp timeout says why (unknown host, refused
+//     connection, failed handshake, plaintext against a TLS server).
 //
-// Pool events go to a telemetry.Observer (WithObserver).
+// A service config's "grpcreuse" policy (WithServiceConfig,
+// WithTargetServiceConfig; docs/policy.md) gives every connection circuit
+// breakers and concurrency limits. They are kept per tenant and document:
+// tenants never share a breaker or a limiter, and a tenant's breakers keep
+// their state when its connection is replaced for its age. Factory.Policies
+// reports them, each naming its tenant.
+//
+// Pool events go to a telemetry.Observer (WithObserver). Connection
+// openings, rotations, evictions and closings are logged through grpclog
+// (component "grpcreuse.clientconn") at verbosity 2
+// (GRPC_GO_LOG_VERBOSITY_LEVEL=2, GRPC_GO_LOG_SEVERITY_LEVEL=info), never
+// per call.
 //
 // Concurrency: Factory and Conn are safe for concurrent use. The Factory
 // starts goroutines only to drain and replace connections (plus grpc-go's

@@ -9,3 +9,11 @@ func TenantCredsForTest(f *Factory) int {
 	defer f.mu.Unlock()
 	return len(f.tenants)
 }
+
+// PolicyStateForTest returns how many service-config documents and
+// (document, tenant) policy states f keeps.
+func PolicyStateForTest(f *Factory) (configs, policies int) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return len(f.configs), len(f.policies)
+}

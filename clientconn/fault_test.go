@@ -138,7 +138,7 @@ func TestServerMaxConnectionAgeUnderLoad(t *testing.T) {
 
 // TestCloseDuringTraffic closes handles and then the Factory while unary
 // calls and streams run: each call finishes or fails with a clear error,
-// nothing panics, nothing leaks (goleak in TestMain).
+// nothing panics, nothing leaks (leakcheck in TestMain).
 func TestCloseDuringTraffic(t *testing.T) {
 	b := testutil.StartBackend(t, testutil.BackendOptions{})
 	f := mustNew(t, plaintext, clientconn.WithDrainTimeout(2*time.Second))

@@ -292,10 +292,9 @@ func TestBlackholedBackendDetectedByKeepalive(t *testing.T) {
 	scheme := "grpcreusetest" + strings.ToLower(strings.ReplaceAll(t.Name(), "/", ""))
 	r := manual.NewBuilderWithScheme(scheme)
 	r.InitialState(resolver.State{Endpoints: endpoints})
-	resolver.Register(r)
 
 	obs := &subchannelLog{}
-	f := newFactory(t, clientconn.WithKeepalive(ka), clientconn.WithObserver(obs), clientconn.WithServiceConfig(
+	f := newFactory(t, clientconn.WithResolvers(r), clientconn.WithKeepalive(ka), clientconn.WithObserver(obs), clientconn.WithServiceConfig(
 		`{"loadBalancingConfig":[{"`+balancer.Name+`":{"subchannelsPerEndpoint":1,"maxSubchannelsPerEndpoint":1}}]}`))
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()

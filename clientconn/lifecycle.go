@@ -42,6 +42,9 @@ func (f *Factory) release(s *shared) {
 	f.evicted = f.evicted[:0]
 	f.mu.Unlock()
 	for _, e := range out {
+		if logger.V(2) {
+			logger.Infof("connection to %q (tenant %q) evicted: %s", e.key.target, e.key.tenant, telemetry.EvictCapacity)
+		}
 		f.obs.PoolEvicted(e.key.target, telemetry.EvictCapacity)
 		f.startDrain(e.key.target, e.cur.Load(), telemetry.CloseEvicted)
 	}
@@ -68,6 +71,9 @@ func (f *Factory) expire(s *shared, epoch uint64) {
 	f.evictLocked(s)
 	f.idle.Remove(s.key) // the callback sees dead and does nothing
 	f.mu.Unlock()
+	if logger.V(2) {
+		logger.Infof("connection to %q (tenant %q) evicted: %s", s.key.target, s.key.tenant, telemetry.EvictIdle)
+	}
 	f.obs.PoolEvicted(s.key.target, telemetry.EvictIdle)
 	f.startDrain(s.key.target, s.cur.Load(), telemetry.CloseEvicted)
 }
@@ -78,6 +84,7 @@ func (f *Factory) evictLocked(s *shared) {
 	s.dead.Store(true)
 	delete(f.conns, s.key)
 	f.releaseTenantLocked(s)
+	f.releaseConfigLocked(s)
 	stopTimer(s.idleTimer)
 	stopTimer(s.ageTimer)
 	f.evictions.Add(1)
@@ -98,6 +105,9 @@ func (f *Factory) replace(s *shared) {
 	cc, err := f.dial(s)
 	if err != nil { // the same options worked before; try again next period
 		s.recordErr(err)
+		if logger.V(2) {
+			logger.Infof("connection to %q (tenant %q): replacement failed, retrying next period: %v", s.key.target, s.key.tenant, err)
+		}
 	} else {
 		// Warm the replacement so calls do not wait for its handshake.
 		cc.Connect()
@@ -123,6 +133,9 @@ func (f *Factory) replace(s *shared) {
 	s.ageTimer = time.AfterFunc(f.nextAge(), func() { f.replace(s) })
 	f.mu.Unlock()
 	if old != nil {
+		if logger.V(2) {
+			logger.Infof("connection to %q (tenant %q) rotated after %v (max age)", s.key.target, s.key.tenant, time.Since(old.born).Round(time.Millisecond))
+		}
 		f.obs.ConnOpened(s.key.target)
 		f.startDrain(s.key.target, old, telemetry.CloseMaxAge)
 	}
@@ -142,6 +155,9 @@ func (f *Factory) startDrain(target string, g *generation, reason string) {
 		t.Stop()
 		g.cc.Close()
 		f.open.Add(-1)
+		if logger.V(2) {
+			logger.Infof("connection to %q closed (%s) after %v", target, reason, time.Since(g.born).Round(time.Millisecond))
+		}
 		f.obs.ConnClosed(target, reason, time.Since(g.born))
 	}()
 }

@@ -8,12 +8,14 @@ import (
 	"fmt"
 	"net"
 	"reflect"
+	"strings"
 	"time"
 
 	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/resolver"
 
 	grcreds "github.com/grpcreuse/grpcreuse/credentials"
 	"github.com/grpcreuse/grpcreuse/telemetry"
@@ -57,6 +59,7 @@ type options struct {
 	meters        metric.MeterProvider
 	tracers       trace.TracerProvider
 	preconnect    []string
+	resolvers     map[string]resolver.Builder // WithResolvers, by scheme
 
 	// Test knobs, set through export_test.go.
 	noJitter bool
@@ -315,12 +318,23 @@ func WithTenant(tenant string) GetOption {
 	return getOptionFunc(func(o *getOptions) { o.tenant = tenant })
 }
 
-// WithWaitForReady makes Get block until the connection is READY or ctx
-// ends. On timeout the error wraps both ctx.Err() and the last connection
-// error (dial or handshake), so callers see why, not only that it timed out.
-func WithWaitForReady() GetOption {
+// WithWarmUp makes Get return only once the connection is READY, or fail
+// when ctx ends: the first call then finds a warm connection. It is not
+// grpc's per-call grpc.WaitForReady, which makes each call wait. On
+// timeout the error wraps ctx.Err() and says why the connection is not
+// ready: the last resolver, dial or handshake error (an unknown host, a
+// refused connection, a certificate the server rejected, a plaintext
+// client talking to a TLS server). A max-age replacement of the
+// connection during the wait does not fail it: Get waits for the new one.
+func WithWarmUp() GetOption {
 	return getOptionFunc(func(o *getOptions) { o.waitReady = true })
 }
+
+// WithWaitForReady is WithWarmUp.
+//
+// Deprecated: use WithWarmUp; the name was easily confused with grpc's
+// per-call grpc.WaitForReady.
+func WithWaitForReady() GetOption { return WithWarmUp() }
 
 // WithTargetCredentials overrides the Factory's transport credentials for
 // this Get. Connections with different credentials are never shared.
@@ -348,13 +362,15 @@ func WithTargetServiceConfig(json string) GetOption {
 }
 
 // checkCreds rejects credentials that cannot identify a connection: nil,
-// or a type that is not comparable and would panic as a map key.
+// or a value that is not comparable and would panic as a map key. The
+// check is on the dynamic value: a struct type is comparable, yet one
+// holding an interface field whose value is a slice panics when compared.
 func checkCreds(c credentials.TransportCredentials) error {
 	if c == nil {
 		return fmt.Errorf("credentials are nil")
 	}
-	if t := reflect.TypeOf(c); !t.Comparable() {
-		return fmt.Errorf("credentials of type %v are not comparable; pass a pointer", t)
+	if v := reflect.ValueOf(c); !v.Comparable() {
+		return fmt.Errorf("credentials of type %v are not comparable (a map, slice or func inside); pass a pointer", v.Type())
 	}
 	return nil
 }
@@ -367,4 +383,39 @@ func compactJSON(s string) (string, error) {
 		return "", fmt.Errorf("service config is not valid JSON: %v", err)
 	}
 	return b.String(), nil
+}
+
+// WithResolvers hands the Factory resolver builders for its targets'
+// schemes, as grpc.WithResolvers does for one ClientConn, without
+// registering them globally (resolver.Register is for init time only).
+// A builder here takes precedence over a registered one of the same
+// scheme; an xDS resolver builder (xds:///) works like any other. Targets
+// of different schemes never share a connection.
+//
+// Custom resolvers must come through this option, not through a
+// grpc.WithResolvers in WithDialOptions: the Factory must know the scheme
+// to canonicalise targets, and wraps the builder so its observer reaches
+// the grpcreuse balancer. Two builders of one scheme are an error.
+func WithResolvers(builders ...resolver.Builder) Option {
+	return optionFunc(func(o *options) {
+		for i, b := range builders {
+			if b == nil {
+				o.fail("WithResolvers: builder %d is nil", i)
+				return
+			}
+			scheme := b.Scheme()
+			if scheme == "" || strings.ToLower(scheme) != scheme {
+				o.fail("WithResolvers: builder %d has scheme %q; must be non-empty and lower case, as grpc matches schemes", i, scheme)
+				return
+			}
+			if o.resolvers == nil {
+				o.resolvers = map[string]resolver.Builder{}
+			}
+			if _, dup := o.resolvers[scheme]; dup {
+				o.fail("WithResolvers: two builders for scheme %q", scheme)
+				return
+			}
+			o.resolvers[scheme] = b
+		}
+	})
 }

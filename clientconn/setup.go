@@ -8,7 +8,7 @@ import (
 	"google.golang.org/grpc/credentials"
 
 	grcreds "github.com/grpcreuse/grpcreuse/credentials"
-	"github.com/grpcreuse/grpcreuse/telemetry"
+	"github.com/grpcreuse/grpcreuse/telemetry/opentelemetry"
 )
 
 // How New turns options into what every connection is dialled with.
@@ -38,14 +38,14 @@ func (f *Factory) setUpTelemetry() error {
 	if o.observerSet {
 		return fmt.Errorf("clientconn: WithObserver and WithMeterProvider/WithTracerProvider are both set; use one")
 	}
-	var topts []telemetry.Option
+	var topts []opentelemetry.Option
 	if o.meters != nil {
-		topts = append(topts, telemetry.WithMeterProvider(o.meters))
+		topts = append(topts, opentelemetry.WithMeterProvider(o.meters))
 	}
 	if o.tracers != nil {
-		topts = append(topts, telemetry.WithTracerProvider(o.tracers))
+		topts = append(topts, opentelemetry.WithTracerProvider(o.tracers))
 	}
-	t, err := telemetry.New(topts...)
+	t, err := opentelemetry.New(topts...)
 	if err != nil {
 		return fmt.Errorf("clientconn: %w", err)
 	}
@@ -91,12 +91,14 @@ type tenantCreds struct {
 	entries int // pool entries made with creds; guarded by Factory.mu
 }
 
-// credsForTenant returns the WithTLS credentials of tenant, making them if
-// no live entry uses them yet.
+// credsForTenant returns the WithTLS credentials of tenant: those of its
+// live entries, or new ones that the Factory keeps only once an entry is
+// made with them (Factory.install), so a failed Get stores nothing.
 func (f *Factory) credsForTenant(tenant string) (credentials.TransportCredentials, error) {
 	f.mu.Lock()
-	defer f.mu.Unlock()
-	if tc, ok := f.tenants[tenant]; ok {
+	tc, ok := f.tenants[tenant]
+	f.mu.Unlock()
+	if ok {
 		return tc.creds, nil
 	}
 	c, err := grcreds.NewTLS(f.opts.tlsConfig,
@@ -106,7 +108,6 @@ func (f *Factory) credsForTenant(tenant string) (credentials.TransportCredential
 	if err != nil {
 		return nil, fmt.Errorf("clientconn: WithTLS: %w", err)
 	}
-	f.tenants[tenant] = &tenantCreds{creds: c}
 	return c, nil
 }
 
@@ -126,16 +127,20 @@ func (f *Factory) releaseTenantLocked(s *shared) {
 // preconnect validates every WithPreconnect target, then starts connecting
 // to each; the connections wait in the pool without handles.
 func (f *Factory) preconnect() error {
-	keys := make([]key, 0, len(f.opts.preconnect))
+	type pre struct {
+		k   key
+		tls bool
+	}
+	keys := make([]pre, 0, len(f.opts.preconnect))
 	for _, t := range f.opts.preconnect {
-		k, err := f.keyFor(t, &getOptions{})
+		k, tls, err := f.keyFor(t, &getOptions{})
 		if err != nil {
 			return fmt.Errorf("clientconn: WithPreconnect: %w", err)
 		}
-		keys = append(keys, k)
+		keys = append(keys, pre{k, tls})
 	}
-	for _, k := range keys {
-		c, err := f.get(k)
+	for _, p := range keys {
+		c, err := f.get(p.k, p.tls)
 		if err != nil {
 			return fmt.Errorf("clientconn: WithPreconnect: %w", err)
 		}

@@ -27,8 +27,12 @@ type shared struct {
 	// dead is set (under Factory.mu) once the entry left the pool; calls
 	// that still reach it fail with ErrClosed instead of looping.
 	dead atomic.Bool
-	// lastErr is the most recent dial or handshake error, for WithWaitForReady.
+	// lastErr is the most recent dial or handshake error, for WithWarmUp.
 	lastErr atomic.Pointer[connError]
+
+	sc        *serviceConfig // its document, held while the entry lives
+	pol       *policyState   // its tenant's breakers and limiters; nil without a policy
+	tlsTenant bool           // creds are WithTLS's for key.tenant
 
 	// Guarded by Factory.mu.
 	refs        int          // live handles

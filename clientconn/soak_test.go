@@ -135,10 +135,9 @@ func TestSoak(t *testing.T) {
 	scheme := "grpcreusesoak"
 	r := manual.NewBuilderWithScheme(scheme)
 	r.InitialState(resolver.State{Endpoints: endpoints})
-	resolver.Register(r)
 	target := scheme + ":///backends"
 
-	f := mustNew(t, clientconn.WithTLS(pki.ClientConfig("")), clientconn.WithServiceConfig(soakServiceConfig),
+	f := mustNew(t, clientconn.WithResolvers(r), clientconn.WithTLS(pki.ClientConfig("")), clientconn.WithServiceConfig(soakServiceConfig),
 		clientconn.WithDrainTimeout(5*time.Second))
 	defer f.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)

@@ -22,6 +22,12 @@ const dnsDefaultPort = "443"
 // a dns authority are kept verbatim: only their resolver knows what they
 // mean.
 func canonicalTarget(target string) (string, error) {
+	return canonicalTargetWith(target, resolver.Get)
+}
+
+// canonicalTargetWith is canonicalTarget with the schemes that lookup
+// knows: a Factory's own resolvers (WithResolvers) before grpc's registry.
+func canonicalTargetWith(target string, lookup func(scheme string) resolver.Builder) (string, error) {
 	if target == "" {
 		return "", fmt.Errorf("clientconn: target is empty")
 	}
@@ -37,11 +43,11 @@ func canonicalTarget(target string) (string, error) {
 		return dnsTarget(target, ep)
 	}
 	u, parseErr := url.Parse(target)
-	if parseErr == nil && u.Scheme != "" && resolver.Get(u.Scheme) != nil {
+	if parseErr == nil && u.Scheme != "" && lookup(u.Scheme) != nil {
 		return target, nil // another resolver, or dns with an authority
 	}
 	if parseErr == nil && strings.Contains(target, "://") {
-		return "", fmt.Errorf("clientconn: target %q: no resolver is registered for scheme %q", target, u.Scheme)
+		return "", fmt.Errorf("clientconn: target %q: no resolver is registered for scheme %q (hand the Factory its builder with WithResolvers)", target, u.Scheme)
 	}
 	// grpc.NewClient sends anything without a registered scheme to the dns
 	// resolver as a whole.

@@ -6,6 +6,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/grpcreuse/grpcreuse/telemetry"
+	"github.com/grpcreuse/grpcreuse/telemetry/opentelemetry"
+
 	"go.opentelemetry.io/otel/attribute"
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 	"go.opentelemetry.io/otel/sdk/metric/metricdata"
@@ -20,7 +23,6 @@ import (
 	"github.com/grpcreuse/grpcreuse/clientconn"
 	"github.com/grpcreuse/grpcreuse/interceptors"
 	"github.com/grpcreuse/grpcreuse/internal/testutil"
-	"github.com/grpcreuse/grpcreuse/telemetry"
 )
 
 // point is one data point: its attributes and its value (a counter's sum,
@@ -87,7 +89,7 @@ func TestFactoryTelemetry(t *testing.T) {
 	spans := tracetest.NewSpanRecorder()
 	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(spans))
 	// The server sheds beyond one call in flight and reports to the same provider.
-	serverTel, err := telemetry.New(telemetry.WithMeterProvider(mp))
+	serverTel, err := opentelemetry.New(opentelemetry.WithMeterProvider(mp))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -141,55 +143,55 @@ func TestFactoryTelemetry(t *testing.T) {
 	c1.Close()
 	c2.Close()
 
-	target := attribute.String(telemetry.AttrTarget, "dns:///"+b.Addr) // the channel target, not the server name
-	success := attribute.String(telemetry.AttrTLSResult, telemetry.HandshakeSuccess)
-	if got := sumWhere(t, reader, telemetry.MetricTLSHandshakes, success, target, attribute.String(telemetry.AttrTLSResumed, telemetry.FullHandshake)); got != 1 {
+	target := attribute.String(opentelemetry.AttrTarget, "dns:///"+b.Addr) // the channel target, not the server name
+	success := attribute.String(opentelemetry.AttrTLSResult, opentelemetry.HandshakeSuccess)
+	if got := sumWhere(t, reader, opentelemetry.MetricTLSHandshakes, success, target, attribute.String(opentelemetry.AttrTLSResumed, opentelemetry.FullHandshake)); got != 1 {
 		t.Errorf("full handshakes = %v, want 1", got)
 	}
-	if got := sumWhere(t, reader, telemetry.MetricTLSHandshakes, success, attribute.String(telemetry.AttrTLSResumed, telemetry.ResumedHandshake)); got != 2 {
+	if got := sumWhere(t, reader, opentelemetry.MetricTLSHandshakes, success, attribute.String(opentelemetry.AttrTLSResumed, opentelemetry.ResumedHandshake)); got != 2 {
 		t.Errorf("resumed handshakes = %v, want 2 (second connection and the shared one)", got)
 	}
-	if got := sumWhere(t, reader, telemetry.MetricTLSHandshakeDuration, attribute.String(telemetry.AttrTLSVersion, "1.3")); got != 3 {
+	if got := sumWhere(t, reader, opentelemetry.MetricTLSHandshakeDuration, attribute.String(opentelemetry.AttrTLSVersion, "1.3")); got != 3 {
 		t.Errorf("handshake duration samples = %v, want 3", got)
 	}
-	if got := sumWhere(t, reader, telemetry.MetricConnectDuration); got != 3 {
+	if got := sumWhere(t, reader, opentelemetry.MetricConnectDuration); got != 3 {
 		t.Errorf("connect duration samples = %v, want 3", got)
 	}
-	if hits, misses := sumWhere(t, reader, telemetry.MetricPoolGets, attribute.Bool(telemetry.AttrPoolHit, true)),
-		sumWhere(t, reader, telemetry.MetricPoolGets, attribute.Bool(telemetry.AttrPoolHit, false)); hits != 1 || misses != 3 {
+	if hits, misses := sumWhere(t, reader, opentelemetry.MetricPoolGets, attribute.Bool(opentelemetry.AttrPoolHit, true)),
+		sumWhere(t, reader, opentelemetry.MetricPoolGets, attribute.Bool(opentelemetry.AttrPoolHit, false)); hits != 1 || misses != 3 {
 		t.Errorf("pool gets: %v hits, %v misses; want 1 and 3", hits, misses)
 	}
 	testutil.Eventually(t, 5*time.Second, func() bool {
-		return sumWhere(t, reader, telemetry.MetricPoolConnectionLifetime, attribute.String(telemetry.AttrReason, telemetry.CloseEvicted)) == 3
+		return sumWhere(t, reader, opentelemetry.MetricPoolConnectionLifetime, attribute.String(opentelemetry.AttrReason, telemetry.CloseEvicted)) == 3
 	}, "three connection lifetimes recorded")
-	if got := sumWhere(t, reader, telemetry.MetricPoolOpenConnections); got != 0 {
+	if got := sumWhere(t, reader, opentelemetry.MetricPoolOpenConnections); got != 0 {
 		t.Errorf("open connections = %v after all closed, want 0", got)
 	}
-	if got := sumWhere(t, reader, telemetry.MetricSessionCacheLookups, attribute.Bool(telemetry.AttrSessionHit, true)); got != 2 {
+	if got := sumWhere(t, reader, opentelemetry.MetricSessionCacheLookups, attribute.Bool(opentelemetry.AttrSessionHit, true)); got != 2 {
 		t.Errorf("session cache hits = %v, want 2", got)
 	}
 
-	if got := sumWhere(t, reader, telemetry.MetricBreakerTransitions, attribute.String(telemetry.AttrTo, "open")); got != 1 {
+	if got := sumWhere(t, reader, opentelemetry.MetricBreakerTransitions, attribute.String(opentelemetry.AttrTo, "open")); got != 1 {
 		t.Errorf("breaker transitions to open = %v, want 1", got)
 	}
-	if got := sumWhere(t, reader, telemetry.MetricBreakersOpen); got != 1 {
+	if got := sumWhere(t, reader, opentelemetry.MetricBreakersOpen); got != 1 {
 		t.Errorf("open breakers = %v, want 1", got)
 	}
-	if got := sumWhere(t, reader, telemetry.MetricBreakerRejections); got != 1 {
+	if got := sumWhere(t, reader, opentelemetry.MetricBreakerRejections); got != 1 {
 		t.Errorf("breaker rejections = %v, want 1", got)
 	}
-	if got := sumWhere(t, reader, telemetry.MetricLimiterRejections, attribute.String(telemetry.AttrReason, interceptors.ReasonLimit)); got != 1 {
+	if got := sumWhere(t, reader, opentelemetry.MetricLimiterRejections, attribute.String(opentelemetry.AttrReason, interceptors.ReasonLimit)); got != 1 {
 		t.Errorf("shed calls = %v, want 1", got)
 	}
 
 	// Snapshot gauges: the policy's limiter and the session cache.
-	if got := len(metricPoints(t, reader, telemetry.MetricLimiterInFlight)); got != 1 {
+	if got := len(metricPoints(t, reader, opentelemetry.MetricLimiterInFlight)); got != 1 {
 		t.Errorf("limiter in-flight gauges = %d, want 1 (the policy's limiter)", got)
 	}
-	if got := sumWhere(t, reader, telemetry.MetricLimiterQueued); got != 0 {
+	if got := sumWhere(t, reader, opentelemetry.MetricLimiterQueued); got != 0 {
 		t.Errorf("queued = %v with no load, want 0", got)
 	}
-	if got := sumWhere(t, reader, telemetry.MetricSessionCacheSize); got < 1 {
+	if got := sumWhere(t, reader, opentelemetry.MetricSessionCacheSize); got < 1 {
 		t.Errorf("session cache size = %v, want at least 1", got)
 	}
 
@@ -203,7 +205,7 @@ func TestFactoryTelemetry(t *testing.T) {
 		case "call":
 			calls++
 			for _, kv := range s.Attributes() {
-				if kv.Key == telemetry.AttrConnReused {
+				if kv.Key == opentelemetry.AttrConnReused {
 					reused = append(reused, kv.Value.AsBool())
 				}
 			}

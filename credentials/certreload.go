@@ -4,7 +4,6 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
-	"os"
 	"sync"
 	"sync/atomic"
 )
@@ -19,6 +18,7 @@ import (
 // stopped by Close.
 type CertificateReloader struct {
 	certFile, keyFile string
+	files             *fileReader
 	onError           func(error)
 
 	cert atomic.Pointer[tls.Certificate]
@@ -50,11 +50,21 @@ func NewCertificateReloader(certFile, keyFile string, opts ...CertificateReloade
 	if o.pollInterval <= 0 {
 		return nil, fmt.Errorf("credentials: WithPollInterval is %v; must be positive", o.pollInterval)
 	}
-	cert, err := loadKeyPair(certFile, keyFile)
+	files, err := newFileReader(o,
+		fileSpec{kind: "certificate file", path: certFile, limit: maxCertFileSize},
+		fileSpec{kind: "key file", path: keyFile, limit: maxCertFileSize})
 	if err != nil {
 		return nil, err
 	}
-	r := &CertificateReloader{certFile: certFile, keyFile: keyFile, onError: o.onError}
+	data, err := files.readInitial()
+	if err != nil {
+		return nil, err
+	}
+	cert, err := parseKeyPair(certFile, keyFile, data)
+	if err != nil {
+		return nil, err
+	}
+	r := &CertificateReloader{certFile: certFile, keyFile: keyFile, files: files, onError: o.onError}
 	r.cert.Store(cert)
 	r.loop = startLoop(o.newTicker(o.pollInterval), func() { _ = r.Reload() })
 	return r, nil
@@ -74,8 +84,17 @@ func (r *CertificateReloader) GetClientCertificate(*tls.CertificateRequestInfo) 
 
 // Reload re-reads the files now. On failure it keeps the last good
 // certificate and returns (and reports, if the error is new) why.
+//
+// Both files are read as one consistent pair: bounded in size (1 MiB
+// each) and time (WithReadTimeout), regular files only, re-read when
+// either was replaced while being read (a Kubernetes secret's "..data"
+// swap), and, when they changed, read twice a settle delay apart and
+// taken only if both readings agree. A certificate is never served with a
+// key from another generation: such a pair fails tls.X509KeyPair and is
+// not taken.
 func (r *CertificateReloader) Reload() error {
-	cert, err := loadKeyPair(r.certFile, r.keyFile)
+	cert, changed, err := r.load()
+	r.files.note(err, changed)
 	r.mu.Lock()
 	prev := r.err
 	r.err = err
@@ -100,20 +119,24 @@ func (r *CertificateReloader) Err() error {
 // Close stops the background goroutine and waits for it to exit; the last
 // good certificate stays available. Close is idempotent and returns nil.
 func (r *CertificateReloader) Close() error {
-	r.closeOnce.Do(r.loop.stop)
+	r.closeOnce.Do(func() {
+		r.files.close() // interrupts a reading stuck on a hung mount
+		r.loop.stop()
+	})
 	return nil
 }
 
-func loadKeyPair(certFile, keyFile string) (*tls.Certificate, error) {
-	certPEM, err := os.ReadFile(certFile)
+func (r *CertificateReloader) load() (*tls.Certificate, bool, error) {
+	data, changed, err := r.files.read()
 	if err != nil {
-		return nil, fmt.Errorf("credentials: certificate file: %w", err)
+		return nil, false, err
 	}
-	keyPEM, err := os.ReadFile(keyFile)
-	if err != nil {
-		return nil, fmt.Errorf("credentials: key file: %w", err)
-	}
-	cert, err := tls.X509KeyPair(certPEM, keyPEM)
+	cert, err := parseKeyPair(r.certFile, r.keyFile, data)
+	return cert, changed, err
+}
+
+func parseKeyPair(certFile, keyFile string, data [][]byte) (*tls.Certificate, error) {
+	cert, err := tls.X509KeyPair(data[0], data[1])
 	if err != nil {
 		return nil, fmt.Errorf("credentials: certificate file %q with key file %q: %w", certFile, keyFile, err)
 	}

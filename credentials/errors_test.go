@@ -53,6 +53,14 @@ func TestBadInputs(t *testing.T) {
 			_, err := credentials.NewTLS(&tls.Config{ClientSessionCache: tls.NewLRUClientSessionCache(1)}, credentials.WithSessionCache(cache))
 			return err
 		}, "both WithSessionCache and tls.Config.ClientSessionCache are set"},
+		{"across addresses with a foreign cache", func() error {
+			_, err := credentials.NewTLS(&tls.Config{ClientSessionCache: tls.NewLRUClientSessionCache(1)}, credentials.WithResumptionAcrossAddresses())
+			return err
+		}, "credentials: NewTLS: WithResumptionAcrossAddresses needs this package's SessionCache, but tls.Config.ClientSessionCache is set"},
+		{"across addresses without tickets", func() error {
+			_, err := credentials.NewTLS(&tls.Config{SessionTicketsDisabled: true}, credentials.WithResumptionAcrossAddresses())
+			return err
+		}, "credentials: NewTLS: WithResumptionAcrossAddresses is given, but tls.Config.SessionTicketsDisabled is true"},
 
 		// NewTicketKeyRotator
 		{"zero rotation interval", func() error { return rotatorErr(credentials.WithRotationInterval(0)) },

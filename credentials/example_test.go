@@ -94,12 +94,12 @@ func ExampleNewTLS() {
 		fmt.Printf("connection %d: resumed=%v handshake measured=%v\n", i, info.Resumed, info.HandshakeDuration > 0)
 	}
 	st := cache.Stats()
-	fmt.Printf("session cache: %d hits, %d misses, %d held\n", st.Hits, st.Misses, st.Len)
+	fmt.Printf("session cache: %d offered, %d resumed, %d misses, %d held\n", st.Offered, st.Resumed, st.Misses, st.Len)
 	// Output:
 	// connection 1: resumed=false handshake measured=true
 	// connection 2: resumed=true handshake measured=true
 	// connection 3: resumed=true handshake measured=true
-	// session cache: 2 hits, 1 misses, 1 held
+	// session cache: 2 offered, 2 resumed, 1 misses, 1 held
 }
 
 // ExampleSessionCache_ForTenant shows that a session stored for one tenant
@@ -114,10 +114,65 @@ func ExampleSessionCache_ForTenant() {
 	_, hitA := cache.ForTenant("a").Get("backend.example")
 	_, hitB := cache.ForTenant("b").Get("backend.example")
 	fmt.Println("tenant a:", hitA, "tenant b:", hitB)
-	fmt.Printf("%+v\n", cache.Stats())
+	st := cache.Stats()
+	fmt.Printf("offered %d, misses %d, stored %d, held %d\n", st.Offered, st.Misses, st.Puts, st.Len)
 	// Output:
 	// tenant a: true tenant b: false
-	// {Hits:1 Misses:1 Puts:1 Evictions:0 Len:1}
+	// offered 1, misses 1, stored 1, held 1
+}
+
+// ExampleServerHandshakeRecorder observes a server's TLS handshakes: of
+// three connections from one client, the first is a full handshake and the
+// next two resume its session. A debug page would show the snapshot.
+func ExampleServerHandshakeRecorder() {
+	serverTLS, clientTLS, err := exampleTLSConfigs()
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	handshakes := credentials.NewServerHandshakeRecorder()
+	serverCreds, err := credentials.NewTLS(serverTLS, credentials.WithServerHandshakeObserver(handshakes))
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	srv := grpc.NewServer(grpc.Creds(serverCreds))
+	healthpb.RegisterHealthServer(srv, health.NewServer())
+	served := make(chan struct{})
+	go func() { defer close(served); _ = srv.Serve(lis) }()
+	defer func() { srv.Stop(); <-served }()
+
+	clientCreds, err := credentials.NewTLS(clientTLS)
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for range 3 {
+		cc, err := grpc.NewClient("passthrough:///"+lis.Addr().String(), grpc.WithTransportCredentials(clientCreds))
+		if err != nil {
+			fmt.Println(err)
+			return
+		}
+		_, err = healthpb.NewHealthClient(cc).Check(ctx, &healthpb.HealthCheckRequest{})
+		cc.Close()
+		if err != nil {
+			fmt.Println(err)
+			return
+		}
+	}
+	for _, s := range handshakes.Snapshot() {
+		fmt.Printf("server %v: %d full, %d resumed (%.0f%%), %d failed, p50 measured: %v\n",
+			s.Server == lis.Addr().String(), s.Full, s.Resumed, 100*s.ResumedShare, s.Failed, s.FullP50 > 0)
+	}
+	// Output:
+	// server true: 1 full, 2 resumed (67%), 0 failed, p50 measured: true
 }
 
 // exampleTLSConfigs makes a throwaway self-signed certificate for

@@ -3,11 +3,11 @@ package credentials_test
 import (
 	"testing"
 
-	"go.uber.org/goleak"
+	"github.com/grpcreuse/grpcreuse/internal/leakcheck"
 )
 
 // TestMain fails the package's tests if any goroutine (a rotator's or
 // reloader's loop, a gRPC server or client) outlives them.
 func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m)
+	leakcheck.VerifyTestMain(m)
 }

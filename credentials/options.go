@@ -91,8 +91,11 @@ type TLSOption interface {
 type tlsOptions struct {
 	cache                  *SessionCache
 	tenant                 string
+	anyAddr                bool
 	observer               telemetry.HandshakeObserver
+	serverObs              []telemetry.ServerHandshakeObserver
 	allowVerifyPeerCertRes bool
+	trust                  *TrustBundle // see WithTrustBundle in trustbundle.go
 }
 
 func defaultTLSOptions() tlsOptions {
@@ -121,7 +124,8 @@ func WithTenant(name string) TLSOption {
 
 // WithHandshakeObserver reports every client TLS handshake (duration,
 // resumed or full, version, error) to obs. A nil obs means telemetry.Nop.
-// Server handshakes are not reported. Default none.
+// Server handshakes are reported by WithServerHandshakeObserver. Default
+// none.
 func WithHandshakeObserver(obs telemetry.HandshakeObserver) TLSOption {
 	return tlsOptionFunc(func(o *tlsOptions) {
 		if obs == nil {
@@ -129,6 +133,39 @@ func WithHandshakeObserver(obs telemetry.HandshakeObserver) TLSOption {
 		}
 		o.observer = obs
 	})
+}
+
+// WithServerHandshakeObserver reports every TLS server handshake of these
+// credentials used as grpc.Creds (server address, client address, SNI,
+// duration, resumed or full, version, client certificate, error) to obs,
+// once per handshake and never per call. It may be given more than once;
+// every observer hears every handshake, in order. A nil obs is ignored. A
+// ServerHandshakeRecorder is one such observer. Default none.
+func WithServerHandshakeObserver(obs telemetry.ServerHandshakeObserver) TLSOption {
+	return tlsOptionFunc(func(o *tlsOptions) {
+		if obs != nil {
+			o.serverObs = append(o.serverObs, obs)
+		}
+	})
+}
+
+// WithResumptionAcrossAddresses lets a client resume, at a backend address
+// it has no session for, the session it stored last for another address
+// of the same server name, tenant and client identity: replicas behind DNS
+// that share ticket keys (WithTicketKeyFile) then resume each other's
+// sessions instead of making a full handshake at every new address.
+// Sessions still never cross tenants or client identities, and an address
+// that has its own session uses it.
+//
+// The trade-off: a replica that does not share the keys receives a
+// ticket it cannot decrypt and makes a full handshake (a few hundred
+// bytes more than without a ticket, no failure); and every replica sees
+// the same ticket, which links the client's connections across them
+// (they share keys, so they could decrypt the ticket anyway). It needs
+// this package's SessionCache (not tls.Config.ClientSessionCache).
+// Default off: sessions are offered only to the address that issued them.
+func WithResumptionAcrossAddresses() TLSOption {
+	return tlsOptionFunc(func(o *tlsOptions) { o.anyAddr = true })
 }
 
 // WithVerifyPeerCertificateSkippedOnResumption accepts a tls.Config whose
@@ -157,24 +194,28 @@ type CertificateReloaderOption interface {
 	applyCertReload(*reloadOptions)
 }
 
-// ReloadOption configures both NewTicketKeyRotator and
-// NewCertificateReloader.
+// ReloadOption configures NewTicketKeyRotator, NewCertificateReloader and
+// NewTrustBundle.
 type ReloadOption interface {
 	TicketKeyOption
 	CertificateReloaderOption
+	TrustBundleOption
 }
 
 // reloadOptions are shared by everything that re-reads files.
 type reloadOptions struct {
 	pollInterval time.Duration
 	onError      func(error)
+	readTimeout  time.Duration
 	newTicker    func(time.Duration) ticker // test hook, see export_test.go
+	fileHooks    fileHooks                  // test hooks, see export_files_test.go
 }
 
 func defaultReloadOptions() reloadOptions {
 	return reloadOptions{
 		pollInterval: DefaultPollInterval,
 		onError:      func(error) {},
+		readTimeout:  DefaultReadTimeout,
 		newTicker:    newRealTicker,
 	}
 }

@@ -72,7 +72,7 @@ func TestSessionCacheTenantsAreIsolated(t *testing.T) {
 		t.Fatalf("a second view of tenant b Get = %p, %v; want %p", got, ok, sb)
 	}
 	st := c.Stats()
-	want := credentials.SessionCacheStats{Hits: 2, Misses: 2, Puts: 2, Len: 2}
+	want := credentials.SessionCacheStats{Offered: 2, Hits: 2, Misses: 2, Puts: 2, Len: 2}
 	if st != want {
 		t.Fatalf("Stats() = %+v; want %+v", st, want)
 	}
@@ -97,7 +97,7 @@ func TestSessionCacheTTL(t *testing.T) {
 		t.Fatal("session offered at its TTL")
 	}
 	st := c.Stats()
-	if st.Evictions != 1 || st.Len != 0 || st.Hits != 1 || st.Misses != 1 {
+	if st.Evictions != 1 || st.Len != 0 || st.Offered != 1 || st.Misses != 1 {
 		t.Fatalf("Stats() = %+v; want 1 hit, 1 miss, 1 eviction, len 0", st)
 	}
 	if obs.evictions["t"] != 1 || obs.hits["t"] != 1 || obs.misses["t"] != 1 {
@@ -134,7 +134,7 @@ func TestSessionCacheCapacity(t *testing.T) {
 	// Replacing an existing key evicts nothing.
 	b.Put("k3", new(tls.ClientSessionState))
 	st := c.Stats()
-	want := credentials.SessionCacheStats{Hits: 2, Misses: 1, Puts: 4, Evictions: 1, Len: 2}
+	want := credentials.SessionCacheStats{Offered: 2, Hits: 2, Misses: 1, Puts: 4, Evictions: 1, Len: 2}
 	if st != want {
 		t.Fatalf("Stats() = %+v; want %+v", st, want)
 	}
@@ -182,7 +182,7 @@ func TestSessionCacheConcurrentUse(t *testing.T) {
 	if st.Len > 16 {
 		t.Fatalf("Len = %d exceeds capacity 16", st.Len)
 	}
-	if st.Hits+st.Misses != 8*500 || st.Puts != 8*500 {
+	if st.Offered+st.Misses != 8*500 || st.Puts != 8*500 {
 		t.Fatalf("Stats() = %+v; want 4000 lookups and 4000 puts", st)
 	}
 }

@@ -7,8 +7,6 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
-	"io"
-	"os"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -34,12 +32,14 @@ type TicketKeyRotator struct {
 	previousKeys int
 	keyFile      string
 	fromFile     bool
+	files        *fileReader // reads keyFile; nil with random keys
 	onError      func(error)
 
 	keys atomic.Pointer[keySet]
 
-	mu  sync.Mutex // serialises rotations and reloads; guards err
-	err error
+	mu      sync.Mutex // serialises rotations, reloads and Revoke; guards err and revoked
+	err     error
+	revoked revokedKeys // keys dropped by Revoke, refused from the key file
 
 	loop      *loop
 	closeOnce sync.Once
@@ -88,7 +88,16 @@ func NewTicketKeyRotator(opts ...TicketKeyOption) (*TicketKeyRotator, error) {
 	}
 	period := o.interval
 	if r.fromFile {
-		keys, err := readTicketKeyFile(r.keyFile)
+		files, err := newFileReader(o.reloadOptions, fileSpec{kind: "ticket key file", path: r.keyFile, limit: maxKeyFileSize})
+		if err != nil {
+			return nil, err
+		}
+		r.files = files
+		data, err := files.readInitial()
+		if err != nil {
+			return nil, err
+		}
+		keys, err := parseTicketKeyFile(r.keyFile, data[0])
 		if err != nil {
 			return nil, err
 		}
@@ -168,8 +177,12 @@ func (r *TicketKeyRotator) Rotate() error {
 		return nil
 	}
 
-	keys, err := readTicketKeyFile(r.keyFile)
+	keys, changed, err := r.readTicketKeyFile()
+	r.files.note(err, changed)
 	r.mu.Lock()
+	if err == nil {
+		keys, err = r.withoutRevokedLocked(keys)
+	}
 	prev := r.err
 	r.err = err
 	if err == nil {
@@ -197,7 +210,12 @@ func (r *TicketKeyRotator) Err() error {
 // from ServerConfig keep working with the last keys. Close is idempotent
 // and always returns nil.
 func (r *TicketKeyRotator) Close() error {
-	r.closeOnce.Do(r.loop.stop)
+	r.closeOnce.Do(func() {
+		if r.files != nil {
+			r.files.close() // interrupts a reading stuck on a hung mount
+		}
+		r.loop.stop()
+	})
 	return nil
 }
 
@@ -207,20 +225,18 @@ func newTicketKey() [32]byte {
 	return k
 }
 
-// readTicketKeyFile reads and parses a key file; its errors name the file.
-func readTicketKeyFile(path string) ([][32]byte, error) {
-	f, err := os.Open(path)
+// readTicketKeyFile reads and parses the key file through the bounded,
+// tear-free reader (see fileReader); its errors name the file.
+func (r *TicketKeyRotator) readTicketKeyFile() (keys [][32]byte, changed bool, err error) {
+	data, changed, err := r.files.read()
 	if err != nil {
-		return nil, fmt.Errorf("credentials: ticket key file: %w", err)
+		return nil, false, err
 	}
-	defer f.Close()
-	data, err := io.ReadAll(io.LimitReader(f, maxKeyFileSize+1))
-	if err != nil {
-		return nil, fmt.Errorf("credentials: ticket key file %q: %w", path, err)
-	}
-	if len(data) > maxKeyFileSize {
-		return nil, fmt.Errorf("credentials: ticket key file %q is larger than %d bytes", path, maxKeyFileSize)
-	}
+	keys, err = parseTicketKeyFile(r.keyFile, data[0])
+	return keys, changed, err
+}
+
+func parseTicketKeyFile(path string, data []byte) ([][32]byte, error) {
 	keys, err := parseTicketKeys(data)
 	if err != nil {
 		return nil, fmt.Errorf("credentials: ticket key file %q: %w", path, err)

@@ -178,7 +178,7 @@ func TestReplicasShareKeyFile(t *testing.T) {
 
 			// Fleet rotation through the file, replicas polling: add k2 as a
 			// decryption key, promote it, then drop k1. Every step resumes.
-			reload := func(content []byte, wantKeys int) {
+			reload := func(content []byte, want ...[32]byte) {
 				t.Helper()
 				testutil.WriteFileAtomic(t, path, content)
 				ticksA <- time.Now()
@@ -186,23 +186,23 @@ func TestReplicasShareKeyFile(t *testing.T) {
 				for _, r := range []*credentials.TicketKeyRotator{rotA, rotB} {
 					testutil.Eventually(t, 5*time.Second, func() bool {
 						keys, _ := credentials.TicketKeys(r)
-						return len(keys) == wantKeys && r.Err() == nil
+						return slices.Equal(keys, want) && r.Err() == nil
 					}, "replica did not load the new key file")
 				}
 			}
-			reload(keyFile(k1, k2), 2)
+			reload(keyFile(k1, k2), k1, k2)
 			for i := range 2 {
 				if !call() {
 					t.Fatalf("connection %d after adding k2 did not resume", i+1)
 				}
 			}
-			reload(keyFile(k2, k1), 2)
+			reload(keyFile(k2, k1), k2, k1)
 			for i := range 2 {
 				if !call() {
 					t.Fatalf("connection %d after promoting k2 did not resume", i+1)
 				}
 			}
-			reload(keyFile(k2), 1)
+			reload(keyFile(k2), k2)
 			for i := range 2 {
 				if !call() {
 					t.Fatalf("connection %d after dropping k1 did not resume", i+1)

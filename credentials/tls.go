@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"hash"
 	"net"
 	"strconv"
 	"sync/atomic"
@@ -86,7 +87,12 @@ type tlsCreds struct {
 	foreign  tls.ClientSessionCache         // the caller's tls.Config.ClientSessionCache, if any
 	tenant   string
 	identity string
+	anyAddr  bool // WithResumptionAcrossAddresses
 	observer telemetry.HandshakeObserver
+	// serverObs hears server handshakes; nil when none was given, so
+	// ServerHandshake is then exactly grpc's.
+	serverObs telemetry.ServerHandshakeObserver
+	trust     *TrustBundle // if set, the RootCAs of every client handshake
 }
 
 // NewTLS returns gRPC transport credentials over cfg that resume TLS
@@ -128,16 +134,30 @@ func NewTLS(cfg *tls.Config, opts ...TLSOption) (grpccreds.TransportCredentials,
 			"(called on every handshake), set SessionTicketsDisabled, or pass " +
 			"WithVerifyPeerCertificateSkippedOnResumption()")
 	}
+	if err := checkTrustBundle(o.trust, cfg); err != nil {
+		return nil, err
+	}
 	if o.cache != nil && cfg.ClientSessionCache != nil {
 		return nil, errors.New("credentials: NewTLS: both WithSessionCache and tls.Config.ClientSessionCache are set; pass only one")
 	}
+	if o.anyAddr && cfg.ClientSessionCache != nil {
+		return nil, errors.New("credentials: NewTLS: WithResumptionAcrossAddresses needs this package's SessionCache, " +
+			"but tls.Config.ClientSessionCache is set; pass the cache with WithSessionCache or leave both unset")
+	}
+	if o.anyAddr && cfg.SessionTicketsDisabled {
+		return nil, errors.New("credentials: NewTLS: WithResumptionAcrossAddresses is given, " +
+			"but tls.Config.SessionTicketsDisabled is true; sessions would never be resumed")
+	}
 	c := &tlsCreds{
-		cfg:      cfg.Clone(),
-		cache:    o.cache,
-		foreign:  cfg.ClientSessionCache,
-		tenant:   o.tenant,
-		identity: clientIdentity(cfg),
-		observer: o.observer,
+		cfg:       cfg.Clone(),
+		cache:     o.cache,
+		foreign:   cfg.ClientSessionCache,
+		tenant:    o.tenant,
+		identity:  clientIdentity(cfg),
+		anyAddr:   o.anyAddr,
+		observer:  o.observer,
+		serverObs: serverObservers(o.serverObs),
+		trust:     o.trust,
 	}
 	if c.cache == nil && c.foreign == nil && !cfg.SessionTicketsDisabled {
 		cache, err := NewSessionCache()
@@ -161,19 +181,33 @@ func clientIdentity(cfg *tls.Config) string {
 		return ""
 	}
 	h := sha256.New()
-	for _, cert := range cfg.Certificates {
-		for _, der := range cert.Certificate {
-			var n [8]byte
-			l := len(der)
-			for i := range n {
-				n[i] = byte(l >> (8 * i))
-			}
-			h.Write(n[:])
-			h.Write(der)
-		}
-		h.Write([]byte{0xff})
+	for i := range cfg.Certificates {
+		hashCert(h, &cfg.Certificates[i])
 	}
 	return "cert:" + hex.EncodeToString(h.Sum(nil))
+}
+
+// certFingerprint names one client certificate chain; "" for none.
+func certFingerprint(cert *tls.Certificate) string {
+	if cert == nil || len(cert.Certificate) == 0 {
+		return ""
+	}
+	h := sha256.New()
+	hashCert(h, cert)
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+func hashCert(h hash.Hash, cert *tls.Certificate) {
+	for _, der := range cert.Certificate {
+		var n [8]byte
+		l := len(der)
+		for i := range n {
+			n[i] = byte(l >> (8 * i))
+		}
+		h.Write(n[:])
+		h.Write(der)
+	}
+	h.Write([]byte{0xff})
 }
 
 // Info implements credentials.TransportCredentials. It fills the same
@@ -198,10 +232,38 @@ func (c *tlsCreds) ClientHandshake(ctx context.Context, authority string, rawCon
 		addr = ra.String()
 	}
 	cfg := c.cfg.Clone()
+	if c.trust != nil {
+		cfg.RootCAs = c.trust.Pool()
+	}
+	var hv *handshakeView
 	switch {
 	case cfg.SessionTicketsDisabled:
 	case c.cache != nil:
-		cfg.ClientSessionCache = c.cache.view(c.tenant, c.identity, addr)
+		hv = newHandshakeView(c.cache, sessionKey{tenant: c.tenant, identity: c.identity, addr: addr},
+			c.anyAddr, c.cfg.GetClientCertificate)
+		cfg.ClientSessionCache = hv
+		// crypto/tls calls VerifyConnection on every handshake, full or
+		// resumed, before it stores a ticket: the view learns there
+		// whether the server was verified now or the session resumed.
+		userVerify := cfg.VerifyConnection
+		cfg.VerifyConnection = func(cs tls.ConnectionState) error {
+			if userVerify != nil {
+				if err := userVerify(cs); err != nil {
+					return err
+				}
+			}
+			hv.verified(cs)
+			return nil
+		}
+		if getCert := cfg.GetClientCertificate; getCert != nil {
+			cfg.GetClientCertificate = func(cri *tls.CertificateRequestInfo) (*tls.Certificate, error) {
+				cert, err := getCert(cri)
+				if err == nil {
+					hv.sentCert(cri, cert)
+				}
+				return cert, err
+			}
+		}
 	case c.foreign != nil:
 		cfg.ClientSessionCache = newPrefixView(c.foreign, c.tenant, c.identity, addr)
 	}
@@ -223,6 +285,9 @@ func (c *tlsCreds) ClientHandshake(ctx context.Context, authority string, rawCon
 		Err:       err,
 	}
 	if err != nil {
+		if hv != nil && hv.wasOffered() {
+			c.cache.handshakeResult(c.tenant, false)
+		}
 		c.observer.Handshake(hi)
 		return nil, nil, err
 	}
@@ -233,15 +298,39 @@ func (c *tlsCreds) ClientHandshake(ctx context.Context, authority string, rawCon
 		hi.Resumed = ti.State.DidResume
 		hi.Version = ti.State.Version
 	}
+	if hv != nil && hv.wasOffered() {
+		c.cache.handshakeResult(c.tenant, info.Resumed)
+	}
 	c.observer.Handshake(hi)
 	return conn, info, nil
 }
 
 // ServerHandshake implements credentials.TransportCredentials with grpc's
 // own TLS server handshake; its AuthInfo is grpc's credentials.TLSInfo, so
-// grpc/authz and other code asserting that type keep working.
+// grpc/authz and other code asserting that type keep working. With
+// WithServerHandshakeObserver, every handshake is reported once it ends;
+// the connection returned is grpc's, unwrapped, so calls on it cost
+// nothing more.
 func (c *tlsCreds) ServerHandshake(rawConn net.Conn) (net.Conn, grpccreds.AuthInfo, error) {
-	return c.server.ServerHandshake(rawConn)
+	if c.serverObs == nil {
+		return c.server.ServerHandshake(rawConn)
+	}
+	start := time.Now()
+	conn, ai, err := c.server.ServerHandshake(rawConn)
+	info := telemetry.ServerHandshakeInfo{Duration: time.Since(start), Err: err}
+	if la := rawConn.LocalAddr(); la != nil {
+		info.Server = la.String()
+	}
+	if ra := rawConn.RemoteAddr(); ra != nil {
+		info.Addr = ra.String()
+	}
+	if ti, ok := ai.(grpccreds.TLSInfo); ok && err == nil {
+		st := &ti.State
+		info.Resumed, info.Version, info.ServerName = st.DidResume, st.Version, st.ServerName
+		info.ClientCertificate = len(st.PeerCertificates) > 0
+	}
+	c.serverObs.ServerHandshake(info)
+	return conn, ai, err
 }
 
 // Clone implements credentials.TransportCredentials. The clone shares the

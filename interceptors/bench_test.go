@@ -62,7 +62,11 @@ func fullChain(b *testing.B) []grpc.DialOption {
 	if err != nil {
 		b.Fatal(err)
 	}
-	return interceptors.ClientChainDialOptions(interceptors.ClientTelemetry{}, reg, lim)
+	c, err := interceptors.NewClientChain(interceptors.WithBreakers(reg), interceptors.WithLimiter(lim))
+	if err != nil {
+		b.Fatal(err)
+	}
+	return c.DialOptions()
 }
 
 // BenchmarkUnaryCall compares a unary call over bufconn with no
@@ -110,13 +114,13 @@ func BenchmarkInterceptorPass(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	unary, _ := interceptors.ClientChain(interceptors.ClientTelemetry{}, reg, lim)
-	invoker := func(context.Context, string, any, any, *grpc.ClientConn, ...grpc.CallOption) error { return nil }
-	// Chain as grpc does: outermost first.
-	inner := func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, opts ...grpc.CallOption) error {
-		return unary[1](ctx, method, req, reply, cc, invoker, opts...)
+	chain, err := interceptors.NewClientChain(interceptors.WithBreakers(reg), interceptors.WithLimiter(lim))
+	if err != nil {
+		b.Fatal(err)
 	}
-	call := func(ctx context.Context, method string) error { return unary[0](ctx, method, nil, nil, cc, inner) }
+	unary := chain.UnaryClientInterceptor()
+	invoker := func(context.Context, string, any, any, *grpc.ClientConn, ...grpc.CallOption) error { return nil }
+	call := func(ctx context.Context, method string) error { return unary(ctx, method, nil, nil, cc, invoker) }
 	ctx := context.Background()
 	const method = "/grpc.testing.TestService/UnaryCall"
 	b.Run("breaker+limiter", func(b *testing.B) {
@@ -135,17 +139,15 @@ func BenchmarkInterceptorPass(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	pu, _, err := policy.ClientChain(interceptors.ClientTelemetry{}, interceptors.PolicyObservers{})
+	pc, err := interceptors.NewClientChain(interceptors.WithPolicy(policy))
 	if err != nil {
 		b.Fatal(err)
 	}
-	pinner := func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, opts ...grpc.CallOption) error {
-		return pu[1](ctx, method, req, reply, cc, invoker, opts...)
-	}
+	pu := pc.UnaryClientInterceptor()
 	b.Run("policy breaker+limiter", func(b *testing.B) {
 		b.ReportAllocs()
 		for b.Loop() {
-			if err := pu[0](ctx, method, nil, nil, cc, pinner); err != nil {
+			if err := pu(ctx, method, nil, nil, cc, invoker); err != nil {
 				b.Fatal(err)
 			}
 		}
@@ -180,7 +182,7 @@ func BenchmarkOpenBreaker(b *testing.B) {
 				if err != nil {
 					b.Fatal(err)
 				}
-				opts = interceptors.ClientChainDialOptions(interceptors.ClientTelemetry{}, reg, nil)
+				opts = []grpc.DialOption{grpc.WithUnaryInterceptor(interceptors.BreakerUnaryClientInterceptor(reg))}
 			}
 			c := bufClient(b, dialer, opts...)
 			ctx := context.Background()

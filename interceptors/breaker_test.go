@@ -110,11 +110,11 @@ func TestBreakerHalfOpenProbeAndRecovery(t *testing.T) {
 		_ = unary(ctx, c)
 	}
 	const m = "/grpc.testing.TestService/UnaryCall"
-	if reg.State("passthrough:///"+be.Addr, m) != telemetry.BreakerOpen {
+	if reg.State("passthrough:///"+be.Addr, m) != breaker.StateOpen {
 		t.Fatal("breaker not open")
 	}
 	// Half-open: one probe goes through, fails, the breaker reopens.
-	testutil.Eventually(t, 2*time.Second, func() bool { return reg.State("passthrough:///"+be.Addr, m) == telemetry.BreakerHalfOpen }, "half-open")
+	testutil.Eventually(t, 2*time.Second, func() bool { return reg.State("passthrough:///"+be.Addr, m) == breaker.StateHalfOpen }, "half-open")
 	before := be.Calls.Load()
 	if err := unary(ctx, c); errors.Is(err, breaker.ErrOpen) || status.Code(err) != codes.Unavailable {
 		t.Fatalf("probe = %v, want the backend's Unavailable", err)
@@ -127,7 +127,7 @@ func TestBreakerHalfOpenProbeAndRecovery(t *testing.T) {
 	}
 	// The backend recovers; the next probe closes the breaker.
 	be.failing.Store(false)
-	testutil.Eventually(t, 2*time.Second, func() bool { return reg.State("passthrough:///"+be.Addr, m) == telemetry.BreakerHalfOpen }, "half-open again")
+	testutil.Eventually(t, 2*time.Second, func() bool { return reg.State("passthrough:///"+be.Addr, m) == breaker.StateHalfOpen }, "half-open again")
 	if err := unary(ctx, c); err != nil {
 		t.Fatalf("probe after recovery = %v", err)
 	}
@@ -167,7 +167,7 @@ func TestBreakerHalfOpenLetsOneProbeThrough(t *testing.T) {
 	}
 	block.Store(true)
 	testutil.Eventually(t, 2*time.Second, func() bool {
-		return reg.State("passthrough:///"+be.Addr, "/grpc.testing.TestService/UnaryCall") == telemetry.BreakerHalfOpen
+		return reg.State("passthrough:///"+be.Addr, "/grpc.testing.TestService/UnaryCall") == breaker.StateHalfOpen
 	}, "half-open")
 	probe := make(chan error, 1)
 	go func() { probe <- unary(ctx, c) }()
@@ -277,7 +277,7 @@ func TestBreakerIgnoresCallerCancellation(t *testing.T) {
 			t.Fatalf("cancelled call %d = %v", i, err)
 		}
 	}
-	if s := reg.State("passthrough:///"+be.Addr, "/grpc.testing.TestService/UnaryCall"); s != telemetry.BreakerClosed {
+	if s := reg.State("passthrough:///"+be.Addr, "/grpc.testing.TestService/UnaryCall"); s != breaker.StateClosed {
 		t.Fatalf("breaker %v after only caller deadlines and cancellations", s)
 	}
 }

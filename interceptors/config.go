@@ -7,30 +7,24 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/grpcreuse/grpcreuse/breaker"
 	"github.com/grpcreuse/grpcreuse/internal/duration"
+	"github.com/grpcreuse/grpcreuse/internal/jsonfield"
 )
 
-// Scope says what one client limiter covers.
-type Scope int
+// Scope says what one client limiter covers. It is breaker.Scope, so one
+// Scope means one thing everywhere: its zero value is ScopeMethod. The
+// limiter's default (DefaultLimiterConfig) is ScopeTarget.
+type Scope = breaker.Scope
 
 const (
 	// ScopeTarget keeps one limiter per target: the concurrency a backend
-	// (or a connection's MaxConcurrentStreams) can take. The default.
-	ScopeTarget Scope = iota
+	// (or a connection's MaxConcurrentStreams) can take. The limiter's
+	// default.
+	ScopeTarget = breaker.ScopeTarget
 	// ScopeMethod keeps one limiter per target and full method name.
-	ScopeMethod
+	ScopeMethod = breaker.ScopeMethod
 )
-
-// String returns "target" or "method", the spelling of the JSON policy.
-func (s Scope) String() string {
-	switch s {
-	case ScopeTarget:
-		return "target"
-	case ScopeMethod:
-		return "method"
-	}
-	return "Scope(" + strconv.Itoa(int(s)) + ")"
-}
 
 // Algorithm chooses how a concurrency limit moves.
 type Algorithm int
@@ -162,7 +156,7 @@ type ShedderConfig struct {
 	// shed. 0 sends neither. Default 20ms.
 	Pushback time.Duration
 	// LogInterval is how often, at most, a one-line summary of what was
-	// shed is logged (grpclog, warning level, component "grpcreuse"); a
+	// shed is logged (grpclog, warning level, component "grpcreuse.interceptors"); a
 	// summary is written only after something was shed, lazily by the next
 	// request. 0 never logs. Default 10s.
 	LogInterval time.Duration
@@ -177,26 +171,28 @@ func DefaultShedderConfig() ShedderConfig {
 
 const maxLimitValue = 1 << 30
 
-// ConfigError reports an invalid configuration field. Field is the field's
-// JSON name ("maxQueued"), Value the value received as JSON would spell
-// it, Rule what is allowed.
-type ConfigError struct {
-	Field, Value, Rule string
-}
+// ConfigError reports an invalid configuration field: Field is the
+// field's JSON name ("maxQueued"), Value the value received as JSON spells
+// it, Rule what is allowed. It is the same type as breaker.ConfigError,
+// the one field error of every grpcreuse parser. Validate returns it
+// wrapped, with the message prefixed "interceptors: "; match it with
+// errors.As.
+type ConfigError = jsonfield.Error
 
-// Error returns `interceptors: "maxQueued" is -1; must be between 0 and 1073741824`.
-func (e *ConfigError) Error() string {
-	return "interceptors: " + strconv.Quote(e.Field) + " is " + e.Value + "; " + e.Rule
-}
+// configError prefixes a *ConfigError with the package name.
+type configError struct{ err *ConfigError }
+
+func (e configError) Error() string { return "interceptors: " + e.err.Error() }
+func (e configError) Unwrap() error { return e.err }
 
 func bad(field, value, rule string) error {
-	return &ConfigError{Field: field, Value: value, Rule: rule}
+	return configError{&ConfigError{Field: field, Value: value, Rule: rule}}
 }
 
 func durJSON(d time.Duration) string { return strconv.Quote(duration.String(d)) }
 
-// Validate checks every field and returns a *ConfigError for the first
-// invalid one.
+// Validate checks every field and returns an error wrapping a
+// *ConfigError for the first invalid one.
 func (c LimitConfig) Validate() error {
 	itoa := strconv.Itoa
 	if c.Algorithm != Fixed && c.Algorithm != AIMD {
@@ -223,8 +219,8 @@ func (c LimitConfig) Validate() error {
 	return nil
 }
 
-// Validate checks every field and returns a *ConfigError for the first
-// invalid one.
+// Validate checks every field and returns an error wrapping a
+// *ConfigError for the first invalid one.
 func (c LimiterConfig) Validate() error {
 	if err := c.LimitConfig.Validate(); err != nil {
 		return err
@@ -245,8 +241,8 @@ func (c LimiterConfig) Validate() error {
 	return nil
 }
 
-// Validate checks every field and returns a *ConfigError for the first
-// invalid one.
+// Validate checks every field and returns an error wrapping a
+// *ConfigError for the first invalid one.
 func (c ShedderConfig) Validate() error {
 	if err := c.LimitConfig.Validate(); err != nil {
 		return err

@@ -13,9 +13,13 @@
 //     AIMD limit and a bounded FIFO wait queue (MaxQueued, MaxWait, never
 //     past the call's deadline); rejections are codes.ResourceExhausted
 //     (errors.Is(err, ErrLimited)) naming the key and the limit.
-//   - ClientChain / ClientChainDialOptions return them in the recommended
-//     order: telemetry (a hook for the caller's interceptors), breaker,
-//     limiter.
+//   - NewClientChain is the one way to build the client chain, from a
+//     breaker.Registry and a Limiter (WithBreakers, WithLimiter) or from a
+//     Policy (WithPolicy, per tenant with WithTenant): breaker outside,
+//     limiter inside, as one interceptor of each kind (Chain's
+//     UnaryClientInterceptor, StreamClientInterceptor, DialOptions). Put
+//     your own interceptors outside it to see every call, including those
+//     it fails fast.
 //
 // Server side, Shedder (NewShedder) sheds requests beyond a fixed or AIMD
 // in-flight limit, and requests whose remaining deadline is shorter than
@@ -24,11 +28,24 @@
 //
 // The policy: SplitServiceConfig takes a service config document with a
 // top-level "grpcreuse" object (see Policy), returns the rest for gRPC and
-// the parsed Policy, whose ClientChain builds the interceptors.
+// the parsed Policy, which NewClientChain(WithPolicy(p)) builds. Parsing is
+// strict: unknown and duplicate fields are errors naming the nearest known
+// name (docs/policy.md lists every field).
+//
+// Streams are accounted exactly: each client stream passes grpc.OnFinish,
+// which grpc calls once when the stream ends (final status, cancellation,
+// or its connection closing); a SendMsg that returns io.EOF also frees the
+// stream's limiter slot, since the stream is over on the wire even if the
+// caller never reads its status. A half-open breaker's probe that never
+// reports is bounded by breaker.Config.ProbeTimeout.
+//
+// Keys are bounded (LimiterConfig.MaxKeys, breaker.Config.MaxBreakers)
+// without ever dropping a limiter with calls in flight or an open breaker:
+// past the bound, keys share an overflow entry, so a configured limit is
+// never exceeded.
 //
 // The package has no init. Everything is safe for concurrent use. It
-// starts no goroutines of its own: each client stream registers one
-// context.AfterFunc on the caller's context (so a caller that cancels and
-// stops reading still frees its slot and breaker probe); it runs only if
-// that context ends first and is deregistered when the stream ends.
+// starts no goroutines. A limiter falling to its minimum AIMD limit is
+// logged through grpclog (component "grpcreuse.interceptors") at
+// verbosity 2.
 package interceptors

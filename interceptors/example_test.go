@@ -45,7 +45,7 @@ func ExampleSplitServiceConfig() {
 		fmt.Println(err)
 		return
 	}
-	chain, err := policy.DialOptions(interceptors.ClientTelemetry{}, interceptors.PolicyObservers{})
+	chain, err := interceptors.NewClientChain(interceptors.WithPolicy(policy))
 	if err != nil {
 		fmt.Println(err)
 		return
@@ -62,7 +62,7 @@ func ExampleSplitServiceConfig() {
 		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return lis.DialContext(ctx) }),
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithDefaultServiceConfig(grpcDoc),
-	}, chain...)
+	}, chain.DialOptions()...)
 	cc, err := grpc.NewClient("passthrough:///backend", opts...)
 	if err != nil {
 		fmt.Println(err)
@@ -86,4 +86,55 @@ func ExampleSplitServiceConfig() {
 	// Unavailable true
 	// backend saw 3 calls
 	// grpcreuse: "circuitBreaker.failureRatio" is 1.5; must be between 0 and 1 (methodConfig[0])
+}
+
+// NewClientChain is the one way to build the client chain: here from a
+// breaker registry and a limiter of one's own, for one tenant, as one
+// unary and one stream interceptor.
+func ExampleNewClientChain() {
+	cfg := breaker.DefaultConfig()
+	cfg.ConsecutiveFailures = 2
+	reg, err := breaker.New(breaker.WithConfig(cfg), breaker.WithTenant("acme"))
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	lim, err := interceptors.NewLimiter(interceptors.WithLimiterTenant("acme"))
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	chain, err := interceptors.NewClientChain(interceptors.WithBreakers(reg), interceptors.WithLimiter(lim))
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+
+	lis := bufconn.Listen(1 << 16)
+	srv := grpc.NewServer()
+	testpb.RegisterTestServiceServer(srv, &exampleServer{})
+	go func() { _ = srv.Serve(lis) }()
+	defer srv.Stop()
+	cc, err := grpc.NewClient("passthrough:///backend", append([]grpc.DialOption{
+		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return lis.DialContext(ctx) }),
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+	}, chain.DialOptions()...)...)
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	defer cc.Close()
+	client := testpb.NewTestServiceClient(cc)
+	for range 3 {
+		_, err := client.UnaryCall(context.Background(), &testpb.SimpleRequest{})
+		fmt.Println(status.Code(err))
+	}
+	for _, b := range chain.Breakers() {
+		fmt.Println(b.Tenant, b.Key, b.State, b.Rejections)
+	}
+	// Output:
+	// Internal
+	// Internal
+	// Unavailable
+	// acme passthrough:///backend/grpc.testing.TestService/UnaryCall open 1
 }

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/grpclog"
 	"google.golang.org/grpc/status"
 
 	"github.com/grpcreuse/grpcreuse/internal/rpcerr"
@@ -38,6 +39,8 @@ const (
 	ReasonLimit = "limit"
 )
 
+var logger = grpclog.Component("grpcreuse.interceptors")
+
 // outcome is what a finished call tells an adaptive limit.
 type outcome uint8
 
@@ -58,6 +61,7 @@ type algo struct {
 	maxQueued int
 	maxWait   time.Duration
 	obs       telemetry.LimiterObserver
+	tenant    string // client Limiter's WithLimiterTenant; for messages and status
 }
 
 func newAlgo(c LimitConfig, maxQueued int, maxWait time.Duration, obs telemetry.LimiterObserver) *algo {
@@ -78,12 +82,14 @@ func (a *algo) needsClock() bool { return a.adaptive && a.latency > 0 }
 // release decrements inflight before it looks at waiters; so either the
 // waiter sees the freed slot or release sees the waiter and dispatches.
 type limiter struct {
-	key  string
-	algo *algo
+	key   string
+	label string // quoted key, with the tenant: for messages
+	algo  *algo
 
 	limit    atomic.Int64
 	inflight atomic.Int64
 	waiters  atomic.Int64 // calls in the slow path (queued or about to be)
+	rejected atomic.Uint64
 
 	mu    sync.Mutex
 	queue []*waiter // guarded by mu; FIFO
@@ -95,7 +101,10 @@ type waiter struct {
 }
 
 func newLimiter(key string, a *algo) *limiter {
-	l := &limiter{key: key, algo: a}
+	l := &limiter{key: key, algo: a, label: strconv.Quote(key)}
+	if a.tenant != "" {
+		l.label += " (tenant " + strconv.Quote(a.tenant) + ")"
+	}
 	l.limit.Store(a.initial)
 	return l
 }
@@ -237,16 +246,26 @@ func (l *limiter) adapt(inflight int64, drop bool) {
 			return
 		}
 		if l.limit.CompareAndSwap(old, next) {
+			if next == a.min && logger.V(2) { // a state change, not a per-call event: once per fall to the floor
+				logger.Infof("limiter %s: limit fell to its minimum %d after overload signals", l.label, next)
+			}
 			a.obs.LimiterLimitChanged(l.key, int(next))
 			return
 		}
 	}
 }
 
+// busy reports a limiter that eviction would reset: calls hold or wait
+// for its slots, or AIMD has lowered its limit.
+func (l *limiter) busy() bool {
+	return l.inflight.Load() > 0 || l.waiters.Load() > 0 || l.limit.Load() < l.algo.initial
+}
+
 func (l *limiter) reject(reason string) error {
+	l.rejected.Add(1)
 	l.algo.obs.LimiterRejected(l.key, reason)
 	lim := strconv.FormatInt(l.limit.Load(), 10)
-	msg := "interceptors: " + strconv.Quote(l.key) + " is at its concurrency limit of " + lim
+	msg := "interceptors: " + l.label + " is at its concurrency limit of " + lim
 	switch reason {
 	case ReasonQueueFull:
 		msg += " and its wait queue is full (" + strconv.Itoa(l.algo.maxQueued) + " calls)"
@@ -258,12 +277,14 @@ func (l *limiter) reject(reason string) error {
 	return rpcerr.New(codes.ResourceExhausted, msg, ErrLimited)
 }
 
-// clientOutcome classifies a client call's result for AIMD.
+// clientOutcome classifies a client call's result for AIMD. The caller's
+// own cancellation or expired deadline is not overload: it is ignored, as
+// the breaker excludes it.
 func clientOutcome(ctx context.Context, err error) outcome {
 	if err == nil {
 		return outcomeOK
 	}
-	if ctx.Err() == context.Canceled {
+	if rpcerr.CallerGaveUp(ctx) {
 		return outcomeIgnored
 	}
 	switch status.Code(err) {

@@ -1,12 +1,8 @@
 package interceptors
 
 import (
-	"context"
 	"errors"
 	"fmt"
-	"io"
-	"sync/atomic"
-	"time"
 
 	"google.golang.org/grpc"
 
@@ -27,6 +23,7 @@ type limiterOptions struct {
 	cfg     LimiterConfig
 	keyFunc func(target, method string) string
 	obs     telemetry.LimiterObserver
+	tenant  string
 }
 
 // WithLimiterConfig replaces the whole Limiter configuration; start from
@@ -42,6 +39,14 @@ func WithLimiterKeyFunc(fn func(target, method string) string) LimiterOption {
 	return limiterOptionFunc(func(o *limiterOptions) { o.keyFunc = fn })
 }
 
+// WithLimiterTenant labels the Limiter's keys with tenant: it appears in
+// LimiterStatus and in the messages of rejected calls. A Limiter serves
+// one tenant; give each tenant its own (clientconn.Factory does), so one
+// tenant's load never takes another's slots or lowers its limit.
+func WithLimiterTenant(tenant string) LimiterOption {
+	return limiterOptionFunc(func(o *limiterOptions) { o.tenant = tenant })
+}
+
 // WithLimiterObserver sends limit changes and rejections to obs. Default
 // telemetry.Nop. obs is called without any lock held.
 func WithLimiterObserver(obs telemetry.LimiterObserver) LimiterOption {
@@ -51,8 +56,13 @@ func WithLimiterObserver(obs telemetry.LimiterObserver) LimiterOption {
 // Limiter is a client-side concurrency limit per key (target by default),
 // with a bounded FIFO wait queue. A call waits at most MaxWait, never past
 // its deadline, and is rejected with codes.ResourceExhausted (unwrapping
-// to ErrLimited) naming the key and the limit. Safe for concurrent use; it
-// starts no goroutines.
+// to ErrLimited) naming the key and the limit. Keys are bounded by
+// MaxKeys: the least recently used idle key is dropped to make room, but a
+// key with calls in flight or waiting, or whose AIMD limit is lowered, is
+// never dropped (it would come back with free slots); while every key a
+// new one could displace is in use, new keys share one overflow limiter
+// (named keyed.OverflowName) with the configured limit, so the limit is
+// never exceeded. Safe for concurrent use; it starts no goroutines.
 type Limiter struct {
 	cfg     LimiterConfig
 	algo    *algo
@@ -61,7 +71,7 @@ type Limiter struct {
 }
 
 // NewLimiter returns a Limiter (defaults: DefaultLimiterConfig,
-// telemetry.Nop) or a *ConfigError.
+// telemetry.Nop) or an error wrapping a *ConfigError.
 func NewLimiter(opts ...LimiterOption) (*Limiter, error) {
 	o := limiterOptions{cfg: DefaultLimiterConfig(), obs: telemetry.Nop{}}
 	for i, opt := range opts {
@@ -77,7 +87,8 @@ func NewLimiter(opts ...LimiterOption) (*Limiter, error) {
 		return nil, err
 	}
 	a := newAlgo(o.cfg.LimitConfig, o.cfg.MaxQueued, o.cfg.MaxWait, o.obs)
-	keys, err := keyed.New(o.cfg.MaxKeys, func(name string) *limiter { return newLimiter(name, a) })
+	a.tenant = o.tenant
+	keys, err := keyed.New(o.cfg.MaxKeys, func(name string) *limiter { return newLimiter(name, a) }, (*limiter).busy)
 	if err != nil {
 		return nil, err // unreachable: Validate requires MaxKeys >= 1
 	}
@@ -94,164 +105,66 @@ func (l *Limiter) keyOf(target, method string) keyed.Key {
 	return keyed.Key{Target: target}
 }
 
-func (l *Limiter) get(target, method string) *limiter { return l.keys.Get(l.keyOf(target, method)) }
+// Tenant returns the tenant of WithLimiterTenant, "" for none.
+func (l *Limiter) Tenant() string { return l.algo.tenant }
 
-// Snapshot describes every key's limiter, for the debug page (rejections
-// are counted by observers).
-func (l *Limiter) Snapshot() []telemetry.DebugLimiter {
-	lims := l.keys.Values()
-	out := make([]telemetry.DebugLimiter, 0, len(lims))
-	for _, lim := range lims {
-		lim.mu.Lock()
-		q := len(lim.queue)
-		lim.mu.Unlock()
-		out = append(out, telemetry.DebugLimiter{Key: lim.key, Limit: int(lim.limit.Load()), InFlight: int(lim.inflight.Load()), Queued: q})
-	}
-	return out
-}
-
-// LimiterStats is a snapshot of one key's limiter.
-type LimiterStats struct {
+// LimiterStatus describes one key's client limiter.
+type LimiterStatus struct {
+	// Tenant is the Limiter's tenant (WithLimiterTenant), "" for none.
+	Tenant string
+	// Key is the limiter's key: target, target+method, or what the key
+	// function returned.
+	Key string
 	// Limit is the current concurrency limit.
 	Limit int
 	// InFlight is how many calls hold a slot.
 	InFlight int
 	// Queued is how many calls wait for one.
 	Queued int
+	// Rejected counts the calls this key's limiter rejected since it was made.
+	Rejected uint64
+}
+
+func (lim *limiter) status() LimiterStatus {
+	lim.mu.Lock()
+	q := len(lim.queue)
+	lim.mu.Unlock()
+	return LimiterStatus{Tenant: lim.algo.tenant, Key: lim.key, Limit: int(lim.limit.Load()),
+		InFlight: int(lim.inflight.Load()), Queued: q, Rejected: lim.rejected.Load()}
+}
+
+// Snapshot describes every key's limiter, in no particular order.
+func (l *Limiter) Snapshot() []LimiterStatus {
+	lims := l.keys.Values()
+	out := make([]LimiterStatus, 0, len(lims))
+	for _, lim := range lims {
+		out = append(out, lim.status())
+	}
+	return out
 }
 
 // Stats returns the state of the limiter for calls to method on target;
 // a key without a limiter reports the initial limit and nothing in flight.
-func (l *Limiter) Stats(target, method string) LimiterStats {
-	lim, ok := l.keys.Peek(l.keyOf(target, method))
+func (l *Limiter) Stats(target, method string) LimiterStatus {
+	k := l.keyOf(target, method)
+	lim, ok := l.keys.Peek(k)
 	if !ok {
-		return LimiterStats{Limit: l.cfg.Limit}
+		return LimiterStatus{Tenant: l.algo.tenant, Key: k.Target + k.Method, Limit: l.cfg.Limit}
 	}
-	lim.mu.Lock()
-	q := len(lim.queue)
-	lim.mu.Unlock()
-	return LimiterStats{Limit: int(lim.limit.Load()), InFlight: int(lim.inflight.Load()), Queued: q}
+	return lim.status()
 }
 
-// UnaryClientInterceptor returns the Limiter as a unary client interceptor.
+// UnaryClientInterceptor returns the Limiter as a unary client
+// interceptor: NewClientChain(WithLimiter(l)).UnaryClientInterceptor().
 func (l *Limiter) UnaryClientInterceptor() grpc.UnaryClientInterceptor {
-	return limiterUnary(func(string) *Limiter { return l })
+	return (&Chain{fixed: layer{lim: l}}).UnaryClientInterceptor()
 }
 
 // StreamClientInterceptor returns the Limiter as a stream client
-// interceptor. A stream holds its slot from establishment until its final
-// status (or the caller's cancellation).
+// interceptor. A stream holds its slot from establishment until grpc
+// reports its end (grpc.OnFinish: final status, cancellation, or its
+// connection closing), or until SendMsg returns io.EOF: the stream is over
+// on the wire then, even if the caller never reads its status.
 func (l *Limiter) StreamClientInterceptor() grpc.StreamClientInterceptor {
-	return limiterStream(func(string) *Limiter { return l })
+	return (&Chain{fixed: layer{lim: l}}).StreamClientInterceptor()
 }
-
-func limiterUnary(route func(method string) *Limiter) grpc.UnaryClientInterceptor {
-	return func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
-		lim := route(method)
-		if lim == nil {
-			return invoker(ctx, method, req, reply, cc, opts...)
-		}
-		l := lim.get(cc.Target(), method)
-		if err := l.acquire(ctx); err != nil {
-			return err
-		}
-		var start time.Time
-		if l.algo.needsClock() {
-			start = time.Now()
-		}
-		released := false
-		defer func() {
-			if !released { // invoker panicked
-				l.release(outcomeIgnored, 0)
-			}
-		}()
-		err := invoker(ctx, method, req, reply, cc, opts...)
-		released = true
-		var took time.Duration
-		if l.algo.needsClock() {
-			took = time.Since(start)
-		}
-		l.release(clientOutcome(ctx, err), took)
-		return err
-	}
-}
-
-func limiterStream(route func(method string) *Limiter) grpc.StreamClientInterceptor {
-	return func(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string, streamer grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {
-		lim := route(method)
-		if lim == nil {
-			return streamer(ctx, desc, cc, method, opts...)
-		}
-		l := lim.get(cc.Target(), method)
-		if err := l.acquire(ctx); err != nil {
-			return nil, err
-		}
-		start := time.Now()
-		cs, err := streamer(ctx, desc, cc, method, opts...)
-		if err != nil {
-			l.release(clientOutcome(ctx, err), time.Since(start))
-			return nil, err
-		}
-		s := &endStream{ClientStream: cs, ctx: ctx, serverStreams: desc.ServerStreams}
-		s.end = func(err error) {
-			// A stream's lifetime is not a service time: AIMD sees only
-			// its final status.
-			l.release(clientOutcome(ctx, err), 0)
-		}
-		s.watch()
-		return s, nil
-	}
-}
-
-// endStream reports once when a client stream ends: its final status from
-// RecvMsg, a client-side SendMsg failure, or the caller's cancellation
-// (context.AfterFunc, for callers that stop reading after cancelling).
-type endStream struct {
-	grpc.ClientStream
-	ctx           context.Context
-	serverStreams bool
-	end           func(err error) // err nil: OK
-	ended         atomic.Bool
-	stop          func() bool
-}
-
-func (s *endStream) watch() {
-	s.stop = context.AfterFunc(s.ctx, func() { s.finish(s.ctx.Err(), true) })
-}
-
-func (s *endStream) finish(err error, fromAfterFunc bool) {
-	if !s.ended.CompareAndSwap(false, true) {
-		return
-	}
-	if !fromAfterFunc {
-		s.stop()
-	}
-	if err == io.EOF {
-		err = nil
-	}
-	s.end(err)
-}
-
-// RecvMsg passes the message on and reports the stream's end: a non-nil
-// error, or for a stream without server streaming its one response.
-func (s *endStream) RecvMsg(m any) error {
-	err := s.ClientStream.RecvMsg(m)
-	if err != nil || !s.serverStreams {
-		s.finish(err, false)
-	}
-	return err
-}
-
-// SendMsg passes the message on; an error other than io.EOF ends the
-// stream on the client side.
-func (s *endStream) SendMsg(m any) error {
-	err := s.ClientStream.SendMsg(m)
-	if err != nil && err != io.EOF {
-		s.finish(errClientSide, false)
-	}
-	return err
-}
-
-// errClientSide marks a stream ended by a client-side SendMsg failure,
-// which says nothing about the backend.
-var errClientSide = errors.New("interceptors: stream failed on the client side")

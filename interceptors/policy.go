@@ -4,18 +4,15 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"slices"
 	"strconv"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"time"
 
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 
 	"github.com/grpcreuse/grpcreuse/breaker"
-	"github.com/grpcreuse/grpcreuse/internal/duration"
-	"github.com/grpcreuse/grpcreuse/telemetry"
+	"github.com/grpcreuse/grpcreuse/internal/jsonfield"
 )
 
 // PolicyKey is the top-level service-config key that holds the grpcreuse
@@ -57,7 +54,12 @@ const PolicyKey = "grpcreuse"
 // failureCodes (names such as "UNAVAILABLE", or numbers), maxBreakers;
 // and scope, algorithm ("fixed"/"aimd"), limit, minLimit, maxLimit,
 // backoffRatio, latencyThreshold, maxQueued, maxWait, maxKeys. Durations
-// are proto-JSON strings ("0.25s"). Unknown fields are ignored.
+// are proto-JSON strings ("0.25s"); probeTimeout bounds a half-open probe.
+// Parsing is strict: an unknown or duplicate field anywhere in the object
+// is an error naming it, with the nearest known name, and so is a
+// top-level field that is a near miss of "grpcreuse" (gRPC ignores
+// unknown top-level fields, so the policy would silently not apply).
+// docs/policy.md describes every field, its default and its range.
 type Policy struct {
 	MethodConfig []MethodPolicy
 }
@@ -77,11 +79,55 @@ type MethodName struct {
 	Service, Method string
 }
 
+// grpcTopLevel are the top-level fields of gRPC's own service config.
+var grpcTopLevel = []string{"loadBalancingPolicy", "loadBalancingConfig", "methodConfig", "retryThrottling", "healthCheckConfig"}
+
+// PolicyError is the error of a policy that does not parse or validate:
+// Err names the field (its path inside the methodConfig entry, or inside
+// the "grpcreuse" object), the value and the rule; Where is the entry
+// ("methodConfig[0]"), "" for errors outside entries. It prints as
+// `grpcreuse: "circuitBreaker.failureRatio" is 1.5; must be between 0 and 1 (methodConfig[0])`
+// and unwraps to Err.
+type PolicyError struct {
+	Err   *ConfigError
+	Where string
+}
+
+// Error returns the message, prefixed "grpcreuse: ".
+func (e *PolicyError) Error() string {
+	msg := "grpcreuse: " + e.Err.Error()
+	if e.Where != "" {
+		msg += " (" + e.Where + ")"
+	}
+	return msg
+}
+
+// Unwrap returns the field error.
+func (e *PolicyError) Unwrap() error { return e.Err }
+
+// policyErr turns a parser or Validate error into a *PolicyError, adding
+// prefix to its field.
+func policyErr(err error, prefix, where string) error {
+	var fe *ConfigError
+	if errors.As(err, &fe) {
+		c := *fe
+		c.Field = prefix + c.Field
+		return &PolicyError{Err: &c, Where: where}
+	}
+	msg := "grpcreuse: " + err.Error()
+	if where != "" {
+		msg += " (" + where + ")"
+	}
+	return errors.New(msg)
+}
+
 // SplitServiceConfig splits a service config document in two: the
 // document without its "grpcreuse" key, for grpc.WithDefaultServiceConfig,
 // and the parsed policy (nil if the document has none). An empty document
-// is returned as is. Errors start with "grpcreuse:" and name the field and
-// the value.
+// is returned as is. A duplicate top-level field, or one that is a near
+// miss of "grpcreuse" or of gRPC's own fields ("GrpcReuse",
+// "methodConfg"), is an error. Errors start with "grpcreuse:" and name the
+// field and the value.
 func SplitServiceConfig(doc string) (grpcConfig string, policy *Policy, err error) {
 	if strings.TrimSpace(doc) == "" {
 		return doc, nil, nil
@@ -93,10 +139,28 @@ func SplitServiceConfig(doc string) (grpcConfig string, policy *Policy, err erro
 			return "", nil, errors.New("grpcreuse: service config is not valid JSON: " + syn.Error() +
 				" (offset " + strconv.FormatInt(syn.Offset, 10) + ")")
 		}
-		return "", nil, errors.New("grpcreuse: service config is " + clip([]byte(strings.TrimSpace(doc))) + "; must be a JSON object")
+		return "", nil, errors.New("grpcreuse: service config is " + jsonfield.Clip([]byte(strings.TrimSpace(doc))) + "; must be a JSON object")
 	}
 	if top == nil { // "null"
 		return "", nil, errors.New("grpcreuse: service config is null; must be a JSON object")
+	}
+	if _, err := jsonfield.Parse("", json.RawMessage(doc)); err != nil { // duplicates
+		return "", nil, policyErr(err, "", "")
+	}
+	names := make([]string, 0, len(top))
+	for k := range top {
+		names = append(names, k)
+	}
+	slices.Sort(names)
+	known := append([]string{PolicyKey}, grpcTopLevel...)
+	for _, k := range names {
+		if k == PolicyKey || slices.Contains(grpcTopLevel, k) {
+			continue
+		}
+		if near := jsonfield.Nearest(k, known); near != "" {
+			why := "gRPC ignores unknown service-config fields, so this would silently not apply"
+			return "", nil, &PolicyError{Err: &ConfigError{Field: k, Rule: "is not a known field; did you mean " + strconv.Quote(near) + "? (" + why + ")"}}
+		}
 	}
 	raw, ok := top[PolicyKey]
 	if !ok {
@@ -115,22 +179,27 @@ func SplitServiceConfig(doc string) (grpcConfig string, policy *Policy, err erro
 }
 
 // ParsePolicy parses the value of the "grpcreuse" key. null yields nil.
+// Errors are *PolicyError values (or name the field in their text).
 func ParsePolicy(raw json.RawMessage) (*Policy, error) {
 	raw = bytes.TrimSpace(raw)
 	if len(raw) == 0 || string(raw) == "null" {
 		return nil, nil
 	}
-	obj, err := object(PolicyKey, raw)
+	if raw[0] != '{' {
+		return nil, &PolicyError{Err: jsonfield.Errorf(PolicyKey, raw, "must be a JSON object")}
+	}
+	obj, err := jsonfield.Parse("", raw)
 	if err != nil {
-		return nil, err
+		return nil, policyErr(err, "", "")
+	}
+	entries, err := obj.Array("methodConfig")
+	if err != nil {
+		return nil, policyErr(err, "", "")
+	}
+	if err := obj.Done(); err != nil {
+		return nil, policyErr(err, "", "")
 	}
 	p := &Policy{}
-	var entries []json.RawMessage
-	if r, ok := present(obj, "methodConfig"); ok {
-		if err := json.Unmarshal(r, &entries); err != nil {
-			return nil, fieldErr("methodConfig", r, "must be a list of method configs", "")
-		}
-	}
 	for i, e := range entries {
 		where := "methodConfig[" + strconv.Itoa(i) + "]"
 		mp, err := parseMethodPolicy(e, where)
@@ -151,28 +220,28 @@ func (p *Policy) Validate() error {
 	for i, e := range p.MethodConfig {
 		where := "methodConfig[" + strconv.Itoa(i) + "]"
 		if len(e.Name) == 0 {
-			return errors.New("grpcreuse: \"name\" is []; must list at least one {service, method} selector (" + where + ")")
+			return &PolicyError{Err: &ConfigError{Field: "name", Value: "[]", Rule: "must list at least one {service, method} selector"}, Where: where}
 		}
 		for j, n := range e.Name {
 			field := "name[" + strconv.Itoa(j) + "]"
 			if n.Service == "" && n.Method != "" {
-				return errors.New("grpcreuse: " + strconv.Quote(field+".method") + " is " + strconv.Quote(n.Method) +
-					"; must be empty when \"service\" is empty (" + where + ")")
+				return &PolicyError{Err: &ConfigError{Field: field + ".method", Value: strconv.Quote(n.Method),
+					Rule: "must be empty when \"service\" is empty"}, Where: where}
 			}
 			if prev, dup := seen[n]; dup {
-				return errors.New("grpcreuse: " + strconv.Quote(field) + " is " + nameJSON(n) +
-					"; must not repeat a name of methodConfig[" + strconv.Itoa(prev) + "] (" + where + ")")
+				return &PolicyError{Err: &ConfigError{Field: field, Value: nameJSON(n),
+					Rule: "must not repeat a name of methodConfig[" + strconv.Itoa(prev) + "]"}, Where: where}
 			}
 			seen[n] = i
 		}
 		if e.CircuitBreaker != nil {
 			if err := e.CircuitBreaker.Validate(); err != nil {
-				return rewrite(err, "circuitBreaker.", where)
+				return policyErr(err, "circuitBreaker.", where)
 			}
 		}
 		if e.ConcurrencyLimit != nil {
 			if err := e.ConcurrencyLimit.Validate(); err != nil {
-				return rewrite(err, "concurrencyLimit.", where)
+				return policyErr(err, "concurrencyLimit.", where)
 			}
 		}
 	}
@@ -184,471 +253,178 @@ func nameJSON(n MethodName) string {
 		Service string `json:"service,omitempty"`
 		Method  string `json:"method,omitempty"`
 	}{n.Service, n.Method})
-	return clip(b)
-}
-
-// rewrite turns a package's ConfigError into the policy's spelling.
-func rewrite(err error, prefix, where string) error {
-	var be *breaker.ConfigError
-	if errors.As(err, &be) {
-		return errors.New("grpcreuse: " + strconv.Quote(prefix+be.Field) + " is " + be.Value + "; " + be.Rule + " (" + where + ")")
-	}
-	var ie *ConfigError
-	if errors.As(err, &ie) {
-		return errors.New("grpcreuse: " + strconv.Quote(prefix+ie.Field) + " is " + ie.Value + "; " + ie.Rule + " (" + where + ")")
-	}
-	return errors.New("grpcreuse: " + err.Error() + " (" + where + ")")
+	return jsonfield.Clip(b)
 }
 
 func parseMethodPolicy(raw json.RawMessage, where string) (MethodPolicy, error) {
 	var mp MethodPolicy
-	obj, err := object(where, raw)
+	raw = bytes.TrimSpace(raw)
+	if len(raw) == 0 || raw[0] != '{' {
+		return mp, &PolicyError{Err: jsonfield.Errorf(where, raw, "must be a JSON object")}
+	}
+	obj, err := jsonfield.Parse("", raw)
 	if err != nil {
-		return mp, err
+		return mp, policyErr(err, "", where)
 	}
-	if r, ok := present(obj, "name"); ok {
-		var names []json.RawMessage
-		if json.Unmarshal(r, &names) != nil {
-			return mp, fieldErr("name", r, "must be a list of {service, method} selectors", where)
-		}
-		for j, nr := range names {
-			field := "name[" + strconv.Itoa(j) + "]"
-			nobj, err := object(field, nr)
-			if err != nil {
-				return mp, withWhere(err, where)
-			}
-			var n MethodName
-			if n.Service, err = str(nobj, field+".service", "service"); err != nil {
-				return mp, withWhere(err, where)
-			}
-			if n.Method, err = str(nobj, field+".method", "method"); err != nil {
-				return mp, withWhere(err, where)
-			}
-			mp.Name = append(mp.Name, n)
-		}
+	names, err := obj.Array("name")
+	if err != nil {
+		return mp, policyErr(err, "", where)
 	}
-	if r, ok := present(obj, "circuitBreaker"); ok {
-		c, err := parseBreaker(r)
+	for j, nr := range names {
+		field := "name[" + strconv.Itoa(j) + "]"
+		nr = bytes.TrimSpace(nr)
+		if len(nr) == 0 || nr[0] != '{' {
+			return mp, &PolicyError{Err: jsonfield.Errorf(field, nr, "must be a JSON object such as {\"service\": \"pkg.Service\"}"), Where: where}
+		}
+		nobj, err := jsonfield.Parse(field, nr)
 		if err != nil {
-			return mp, withWhere(err, where)
+			return mp, policyErr(err, "", where)
+		}
+		var n MethodName
+		if err := nobj.String("service", &n.Service); err != nil {
+			return mp, policyErr(err, "", where)
+		}
+		if err := nobj.String("method", &n.Method); err != nil {
+			return mp, policyErr(err, "", where)
+		}
+		if err := nobj.Done(); err != nil {
+			return mp, policyErr(err, "", where)
+		}
+		mp.Name = append(mp.Name, n)
+	}
+	if obj.Has("circuitBreaker") {
+		c, err := parseBreaker(obj)
+		if err != nil {
+			return mp, policyErr(err, "", where)
 		}
 		mp.CircuitBreaker = &c
+	} else {
+		obj.Raw("circuitBreaker") // known, for suggestions
 	}
-	if r, ok := present(obj, "concurrencyLimit"); ok {
-		c, err := parseLimiter(r)
+	if obj.Has("concurrencyLimit") {
+		c, err := parseLimiter(obj)
 		if err != nil {
-			return mp, withWhere(err, where)
+			return mp, policyErr(err, "", where)
 		}
 		mp.ConcurrencyLimit = &c
+	} else {
+		obj.Raw("concurrencyLimit")
+	}
+	if err := obj.Done(); err != nil {
+		return mp, policyErr(err, "", where)
 	}
 	return mp, nil
 }
 
-func parseBreaker(raw json.RawMessage) (breaker.Config, error) {
-	const p = "circuitBreaker."
+// maxJSONInt bounds every whole number of the policy before Validate
+// applies each field's own range.
+const maxJSONInt = 1 << 30
+
+// intField reads a whole number; Validate then applies the field's range,
+// so the error names the rule of that field.
+func intField(obj *jsonfield.Object, name string, dst *int) error {
+	r, ok := obj.Raw(name)
+	if !ok {
+		return nil
+	}
+	if len(r) > 0 && (r[0] == '-' || (r[0] >= '0' && r[0] <= '9')) {
+		v, err := strconv.ParseInt(string(r), 10, 64)
+		if err == nil && v >= -maxJSONInt && v <= maxJSONInt {
+			*dst = int(v)
+			return nil
+		}
+		if err == nil || errors.Is(err, strconv.ErrRange) {
+			return jsonfield.Errorf(obj.Field(name), r, "must be a whole number between 0 and "+strconv.Itoa(maxJSONInt))
+		}
+	}
+	return jsonfield.Errorf(obj.Field(name), r, "must be a whole number")
+}
+
+func parseBreaker(parent *jsonfield.Object) (breaker.Config, error) {
 	c := breaker.DefaultConfig()
-	obj, err := object("circuitBreaker", raw)
+	obj, err := parent.Object("circuitBreaker")
 	if err != nil {
 		return c, err
 	}
-	if s, ok := present(obj, "scope"); ok {
-		v, err := enum(s, p+"scope", "method", "target")
-		if err != nil {
-			return c, err
-		}
-		c.Scope = map[string]breaker.Scope{"method": breaker.ScopeMethod, "target": breaker.ScopeTarget}[v]
+	scope := c.Scope.String()
+	if err := obj.Enum("scope", &scope, "method", "target"); err != nil {
+		return c, err
 	}
-	ints := []struct {
+	c.Scope = map[string]breaker.Scope{"method": breaker.ScopeMethod, "target": breaker.ScopeTarget}[scope]
+	for _, f := range []struct {
 		name string
 		dst  *int
 	}{
 		{"consecutiveFailures", &c.ConsecutiveFailures}, {"minimumRequests", &c.MinimumRequests},
 		{"windowBuckets", &c.WindowBuckets}, {"halfOpenProbes", &c.HalfOpenProbes}, {"maxBreakers", &c.MaxBreakers},
-	}
-	for _, f := range ints {
-		if err := intField(obj, f.name, p+f.name, f.dst); err != nil {
+	} {
+		if err := intField(obj, f.name, f.dst); err != nil {
 			return c, err
 		}
 	}
-	if err := floatField(obj, "failureRatio", p+"failureRatio", &c.FailureRatio); err != nil {
+	if err := obj.Float("failureRatio", &c.FailureRatio); err != nil {
 		return c, err
 	}
 	for _, f := range []struct {
 		name string
 		dst  *time.Duration
-	}{{"window", &c.Window}, {"openTimeout", &c.OpenTimeout}} {
-		if err := durField(obj, f.name, p+f.name, f.dst); err != nil {
+	}{{"window", &c.Window}, {"openTimeout", &c.OpenTimeout}, {"probeTimeout", &c.ProbeTimeout}} {
+		if err := obj.Duration(f.name, f.dst); err != nil {
 			return c, err
 		}
 	}
-	if r, ok := present(obj, "failureCodes"); ok {
-		var list []json.RawMessage
-		if json.Unmarshal(r, &list) != nil {
-			return c, fieldErr(p+"failureCodes", r, `must be a list of gRPC code names such as "UNAVAILABLE"`, "")
-		}
+	list, err := obj.Array("failureCodes")
+	if err != nil {
+		return c, err
+	}
+	if list != nil {
 		c.FailureCodes = make([]codes.Code, 0, len(list))
 		for i, e := range list {
 			var code codes.Code
 			e = bytes.TrimSpace(e)
 			if string(e) == "null" || code.UnmarshalJSON(e) != nil {
-				return c, fieldErr(p+"failureCodes["+strconv.Itoa(i)+"]", e, `must be a gRPC code name such as "UNAVAILABLE"`, "")
+				return c, jsonfield.Errorf(obj.Field("failureCodes["+strconv.Itoa(i)+"]"), e, `must be a gRPC code name such as "UNAVAILABLE"`)
 			}
 			c.FailureCodes = append(c.FailureCodes, code)
 		}
 	}
-	return c, nil
+	return c, obj.Done()
 }
 
-func parseLimiter(raw json.RawMessage) (LimiterConfig, error) {
-	const p = "concurrencyLimit."
+func parseLimiter(parent *jsonfield.Object) (LimiterConfig, error) {
 	c := DefaultLimiterConfig()
-	obj, err := object("concurrencyLimit", raw)
+	obj, err := parent.Object("concurrencyLimit")
 	if err != nil {
 		return c, err
 	}
-	if s, ok := present(obj, "scope"); ok {
-		v, err := enum(s, p+"scope", "target", "method")
-		if err != nil {
-			return c, err
-		}
-		c.Scope = map[string]Scope{"target": ScopeTarget, "method": ScopeMethod}[v]
+	scope := c.Scope.String()
+	if err := obj.Enum("scope", &scope, "target", "method"); err != nil {
+		return c, err
 	}
-	if s, ok := present(obj, "algorithm"); ok {
-		v, err := enum(s, p+"algorithm", "fixed", "aimd")
-		if err != nil {
-			return c, err
-		}
-		c.Algorithm = map[string]Algorithm{"fixed": Fixed, "aimd": AIMD}[v]
+	c.Scope = map[string]Scope{"target": ScopeTarget, "method": ScopeMethod}[scope]
+	algorithm := c.Algorithm.String()
+	if err := obj.Enum("algorithm", &algorithm, "fixed", "aimd"); err != nil {
+		return c, err
 	}
+	c.Algorithm = map[string]Algorithm{"fixed": Fixed, "aimd": AIMD}[algorithm]
 	for _, f := range []struct {
 		name string
 		dst  *int
 	}{{"limit", &c.Limit}, {"minLimit", &c.MinLimit}, {"maxLimit", &c.MaxLimit}, {"maxQueued", &c.MaxQueued}, {"maxKeys", &c.MaxKeys}} {
-		if err := intField(obj, f.name, p+f.name, f.dst); err != nil {
+		if err := intField(obj, f.name, f.dst); err != nil {
 			return c, err
 		}
 	}
-	if err := floatField(obj, "backoffRatio", p+"backoffRatio", &c.BackoffRatio); err != nil {
+	if err := obj.Float("backoffRatio", &c.BackoffRatio); err != nil {
 		return c, err
 	}
 	for _, f := range []struct {
 		name string
 		dst  *time.Duration
 	}{{"latencyThreshold", &c.LatencyThreshold}, {"maxWait", &c.MaxWait}} {
-		if err := durField(obj, f.name, p+f.name, f.dst); err != nil {
+		if err := obj.Duration(f.name, f.dst); err != nil {
 			return c, err
 		}
 	}
-	return c, nil
-}
-
-// Chain is a Policy built into interceptors, keeping hold of the breakers
-// and limiters behind them so their state can be shown.
-type Chain struct {
-	Unary    []grpc.UnaryClientInterceptor
-	Stream   []grpc.StreamClientInterceptor
-	breakers []*breaker.Registry
-	limiters []*Limiter
-}
-
-// DialOptions returns the chain as dial options.
-func (c *Chain) DialOptions() []grpc.DialOption { return dialOptions(c.Unary, c.Stream) }
-
-// Breakers describes every breaker of the chain.
-func (c *Chain) Breakers() []telemetry.DebugBreaker {
-	var out []telemetry.DebugBreaker
-	for _, r := range c.breakers {
-		out = append(out, r.Snapshot()...)
-	}
-	return out
-}
-
-// Limiters describes every limiter of the chain.
-func (c *Chain) Limiters() []telemetry.DebugLimiter {
-	var out []telemetry.DebugLimiter
-	for _, l := range c.limiters {
-		out = append(out, l.Snapshot()...)
-	}
-	return out
-}
-
-// ClientChain returns the interceptors of Build.
-func (p *Policy) ClientChain(tel ClientTelemetry, obs PolicyObservers) ([]grpc.UnaryClientInterceptor, []grpc.StreamClientInterceptor, error) {
-	c, err := p.Build(tel, obs)
-	if err != nil {
-		return nil, nil, err
-	}
-	return c.Unary, c.Stream, nil
-}
-
-// DialOptions returns the interceptors of Build as dial options.
-func (p *Policy) DialOptions(tel ClientTelemetry, obs PolicyObservers) ([]grpc.DialOption, error) {
-	c, err := p.Build(tel, obs)
-	if err != nil {
-		return nil, err
-	}
-	return c.DialOptions(), nil
-}
-
-// Build validates the policy and builds its breakers, limiters and the
-// recommended chain (telemetry, breaker, limiter), routing each call by
-// gRPC's methodConfig matching rules.
-func (p *Policy) Build(tel ClientTelemetry, obs PolicyObservers) (*Chain, error) {
-	if err := p.Validate(); err != nil {
-		return nil, err
-	}
-	bobs, lobs := obs.Breaker, obs.Limiter
-	if bobs == nil {
-		bobs = telemetry.Nop{}
-	}
-	if lobs == nil {
-		lobs = telemetry.Nop{}
-	}
-	regs := make([]*breaker.Registry, len(p.MethodConfig))
-	lims := make([]*Limiter, len(p.MethodConfig))
-	anyB, anyL := false, false
-	r := router{exact: map[string]int{}, service: map[string]int{}, def: -1}
-	for i, e := range p.MethodConfig {
-		var err error
-		if e.CircuitBreaker != nil {
-			if regs[i], err = breaker.New(breaker.WithConfig(*e.CircuitBreaker), breaker.WithObserver(bobs)); err != nil {
-				return nil, err
-			}
-			anyB = true
-		}
-		if e.ConcurrencyLimit != nil {
-			if lims[i], err = NewLimiter(WithLimiterConfig(*e.ConcurrencyLimit), WithLimiterObserver(lobs)); err != nil {
-				return nil, err
-			}
-			anyL = true
-		}
-		for _, n := range e.Name {
-			switch {
-			case n.Service == "":
-				r.def = i
-			case n.Method == "":
-				r.service[n.Service] = i
-			default:
-				r.exact["/"+n.Service+"/"+n.Method] = i
-			}
-		}
-	}
-	var b func(string) *breaker.Registry
-	if anyB {
-		b = func(method string) *breaker.Registry {
-			if i := r.match(method); i >= 0 {
-				return regs[i]
-			}
-			return nil
-		}
-	}
-	var l func(string) *Limiter
-	if anyL {
-		l = func(method string) *Limiter {
-			if i := r.match(method); i >= 0 {
-				return lims[i]
-			}
-			return nil
-		}
-	}
-	c := &Chain{}
-	c.Unary, c.Stream = chain(tel, b, l)
-	for _, r := range regs {
-		if r != nil {
-			c.breakers = append(c.breakers, r)
-		}
-	}
-	for _, l := range lims {
-		if l != nil {
-			c.limiters = append(c.limiters, l)
-		}
-	}
-	return c, nil
-}
-
-// PolicyObservers are where the breakers and limiters built from a Policy
-// report; nil means telemetry.Nop.
-type PolicyObservers struct {
-	Breaker telemetry.BreakerObserver
-	Limiter telemetry.LimiterObserver
-}
-
-// router finds the methodConfig entry of a full method name.
-type router struct {
-	exact   map[string]int // "/service/method"
-	service map[string]int
-	def     int // -1: none
-
-	// memo holds match's answer per method seen, copy-on-write, so the
-	// breaker and limiter interceptors of a call, which each route it,
-	// share one lock-free lookup instead of resolving the rules twice.
-	memo   atomic.Pointer[map[string]int]
-	memoMu sync.Mutex
-}
-
-// maxMemoMethods bounds the memo: method names are caller input.
-const maxMemoMethods = 1024
-
-// match returns the index of the methodConfig entry for method, or -1.
-func (r *router) match(method string) int {
-	if m := r.memo.Load(); m != nil {
-		if i, ok := (*m)[method]; ok {
-			return i
-		}
-	}
-	i := r.resolve(method)
-	r.memoMu.Lock()
-	defer r.memoMu.Unlock()
-	old := r.memo.Load()
-	if old == nil || len(*old) < maxMemoMethods {
-		next := make(map[string]int, 1)
-		if old != nil {
-			next = make(map[string]int, len(*old)+1)
-			for k, v := range *old {
-				next[k] = v
-			}
-		}
-		next[method] = i
-		r.memo.Store(&next)
-	}
-	return i
-}
-
-// resolve applies gRPC's methodConfig rules: exact method, then service,
-// then the default.
-func (r *router) resolve(method string) int {
-	if i, ok := r.exact[method]; ok {
-		return i
-	}
-	svc := strings.TrimPrefix(method, "/")
-	if j := strings.LastIndexByte(svc, '/'); j >= 0 {
-		svc = svc[:j]
-	}
-	if i, ok := r.service[svc]; ok {
-		return i
-	}
-	return r.def
-}
-
-// JSON helpers. Every error names the field's path and the value.
-
-func fieldErr(field string, raw []byte, rule, where string) error {
-	msg := "grpcreuse: " + strconv.Quote(field) + " is " + clip(bytes.TrimSpace(raw)) + "; " + rule
-	if where != "" {
-		msg += " (" + where + ")"
-	}
-	return errors.New(msg)
-}
-
-func withWhere(err error, where string) error {
-	return errors.New(err.Error() + " (" + where + ")")
-}
-
-func clip(raw []byte) string {
-	const max = 40
-	if len(raw) > max {
-		return string(raw[:max]) + "…"
-	}
-	return string(raw)
-}
-
-// present returns obj[name] unless it is absent or null.
-func present(obj map[string]json.RawMessage, name string) (json.RawMessage, bool) {
-	r, ok := obj[name]
-	if !ok {
-		return nil, false
-	}
-	r = bytes.TrimSpace(r)
-	if string(r) == "null" {
-		return nil, false
-	}
-	return r, true
-}
-
-func object(field string, raw json.RawMessage) (map[string]json.RawMessage, error) {
-	raw = bytes.TrimSpace(raw)
-	var obj map[string]json.RawMessage
-	if len(raw) == 0 || raw[0] != '{' || json.Unmarshal(raw, &obj) != nil {
-		return nil, fieldErr(field, raw, "must be a JSON object", "")
-	}
-	return obj, nil
-}
-
-func str(obj map[string]json.RawMessage, path, name string) (string, error) {
-	r, ok := present(obj, name)
-	if !ok {
-		return "", nil
-	}
-	var s string
-	if json.Unmarshal(r, &s) != nil {
-		return "", fieldErr(path, r, "must be a string", "")
-	}
-	return s, nil
-}
-
-func enum(raw json.RawMessage, path string, allowed ...string) (string, error) {
-	var s string
-	if json.Unmarshal(raw, &s) == nil {
-		for _, a := range allowed {
-			if s == a {
-				return s, nil
-			}
-		}
-	}
-	return "", fieldErr(path, raw, "must be "+quoteAll(allowed), "")
-}
-
-func quoteAll(list []string) string {
-	q := make([]string, len(list))
-	for i, s := range list {
-		q[i] = strconv.Quote(s)
-	}
-	return strings.Join(q, " or ")
-}
-
-func isNumber(r []byte) bool { return len(r) > 0 && (r[0] == '-' || (r[0] >= '0' && r[0] <= '9')) }
-
-func intField(obj map[string]json.RawMessage, name, path string, dst *int) error {
-	r, ok := present(obj, name)
-	if !ok {
-		return nil
-	}
-	if isNumber(r) {
-		v, err := strconv.ParseInt(string(r), 10, 64)
-		if err == nil && v >= -maxLimitValue && v <= maxLimitValue {
-			*dst = int(v)
-			return nil
-		}
-		if err == nil || errors.Is(err, strconv.ErrRange) {
-			return fieldErr(path, r, "must be a whole number between 0 and "+strconv.Itoa(maxLimitValue), "")
-		}
-	}
-	return fieldErr(path, r, "must be a whole number", "")
-}
-
-func floatField(obj map[string]json.RawMessage, name, path string, dst *float64) error {
-	r, ok := present(obj, name)
-	if !ok {
-		return nil
-	}
-	if isNumber(r) {
-		if v, err := strconv.ParseFloat(string(r), 64); err == nil {
-			*dst = v
-			return nil
-		}
-	}
-	return fieldErr(path, r, "must be a number", "")
-}
-
-func durField(obj map[string]json.RawMessage, name, path string, dst *time.Duration) error {
-	r, ok := present(obj, name)
-	if !ok {
-		return nil
-	}
-	d, err := duration.FromJSON(path, r, *dst)
-	if err != nil {
-		return errors.New("grpcreuse: " + err.Error())
-	}
-	*dst = d
-	return nil
+	return c, obj.Done()
 }

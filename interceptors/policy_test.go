@@ -25,12 +25,11 @@ const exampleDoc = `{
   "loadBalancingConfig": [{"round_robin": {}}],
   "methodConfig": [{"name": [{"service": "grpc.testing.TestService"}], "timeout": "1s"}],
   "grpcreuse": {
-    "futureField": true,
     "methodConfig": [
       {
         "name": [{}],
         "circuitBreaker": {"consecutiveFailures": 3, "openTimeout": "30s", "failureCodes": ["UNAVAILABLE", 13]},
-        "concurrencyLimit": {"algorithm": "aimd", "limit": 50, "maxLimit": 200, "maxQueued": 10, "maxWait": "0.05s", "unknown": 1}
+        "concurrencyLimit": {"algorithm": "aimd", "limit": 50, "maxLimit": 200, "maxQueued": 10, "maxWait": "0.05s"}
       },
       {
         "name": [{"service": "grpc.testing.TestService", "method": "FullDuplexCall"}],
@@ -88,7 +87,7 @@ func TestPolicyErrors(t *testing.T) {
 		{"syntax", `{"grpcreuse": `, `grpcreuse: service config is not valid JSON`},
 		{"not an object", `[1]`, `grpcreuse: service config is [1]; must be a JSON object`},
 		{"policy not an object", `{"grpcreuse": 5}`, `grpcreuse: "grpcreuse" is 5; must be a JSON object`},
-		{"methodConfig not a list", `{"grpcreuse": {"methodConfig": {}}}`, `grpcreuse: "methodConfig" is {}; must be a list`},
+		{"methodConfig not a list", `{"grpcreuse": {"methodConfig": {}}}`, `grpcreuse: "methodConfig" is {}; must be a JSON array`},
 		{"entry not an object", `{"grpcreuse": {"methodConfig": ["x"]}}`, `grpcreuse: "methodConfig[0]" is "x"; must be a JSON object`},
 		{"ratio", entry(`"circuitBreaker": {"failureRatio": 1.5}`), `grpcreuse: "circuitBreaker.failureRatio" is 1.5; must be between 0 and 1 (methodConfig[1])`},
 		{"ratio string", entry(`"circuitBreaker": {"failureRatio": "half"}`), `grpcreuse: "circuitBreaker.failureRatio" is "half"; must be a number (methodConfig[1])`},
@@ -101,7 +100,7 @@ func TestPolicyErrors(t *testing.T) {
 		{"window short", entry(`"circuitBreaker": {"window": "0.001s"}`), `"circuitBreaker.window" is "0.001s"; must be at least 1ms per bucket`},
 		{"bad code", entry(`"circuitBreaker": {"failureCodes": ["UNAVAILABLE", "NOPE"]}`), `"circuitBreaker.failureCodes[1]" is "NOPE"; must be a gRPC code name such as "UNAVAILABLE"`},
 		{"cancelled code", entry(`"circuitBreaker": {"failureCodes": ["CANCELLED"]}`), `"circuitBreaker.failureCodes[0]" is "CANCELLED"; must be a gRPC code other than OK and CANCELLED`},
-		{"codes not list", entry(`"circuitBreaker": {"failureCodes": "UNAVAILABLE"}`), `"circuitBreaker.failureCodes" is "UNAVAILABLE"; must be a list`},
+		{"codes not list", entry(`"circuitBreaker": {"failureCodes": "UNAVAILABLE"}`), `"circuitBreaker.failureCodes" is "UNAVAILABLE"; must be a JSON array`},
 		{"empty codes", entry(`"circuitBreaker": {"failureCodes": []}`), `"circuitBreaker.failureCodes" is []; must list at least one gRPC code`},
 		{"breaker scope", entry(`"circuitBreaker": {"scope": "host"}`), `"circuitBreaker.scope" is "host"; must be "method" or "target"`},
 		{"breaker not object", entry(`"circuitBreaker": true`), `"circuitBreaker" is true; must be a JSON object (methodConfig[1])`},
@@ -113,11 +112,28 @@ func TestPolicyErrors(t *testing.T) {
 		{"max queued", entry(`"concurrencyLimit": {"maxQueued": -2}`), `"concurrencyLimit.maxQueued" is -2; must be between 0 and`},
 		{"limiter scope", entry(`"concurrencyLimit": {"scope": 1}`), `"concurrencyLimit.scope" is 1; must be "target" or "method"`},
 		{"names missing", `{"grpcreuse": {"methodConfig": [{"circuitBreaker": {}}]}}`, `grpcreuse: "name" is []; must list at least one {service, method} selector (methodConfig[0])`},
-		{"names not list", `{"grpcreuse": {"methodConfig": [{"name": {}}]}}`, `grpcreuse: "name" is {}; must be a list of {service, method} selectors (methodConfig[0])`},
+		{"names not list", `{"grpcreuse": {"methodConfig": [{"name": {}}]}}`, `grpcreuse: "name" is {}; must be a JSON array (methodConfig[0])`},
 		{"service not string", `{"grpcreuse": {"methodConfig": [{"name": [{"service": 1}]}]}}`, `grpcreuse: "name[0].service" is 1; must be a string (methodConfig[0])`},
 		{"method without service", `{"grpcreuse": {"methodConfig": [{"name": [{"method": "M"}]}]}}`, `grpcreuse: "name[0].method" is "M"; must be empty when "service" is empty (methodConfig[0])`},
 		{"duplicate name", `{"grpcreuse": {"methodConfig": [{"name": [{"service": "s"}]}, {"name": [{}, {"service": "s"}]}]}}`, `grpcreuse: "name[1]" is {"service":"s"}; must not repeat a name of methodConfig[0] (methodConfig[1])`},
 		{"duplicate default", `{"grpcreuse": {"methodConfig": [{"name": [{}]}, {"name": [{"service": ""}]}]}}`, `"name[0]" is {}; must not repeat a name of methodConfig[0]`},
+		// Issue 13 item 9: typos and duplicates are errors naming the field
+		// and the nearest known name, at every level.
+		{"typo in breaker field", entry(`"circuitBreaker": {"consecutiveFailure": 3}`), `grpcreuse: "circuitBreaker.consecutiveFailure" is not a known field; did you mean "consecutiveFailures"? (methodConfig[1])`},
+		{"typo in limiter field", entry(`"concurrencyLimit": {"maxQueue": 3}`), `grpcreuse: "concurrencyLimit.maxQueue" is not a known field; did you mean "maxQueued"? (methodConfig[1])`},
+		{"typo in entry field", entry(`"circuitBreakr": {}`), `grpcreuse: "circuitBreakr" is not a known field; did you mean "circuitBreaker"? (methodConfig[1])`},
+		{"typo in name field", `{"grpcreuse": {"methodConfig": [{"name": [{"service": "s", "mehtod": "M"}]}]}}`, `grpcreuse: "name[0].mehtod" is not a known field; did you mean "method"? (methodConfig[0])`},
+		{"typo in policy field", `{"grpcreuse": {"methodConfg": []}}`, `grpcreuse: "methodConfg" is not a known field; did you mean "methodConfig"?`},
+		{"unknown policy field", `{"grpcreuse": {"futureField": true}}`, `grpcreuse: "futureField" is not a known field; known fields: methodConfig`},
+		{"top-level near miss", `{"GrpcReuse": {"methodConfig": []}}`, `grpcreuse: "GrpcReuse" is not a known field; did you mean "grpcreuse"?`},
+		{"top-level near miss 2", `{"grpcreuse_": {}}`, `did you mean "grpcreuse"?`},
+		{"top-level gRPC near miss", `{"methodConfg": []}`, `grpcreuse: "methodConfg" is not a known field; did you mean "methodConfig"?`},
+		{"duplicate top-level", `{"grpcreuse": {}, "grpcreuse": {"methodConfig": []}}`, `grpcreuse: "grpcreuse" appears more than once`},
+		{"duplicate policy field", `{"grpcreuse": {"methodConfig": [], "methodConfig": []}}`, `grpcreuse: "methodConfig" appears more than once`},
+		{"duplicate entry field", entry(`"circuitBreaker": {}, "circuitBreaker": {}`), `grpcreuse: "circuitBreaker" appears more than once (methodConfig[1])`},
+		{"duplicate breaker field", entry(`"circuitBreaker": {"window": "1s", "window": "2s"}`), `grpcreuse: "circuitBreaker.window" appears more than once (methodConfig[1])`},
+		{"duplicate name field", `{"grpcreuse": {"methodConfig": [{"name": [{"service": "a", "service": "b"}]}]}}`, `grpcreuse: "name[0].service" appears more than once (methodConfig[0])`},
+		{"probe timeout", entry(`"circuitBreaker": {"probeTimeout": "0s"}`), `grpcreuse: "circuitBreaker.probeTimeout" is "0s"; must be positive (methodConfig[1])`},
 		{"long value clipped", entry(`"circuitBreaker": {"scope": "` + strings.Repeat("x", 100) + `"}`), `"circuitBreaker.scope" is "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx…; must be`},
 	}
 	for _, tt := range tests {
@@ -144,10 +160,11 @@ func TestPolicyRouting(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	opts, err := p.DialOptions(interceptors.ClientTelemetry{}, interceptors.PolicyObservers{})
+	chain, err := interceptors.NewClientChain(interceptors.WithPolicy(p))
 	if err != nil {
 		t.Fatal(err)
 	}
+	opts := chain.DialOptions()
 	c := dial(t, be.Addr, opts...)
 	ctx := context.Background()
 	// UnaryCall matches the service entry: the second failure trips.
@@ -201,7 +218,7 @@ func FuzzSplitServiceConfig(f *testing.F) {
 			}
 		}
 		// A policy that parses must build.
-		if _, _, err := p.ClientChain(interceptors.ClientTelemetry{}, interceptors.PolicyObservers{}); err != nil {
+		if _, err := interceptors.NewClientChain(interceptors.WithPolicy(p)); err != nil {
 			t.Fatalf("parsed policy does not build: %v", err)
 		}
 	})
@@ -221,12 +238,17 @@ func TestChainOrder(t *testing.T) {
 	}
 	lim := newLimiter(t, telemetry.Nop{}, func(c *interceptors.LimiterConfig) { c.Limit, c.MaxQueued = 1, 0 })
 	var seen []codes.Code
-	tel := interceptors.ClientTelemetry{Unary: func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+	tel := func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
 		err := invoker(ctx, method, req, reply, cc, opts...)
 		seen = append(seen, status.Code(err))
 		return err
-	}}
-	c := dial(t, be.Addr, interceptors.ClientChainDialOptions(tel, reg, lim)...)
+	}
+	chain, err := interceptors.NewClientChain(interceptors.WithBreakers(reg), interceptors.WithLimiter(lim))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The caller's own interceptors go outside the chain, to see every call.
+	c := dial(t, be.Addr, append([]grpc.DialOption{grpc.WithChainUnaryInterceptor(tel)}, chain.DialOptions()...)...)
 	held := make(chan error, 1)
 	go func() { held <- unary(context.Background(), c) }()
 	testutil.Eventually(t, 2*time.Second, func() bool { return be.inflight.Load() == 1 }, "slot held")

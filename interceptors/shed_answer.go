@@ -8,12 +8,9 @@ import (
 
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/grpclog"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
 )
-
-var logger = grpclog.Component("grpcreuse")
 
 // answer is a shed's prebuilt status and error, valid while the number it
 // carries (key) is current: a shed costs no status or proto building while

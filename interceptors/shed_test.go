@@ -280,7 +280,11 @@ func TestOverload(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := dial(t, be.Addr, interceptors.ClientChainDialOptions(interceptors.ClientTelemetry{}, reg, lim)...)
+	chain, err := interceptors.NewClientChain(interceptors.WithBreakers(reg), interceptors.WithLimiter(lim))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := dial(t, be.Addr, chain.DialOptions()...)
 	if err := unary(context.Background(), c); err != nil {
 		t.Fatal(err)
 	}

@@ -9,8 +9,11 @@
 // nothing; embed it in your own observer to implement only the methods you
 // care about, the way generated gRPC servers embed their Unimplemented type.
 //
-// This package imports nothing else of grpcreuse. It starts no goroutines and
-// registers nothing in init.
+// This package imports nothing else of grpcreuse and nothing of
+// OpenTelemetry: its implementation over OpenTelemetry is
+// telemetry/opentelemetry, and the operators' page is telemetry/debugpage,
+// so a package that only reports depends only on these interfaces. It
+// starts no goroutines and registers nothing in init.
 //
 // Observers are called synchronously from connection setup, eviction and
 // state-change paths (never from under a grpcreuse lock), so implementations

@@ -94,6 +94,37 @@ type SubchannelObserver interface {
 	// estimate (the balancer's peak EWMA), sampled by the balancer's
 	// control loop, not per call.
 	EndpointLoad(target, endpoint string, inFlight int, latency time.Duration)
+	// EndpointState reports an endpoint's state aggregated over its
+	// connections (READY if any is READY, else CONNECTING if any is
+	// connecting, else TRANSIENT_FAILURE; IDLE with none) and how many
+	// connections it has open, whenever either changes. Unlike
+	// SubchannelState, the latest report is the endpoint's state.
+	EndpointState(target, endpoint string, state connectivity.State, connections int)
+	// EndpointCalls reports the calls an endpoint finished since its
+	// previous report, sampled by the balancer's control loop, not per
+	// call.
+	EndpointCalls(target, endpoint string, calls EndpointCalls)
+	// EndpointRemoved reports that the resolver no longer lists endpoint;
+	// its connections are closing.
+	EndpointRemoved(target, endpoint string)
+}
+
+// EndpointCalls counts an endpoint's finished calls by outcome, as the
+// balancer classifies them.
+type EndpointCalls struct {
+	// OK counts calls the backend answered, whatever the code, except
+	// those below.
+	OK uint64
+	// Failed counts calls that ended with one of the policy's failure
+	// codes (UNAVAILABLE by default); they count toward ejection.
+	Failed uint64
+	// Shed counts calls the server refused with RESOURCE_EXHAUSTED
+	// (back-pressure; never toward ejection).
+	Shed uint64
+	// Cancelled counts calls the caller cancelled.
+	Cancelled uint64
+	// TimedOut counts calls that ended with DEADLINE_EXCEEDED.
+	TimedOut uint64
 }
 
 // BreakerState is the state of a circuit breaker.
@@ -153,6 +184,45 @@ type SessionCacheObserver interface {
 	SessionCacheLookup(tenant string, hit bool)
 	// SessionCacheEvicted reports a session of tenant evicted for capacity or age.
 	SessionCacheEvicted(tenant string)
+	// SessionCacheResumption reports, for caches used through
+	// grpcreuse/credentials' NewTLS, one handshake of tenant that was
+	// offered a cached session; resumed says whether the server resumed it
+	// (false: crypto/tls dropped it, the server refused it, or the
+	// handshake failed). A lookup hit is an offer, not a resumption.
+	SessionCacheResumption(tenant string, resumed bool)
+}
+
+// ServerHandshakeObserver receives the TLS server handshakes of
+// grpcreuse/credentials' NewTLS used as a server's grpc.Creds.
+type ServerHandshakeObserver interface {
+	// ServerHandshake reports one TLS server handshake, successful or not.
+	ServerHandshake(ServerHandshakeInfo)
+}
+
+// ServerHandshakeInfo describes one TLS server handshake.
+type ServerHandshakeInfo struct {
+	// Server is the local address the connection was accepted on
+	// ("10.0.0.7:8443"): the server, for a process serving several.
+	Server string
+	// Addr is the client's address.
+	Addr string
+	// ServerName is the server name the client asked for (SNI), "" if none
+	// or if the handshake failed before it was read.
+	ServerName string
+	// Duration is how long the handshake took, from the server starting it
+	// (right after accept, so it includes the wait for the client's first
+	// message) to its completion or failure.
+	Duration time.Duration
+	// Resumed reports whether the handshake resumed a session.
+	Resumed bool
+	// Version is the negotiated TLS version (tls.VersionTLS13, ...), 0 on
+	// failure.
+	Version uint16
+	// ClientCertificate reports whether the client presented a certificate
+	// (on a resumed handshake: in the session it resumed).
+	ClientCertificate bool
+	// Err is the error that failed the handshake, nil on success.
+	Err error
 }
 
 // Nop is an Observer that does nothing. Embed it to implement only part of
@@ -160,8 +230,9 @@ type SessionCacheObserver interface {
 type Nop struct{}
 
 var (
-	_ Observer     = Nop{}
-	_ ShedObserver = Nop{}
+	_ Observer                = Nop{}
+	_ ServerHandshakeObserver = Nop{}
+	_ ShedObserver            = Nop{}
 )
 
 // PoolGet does nothing.
@@ -194,6 +265,15 @@ func (Nop) EndpointReturned(string, string) {}
 // EndpointLoad does nothing.
 func (Nop) EndpointLoad(string, string, int, time.Duration) {}
 
+// EndpointState does nothing.
+func (Nop) EndpointState(string, string, connectivity.State, int) {}
+
+// EndpointCalls does nothing.
+func (Nop) EndpointCalls(string, string, EndpointCalls) {}
+
+// EndpointRemoved does nothing.
+func (Nop) EndpointRemoved(string, string) {}
+
 // BreakerStateChanged does nothing.
 func (Nop) BreakerStateChanged(string, BreakerState, BreakerState) {}
 
@@ -214,3 +294,17 @@ func (Nop) SessionCacheLookup(string, bool) {}
 
 // SessionCacheEvicted does nothing.
 func (Nop) SessionCacheEvicted(string) {}
+
+// SessionCacheResumption does nothing.
+func (Nop) SessionCacheResumption(string, bool) {}
+
+// ServerHandshake does nothing.
+func (Nop) ServerHandshake(ServerHandshakeInfo) {}
+
+// HandshakeReporter is implemented by a connection's AuthInfo when it
+// knows how its handshake went; grpcreuse/credentials.TLSInfo does.
+type HandshakeReporter interface {
+	// HandshakeReport returns whether the TLS handshake resumed a session
+	// and how long it took.
+	HandshakeReport() (resumed bool, d time.Duration)
+}

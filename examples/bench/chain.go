@@ -40,7 +40,7 @@ func runChain(ctx context.Context, e *env) (*result, error) {
 			grpc.WithTransportCredentials(insecure.NewCredentials()),
 		}, opts...)...)
 	}
-	newChain := func() ([]grpc.UnaryClientInterceptor, error) {
+	newChain := func() (grpc.UnaryClientInterceptor, error) {
 		reg, err := breaker.New()
 		if err != nil {
 			return nil, err
@@ -49,8 +49,11 @@ func runChain(ctx context.Context, e *env) (*result, error) {
 		if err != nil {
 			return nil, err
 		}
-		u, _ := interceptors.ClientChain(interceptors.ClientTelemetry{}, reg, lim)
-		return u, nil
+		c, err := interceptors.NewClientChain(interceptors.WithBreakers(reg), interceptors.WithLimiter(lim))
+		if err != nil {
+			return nil, err
+		}
+		return c.UnaryClientInterceptor(), nil
 	}
 	none, err := dial()
 	if err != nil {
@@ -61,7 +64,7 @@ func runChain(ctx context.Context, e *env) (*result, error) {
 	if err != nil {
 		return nil, err
 	}
-	with, err := dial(grpc.WithChainUnaryInterceptor(chain...))
+	with, err := dial(grpc.WithChainUnaryInterceptor(chain))
 	if err != nil {
 		return nil, err
 	}
@@ -105,12 +108,8 @@ func runChain(ctx context.Context, e *env) (*result, error) {
 		return nil, err
 	}
 	noop := func(context.Context, string, any, any, *grpc.ClientConn, ...grpc.CallOption) error { return nil }
-	invoker := noop
-	for i := len(alone) - 1; i >= 0; i-- {
-		next, ic := invoker, alone[i]
-		invoker = func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, opts ...grpc.CallOption) error {
-			return ic(ctx, method, req, reply, cc, next, opts...)
-		}
+	invoker := func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, opts ...grpc.CallOption) error {
+		return alone(ctx, method, req, reply, cc, noop, opts...)
 	}
 	pass := func(ctx context.Context) (sample, error) {
 		const method = "/grpc.testing.TestService/UnaryCall"

@@ -12,7 +12,7 @@ import (
 	"testing"
 	"time"
 
-	"go.uber.org/goleak"
+	"github.com/grpcreuse/grpcreuse/internal/leakcheck"
 )
 
 // TestQuickRun runs every scenario once with -quick sizes and checks the
@@ -25,7 +25,7 @@ func TestQuickRun(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs every scenario (about 10 s under -race)")
 	}
-	defer goleak.VerifyNone(t)
+	defer leakcheck.VerifyNone(t)
 	svg := filepath.Join(t.TempDir(), "bench.svg")
 	var out bytes.Buffer
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)

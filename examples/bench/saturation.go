@@ -59,7 +59,7 @@ func runSaturation(ctx context.Context, e *env) (*result, error) {
 	defer f.Close()
 	sctx, cancel := context.WithTimeout(ctx, e.setupDeadline)
 	defer cancel()
-	tk, err := f.Get(sctx, srv.addr, clientconn.WithWaitForReady())
+	tk, err := f.Get(sctx, srv.addr, clientconn.WithWarmUp())
 	if err != nil {
 		return nil, err
 	}

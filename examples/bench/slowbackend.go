@@ -65,7 +65,7 @@ func runSlowBackend(ctx context.Context, e *env) (*result, error) {
 	defer f.Close()
 	sctx, cancel := context.WithTimeout(ctx, e.setupDeadline)
 	defer cancel()
-	tk, err := f.Get(sctx, target, clientconn.WithWaitForReady())
+	tk, err := f.Get(sctx, target, clientconn.WithWarmUp())
 	if err != nil {
 		return nil, err
 	}

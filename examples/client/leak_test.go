@@ -3,9 +3,9 @@ package main
 import (
 	"testing"
 
-	"go.uber.org/goleak"
+	"github.com/grpcreuse/grpcreuse/internal/leakcheck"
 )
 
 // TestMain fails the package's tests if any goroutine they started
 // (servers, clients, the demo's phases) outlives them.
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+func TestMain(m *testing.M) { leakcheck.VerifyTestMain(m) }

@@ -211,7 +211,7 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 // callBothServices is two services of one process: each gets its own handle
 // from the Factory, and both handles share one connection.
 func callBothServices(ctx context.Context, f *clientconn.Factory, cfg config) error {
-	echoConn, err := f.Get(ctx, cfg.addr, clientconn.WithTenant(cfg.tenant), clientconn.WithWaitForReady())
+	echoConn, err := f.Get(ctx, cfg.addr, clientconn.WithTenant(cfg.tenant), clientconn.WithWarmUp())
 	if err != nil {
 		return err // names the target and, on timeout, the last dial or TLS error
 	}

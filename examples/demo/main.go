@@ -3,7 +3,7 @@
 // on loopback:
 //
 //	go run ./examples/demo
-//	go run ./examples/demo -debug-addr 127.0.0.1:8080 -hold 5m   # /debug and /metrics while it runs
+//	go run ./examples/demo -debug-addr 127.0.0.1:8080 -hold 5m   # /debug/grpcreuse and /metrics while it runs
 //
 // Six logical services (checkout, search, profile, feed and status call a
 // pool of three backends; the ledger calls b2 alone) run the same open-loop
@@ -45,11 +45,11 @@ import (
 	otelprom "go.opentelemetry.io/otel/exporters/prometheus"
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 	"go.opentelemetry.io/otel/sdk/metric/metricdata"
-	"google.golang.org/grpc/resolver"
 
 	"github.com/grpcreuse/grpcreuse/clientconn"
 	"github.com/grpcreuse/grpcreuse/examples/internal/selfsigned"
 	"github.com/grpcreuse/grpcreuse/telemetry"
+	"github.com/grpcreuse/grpcreuse/telemetry/opentelemetry"
 )
 
 func main() {
@@ -90,7 +90,7 @@ func parseFlags(args []string, stdout io.Writer) (options, error) {
 	fs.SetOutput(io.Discard) // the caller prints the error; -h prints the usage below
 	fs.DurationVar(&o.phase, "phase", 1500*time.Millisecond, "length of the steady phase; the others are scaled from it (warm-up ½×, failing 1.25×, recovery 2×)")
 	fs.IntVar(&o.rate, "rate", 40, "calls per second per service at steady load (overload is 6×)")
-	fs.StringVar(&o.debugAddr, "debug-addr", "", "serve the Factory's debug page at /debug and OpenTelemetry metrics at /metrics on this address (e.g. 127.0.0.1:8080)")
+	fs.StringVar(&o.debugAddr, "debug-addr", "", "serve the Factory's debug page at /debug/grpcreuse and OpenTelemetry metrics at /metrics on this address (e.g. 127.0.0.1:8080)")
 	fs.DurationVar(&o.hold, "hold", 0, "with -debug-addr, keep serving this long after the phases (Ctrl-C stops)")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -198,8 +198,8 @@ func demo(ctx context.Context, o options, stdout, progress io.Writer) (*report, 
 	defer mp.Shutdown(context.Background())
 
 	pool := poolResolver("grpcreuse-demo", reuseServers)
-	resolver.Register(pool) // the Factory resolves targets through grpc's registry
 	f, err := clientconn.New(
+		clientconn.WithResolvers(pool), // the Factory's own resolver, no global registration
 		clientconn.WithTLS(&tls.Config{RootCAs: roots, ServerName: "localhost", MinVersion: tls.VersionTLS13}),
 		clientconn.WithKeepalive(clientconn.KeepaliveDefault()),
 		clientconn.WithServiceConfig(grpcreuseServiceConfig),
@@ -463,15 +463,15 @@ func readToolkitCounts(ctx context.Context, reader *sdkmetric.ManualReader) (too
 			}
 			for _, dp := range sum.DataPoints {
 				switch m.Name {
-				case telemetry.MetricBreakerTransitions:
-					if to, _ := dp.Attributes.Value(telemetry.AttrTo); to.AsString() == telemetry.BreakerOpen.String() {
+				case opentelemetry.MetricBreakerTransitions:
+					if to, _ := dp.Attributes.Value(opentelemetry.AttrTo); to.AsString() == telemetry.BreakerOpen.String() {
 						c.breakerOpens += dp.Value
 					}
-				case telemetry.MetricBreakerRejections:
+				case opentelemetry.MetricBreakerRejections:
 					c.breakerRejections += dp.Value
-				case telemetry.MetricLimiterRejections:
+				case opentelemetry.MetricLimiterRejections:
 					c.limiterRejections += dp.Value
-				case telemetry.MetricEjections:
+				case opentelemetry.MetricEjections:
 					c.ejections += dp.Value
 				}
 			}
@@ -488,7 +488,7 @@ func serveDebug(o options, debug, metrics http.Handler, stdout io.Writer) (stop 
 		return nil, fmt.Errorf("-debug-addr: %w", err)
 	}
 	mux := http.NewServeMux()
-	mux.Handle("/debug", debug)
+	mux.Handle("/debug/grpcreuse", debug)
 	mux.Handle("/metrics", metrics)
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	served := make(chan struct{})
@@ -497,7 +497,7 @@ func serveDebug(o options, debug, metrics http.Handler, stdout io.Writer) (stop 
 		_ = srv.Serve(lis) // ErrServerClosed after Shutdown
 	}()
 	url := "http://" + lis.Addr().String()
-	fmt.Fprintf(stdout, "debug page: %s/debug (JSON: ?format=json), metrics: %s/metrics\n", url, url)
+	fmt.Fprintf(stdout, "debug page: %s/debug/grpcreuse (JSON: ?format=json), metrics: %s/metrics\n", url, url)
 	if o.debugServing != nil {
 		o.debugServing(url)
 	}

@@ -107,12 +107,12 @@ func fetchDebug(url string) error {
 				Handles int    `json:"handles"`
 			} `json:"connections"`
 		}
-		body, err := get(url + "/debug?format=json")
+		body, err := get(url + "/debug/grpcreuse?format=json")
 		if err != nil {
 			return err
 		}
 		if err := json.Unmarshal(body, &snap); err != nil {
-			return fmt.Errorf("/debug?format=json: %v", err)
+			return fmt.Errorf("/debug/grpcreuse?format=json: %v", err)
 		}
 		handles := 0
 		for _, c := range snap.Connections {
@@ -122,7 +122,7 @@ func fetchDebug(url string) error {
 			break
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("/debug shows %+v; want 2 connections with 6 handles", snap.Connections)
+			return fmt.Errorf("/debug/grpcreuse shows %+v; want 2 connections with 6 handles", snap.Connections)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}

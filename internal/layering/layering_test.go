@@ -10,17 +10,48 @@ import (
 
 const module = "github.com/grpcreuse/grpcreuse/"
 
-// allowed lists, for each top-level package, the grpcreuse packages its
-// non-test code may import ("internal" covers every internal package).
+// allowed lists, for each layer, the grpcreuse layers its non-test code
+// may import ("internal" covers every internal package). A layer is a
+// top-level package with its subpackages, except telemetry's: the seam
+// ("telemetry"), its OpenTelemetry implementation and the debug page are
+// layers of their own, so that a package that only reports cannot reach
+// OpenTelemetry.
 var allowed = map[string][]string{
-	"telemetry":    {},
-	"internal":     {"telemetry", "internal"},
-	"breaker":      {"telemetry", "internal"},
-	"balancer":     {"telemetry", "internal"},
-	"credentials":  {"telemetry", "internal"},
-	"interceptors": {"breaker", "telemetry", "internal"},
-	"clientconn":   {"balancer", "credentials", "interceptors", "breaker", "telemetry", "internal"},
-	"examples":     {"clientconn", "balancer", "credentials", "interceptors", "breaker", "telemetry"},
+	"telemetry":               {},
+	"telemetry/debugpage":     {},
+	"telemetry/opentelemetry": {"telemetry"},
+	"internal":                {"telemetry", "internal"},
+	"breaker":                 {"telemetry", "internal"},
+	"balancer":                {"telemetry", "internal"},
+	"credentials":             {"telemetry", "internal"},
+	"interceptors":            {"breaker", "telemetry", "internal"},
+	"clientconn":              {"balancer", "credentials", "interceptors", "breaker", "telemetry", "telemetry/opentelemetry", "telemetry/debugpage", "internal"},
+	"examples":                {"clientconn", "balancer", "credentials", "interceptors", "breaker", "telemetry", "telemetry/opentelemetry", "telemetry/debugpage", "internal"},
+}
+
+// noOTel are the layers that must not depend on OpenTelemetry, even
+// through another module: they report through the seam only.
+var noOTel = []string{"telemetry", "telemetry/debugpage", "breaker", "balancer", "credentials", "interceptors"}
+
+func TestNoOpenTelemetryBelowTheImplementation(t *testing.T) {
+	check := func(layer string, deps string) {
+		for _, d := range strings.Fields(deps) {
+			if strings.HasPrefix(d, "go.opentelemetry.io/") {
+				t.Errorf("%s depends on %s: only telemetry/opentelemetry may", layer, d)
+			}
+		}
+	}
+	for _, layer := range noOTel {
+		pattern := module + layer + "/..."
+		if strings.HasPrefix(layer, "telemetry") {
+			pattern = module + layer // telemetry/... would take in the implementation
+		}
+		out, err := exec.Command("go", "list", "-deps", "-f", `{{.ImportPath}}`, pattern).CombinedOutput()
+		if err != nil {
+			t.Fatalf("go list %s: %v\n%s", layer, err, out)
+		}
+		check(layer, string(out))
+	}
 }
 
 func TestImportDirection(t *testing.T) {
@@ -53,6 +84,11 @@ func TestImportDirection(t *testing.T) {
 
 func top(pkg string) string {
 	rest := strings.TrimPrefix(pkg, module)
+	for _, sub := range []string{"telemetry/opentelemetry", "telemetry/debugpage"} {
+		if rest == sub || strings.HasPrefix(rest, sub+"/") {
+			return sub
+		}
+	}
 	if i := strings.IndexByte(rest, '/'); i >= 0 {
 		return rest[:i]
 	}

@@ -4,6 +4,9 @@
 package rpcerr
 
 import (
+	"context"
+	"time"
+
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
@@ -28,3 +31,23 @@ func (e *Error) GRPCStatus() *status.Status { return status.New(e.code, e.msg) }
 
 // Unwrap returns the cause, so errors.Is matches the package sentinel.
 func (e *Error) Unwrap() error { return e.cause }
+
+// ownDeadlineSlack absorbs timer latency: a DeadlineExceeded that arrives
+// within this of the caller's deadline is the caller's deadline.
+const ownDeadlineSlack = time.Millisecond
+
+// CallerGaveUp reports whether the caller's context is cancelled or past
+// (within 1ms of) its deadline: a call that ended then failed because of
+// the caller, which says nothing about the backend. ctx.Err alone is not
+// enough: the server's status for the caller's own (propagated) deadline
+// can arrive before the caller's context timer has fired.
+func CallerGaveUp(ctx context.Context) bool {
+	if ctx == nil {
+		return false
+	}
+	if ctx.Err() != nil {
+		return true
+	}
+	dl, ok := ctx.Deadline()
+	return ok && time.Until(dl) <= ownDeadlineSlack
+}

@@ -4,5 +4,5 @@
 // polling helper that replaces sleeps.
 //
 // Only test files import it. Everything it starts is stopped through
-// tb.Cleanup, so goleak stays quiet.
+// tb.Cleanup, so leakcheck stays quiet.
 package testutil

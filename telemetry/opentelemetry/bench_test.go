@@ -1,9 +1,11 @@
-package telemetry_test
+package opentelemetry_test
 
 import (
 	"context"
 	"net"
 	"testing"
+
+	"github.com/grpcreuse/grpcreuse/telemetry/opentelemetry"
 
 	metricnoop "go.opentelemetry.io/otel/metric/noop"
 	tracenoop "go.opentelemetry.io/otel/trace/noop"
@@ -13,8 +15,6 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/stats"
 	"google.golang.org/grpc/test/bufconn"
-
-	"github.com/grpcreuse/grpcreuse/telemetry"
 )
 
 // nopHandler stands in for a per-call stats handler such as otelgrpc's.
@@ -33,8 +33,8 @@ func BenchmarkStatsHandler(b *testing.B) {
 	healthpb.RegisterHealthServer(srv, health.NewServer())
 	go srv.Serve(lis)
 	defer srv.Stop()
-	tel, err := telemetry.New(telemetry.WithMeterProvider(metricnoop.NewMeterProvider()),
-		telemetry.WithTracerProvider(tracenoop.NewTracerProvider()))
+	tel, err := opentelemetry.New(opentelemetry.WithMeterProvider(metricnoop.NewMeterProvider()),
+		opentelemetry.WithTracerProvider(tracenoop.NewTracerProvider()))
 	if err != nil {
 		b.Fatal(err)
 	}

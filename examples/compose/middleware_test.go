@@ -1,4 +1,4 @@
-package interceptors_test
+package compose_test
 
 import (
 	"context"
@@ -33,10 +33,14 @@ func TestComposesWithGoGRPCMiddleware(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ours, _ := interceptors.ClientChain(interceptors.ClientTelemetry{}, reg, nil)
-	chain := append([]grpc.UnaryClientInterceptor{
+	ours, err := interceptors.NewClientChain(interceptors.WithBreakers(reg))
+	if err != nil {
+		t.Fatal(err)
+	}
+	chain := []grpc.UnaryClientInterceptor{
 		retry.UnaryClientInterceptor(retry.WithMax(5), retry.WithCodes(codes.Unavailable), retry.WithBackoff(retry.BackoffLinear(0))),
-	}, ours...)
+		ours.UnaryClientInterceptor(),
+	}
 	cc, err := grpc.NewClient(b.Addr, grpc.WithTransportCredentials(insecure.NewCredentials()), grpc.WithChainUnaryInterceptor(chain...))
 	if err != nil {
 		t.Fatal(err)

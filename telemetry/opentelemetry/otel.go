@@ -1,4 +1,4 @@
-package telemetry
+package opentelemetry
 
 import (
 	"context"
@@ -10,6 +10,8 @@ import (
 	"net"
 	"sync"
 	"time"
+
+	"github.com/grpcreuse/grpcreuse/telemetry"
 
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
@@ -39,7 +41,7 @@ type options struct {
 func WithMeterProvider(mp metric.MeterProvider) Option {
 	return optionFunc(func(o *options) {
 		if mp == nil {
-			o.err = errors.New("telemetry: WithMeterProvider: provider is nil")
+			o.err = errors.New("opentelemetry: WithMeterProvider: provider is nil")
 			return
 		}
 		o.mp = mp
@@ -51,7 +53,7 @@ func WithMeterProvider(mp metric.MeterProvider) Option {
 func WithTracerProvider(tp trace.TracerProvider) Option {
 	return optionFunc(func(o *options) {
 		if tp == nil {
-			o.err = errors.New("telemetry: WithTracerProvider: provider is nil")
+			o.err = errors.New("opentelemetry: WithTracerProvider: provider is nil")
 			return
 		}
 		o.tp = tp
@@ -59,7 +61,7 @@ func WithTracerProvider(tp trace.TracerProvider) Option {
 }
 
 // Telemetry records what grpcreuse reports as OpenTelemetry metrics and
-// spans. It implements Observer; hand it to clientconn.WithObserver, or to
+// spans. It implements telemetry.Observer; hand it to clientconn.WithObserver, or to
 // a single package's observer option. It is safe for concurrent use.
 //
 // It complements grpc-go's own stats/opentelemetry plugin, which records
@@ -67,24 +69,30 @@ func WithTracerProvider(tp trace.TracerProvider) Option {
 // not (handshakes, pooling, balancing, breakers, limiters, session caches).
 type Telemetry struct {
 	// Nop answers the events this implementation records nothing for, so a
-	// new Observer method never breaks the build here.
-	Nop
+	// new telemetry.Observer method never breaks the build here.
+	telemetry.Nop
 
 	meter  metric.Meter
 	tracer trace.Tracer
 
 	tlsHandshakes, poolGets, poolEvictions, subchannelChanges, ejections metric.Int64Counter
 	breakerTransitions, breakerRejections, limiterRejections             metric.Int64Counter
-	sessionLookups, sessionEvictions                                     metric.Int64Counter
+	sessionLookups, sessionEvictions, sessionResumptions                 metric.Int64Counter
+	serverHandshakes                                                     metric.Int64Counter
+	serverHandshakeDuration                                              metric.Float64Histogram
 	tlsDuration, connectDuration, connLifetime                           metric.Float64Histogram
 	openConns, ejected, breakersOpen                                     metric.Int64UpDownCounter
-	limiterLimit, endpointInFlight                                       metric.Int64Gauge
+	limiterLimit, endpointInFlight, endpointConns                        metric.Int64Gauge
+	endpointCalls                                                        metric.Int64Counter
 
 	attrs attrCache
 	conns sync.Map // net.Addr (local address of a client transport) -> *connRecord
 }
 
-var _ Observer = (*Telemetry)(nil)
+var (
+	_ telemetry.Observer                = (*Telemetry)(nil)
+	_ telemetry.ServerHandshakeObserver = (*Telemetry)(nil)
+)
 
 // New creates the instruments. It fails only if the meter provider
 // refuses one.
@@ -92,7 +100,7 @@ func New(opts ...Option) (*Telemetry, error) {
 	o := &options{mp: otel.GetMeterProvider(), tp: otel.GetTracerProvider()}
 	for i, opt := range opts {
 		if opt == nil {
-			return nil, fmt.Errorf("telemetry: New: option %d is nil", i)
+			return nil, fmt.Errorf("opentelemetry: New: option %d is nil", i)
 		}
 		opt.apply(o)
 	}
@@ -134,43 +142,71 @@ func New(opts ...Option) (*Telemetry, error) {
 	t.limiterRejections = counter(MetricLimiterRejections, "{call}", "Calls rejected or shed by a limiter.")
 	t.sessionLookups = counter(MetricSessionCacheLookups, "{lookup}", "TLS session cache lookups by hit.")
 	t.sessionEvictions = counter(MetricSessionCacheEvictions, "{session}", "TLS sessions evicted for capacity or age.")
+	t.sessionResumptions = counter(MetricSessionCacheResumptions, "{handshake}", "Client handshakes offered a cached session, by whether the server resumed it.")
+	t.serverHandshakes = counter(MetricServerTLSHandshakes, "{handshake}", "Server TLS handshakes by result, resumption and version.")
+	t.serverHandshakeDuration = seconds(MetricServerTLSHandshakeDuration, "Server TLS handshake duration, from accept.")
 	g, err := m.Int64Gauge(MetricLimiterLimit, metric.WithUnit("{call}"), metric.WithDescription("Current concurrency limit."))
 	errs = append(errs, err)
 	t.limiterLimit = g
 	g, err = m.Int64Gauge(MetricEndpointInFlight, metric.WithUnit("{call}"), metric.WithDescription("Calls in flight per balancer endpoint."))
 	errs = append(errs, err)
 	t.endpointInFlight = g
+	g, err = m.Int64Gauge(MetricEndpointConnections, metric.WithUnit("{connection}"), metric.WithDescription("Open connections per balancer endpoint."))
+	errs = append(errs, err)
+	t.endpointConns = g
+	t.endpointCalls = counter(MetricEndpointCalls, "{call}", "Finished calls per balancer endpoint, by outcome.")
 	if err := errors.Join(errs...); err != nil {
-		return nil, fmt.Errorf("telemetry: creating instruments: %w", err)
+		return nil, fmt.Errorf("opentelemetry: creating instruments: %w", err)
 	}
 	return t, nil
 }
 
-// ObserveSnapshots records, at every collection, the gauges that only a
+// Gauges is what ObserveGauges reads at every collection: the values only
+// their owner knows at that moment.
+type Gauges struct {
+	// Limiters are the concurrency limiters' slots in use and waiters.
+	Limiters []LimiterGauge
+	// SessionCaches are the TLS session caches' sizes.
+	SessionCaches []SessionCacheGauge
+}
+
+// LimiterGauge is one limiter's calls in flight and queued.
+type LimiterGauge struct {
+	Key              string
+	InFlight, Queued int
+}
+
+// SessionCacheGauge is one session cache's size, in sessions.
+type SessionCacheGauge struct {
+	Name string
+	Size int
+}
+
+// ObserveGauges records, at every collection, the gauges that only a
 // snapshot knows: limiters' calls in flight and queued, and session cache
-// sizes. clientconn's Factory registers its debug snapshot here; call
-// unregister when the source goes away.
-func (t *Telemetry) ObserveSnapshots(snapshot func() DebugSnapshot) (unregister func() error, err error) {
+// sizes. clientconn's Factory registers its source here; call unregister
+// when the source goes away. read must be cheap and must not block.
+func (t *Telemetry) ObserveGauges(read func() Gauges) (unregister func() error, err error) {
 	inFlight, err1 := t.meter.Int64ObservableGauge(MetricLimiterInFlight, metric.WithUnit("{call}"), metric.WithDescription("Calls holding a limiter slot."))
 	queued, err2 := t.meter.Int64ObservableGauge(MetricLimiterQueued, metric.WithUnit("{call}"), metric.WithDescription("Calls waiting for a limiter slot."))
 	size, err3 := t.meter.Int64ObservableGauge(MetricSessionCacheSize, metric.WithUnit("{session}"), metric.WithDescription("TLS sessions held."))
 	if err := errors.Join(err1, err2, err3); err != nil {
-		return nil, fmt.Errorf("telemetry: creating instruments: %w", err)
+		return nil, fmt.Errorf("opentelemetry: creating instruments: %w", err)
 	}
 	reg, err := t.meter.RegisterCallback(func(_ context.Context, o metric.Observer) error {
-		s := snapshot()
-		for _, l := range s.Limiters {
+		g := read()
+		for _, l := range g.Limiters {
 			attrs := metric.WithAttributes(attribute.String(AttrLimiterKey, l.Key))
 			o.ObserveInt64(inFlight, int64(l.InFlight), attrs)
 			o.ObserveInt64(queued, int64(l.Queued), attrs)
 		}
-		for _, c := range s.SessionCaches {
+		for _, c := range g.SessionCaches {
 			o.ObserveInt64(size, int64(c.Size), metric.WithAttributes(attribute.String(AttrSessionCache, c.Name)))
 		}
 		return nil
 	}, inFlight, queued, size)
 	if err != nil {
-		return nil, fmt.Errorf("telemetry: registering snapshot gauges: %w", err)
+		return nil, fmt.Errorf("opentelemetry: registering gauges: %w", err)
 	}
 	return reg.Unregister, nil
 }
@@ -215,7 +251,7 @@ func (t *Telemetry) Dialed(target, _ string, d time.Duration, err error) {
 
 // Handshake records a client TLS handshake as metrics and as a span that
 // covers the handshake.
-func (t *Telemetry) Handshake(h HandshakeInfo) {
+func (t *Telemetry) Handshake(h telemetry.HandshakeInfo) {
 	resumed := FullHandshake
 	if h.Resumed {
 		resumed = ResumedHandshake
@@ -271,15 +307,36 @@ func (t *Telemetry) EndpointLoad(target, endpoint string, inFlight int, _ time.D
 		attribute.String(AttrTarget, target), attribute.String(AttrEndpoint, endpoint)))
 }
 
+// EndpointState records an endpoint's open connections.
+func (t *Telemetry) EndpointState(target, endpoint string, _ connectivity.State, connections int) {
+	t.endpointConns.Record(context.Background(), int64(connections), metric.WithAttributes(
+		attribute.String(AttrTarget, target), attribute.String(AttrEndpoint, endpoint)))
+}
+
+// EndpointCalls records an endpoint's finished calls by outcome; a
+// control-loop sample, so building its attributes here is fine.
+func (t *Telemetry) EndpointCalls(target, endpoint string, c telemetry.EndpointCalls) {
+	ctx := context.Background()
+	for _, o := range [...]struct {
+		name string
+		n    uint64
+	}{{"ok", c.OK}, {"failed", c.Failed}, {"shed", c.Shed}, {"cancelled", c.Cancelled}, {"timed_out", c.TimedOut}} {
+		if o.n > 0 {
+			t.endpointCalls.Add(ctx, int64(o.n), metric.WithAttributes(attribute.String(AttrTarget, target),
+				attribute.String(AttrEndpoint, endpoint), attribute.String(AttrOutcome, o.name)))
+		}
+	}
+}
+
 // BreakerStateChanged records a breaker transition.
-func (t *Telemetry) BreakerStateChanged(key string, from, to BreakerState) {
+func (t *Telemetry) BreakerStateChanged(key string, from, to telemetry.BreakerState) {
 	ctx := context.Background()
 	t.breakerTransitions.Add(ctx, 1, metric.WithAttributes(attribute.String(AttrBreakerKey, key),
 		attribute.String(AttrFrom, from.String()), attribute.String(AttrTo, to.String())))
 	switch {
-	case to == BreakerOpen && from != BreakerOpen:
+	case to == telemetry.BreakerOpen && from != telemetry.BreakerOpen:
 		t.breakersOpen.Add(ctx, 1)
-	case from == BreakerOpen && to != BreakerOpen:
+	case from == telemetry.BreakerOpen && to != telemetry.BreakerOpen:
 		t.breakersOpen.Add(ctx, -1)
 	}
 }
@@ -342,6 +399,10 @@ func TLSResult(err error) string {
 		return "HANDSHAKE_TIMEOUT"
 	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, net.ErrClosed):
 		return "PEER_CONNECTION_CLOSED"
+	case isRemoteAlert(err):
+		// The peer sent an alert: crypto/tls wraps its unexported alert
+		// type in a *net.OpError, so only the alert's text tells which.
+		return remoteAlertResult(err)
 	case errors.As(err, &alertErr):
 		switch alertErr {
 		case 70: // protocol_version
@@ -351,6 +412,31 @@ func TLSResult(err error) string {
 		case 120: // no_application_protocol
 			return "NO_APPLICATION_PROTOCOL"
 		}
+	}
+	return "UNKNOWN_FAILURE"
+}
+
+func isRemoteAlert(err error) bool {
+	var op *net.OpError
+	return errors.As(err, &op) && op.Op == "remote error" && op.Err != nil
+}
+
+// remoteAlertResult classifies an alert the peer sent, by crypto/tls's
+// alert texts: on a server, a client that refused its certificate.
+func remoteAlertResult(err error) string {
+	var op *net.OpError
+	errors.As(err, &op)
+	switch op.Err.Error() {
+	case "tls: bad certificate", "tls: unknown certificate authority", "tls: unsupported certificate",
+		"tls: revoked certificate", "tls: expired certificate", "tls: unknown certificate", "tls: certificate required",
+		"tls: access denied":
+		return "CERTIFICATE_REJECTED_BY_PEER"
+	case "tls: protocol version not supported":
+		return "PROTOCOL_VERSION_UNSUPPORTED"
+	case "tls: handshake failure", "tls: insufficient security level":
+		return "CIPHER_SUITE_MISMATCH"
+	case "tls: no application protocol":
+		return "NO_APPLICATION_PROTOCOL"
 	}
 	return "UNKNOWN_FAILURE"
 }

@@ -1,4 +1,4 @@
-package telemetry
+package opentelemetry
 
 import (
 	"context"
@@ -6,19 +6,13 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/grpcreuse/grpcreuse/telemetry"
+
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/stats"
 )
-
-// HandshakeReporter is implemented by a connection's AuthInfo when it
-// knows how its handshake went; grpcreuse/credentials.TLSInfo does.
-type HandshakeReporter interface {
-	// HandshakeReport returns whether the TLS handshake resumed a session
-	// and how long it took.
-	HandshakeReport() (resumed bool, d time.Duration)
-}
 
 // connRecord is what the stats handler knows of one client transport.
 type connRecord struct {
@@ -47,7 +41,7 @@ type statsHandler Telemetry
 func (h *statsHandler) TagConn(ctx context.Context, info *stats.ConnTagInfo) context.Context {
 	rec := &connRecord{addr: info.LocalAddr}
 	if p, ok := peer.FromContext(ctx); ok {
-		if r, ok := p.AuthInfo.(HandshakeReporter); ok {
+		if r, ok := p.AuthInfo.(telemetry.HandshakeReporter); ok {
 			rec.tls = true
 			rec.resumed, rec.handshake = r.HandshakeReport()
 		}

@@ -1,8 +1,29 @@
-package telemetry
+package opentelemetry
 
 // Instrument names. Where gRPC defines a metric for the same thing (gRFC
 // A118 for TLS handshakes) the name and labels are gRPC's; the rest are
 // prefixed "grpcreuse.". Units are UCUM, as OpenTelemetry asks.
+const (
+	// MetricServerTLSHandshakes counts server TLS handshakes ({handshake}),
+	// by AttrTLSResult, AttrTLSResumed, AttrTLSVersion, AttrLocalAddress
+	// and AttrLocalPort: gRFC A118's client metric, server side.
+	MetricServerTLSHandshakes = "grpcreuse.server.tls.handshakes"
+	// MetricServerTLSHandshakeDuration is the server TLS handshake time (s),
+	// from accept, by the same attributes.
+	MetricServerTLSHandshakeDuration = "grpcreuse.server.tls.handshake.duration"
+	// MetricSessionCacheResumptions counts client handshakes that were
+	// offered a cached session ({handshake}), by AttrTenant and
+	// AttrSessionResumed: the offers the server took.
+	MetricSessionCacheResumptions = "grpcreuse.tls.session_cache.resumptions"
+
+	// AttrLocalAddress and AttrLocalPort are the address and port a server
+	// accepted the connection on (OpenTelemetry's network.local.*).
+	AttrLocalAddress = "network.local.address"
+	AttrLocalPort    = "network.local.port"
+	// AttrSessionResumed says whether an offered session was resumed.
+	AttrSessionResumed = "grpcreuse.tls.session_cache.resumed"
+)
+
 const (
 	// MetricTLSHandshakes counts client TLS handshakes ({handshake}), by
 	// AttrTLSResult, AttrTLSResumed and AttrTarget, as gRFC A118's.
@@ -36,6 +57,13 @@ const (
 	// MetricEndpointInFlight is an endpoint's calls in flight as the
 	// balancer last sampled them ({call}), by AttrTarget and AttrEndpoint.
 	MetricEndpointInFlight = "grpcreuse.lb.endpoint.in_flight"
+	// MetricEndpointConnections is an endpoint's open connections
+	// ({connection}), by AttrTarget and AttrEndpoint, on every change.
+	MetricEndpointConnections = "grpcreuse.lb.endpoint.connections"
+	// MetricEndpointCalls counts an endpoint's finished calls ({call}) by
+	// AttrTarget, AttrEndpoint and AttrOutcome, as the balancer classifies
+	// them; reported by its control loop, not per call.
+	MetricEndpointCalls = "grpcreuse.lb.endpoint.calls"
 	// MetricBreakerTransitions counts breaker state changes ({transition}),
 	// by AttrBreakerKey, AttrFrom and AttrTo.
 	MetricBreakerTransitions = "grpcreuse.breaker.transitions"
@@ -86,6 +114,9 @@ const (
 	AttrReason = "grpcreuse.reason"
 	// AttrEndpoint is a balancer endpoint (its first address).
 	AttrEndpoint = "grpcreuse.endpoint"
+	// AttrOutcome is a call's outcome as the balancer classifies it:
+	// "ok", "failed", "shed", "cancelled" or "timed_out".
+	AttrOutcome = "grpcreuse.lb.outcome"
 	// AttrState is a connectivity state ("READY", ...).
 	AttrState = "grpcreuse.state"
 	// AttrBreakerKey and AttrLimiterKey name a breaker or limiter.

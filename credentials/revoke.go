@@ -1,0 +1,106 @@
+package credentials
+
+import (
+	"crypto/sha256"
+	"fmt"
+)
+
+// maxRevokedKeys bounds how many revoked keys a TicketKeyRotator remembers
+// (by hash) to refuse them when a key file brings them back.
+const maxRevokedKeys = 1024
+
+// revokedKeys remembers revoked ticket keys by their SHA-256, never the
+// keys themselves, oldest dropped first beyond maxRevokedKeys.
+type revokedKeys struct {
+	set   map[[32]byte]struct{}
+	order [][32]byte
+}
+
+func (rk *revokedKeys) add(k [32]byte) {
+	h := sha256.Sum256(k[:])
+	if rk.set == nil {
+		rk.set = make(map[[32]byte]struct{})
+	}
+	if _, ok := rk.set[h]; ok {
+		return
+	}
+	if len(rk.order) == maxRevokedKeys {
+		delete(rk.set, rk.order[0])
+		rk.order = rk.order[1:]
+	}
+	rk.set[h] = struct{}{}
+	rk.order = append(rk.order, h)
+}
+
+func (rk *revokedKeys) has(k [32]byte) bool {
+	_, ok := rk.set[sha256.Sum256(k[:])]
+	return ok
+}
+
+// Revoke drops every ticket key at once, so no ticket issued before the
+// call resumes again, on this server, from the next handshake on: every
+// client falls back to a full handshake (no call fails; crypto/tls treats a
+// ticket it cannot decrypt as no ticket). Connections already established
+// stay up.
+//
+// With random keys, one fresh key replaces them all and rotation goes on
+// from it. With WithTicketKeyFile, the revoked keys are never taken from
+// the file again: Revoke re-reads the file at once and uses the keys in it
+// that were not revoked (a fresh key written there before the call, see
+// the package documentation for the procedure), and while the file holds
+// only revoked keys the rotator encrypts with a fresh local key (replicas
+// then do not resume each other's sessions) and Err says why. The error
+// returned is that of reading the file, nil with random keys; the keys are
+// revoked in any case. Revoke may be called after Close.
+func (r *TicketKeyRotator) Revoke() error {
+	var (
+		fileKeys [][32]byte
+		err      error
+	)
+	if r.fromFile {
+		var changed bool
+		fileKeys, changed, err = r.readTicketKeyFile()
+		r.files.note(err, changed)
+	}
+	r.mu.Lock()
+	old := r.keys.Load()
+	for _, k := range old.keys {
+		r.revoked.add(k)
+	}
+	keys := [][32]byte{newTicketKey()}
+	if r.fromFile {
+		if err == nil {
+			var fresh [][32]byte
+			if fresh, err = r.withoutRevokedLocked(fileKeys); err == nil {
+				keys = fresh
+			}
+		}
+	}
+	prev := r.err
+	r.err = err
+	r.keys.Store(&keySet{keys: keys, gen: old.gen + 1})
+	r.mu.Unlock()
+	if err != nil && (prev == nil || prev.Error() != err.Error()) {
+		r.onError(err)
+	}
+	return err
+}
+
+// withoutRevokedLocked returns keys without the revoked ones, or an error
+// if none is left.
+func (r *TicketKeyRotator) withoutRevokedLocked(keys [][32]byte) ([][32]byte, error) {
+	if len(r.revoked.order) == 0 {
+		return keys, nil
+	}
+	out := make([][32]byte, 0, len(keys))
+	for _, k := range keys {
+		if !r.revoked.has(k) {
+			out = append(out, k)
+		}
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("credentials: ticket key file %q: every key in it was revoked; "+
+			"encrypting with a local key until the file holds a fresh one", r.keyFile)
+	}
+	return out, nil
+}
