@@ -61,20 +61,29 @@ func (g *gradient) sample(took time.Duration, cut bool, now, n int64) (int64, bo
 	switch {
 	case base == 0 || avg < b:
 		b = avg
-	default:
+	case g.tolerance*b/avg >= 0.9:
 		b += (avg - b) / 256 // follow a slower backend, slowly
+	default:
+		// A queueing window (the limit is about to shrink) says little
+		// about the work itself: follow it 16 times slower still, so an
+		// overload does not raise the baseline, yet a backend that really
+		// got slower is followed in the end.
+		b += (avg - b) / 4096
 	}
 	g.baselineNs.Store(max(int64(b), 1))
 	old := g.limit
-	if ratio := g.tolerance * b / avg; ratio < 1 {
-		g.limit = math.Max(g.limit*math.Max(ratio, 0.5), g.min)
-	} else if float64(peak) >= g.limit/2 {
+	switch ratio := g.tolerance * b / avg; {
+	case ratio < 0.9:
+		// Shrink from what was in use, not from a limit far above it (a
+		// limit of 100 with 16 calls in flight says nothing).
+		g.limit = math.Max(math.Min(g.limit, float64(peak))*math.Max(ratio, 0.5), g.min)
+	case ratio >= 1 && float64(peak) >= g.limit/2:
 		g.limit = math.Min(g.limit+math.Max(1, math.Sqrt(g.limit)/4), g.max)
-	}
-	if int64(g.limit) == int64(old) {
+	} // between: a dead band against timing noise, the limit holds
+	if math.Round(g.limit) == math.Round(old) {
 		return 0, false
 	}
-	return int64(g.limit), true
+	return int64(math.Round(g.limit)), true
 }
 
 // aimd moves a Shedder's AIMD limit after one measured call; n is the

@@ -117,18 +117,20 @@ type ShedderConfig struct {
 	// adaptive-concurrency filter and Netflix's Gradient2): each Window,
 	// the mean handler time is compared with the baseline (the lowest
 	// window mean, which follows slower windows by 1/256 per window); above
-	// Tolerance × baseline the limit shrinks by the ratio (at most halving),
-	// otherwise it grows by one while the limit is in use. It starts at
+	// Tolerance × baseline the limit shrinks to the window's peak in-flight
+	// count times the ratio (at most halving), otherwise it grows by
+	// max(1, √limit/4) while at least half the limit is in use. It starts at
 	// Limit and stays within MinLimit and MaxLimit. Calls cut short by
 	// their caller's deadline or cancellation are used only when they
 	// still took at least the baseline, so short client deadlines cannot
 	// move it. Default false; requires Algorithm Fixed.
 	Adaptive bool
 	// Tolerance is how much slower than the baseline a window may be
-	// before the adaptive limit shrinks; at least 1. Default 1.5.
+	// before the adaptive limit shrinks; at least 1. Default 1.25 (Envoy's
+	// adaptive-concurrency buffer of 25%).
 	Tolerance float64
 	// Window is how often the adaptive limit moves (at least MinSamples
-	// calls measured, and this long). Default 50ms.
+	// calls measured, and this long). Default 25ms.
 	Window time.Duration
 	// MinSamples is how many successful calls of a method must be measured
 	// before requests whose remaining deadline is shorter than its recent
@@ -164,7 +166,7 @@ type ShedderConfig struct {
 
 // DefaultShedderConfig returns the defaults documented on ShedderConfig.
 func DefaultShedderConfig() ShedderConfig {
-	return ShedderConfig{LimitConfig: DefaultLimitConfig(), Tolerance: 1.5, Window: 50 * time.Millisecond,
+	return ShedderConfig{LimitConfig: DefaultLimitConfig(), Tolerance: 1.25, Window: 25 * time.Millisecond,
 		MinSamples: 10, StreamLimit: 1000, SheddableShare: 0.75, Pushback: 20 * time.Millisecond,
 		LogInterval: 10 * time.Second}
 }
