@@ -120,7 +120,7 @@ func (s *Shedder) maybeLog() {
 		if b.Len() > 0 {
 			b.WriteString(", ")
 		}
-		b.WriteString(r.String() + " " + strconv.FormatInt(d, 10))
+		b.WriteString(r.String() + "=" + strconv.FormatInt(d, 10))
 	}
 	since := time.Duration(now - s.loggedAt)
 	s.loggedAt = now
@@ -129,6 +129,6 @@ func (s *Shedder) maybeLog() {
 		return
 	}
 	s.nextLog.Store(now + int64(s.cfg.LogInterval))
-	s.logf("interceptors: shed %d requests in the last %v (%s); limit %d, %d in flight, %d streams",
+	s.logf("interceptors: shed %d requests in the last %v (by reason: %s); limit %d, %d in flight, %d streams open",
 		total, since.Round(time.Millisecond), b.String(), s.limit.Load(), s.inflight.Load(), s.streams.Load())
 }
