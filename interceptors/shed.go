@@ -408,10 +408,11 @@ func (s *Shedder) refuseWithTrailer(r reason, method string, st *serviceTime, se
 // before its message, a deadline that fired in between), the stream
 // context's end releases it. Exactly one of the two does.
 type ticket struct {
-	s      *Shedder
-	stream bool
-	state  atomic.Uint32 // ticketAdmitted → ticketTaken or ticketReleased
-	stop   func() bool
+	context.Context // the stream's: a ticket is the context the tap returns
+	s               *Shedder
+	stream          bool
+	state           atomic.Uint32 // ticketAdmitted → ticketTaken or ticketReleased
+	stop            func() bool
 }
 
 const (
@@ -421,6 +422,15 @@ const (
 )
 
 type ticketKey struct{}
+
+// Value returns the ticket itself for ticketKey: one allocation carries
+// both the context and the ticket.
+func (t *ticket) Value(key any) any {
+	if key == (ticketKey{}) {
+		return t
+	}
+	return t.Context.Value(key)
+}
 
 func (t *ticket) abandon() {
 	if t.state.CompareAndSwap(ticketAdmitted, ticketReleased) {
@@ -480,10 +490,9 @@ func (s *Shedder) TapHandle(ctx context.Context, info *tap.Info) (context.Contex
 	} else if r, ok := s.admitUnary(ctx, st, s.criticality(info.Header[CriticalityHeader], method)); !ok {
 		return ctx, s.refuse(r, method, st)
 	}
-	t := &ticket{s: s, stream: stream}
-	ctx = context.WithValue(ctx, ticketKey{}, t)
+	t := &ticket{Context: ctx, s: s, stream: stream}
 	t.stop = context.AfterFunc(ctx, t.abandon)
-	return ctx, nil
+	return t, nil
 }
 
 // UnaryServerInterceptor returns the Shedder's unary server interceptor.
