@@ -162,7 +162,9 @@ func WithServerHandshakeObserver(obs telemetry.ServerHandshakeObserver) TLSOptio
 // bytes more than without a ticket, no failure); and every replica sees
 // the same ticket, which links the client's connections across them
 // (they share keys, so they could decrypt the ticket anyway). It needs
-// this package's SessionCache (not tls.Config.ClientSessionCache).
+// this package's SessionCache (WithSessionCache, a SessionCache or one of
+// its views as tls.Config.ClientSessionCache, or none: the private one),
+// not another tls.ClientSessionCache.
 // Default off: sessions are offered only to the address that issued them.
 func WithResumptionAcrossAddresses() TLSOption {
 	return tlsOptionFunc(func(o *tlsOptions) { o.anyAddr = true })

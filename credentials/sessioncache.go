@@ -183,8 +183,13 @@ func (c *SessionCache) Put(sessionKey string, cs *tls.ClientSessionState) {
 // ForTenant returns the view of the cache that belongs to tenant name:
 // sessions stored through it are offered only through views of the same
 // tenant. Use it as tls.Config.ClientSessionCache when not using NewTLS
-// (NewTLS also separates backends behind one server name, which a plain
-// view cannot: crypto/tls keys sessions by server name only).
+// (NewTLS also separates backends behind one server name and client
+// identities, which a plain view cannot: crypto/tls keys sessions by
+// server name only, so configs with different client certificates that
+// share one view resume each other's sessions, exactly as they would with
+// a shared tls.NewLRUClientSessionCache; give each its own tenant, or use
+// NewTLS). Given to NewTLS as tls.Config.ClientSessionCache, a view acts as
+// WithSessionCache plus WithTenant(name).
 //
 // A plain view cannot see whether a handshake resumed: when it stores a
 // session for a name whose previous session it offered, it assumes a
