@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	grpccreds "google.golang.org/grpc/credentials"
+
 	"github.com/grpcreuse/grpcreuse/credentials"
 	"github.com/grpcreuse/grpcreuse/internal/testutil"
 )
@@ -109,5 +111,72 @@ func TestTenantViewInConfigIsTheTenantsPartition(t *testing.T) {
 	if _, err := credentials.NewTLS(cfg, credentials.WithTenant("b")); err == nil ||
 		!strings.Contains(err.Error(), `"a"`) || !strings.Contains(err.Error(), `"b"`) {
 		t.Errorf("NewTLS(view of tenant a, WithTenant(b)) = %v; want an error naming both tenants", err)
+	}
+}
+
+// The emergency-revocation procedure for key files, as an operator runs it
+// on a fleet whose replicas poll on their own schedule. The old procedure
+// ("write one fresh key, then call Revoke") lost the race against a poll: a
+// replica that had already read the fresh key revoked it too and stayed on
+// a local key (no resumption across replicas) until someone wrote yet
+// another key. The documented order is now Revoke first, then write: no
+// poll can interleave badly, and within one poll every replica shares the
+// fresh key again.
+func TestRevokeProcedureSurvivesPollRace(t *testing.T) {
+	pki := testutil.NewPKI(t, testutil.ECDSAP256)
+	k1 := newTicketKey(t)
+	path := writeFile(t, "ticket.keys", keyFile(k1))
+	var logA, logB serverLog
+	rotA := newRotator(t, credentials.WithTicketKeyFile(path), credentials.WithTickChannel(make(chan time.Time)), credentials.NoSettle())
+	rotB := newRotator(t, credentials.WithTicketKeyFile(path), credentials.WithTickChannel(make(chan time.Time)), credentials.NoSettle())
+	a := testutil.StartBackend(t, testutil.BackendOptions{TLS: rotatorConfig(t, rotA, serverConfig(t, pki, &logA, "backend.test"))}).Addr
+	b := testutil.StartBackend(t, testutil.BackendOptions{TLS: rotatorConfig(t, rotB, serverConfig(t, pki, &logB, "backend.test"))}).Addr
+	newClient := func() grpccreds.TransportCredentials {
+		c, err := credentials.NewTLS(clientConfig(pki, tls.VersionTLS13), credentials.WithResumptionAcrossAddresses())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	old := newClient()
+	callOnce(t, old, a, "backend.test") // full, k1
+	callOnce(t, old, b, "backend.test") // resumed across replicas, k1
+
+	// The race of the old procedure: replica A polls between the write
+	// of the fresh key and the Revoke call; the fresh key is revoked.
+	k2 := newTicketKey(t)
+	testutil.WriteFileAtomic(t, path, keyFile(k2))
+	if err := rotA.Rotate(); err != nil {
+		t.Fatal(err)
+	}
+	if err := rotA.Revoke(); err == nil || !strings.Contains(err.Error(), "Revoke first") {
+		t.Fatalf("Revoke() after a poll took the fresh key = %v; want the error to explain the procedure (Revoke first)", err)
+	}
+
+	// The procedure: 1. Revoke on every replica, 2. write one fresh key,
+	// 3. every replica polls.
+	for _, rot := range []*credentials.TicketKeyRotator{rotA, rotB} {
+		_ = rot.Revoke() // the file holds only revoked keys: a local key until step 2
+	}
+	k3 := newTicketKey(t)
+	testutil.WriteFileAtomic(t, path, keyFile(k3))
+	for name, rot := range map[string]*credentials.TicketKeyRotator{"A": rotA, "B": rotB} {
+		if err := rot.Rotate(); err != nil {
+			t.Fatalf("replica %s: Rotate() after the fresh key was written = %v", name, err)
+		}
+		if keys, _ := credentials.TicketKeys(rot); !slices.Equal(keys, [][32]byte{k3}) {
+			t.Fatalf("replica %s does not use exactly the fresh key", name)
+		}
+	}
+	callOnce(t, old, a, "backend.test") // full: k1 revoked
+	callOnce(t, old, b, "backend.test") // full: its own session is of k1
+	fresh := newClient()
+	callOnce(t, fresh, a, "backend.test") // full
+	callOnce(t, fresh, b, "backend.test") // resumed across replicas: both use k3
+	if got, want := logA.handshakes(), []bool{false, false, false}; !slices.Equal(got, want) {
+		t.Errorf("replica A saw DidResume %v; want %v", got, want)
+	}
+	if got, want := logB.handshakes(), []bool{true, false, true}; !slices.Equal(got, want) {
+		t.Errorf("replica B saw DidResume %v; want %v", got, want)
 	}
 }

@@ -79,8 +79,9 @@
 // [TicketKeyRotator.Revoke] drops every key at once (emergency revocation):
 // no earlier ticket resumes again and clients fall back to full handshakes;
 // with a key file, revoked keys are never taken from it again, and the
-// fleet-wide procedure is to write a file holding one fresh key (and call
-// Revoke on every replica to make it immediate).
+// fleet-wide procedure is to call Revoke on every replica first and then
+// write a file holding one fresh key (in the other order, a replica that
+// polled the fresh key before Revoke revokes it too); see docs/tls.md.
 //
 // Server handshakes are observed with [WithServerHandshakeObserver] (a
 // telemetry.ServerHandshakeObserver, once per handshake, never per call);
