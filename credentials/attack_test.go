@@ -1,9 +1,13 @@
 package credentials_test
 
 import (
+	"bytes"
 	"crypto/tls"
+	"fmt"
+	"os"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -178,5 +182,112 @@ func TestRevokeProcedureSurvivesPollRace(t *testing.T) {
 	}
 	if got, want := logB.handshakes(), []bool{true, false, true}; !slices.Equal(got, want) {
 		t.Errorf("replica B saw DidResume %v; want %v", got, want)
+	}
+}
+
+// A key file saved by a Windows editor starts with a UTF-8 byte-order mark.
+// The error must say so: "line 1: not standard base64 (bad data at byte 0)"
+// sent the operator looking at a line that looks like valid base64.
+func TestTicketKeyFileWithByteOrderMark(t *testing.T) {
+	k := newTicketKey(t)
+	_, err := credentials.ParseTicketKeys(append([]byte("\uFEFF"), keyFile(k)...))
+	if err == nil || !strings.Contains(err.Error(), "byte-order mark") {
+		t.Fatalf("ParseTicketKeys(BOM + keys) = %v; want an error naming the byte-order mark", err)
+	}
+	errorMustNotLeak(t, fmt.Errorf("credentials: %w", err), k)
+}
+
+// A typed nil *SessionCache as tls.Config.ClientSessionCache is refused by
+// NewTLS with an error, instead of a nil-pointer panic on the first
+// handshake.
+func TestNilSessionCacheInConfigRefused(t *testing.T) {
+	cfg := &tls.Config{ClientSessionCache: (*credentials.SessionCache)(nil)}
+	if _, err := credentials.NewTLS(cfg); err == nil || !strings.Contains(err.Error(), "nil") {
+		t.Fatalf("NewTLS(ClientSessionCache: nil *SessionCache) = %v; want an error", err)
+	}
+}
+
+// What an operator's file system can do to a reloaded key file while the
+// server runs: each case keeps the last good keys, reports an error that
+// names the file, never contains key material, and the file taken back
+// when it is good again.
+func TestTicketKeyFileHostileFileSystem(t *testing.T) {
+	k1, k2 := newTicketKey(t), newTicketKey(t)
+	for _, tc := range []struct {
+		name    string
+		break_  func(t *testing.T, path string)
+		wantErr string
+	}{
+		{"vanishes", func(t *testing.T, path string) { mustRemove(t, path) }, "no such file"},
+		{"directory in its place", func(t *testing.T, path string) {
+			mustRemove(t, path)
+			if err := os.Mkdir(path, 0o700); err != nil {
+				t.Fatal(err)
+			}
+		}, "is not a regular file (directory)"},
+		{"symlink loop", func(t *testing.T, path string) {
+			mustRemove(t, path)
+			if err := os.Symlink(path, path); err != nil {
+				t.Fatal(err)
+			}
+		}, "too many levels of symbolic links"},
+		{"dangling symlink", func(t *testing.T, path string) {
+			mustRemove(t, path)
+			if err := os.Symlink(path+".gone", path); err != nil {
+				t.Fatal(err)
+			}
+		}, "no such file"},
+		{"trailing garbage", func(t *testing.T, path string) {
+			testutil.WriteFileAtomic(t, path, append(keyFile(k2), "garbage\n"...))
+		}, "line 3: not standard base64"},
+		{"10k keys", func(t *testing.T, path string) {
+			testutil.WriteFileAtomic(t, path, bytes.Repeat(keyFile(k2), 10000))
+		}, "is larger than 65536 bytes"},
+		{"empty", func(t *testing.T, path string) { testutil.WriteFileAtomic(t, path, nil) }, "no keys"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			path := writeFile(t, "ticket.keys", keyFile(k1))
+			var (
+				mu   sync.Mutex
+				seen []error
+			)
+			rot := newRotator(t, credentials.WithTicketKeyFile(path), credentials.WithTickChannel(make(chan time.Time)),
+				credentials.NoSettle(), credentials.WithErrorHandler(func(err error) {
+					mu.Lock()
+					defer mu.Unlock()
+					seen = append(seen, err)
+				}))
+			tc.break_(t, path)
+			err := rot.Rotate()
+			if err == nil || !strings.Contains(err.Error(), tc.wantErr) || !strings.Contains(err.Error(), path) {
+				t.Fatalf("Rotate() = %v; want an error naming %q and containing %q", err, path, tc.wantErr)
+			}
+			errorMustNotLeak(t, err, k1, k2)
+			if keys, _ := credentials.TicketKeys(rot); !slices.Equal(keys, [][32]byte{k1}) {
+				t.Fatal("the last good key is not in use")
+			}
+			_ = rot.Rotate() // the same error again is reported once
+			mu.Lock()
+			if len(seen) != 1 {
+				t.Errorf("error handler heard %d errors; want 1", len(seen))
+			}
+			mu.Unlock()
+			// It comes back good.
+			_ = os.RemoveAll(path)
+			testutil.WriteFileAtomic(t, path, keyFile(k2))
+			if err := rot.Rotate(); err != nil || rot.Err() != nil {
+				t.Fatalf("Rotate() after the file came back = %v", err)
+			}
+			if keys, _ := credentials.TicketKeys(rot); !slices.Equal(keys, [][32]byte{k2}) {
+				t.Fatal("the good file was not taken back")
+			}
+		})
+	}
+}
+
+func mustRemove(t *testing.T, path string) {
+	t.Helper()
+	if err := os.Remove(path); err != nil {
+		t.Fatal(err)
 	}
 }

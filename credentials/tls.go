@@ -153,9 +153,10 @@ func NewTLS(cfg *tls.Config, opts ...TLSOption) (grpccreds.TransportCredentials,
 	// check, the TTL since verification and the resumption counters.
 	switch v := foreign.(type) {
 	case *SessionCache:
-		if v != nil {
-			o.cache, foreign = v, nil
+		if v == nil {
+			return nil, errors.New("credentials: NewTLS: tls.Config.ClientSessionCache is a nil *SessionCache; set a cache from NewSessionCache or leave it nil")
 		}
+		o.cache, foreign = v, nil
 	case sessionView:
 		if o.tenant != "" && o.tenant != v.tenant {
 			return nil, fmt.Errorf("credentials: NewTLS: tls.Config.ClientSessionCache is the view of tenant %q, "+
