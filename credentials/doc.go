@@ -71,8 +71,9 @@
 // replica to poll, then move it to the top, and drop a key only after
 // tickets it encrypted have aged out. A file that cannot be read, is empty,
 // holds a key that is not 32 bytes, is all zero, or is not base64 (or
-// starts with a UTF-8 byte-order mark) is refused: the last good keys stay in use, [TicketKeyRotator.Err] returns
-// the reason and [WithErrorHandler] hears it once per distinct error.
+// starts with a UTF-8 byte-order mark) is refused: the last good keys stay
+// in use, [TicketKeyRotator.Err] returns the reason and [WithErrorHandler]
+// hears it once per distinct error.
 // Errors give line numbers and lengths only; keys are never logged or
 // formatted.
 //
