@@ -2,9 +2,13 @@ package credentials_test
 
 import (
 	"bytes"
+	"context"
 	"crypto/tls"
 	"fmt"
+	"maps"
+	"net"
 	"os"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -290,4 +294,196 @@ func mustRemove(t *testing.T, path string) {
 	if err := os.Remove(path); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// Hostile tenants hammer one tiny shared cache (capacity 1 and 2) at the
+// same time, each with its own client certificate and tenant, so sessions
+// are evicted and replaced under every handshake. The server records, per
+// connection, which client certificate the session it accepted carries; the
+// client side records which certificate each connection's credentials hold.
+// No connection may be accepted under another client's certificate, while
+// purges of every kind race the handshakes.
+func TestTinySharedCacheUnderConcurrencyNeverCrossesClients(t *testing.T) {
+	pki := testutil.NewPKI(t, testutil.ECDSAP256)
+	for _, tv := range tlsVersions {
+		for _, capacity := range []int{1, 2} {
+			t.Run(fmt.Sprintf("%s/capacity%d", tv.name, capacity), func(t *testing.T) {
+				scfg := serverConfig(t, pki, nil)
+				scfg.ClientAuth = tls.RequireAndVerifyClientCert
+				scfg.ClientCAs = pki.Pool
+				scfg.NextProtos = []string{"h2"} // grpc's client handshake insists on ALPN
+				srv := startCertServer(t, scfg)
+				cache, err := credentials.NewSessionCache(credentials.WithCapacity(capacity))
+				if err != nil {
+					t.Fatal(err)
+				}
+				const clients, rounds = 6, 15
+				var (
+					wg   sync.WaitGroup
+					mu   sync.Mutex
+					want = map[string]string{} // client local address -> its certificate's serial
+					errs = make(chan error, clients*rounds)
+				)
+				for i := range clients {
+					certPEM, keyPEM := pki.LeafPEM(t)
+					cert, err := tls.X509KeyPair(certPEM, keyPEM)
+					if err != nil {
+						t.Fatal(err)
+					}
+					serial := serialOf(t, certPEM)
+					cfg := clientConfig(pki, tv.v)
+					cfg.Certificates = []tls.Certificate{cert}
+					// Two clients per tenant: tenants and identities both vary.
+					creds, err := credentials.NewTLS(cfg, credentials.WithSessionCache(cache),
+						credentials.WithTenant(fmt.Sprintf("tenant-%d", i/2)), credentials.WithResumptionAcrossAddresses())
+					if err != nil {
+						t.Fatal(err)
+					}
+					wg.Add(1)
+					go func() {
+						defer wg.Done()
+						for range rounds {
+							local, err := srv.handshake(creds)
+							if err != nil {
+								errs <- err
+								return
+							}
+							mu.Lock()
+							want[local] = serial
+							mu.Unlock()
+						}
+					}()
+				}
+				// Purges race the handshakes (for -race; what a purge
+				// promises is proven by TestPurgeForcesFullHandshakes).
+				stop := make(chan struct{})
+				purged := make(chan struct{})
+				go func() {
+					defer close(purged)
+					for i := 0; i < 200; i++ {
+						select {
+						case <-stop:
+							return
+						default:
+						}
+						switch i % 3 {
+						case 0:
+							cache.Purge()
+						case 1:
+							cache.PurgeTenant("tenant-1")
+						case 2:
+							cache.PurgeServer(srv.addr)
+						}
+						runtime.Gosched()
+					}
+				}()
+				wg.Wait()
+				close(stop)
+				<-purged
+				close(errs)
+				for err := range errs {
+					t.Fatal(err)
+				}
+				got, resumedN := srv.seen()
+				for local, serial := range want {
+					if got[local] != serial {
+						t.Fatalf("connection from %s was accepted with client certificate %q; its credentials hold %q", local, got[local], serial)
+					}
+				}
+				if len(got) != clients*rounds {
+					t.Fatalf("server saw %d connections; want %d", len(got), clients*rounds)
+				}
+				t.Logf("%d of %d handshakes resumed; %+v", resumedN, len(got), cache.Stats())
+			})
+		}
+	}
+}
+
+// certServer is a raw TLS server that records, per client address, the
+// serial of the client certificate of the session it accepted.
+type certServer struct {
+	addr string
+	mu   sync.Mutex
+	by   map[string]string
+	res  int
+}
+
+func startCertServer(t *testing.T, cfg *tls.Config) *certServer {
+	t.Helper()
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &certServer{addr: lis.Addr().String(), by: map[string]string{}}
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			raw, err := lis.Accept()
+			if err != nil {
+				return
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer raw.Close()
+				conn := tls.Server(raw, cfg)
+				if err := conn.Handshake(); err != nil {
+					return
+				}
+				cs := conn.ConnectionState()
+				serial := ""
+				if len(cs.PeerCertificates) > 0 {
+					serial = cs.PeerCertificates[0].SerialNumber.String()
+				}
+				s.mu.Lock()
+				s.by[raw.RemoteAddr().String()] = serial
+				if cs.DidResume {
+					s.res++
+				}
+				s.mu.Unlock()
+				if _, err := conn.Write([]byte{1}); err != nil {
+					return
+				}
+				var buf [16]byte
+				for {
+					if _, err := conn.Read(buf[:]); err != nil {
+						return
+					}
+				}
+			}()
+		}
+	}()
+	t.Cleanup(func() { lis.Close(); wg.Wait() })
+	return s
+}
+
+// handshake connects with creds, reads the server's byte (so TLS 1.3
+// tickets arrive) and closes; it returns the client's local address.
+func (s *certServer) handshake(creds grpccreds.TransportCredentials) (string, error) {
+	raw, err := net.Dial("tcp", s.addr)
+	if err != nil {
+		return "", err
+	}
+	local := raw.LocalAddr().String()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	conn, _, err := creds.ClientHandshake(ctx, "localhost", raw)
+	if err != nil {
+		raw.Close()
+		return "", err
+	}
+	defer conn.Close()
+	var b [1]byte
+	if _, err := conn.Read(b[:]); err != nil {
+		return "", err
+	}
+	return local, nil
+}
+
+func (s *certServer) seen() (map[string]string, int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return maps.Clone(s.by), s.res
 }
