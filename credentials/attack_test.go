@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -486,4 +487,99 @@ func (s *certServer) seen() (map[string]string, int) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return maps.Clone(s.by), s.res
+}
+
+// A plain view (ForTenant, as tls.Config.ClientSessionCache of grpc's own
+// credentials) offers a session, the operator purges (revocation), and the
+// handshake that was resuming it completes and stores its new ticket. The
+// package promises that a handshake resuming a purged session stores
+// nothing; a plain view stored the ticket as if freshly verified, so the
+// purged session lived on for another TTL. After a miss (a full handshake)
+// the next ticket is stored again.
+func TestPlainViewResumptionRacingPurgeStoresNothing(t *testing.T) {
+	for _, purge := range []struct {
+		name string
+		do   func(*credentials.SessionCache)
+	}{
+		{"Purge", func(c *credentials.SessionCache) { c.Purge() }},
+		{"PurgeTenant", func(c *credentials.SessionCache) { c.PurgeTenant("a") }},
+		{"PurgeServer", func(c *credentials.SessionCache) { c.PurgeServer("backend") }},
+	} {
+		t.Run(purge.name, func(t *testing.T) {
+			c, err := credentials.NewSessionCache()
+			if err != nil {
+				t.Fatal(err)
+			}
+			v := c.ForTenant("a")
+			v.Put("backend", new(tls.ClientSessionState)) // a full handshake
+			if _, ok := v.Get("backend"); !ok {           // offered to the next handshake
+				t.Fatal("stored session not offered")
+			}
+			purge.do(c)                                   // ... which the purge races
+			v.Put("backend", new(tls.ClientSessionState)) // the resumed handshake's ticket
+			if _, ok := v.Get("backend"); ok {
+				t.Fatal("a ticket from a handshake resuming a purged session was stored and offered")
+			}
+			// That miss means a full handshake: its ticket is stored.
+			v.Put("backend", new(tls.ClientSessionState))
+			if _, ok := v.Get("backend"); !ok {
+				t.Fatal("a ticket from a full handshake after the purge was not stored")
+			}
+			// Another tenant's sessions are not affected by the mark.
+			w := c.ForTenant("b")
+			w.Put("backend", new(tls.ClientSessionState))
+			if _, ok := w.Get("backend"); !ok {
+				t.Fatal("tenant b's session not offered")
+			}
+		})
+	}
+}
+
+// The same race over real TLS, through grpc's own credentials with a
+// tenant's view as tls.Config.ClientSessionCache: the purge lands between
+// crypto/tls looking the session up and the resumed handshake storing its
+// ticket. The next connection must be a full handshake.
+func TestPlainViewResumptionRacingPurgeOverTLS(t *testing.T) {
+	pki := testutil.NewPKI(t, testutil.ECDSAP256)
+	for _, tv := range tlsVersions {
+		t.Run(tv.name, func(t *testing.T) {
+			srv := startRawServer(t, serverConfig(t, pki, nil))
+			cache, err := credentials.NewSessionCache()
+			if err != nil {
+				t.Fatal(err)
+			}
+			racing := &purgeAfterGet{ClientSessionCache: cache.ForTenant("a"), cache: cache}
+			cfg := clientConfig(pki, tv.v)
+			cfg.ClientSessionCache = racing
+			creds := grpccreds.NewTLS(cfg)
+			var got []bool
+			for i := range 3 {
+				racing.armed.Store(i == 1) // the second handshake races a purge
+				r, err := rawHandshake(creds, srv.addr, "localhost")
+				if err != nil {
+					t.Fatal(err)
+				}
+				got = append(got, r)
+			}
+			if want := []bool{false, true, false}; !slices.Equal(got, want) {
+				t.Fatalf("DidResume = %v; want %v (the session resumed across the purge must not be offered again)", got, want)
+			}
+		})
+	}
+}
+
+// purgeAfterGet purges the whole cache right after a lookup that found a
+// session, while armed.
+type purgeAfterGet struct {
+	tls.ClientSessionCache
+	cache *credentials.SessionCache
+	armed atomic.Bool
+}
+
+func (p *purgeAfterGet) Get(key string) (*tls.ClientSessionState, bool) {
+	cs, ok := p.ClientSessionCache.Get(key)
+	if ok && p.armed.Load() {
+		p.cache.Purge()
+	}
+	return cs, ok
 }
