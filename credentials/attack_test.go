@@ -3,9 +3,16 @@ package credentials_test
 import (
 	"bytes"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
 	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
 	"fmt"
 	"maps"
+	"math/big"
 	"net"
 	"os"
 	"runtime"
@@ -582,4 +589,129 @@ func (p *purgeAfterGet) Get(key string) (*tls.ClientSessionState, bool) {
 		p.cache.Purge()
 	}
 	return cs, ok
+}
+
+// certPEM makes a self-signed certificate and its key, valid from
+// notBefore to notAfter, for localhost and 127.0.0.1.
+func certPEM(t *testing.T, notBefore, notAfter time.Time, isCA bool) (certOut, keyOut []byte) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber:          big.NewInt(time.Now().UnixNano()),
+		Subject:               pkix.Name{CommonName: "attack"},
+		NotBefore:             notBefore,
+		NotAfter:              notAfter,
+		IsCA:                  isCA,
+		BasicConstraintsValid: true,
+		KeyUsage:              x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
+		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
+		DNSNames:              []string{"localhost"},
+		IPAddresses:           []net.IP{net.IPv4(127, 0, 0, 1)},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
+		pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER})
+}
+
+// A careless operator publishes a trust bundle whose every certificate has
+// expired (an old backup). crypto/x509 verifies nothing against it, so
+// taking it would fail every new handshake of the fleet: it is refused as
+// bad contents, the last good bundle stays, and the error says why. A
+// bundle with at least one valid certificate, expired ones beside it, is
+// taken; so is a pinned self-signed leaf (a non-CA certificate).
+func TestTrustBundleOfExpiredCertificatesRefused(t *testing.T) {
+	pki := testutil.NewPKI(t, testutil.ECDSAP256)
+	now := time.Now()
+	expired, _ := certPEM(t, now.Add(-48*time.Hour), now.Add(-24*time.Hour), true)
+	leaf, _ := certPEM(t, now.Add(-time.Hour), now.Add(time.Hour), false)
+
+	if _, err := credentials.NewTrustBundle(writeFile(t, "old.pem", expired)); err == nil ||
+		!strings.Contains(err.Error(), "old.pem") || !strings.Contains(err.Error(), "every certificate has expired") {
+		t.Fatalf("NewTrustBundle(expired CA only) = %v; want an error naming the file and the expiry", err)
+	}
+	path := writeFile(t, "ca.pem", pki.CAPEM)
+	b := newTrustBundle(t, path)
+	before := b.Pool()
+	testutil.WriteFileAtomic(t, path, append(bytes.Clone(expired), expired...))
+	if err := b.Reload(); err == nil || !strings.Contains(err.Error(), "every certificate has expired") {
+		t.Fatalf("Reload(expired only) = %v; want it refused", err)
+	}
+	if b.Pool() != before {
+		t.Fatal("the expired bundle replaced the last good one")
+	}
+	for name, data := range map[string][]byte{
+		"expired beside valid": append(bytes.Clone(expired), pki.CAPEM...),
+		"pinned leaf":          leaf,
+	} {
+		testutil.WriteFileAtomic(t, path, data)
+		if err := b.Reload(); err != nil {
+			t.Errorf("Reload(%s) = %v; want it taken", name, err)
+		}
+	}
+}
+
+// The certificate files as a careless operator leaves them: every bad pair
+// is refused with an error naming both files, the last good certificate
+// keeps serving, and a good pair of another key type (EC to RSA) is taken.
+// An expired certificate is refused too: served, it would fail every
+// handshake, while the last good one may still be valid.
+func TestCertificateReloaderHostileFiles(t *testing.T) {
+	ec := testutil.NewPKI(t, testutil.ECDSAP256)
+	rsa := testutil.NewPKI(t, testutil.RSA2048)
+	cert1, key1 := ec.LeafPEM(t)
+	_, key2 := ec.LeafPEM(t)
+	rsaCert, rsaKey := rsa.LeafPEM(t)
+	now := time.Now()
+	oldCert, oldKey := certPEM(t, now.Add(-48*time.Hour), now.Add(-time.Hour), false)
+	encKey := []byte("-----BEGIN ENCRYPTED PRIVATE KEY-----\nMIIBvTBXBgkqhkiG9w0BBQ0wSjApBgkqhkiG9w0BBQwwHAQI\n-----END ENCRYPTED PRIVATE KEY-----\n")
+	for _, tc := range []struct {
+		name      string
+		cert, key []byte
+		wantErr   string // "" means taken
+	}{
+		{"mismatched key", cert1, key2, "private key does not match public key"},
+		{"encrypted key", cert1, encKey, "the key is encrypted"},
+		{"files switched", key1, cert1, "PEM inputs may have been switched"},
+		{"expired certificate", oldCert, oldKey, "the certificate has expired"},
+		{"EC to RSA", rsaCert, rsaKey, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			certFile, keyFile := writePair(t, dir, cert1, key1)
+			r, err := credentials.NewCertificateReloader(certFile, keyFile, credentials.WithTickChannel(make(chan time.Time)), credentials.NoSettle())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer r.Close()
+			before, _ := r.GetCertificate(nil)
+			writePair(t, dir, tc.cert, tc.key)
+			err = r.Reload()
+			after, _ := r.GetCertificate(nil)
+			if tc.wantErr == "" {
+				if err != nil || after == before {
+					t.Fatalf("Reload() = %v, certificate replaced %v; want the new pair taken", err, after != before)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), tc.wantErr) || !strings.Contains(err.Error(), certFile) || !strings.Contains(err.Error(), keyFile) {
+				t.Fatalf("Reload() = %v; want an error naming both files and containing %q", err, tc.wantErr)
+			}
+			if after != before {
+				t.Fatal("a bad pair replaced the last good certificate")
+			}
+			if strings.Contains(err.Error(), "BEGIN") || strings.Contains(err.Error(), "MII") {
+				t.Fatalf("error %q contains PEM material", err)
+			}
+		})
+	}
 }
