@@ -124,8 +124,10 @@ func WithTenant(name string) TLSOption {
 
 // WithHandshakeObserver reports every client TLS handshake (duration,
 // resumed or full, version, error) to obs. A nil obs means telemetry.Nop.
-// Server handshakes are reported by WithServerHandshakeObserver. Default
-// none.
+// Server handshakes are reported by WithServerHandshakeObserver. obs runs
+// on the goroutine that connects, after the handshake and before the
+// connection is used, so it must return quickly (while it blocks, that
+// connection attempt waits). Default none.
 func WithHandshakeObserver(obs telemetry.HandshakeObserver) TLSOption {
 	return tlsOptionFunc(func(o *tlsOptions) {
 		if obs == nil {
@@ -140,7 +142,14 @@ func WithHandshakeObserver(obs telemetry.HandshakeObserver) TLSOption {
 // duration, resumed or full, version, client certificate, error) to obs,
 // once per handshake and never per call. It may be given more than once;
 // every observer hears every handshake, in order. A nil obs is ignored. A
-// ServerHandshakeRecorder is one such observer. Default none.
+// ServerHandshakeRecorder is one such observer.
+//
+// obs runs on the connection's handshake goroutine, after the handshake
+// and before grpc serves the connection, so it must return quickly: while
+// it blocks, that connection serves nothing and grpc.Server.Stop and
+// GracefulStop wait for it (grpc counts the handshake goroutine as
+// serving); a panic in it ends the program, as in any grpc callback.
+// Default none.
 func WithServerHandshakeObserver(obs telemetry.ServerHandshakeObserver) TLSOption {
 	return tlsOptionFunc(func(o *tlsOptions) {
 		if obs != nil {
