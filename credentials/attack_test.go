@@ -12,6 +12,7 @@ import (
 	"encoding/pem"
 	"fmt"
 	"maps"
+	"math"
 	"math/big"
 	"net"
 	"os"
@@ -711,6 +712,36 @@ func TestCertificateReloaderHostileFiles(t *testing.T) {
 			}
 			if strings.Contains(err.Error(), "BEGIN") || strings.Contains(err.Error(), "MII") {
 				t.Fatalf("error %q contains PEM material", err)
+			}
+		})
+	}
+}
+
+// TTL edges a careless operator can reach: the shortest TTL offers nothing
+// once any time has passed, the longest does not overflow into "expired",
+// and expiry is exact at the TTL.
+func TestSessionTTLEdges(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		ttl     time.Duration
+		advance time.Duration
+		want    bool
+	}{
+		{"1ns, 1ns later", time.Nanosecond, time.Nanosecond, false},
+		{"max, after 200 years", time.Duration(math.MaxInt64), 200 * 365 * 24 * time.Hour, true},
+		{"1h, just before", time.Hour, time.Hour - time.Nanosecond, true},
+		{"1h, exactly", time.Hour, time.Hour, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			clock := newFakeClock()
+			c, err := credentials.NewSessionCache(credentials.WithTTL(tc.ttl), credentials.WithClock(clock.now))
+			if err != nil {
+				t.Fatal(err)
+			}
+			c.ForTenant("a").Put("backend", new(tls.ClientSessionState))
+			clock.advance(tc.advance)
+			if _, ok := c.ForTenant("a").Get("backend"); ok != tc.want {
+				t.Fatalf("offered = %v; want %v", ok, tc.want)
 			}
 		})
 	}
