@@ -16,6 +16,7 @@ import (
 	"math/big"
 	"net"
 	"os"
+	"path/filepath"
 	"runtime"
 	"slices"
 	"strings"
@@ -745,4 +746,144 @@ func TestSessionTTLEdges(t *testing.T) {
 			}
 		})
 	}
+}
+
+// Everything a server process does with its file-backed credentials, at
+// once: polls (a fast ticker), explicit Reload/Rotate/Revoke, reads of the
+// current values, FileStatus, files being replaced, and Close in the middle
+// of it all, twice, then use after Close. Under -race nothing may race,
+// panic or hang, every goroutine must be gone at the end (leakcheck), and
+// after Close the last values are still served.
+func TestFileBackedCredentialsConcurrentlyThenClose(t *testing.T) {
+	pki := testutil.NewPKI(t, testutil.ECDSAP256)
+	dir := t.TempDir()
+	cert1, key1 := pki.LeafPEM(t)
+	cert2, key2 := pki.LeafPEM(t)
+	certPath, keyPath := writePair(t, dir, cert1, key1)
+	keysPath := filepath.Join(dir, "ticket.keys")
+	testutil.WriteFileAtomic(t, keysPath, keyFile(newTicketKey(t)))
+	caPath := filepath.Join(dir, "ca.pem")
+	testutil.WriteFileAtomic(t, caPath, pki.CAPEM)
+
+	tick := make(chan time.Time)
+	opts := []credentials.ReloadOption{credentials.WithTickChannel(tick), credentials.NoSettle()}
+	rel, err := credentials.NewCertificateReloader(certPath, keyPath, opts[0], opts[1])
+	if err != nil {
+		t.Fatal(err)
+	}
+	rot, err := credentials.NewTicketKeyRotator(credentials.WithTicketKeyFile(keysPath), opts[0], opts[1])
+	if err != nil {
+		t.Fatal(err)
+	}
+	bundle, err := credentials.NewTrustBundle(caPath, opts[0], opts[1])
+	if err != nil {
+		t.Fatal(err)
+	}
+	closers := []func() error{rel.Close, rot.Close, bundle.Close}
+
+	var wg sync.WaitGroup
+	run := func(n int, fn func(i int)) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range n {
+				fn(i)
+			}
+		}()
+	}
+	stopTicks := make(chan struct{})
+	ticked := make(chan struct{})
+	go func() { // the three loops read from one tick channel
+		defer close(ticked)
+		for {
+			select {
+			case tick <- time.Now():
+			case <-stopTicks:
+				return
+			}
+		}
+	}()
+	writeErrs := make(chan error, 120)
+	keys := make([][32]byte, 40)
+	for i := range keys {
+		keys[i] = newTicketKey(t)
+	}
+	run(40, func(i int) { // the operator replaces files
+		c, k := cert1, key1
+		if i%2 == 0 {
+			c, k = cert2, key2
+		}
+		writeErrs <- writeAtomic(certPath, c)
+		writeErrs <- writeAtomic(keyPath, k)
+		writeErrs <- writeAtomic(keysPath, keyFile(keys[i]))
+	})
+	run(40, func(int) { _ = rel.Reload(); _ = rot.Rotate(); _ = bundle.Reload() })
+	run(10, func(int) { _ = rot.Revoke() })
+	run(200, func(int) {
+		if c, _ := rel.GetCertificate(nil); c == nil {
+			panic("no certificate")
+		}
+		if bundle.Pool() == nil {
+			panic("no pool")
+		}
+		_, _ = credentials.TicketKeys(rot)
+		_ = rel.FileStatus()
+		_ = rot.FileStatus()
+		_ = bundle.FileStatus()
+		_, _, _ = rel.Err(), rot.Err(), bundle.Err()
+	})
+	run(2, func(int) { // Close in the middle, twice, from two goroutines
+		for _, c := range closers {
+			if err := c(); err != nil {
+				panic(err)
+			}
+		}
+	})
+	wg.Wait()
+	close(stopTicks)
+	<-ticked
+	close(writeErrs)
+	for err := range writeErrs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, c := range closers {
+		if err := c(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Use after Close: the last values stay and explicit calls still work.
+	if c, _ := rel.GetClientCertificate(nil); c == nil {
+		t.Fatal("no certificate after Close")
+	}
+	if err := rel.Reload(); err != nil {
+		t.Fatalf("Reload after Close = %v", err)
+	}
+	if err := rot.Rotate(); err != nil && !strings.Contains(err.Error(), "every key in it was revoked") {
+		t.Fatalf("Rotate after Close = %v", err)
+	}
+	_ = rot.Revoke()
+	if err := bundle.Reload(); err != nil {
+		t.Fatalf("Reload of the bundle after Close = %v", err)
+	}
+}
+
+// writeAtomic is testutil.WriteFileAtomic for goroutines other than the
+// test's: it returns its error.
+func writeAtomic(path string, data []byte) error {
+	f, err := os.CreateTemp(filepath.Dir(path), ".tmp-*")
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		os.Remove(f.Name())
+		return err
+	}
+	if err := f.Close(); err != nil {
+		os.Remove(f.Name())
+		return err
+	}
+	return os.Rename(f.Name(), path)
 }
