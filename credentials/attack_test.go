@@ -887,3 +887,38 @@ func writeAtomic(path string, data []byte) error {
 	}
 	return os.Rename(f.Name(), path)
 }
+
+// A certificate chain file that ends in a cut-off block (a disk filled
+// during the write, then the file was renamed into place) is not a chain:
+// served, it lacks the intermediate and fails every client that needs it.
+// tls.X509KeyPair ignores the partial block; the reloader refuses the file,
+// as the trust bundle does, and keeps the last good pair.
+func TestCertificateChainCutOffRefused(t *testing.T) {
+	pki := testutil.NewPKI(t, testutil.ECDSAP256)
+	cert1, key1 := pki.LeafPEM(t)
+	cert2, key2 := pki.LeafPEM(t)
+	dir := t.TempDir()
+	certPath, keyPath := writePair(t, dir, cert1, key1)
+	r, err := credentials.NewCertificateReloader(certPath, keyPath, credentials.WithTickChannel(make(chan time.Time)), credentials.NoSettle())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	before, _ := r.GetCertificate(nil)
+	chain := append(bytes.Clone(cert2), pki.CAPEM[:len(pki.CAPEM)/2]...) // leaf + half an "intermediate"
+	writePair(t, dir, chain, key2)
+	if err := r.Reload(); err == nil || !strings.Contains(err.Error(), "not a complete PEM block") || !strings.Contains(err.Error(), certPath) {
+		t.Fatalf("Reload(cut-off chain) = %v; want an error naming the certificate file and the cut-off block", err)
+	}
+	if after, _ := r.GetCertificate(nil); after != before {
+		t.Fatal("a cut-off chain replaced the last good certificate")
+	}
+	// The complete chain is taken; so is a file with text around blocks.
+	writePair(t, dir, append(append([]byte("subject=leaf\n"), cert2...), pki.CAPEM...), key2)
+	if err := r.Reload(); err != nil {
+		t.Fatalf("Reload(complete chain) = %v", err)
+	}
+	if _, err := credentials.NewCertificateReloader(writeFile(t, "cut.crt", chain), writeFile(t, "k.key", key2)); err == nil {
+		t.Fatal("NewCertificateReloader took a cut-off chain")
+	}
+}

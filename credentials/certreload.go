@@ -3,6 +3,7 @@ package credentials
 import (
 	"bytes"
 	"crypto/tls"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"sync"
@@ -13,8 +14,8 @@ import (
 // CertificateReloader serves a certificate and key read from PEM files and
 // re-read every poll interval, for servers (GetCertificate) and for mTLS
 // clients (GetClientCertificate). When the files are unreadable, do not
-// form a valid pair, or hold an expired certificate, the last good
-// certificate stays in use and the error
+// form a valid pair, end in a cut-off PEM block, or hold an expired
+// certificate, the last good certificate stays in use and the error
 // is kept for Err and reported to WithErrorHandler.
 //
 // Its methods are safe for concurrent use. It starts one goroutine,
@@ -140,6 +141,12 @@ func (r *CertificateReloader) load() (*tls.Certificate, bool, error) {
 }
 
 func parseKeyPair(certFile, keyFile string, data [][]byte) (*tls.Certificate, error) {
+	for i, name := range []string{certFile, keyFile} {
+		if n, ok := cutOffPEM(data[i]); ok {
+			kind := [...]string{"certificate file", "key file"}[i]
+			return nil, fmt.Errorf("credentials: %s %q: the bytes after PEM block %d are not a complete PEM block (truncated file?)", kind, name, n)
+		}
+	}
 	cert, err := tls.X509KeyPair(data[0], data[1])
 	if err != nil {
 		if bytes.Contains(data[1], []byte("ENCRYPTED")) {
@@ -155,4 +162,19 @@ func parseKeyPair(certFile, keyFile string, data [][]byte) (*tls.Certificate, er
 			certFile, keyFile, leaf.NotAfter.UTC().Format(time.RFC3339))
 	}
 	return &cert, nil
+}
+
+// cutOffPEM reports whether data ends in a PEM block that was cut off (a
+// BEGIN line after the last complete block), which tls.X509KeyPair would
+// silently ignore, and how many complete blocks precede it.
+func cutOffPEM(data []byte) (blocks int, cut bool) {
+	rest := data
+	for {
+		var blk *pem.Block
+		if blk, rest = pem.Decode(rest); blk == nil {
+			break
+		}
+		blocks++
+	}
+	return blocks, bytes.Contains(rest, []byte("-----BEGIN"))
 }
