@@ -4,6 +4,7 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/tls"
 	"crypto/x509"
 	"net/url"
 	"strings"
@@ -11,7 +12,11 @@ import (
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+
+	"github.com/grpcreuse/grpcreuse/credentials/spiffe"
+	"github.com/grpcreuse/grpcreuse/internal/testutil"
 )
 
 // mint issues a leaf signed by ca with the given URI SANs, validity and
@@ -83,6 +88,46 @@ func TestSPIFFEHostileClientSVIDsRefused(t *testing.T) {
 						h := f.serverSaw.last(t)
 						if h.resumed || h.err == nil || !strings.Contains(h.err.Error(), tc.wantErr) {
 							t.Fatalf("call %d: server saw %+v; want a refused full handshake containing %q", i+1, h, tc.wantErr)
+						}
+					}
+				})
+			}
+		})
+	}
+}
+
+// Hostile servers present SVIDs that must not pass: the client refuses each
+// on the full handshake with an error that says why, and keeps no session.
+func TestSPIFFEHostileServerSVIDsRefused(t *testing.T) {
+	for _, tv := range tlsVersions {
+		t.Run(tv.name, func(t *testing.T) {
+			f := newFleet(t, tv.v)
+			other := newTestCA(t, "example.org")
+			hour := time.Now().Add(time.Hour)
+			for _, tc := range []struct {
+				name    string
+				svid    *x509svid.SVID
+				wantErr string
+			}{
+				{"chain not to the bundle", other.mint(t, []string{serverID}, hour, false), "x509svid: could not verify leaf certificate"},
+				{"no URI SAN", f.ca.mint(t, nil, hour, false), "certificate contains no URI SAN"},
+				{"two URI SANs", f.ca.mint(t, []string{serverID, intruderID}, hour, false), "certificate contains more than one URI SAN"},
+				{"another ID", f.ca.mint(t, []string{intruderID}, hour, false), `SPIFFE ID "` + intruderID + `" is not authorized`},
+			} {
+				t.Run(tc.name, func(t *testing.T) {
+					scfg, err := spiffe.ServerConfig(&tls.Config{MaxVersion: tv.v}, newSVIDSource(tc.svid), f.ca.bundle(), tlsconfig.AuthorizeAny())
+					if err != nil {
+						t.Fatal(err)
+					}
+					addr := testutil.StartBackend(t, testutil.BackendOptions{TLS: scfg}).Addr
+					creds, saw := f.client(t, f.clientSVID)
+					for i := range 2 {
+						if _, err := tryCall(creds, addr); err == nil {
+							t.Fatalf("call %d to a hostile server succeeded", i+1)
+						}
+						h := saw.last(t)
+						if h.resumed || h.err == nil || !strings.Contains(h.err.Error(), tc.wantErr) {
+							t.Fatalf("call %d: client saw %+v; want a refused full handshake containing %q", i+1, h, tc.wantErr)
 						}
 					}
 				})
