@@ -291,9 +291,13 @@ func WithPollInterval(d time.Duration) ReloadOption {
 	return reloadOptionFunc(func(o *reloadOptions) { o.pollInterval = d })
 }
 
-// WithErrorHandler calls fn with every error met while re-reading files
-// (the last good keys or certificate stay in use). fn runs on the
-// background goroutine, outside any lock, and must return quickly. Errors
+// WithErrorHandler calls fn with every new error met while re-reading
+// files (the last good keys, certificate or bundle stay in use); an error
+// equal to the previous one is not reported again. fn runs outside any
+// lock on the goroutine that read the files: the background goroutine on a
+// tick, the caller of Reload, Rotate or Revoke otherwise, so it may be
+// called concurrently and must be safe for that. It must return quickly
+// (Close waits for the background goroutine, and with it for fn). Errors
 // never contain key material. Default: errors are only kept for Err.
 func WithErrorHandler(fn func(error)) ReloadOption {
 	return reloadOptionFunc(func(o *reloadOptions) {
