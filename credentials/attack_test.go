@@ -922,3 +922,36 @@ func TestCertificateChainCutOffRefused(t *testing.T) {
 		t.Fatal("NewCertificateReloader took a cut-off chain")
 	}
 }
+
+// A careless operator shares one cache and tenant between credentials that
+// skip verification (a debugging client) and credentials that verify. The
+// verifying credentials must never resume a session that was never
+// verified (crypto/tls refuses it), while the reverse is harmless.
+func TestUnverifiedSessionNeverResumedByVerifyingCredentials(t *testing.T) {
+	pki := testutil.NewPKI(t, testutil.ECDSAP256)
+	for _, tv := range tlsVersions {
+		t.Run(tv.name, func(t *testing.T) {
+			var slog serverLog
+			b := testutil.StartBackend(t, testutil.BackendOptions{TLS: serverConfig(t, pki, &slog)})
+			cache, err := credentials.NewSessionCache()
+			if err != nil {
+				t.Fatal(err)
+			}
+			insecureCfg := &tls.Config{InsecureSkipVerify: true, MaxVersion: tv.v} //nolint:gosec // the attack
+			insecure, err := credentials.NewTLS(insecureCfg, credentials.WithSessionCache(cache))
+			if err != nil {
+				t.Fatal(err)
+			}
+			verifying, err := credentials.NewTLS(clientConfig(pki, tv.v), credentials.WithSessionCache(cache))
+			if err != nil {
+				t.Fatal(err)
+			}
+			callOnce(t, insecure, b.Addr, "")  // full, unverified
+			callOnce(t, verifying, b.Addr, "") // must be full: nothing verified to resume
+			callOnce(t, insecure, b.Addr, "")  // may resume the verified session
+			if got := slog.handshakes(); got[1] {
+				t.Fatalf("server saw DidResume %v: the verifying credentials resumed an unverified session", got)
+			}
+		})
+	}
+}
