@@ -219,7 +219,14 @@ func (r *recorder) handshakes() debugpage.Handshakes {
 // itself every 2 s, or JSON with ?format=json. Mount it at
 // /debug/grpcreuse on an internal-only listener: it shows targets and
 // tenants.
-func (f *Factory) DebugHandler() http.Handler { return debugpage.NewHandler(f.debugSnapshot) }
+func (f *Factory) DebugHandler() http.Handler { return debugpage.NewHandler(f.DebugSnapshot) }
+
+// DebugSnapshot returns what DebugHandler shows, for a page of your own:
+// a process that also serves can add the server half (Snapshot.Server)
+// and serve both with debugpage.NewHandler. Safe for concurrent use; it
+// takes the Factory's lock only to copy the pool, never while asking grpc
+// for connection states.
+func (f *Factory) DebugSnapshot() debugpage.Snapshot { return f.debugSnapshot() }
 
 // connRow is what debugSnapshot copies of a shared entry under f.mu, so
 // that it asks grpc for states after releasing the lock.
