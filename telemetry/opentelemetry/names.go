@@ -4,6 +4,13 @@ package opentelemetry
 // A118 for TLS handshakes) the name and labels are gRPC's; the rest are
 // prefixed "grpcreuse.". Units are UCUM, as OpenTelemetry asks.
 const (
+	// MetricServerShed counts requests a server shed without running their
+	// handler ({call}), by AttrRPCMethod and AttrReason.
+	MetricServerShed = "grpcreuse.server.shed"
+	// AttrRPCMethod is the full gRPC method ("/pkg.Service/Method"), as
+	// OpenTelemetry's RPC conventions name it.
+	AttrRPCMethod = "rpc.method"
+
 	// MetricServerTLSHandshakes counts server TLS handshakes ({handshake}),
 	// by AttrTLSResult, AttrTLSResumed, AttrTLSVersion, AttrLocalAddress
 	// and AttrLocalPort: gRFC A118's client metric, server side.

@@ -78,7 +78,7 @@ type Telemetry struct {
 	tlsHandshakes, poolGets, poolEvictions, subchannelChanges, ejections metric.Int64Counter
 	breakerTransitions, breakerRejections, limiterRejections             metric.Int64Counter
 	sessionLookups, sessionEvictions, sessionResumptions                 metric.Int64Counter
-	serverHandshakes                                                     metric.Int64Counter
+	serverHandshakes, serverShed                                         metric.Int64Counter
 	serverHandshakeDuration                                              metric.Float64Histogram
 	tlsDuration, connectDuration, connLifetime                           metric.Float64Histogram
 	openConns, ejected, breakersOpen                                     metric.Int64UpDownCounter
@@ -92,6 +92,7 @@ type Telemetry struct {
 var (
 	_ telemetry.Observer                = (*Telemetry)(nil)
 	_ telemetry.ServerHandshakeObserver = (*Telemetry)(nil)
+	_ telemetry.ShedObserver            = (*Telemetry)(nil)
 )
 
 // New creates the instruments. It fails only if the meter provider
@@ -143,6 +144,7 @@ func New(opts ...Option) (*Telemetry, error) {
 	t.sessionLookups = counter(MetricSessionCacheLookups, "{lookup}", "TLS session cache lookups by hit.")
 	t.sessionEvictions = counter(MetricSessionCacheEvictions, "{session}", "TLS sessions evicted for capacity or age.")
 	t.sessionResumptions = counter(MetricSessionCacheResumptions, "{handshake}", "Client handshakes offered a cached session, by whether the server resumed it.")
+	t.serverShed = counter(MetricServerShed, "{call}", "Requests a server shed without running their handler, by reason.")
 	t.serverHandshakes = counter(MetricServerTLSHandshakes, "{handshake}", "Server TLS handshakes by result, resumption and version.")
 	t.serverHandshakeDuration = seconds(MetricServerTLSHandshakeDuration, "Server TLS handshake duration, from accept.")
 	g, err := m.Int64Gauge(MetricLimiterLimit, metric.WithUnit("{call}"), metric.WithDescription("Current concurrency limit."))

@@ -87,6 +87,7 @@ func TestEveryObserverEventIsRecorded(t *testing.T) {
 	tel.SessionCacheLookup("acme", false)
 	tel.SessionCacheEvicted("acme")
 	tel.SessionCacheResumption("acme", true)
+	tel.ServerShed("/pkg.S/M", "limit")
 	tel.ServerHandshake(telemetry.ServerHandshakeInfo{Server: "127.0.0.1:8443", Duration: time.Millisecond, Version: tls.VersionTLS13,
 		Err: &net.OpError{Op: "remote error", Err: errors.New("tls: bad certificate")}})
 
@@ -135,6 +136,7 @@ func TestEveryObserverEventIsRecorded(t *testing.T) {
 		opentelemetry.MetricSessionCacheLookups:     "1 grpcreuse.tenant=acme,grpcreuse.tls.session_cache.hit=false;",
 		opentelemetry.MetricSessionCacheEvictions:   "1 grpcreuse.tenant=acme;",
 		opentelemetry.MetricSessionCacheResumptions: "1 grpcreuse.tenant=acme,grpcreuse.tls.session_cache.resumed=true;",
+		opentelemetry.MetricServerShed:              "1 grpcreuse.reason=limit,rpc.method=/pkg.S/M;",
 		opentelemetry.MetricServerTLSHandshakes: "1 grpc.tls.handshake.result=CERTIFICATE_REJECTED_BY_PEER,grpc.tls.handshake.resumed=FULL_HANDSHAKE," +
 			"network.local.address=127.0.0.1,network.local.port=8443,tls.protocol.version=1.3;",
 		opentelemetry.MetricServerTLSHandshakeDuration: "n=1 grpc.tls.handshake.result=CERTIFICATE_REJECTED_BY_PEER,grpc.tls.handshake.resumed=FULL_HANDSHAKE," +
