@@ -57,6 +57,9 @@ const (
 	// shares are smoothed (EWMA weight 1-exp(-calls/failureMemory) per
 	// sample).
 	failureMemory = 20
+	// latencyBand: endpoints whose latency is within this factor of the
+	// fastest one's score as equally fast.
+	latencyBand = 1.5
 	// shedPenalty scales an endpoint's score by 1+shedPenalty*s, s being
 	// its smoothed share of calls the server shed (RESOURCE_EXHAUSTED).
 	// Small on purpose: shedding is back-pressure, and a big penalty herds
@@ -82,6 +85,8 @@ type knobs struct {
 	rand           func() uint64
 	sampleInterval time.Duration
 	latencyDecay   time.Duration
+	// manualLoop: no control-loop goroutine; the test calls tick.
+	manualLoop bool
 }
 
 type builder struct {
@@ -126,7 +131,12 @@ func (b *builder) Build(cc grpcbalancer.ClientConn, opts grpcbalancer.BuildOptio
 	}
 	l.sh.failThreshold.Store(int64(l.cfg.Ejection.ConsecutiveFailures))
 	l.sh.failCodes.Store(codeMask(l.cfg.Ejection.FailureCodes))
-	go l.run()
+	register(l)
+	if k.manualLoop {
+		close(l.loopDone)
+	} else {
+		go l.run()
+	}
 	return l
 }
 
@@ -198,6 +208,9 @@ type endpoint struct {
 	holds      int           // holds in a row; reset by an answered call
 	holdUntil  time.Duration
 	probing    bool // back from a hold: one call at a time until one is answered
+	// drifted: avoided as slow, its estimate drifted back without a call
+	// measuring it; it takes one call at a time until one does.
+	drifted bool
 	// answeredWindow: the endpoint answered a call in the last sample window.
 	answeredWindow bool
 	ewma           float64 // peak-EWMA latency, µs; 0 = no data yet
@@ -218,17 +231,18 @@ func (e *endpoint) counts() counts {
 	return counts{e.ok.Load(), e.failed.Load(), e.shed.Load(), e.neutral.Load(), e.timeouts.Load()}
 }
 
-// score is the endpoint's cost for a new call: latency × (in flight + 1).
-func (e *endpoint) score() float64 {
-	return math.Float64frombits(e.weight.Load()) * float64(e.load.Load()&inflightMask+1)
-}
-
-func (e *endpoint) setWeight() {
-	w := e.ewma
-	if w <= 0 {
-		w = 1
+// setWeight stores the endpoint's weight: its latency factor times its
+// failure and shed penalties. The latency factor is 1 for endpoints within
+// latencyBand of ref, the fastest endpoint's latency, and grows in
+// proportion beyond: endpoints alike then compete on calls in flight alone
+// (with the round-robin tie-break), so that latency noise does not herd
+// calls, while a really slower endpoint is avoided.
+func (e *endpoint) setWeight(ref float64) {
+	f := 1.0
+	if ref > 0 && e.ewma > latencyBand*ref {
+		f = e.ewma / (latencyBand * ref)
 	}
-	e.weight.Store(math.Float64bits(w * (1 + failurePenalty*e.failRate) * (1 + shedPenalty*e.shedRate)))
+	e.weight.Store(math.Float64bits(f * (1 + failurePenalty*e.failRate) * (1 + shedPenalty*e.shedRate)))
 }
 
 // conn is one connection of an endpoint: a pick_first child given all of
@@ -358,9 +372,12 @@ type lb struct {
 	// othersAnswer is how many endpoints answered a call in the last
 	// sample window.
 	othersAnswer int
-	inhibit      int // >0 while a top-down change is applied to children
-	pendingIdle  []*conn
-	pending      []event
+	// refLatency is the lowest latency estimate of any endpoint, µs; 0
+	// before the first sample.
+	refLatency  float64
+	inhibit     int // >0 while a top-down change is applied to children
+	pendingIdle []*conn
+	pending     []event
 }
 
 // event is an observer call collected under mu and made after it.
@@ -544,7 +561,7 @@ func (l *lb) newEndpointLocked(re resolver.Endpoint, now time.Duration) *endpoin
 	if n > 0 {
 		ep.ewma = sum / float64(n)
 	}
-	ep.setWeight()
+	ep.setWeight(l.refLatency)
 	return ep
 }
 
@@ -693,6 +710,7 @@ func (l *lb) Close() {
 		return
 	}
 	l.closed = true
+	unregister(l)
 	var w work
 	for _, ep := range l.order {
 		for len(ep.conns) > 0 {
@@ -724,7 +742,7 @@ func (l *lb) updatePickerLocked() {
 				continue
 			}
 			pe := pickEndpoint{ep: ep, target: uint32(cfg.TargetStreamsPerSubchannel)}
-			if ep.probing {
+			if ep.probing || ep.drifted {
 				pe.limit = 1
 			}
 			allReady := true
@@ -745,13 +763,14 @@ func (l *lb) updatePickerLocked() {
 			if len(pe.conns) == 0 {
 				continue
 			}
-			if allReady && !ep.ejected && !ep.held && !ep.probing && len(ep.conns) < cfg.MaxSubchannelsPerEndpoint {
+			if allReady && !ep.ejected && !ep.held && pe.limit == 0 && len(ep.conns) < cfg.MaxSubchannelsPerEndpoint {
 				pe.growAt = uint64(cfg.TargetStreamsPerSubchannel) * uint64(len(pe.conns))
 			}
 			pes = append(pes, pe)
 		}
 	}
 	p := &picker{sh: l.sh, eps: pes, choice: cfg.ChoiceCount}
+	p.next.Store(uint32(l.sh.rand()))
 	switch {
 	case len(pes) > 0:
 		l.state = connectivity.Ready

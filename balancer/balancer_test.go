@@ -12,6 +12,8 @@ import (
 	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/resolver"
 	"google.golang.org/grpc/status"
+
+	"github.com/grpcreuse/grpcreuse/internal/testutil"
 )
 
 var okDone = grpcbalancer.DoneInfo{BytesSent: true, BytesReceived: true}
@@ -59,10 +61,8 @@ func TestEagerSubchannelsAndState(t *testing.T) {
 	if got := h.cc.last().ConnectivityState; got != connectivity.Connecting {
 		t.Fatalf("state %v after the only READY connection broke, want CONNECTING", got)
 	}
-	h.tick()
-	if subs[4].connects.Load() != 2 {
-		t.Fatalf("broken connection reconnected %d times, want 1", subs[4].connects.Load()-1)
-	}
+	h.tick() // or the loop goroutine, woken by the IDLE report, does it
+	testutil.Eventually(t, 5*time.Second, func() bool { return subs[4].connects.Load() == 2 }, "the broken connection reconnects once")
 	subs[4].set(connectivity.Connecting, nil)
 	for i, s := range subs {
 		s.set(connectivity.TransientFailure, errors.New("dial tcp: connection refused #"+string(rune('0'+i))))
@@ -200,11 +200,13 @@ func TestPickPrefersLeastLoadedAndFaster(t *testing.T) {
 	for _, r := range held {
 		r.Done(okDone)
 	}
-	// b is 10 times slower: it gets a call only when a has 10 in flight.
+	// b is 10 times slower (a weight of 10/1.5 = 6.7 beyond the latency
+	// band): it gets a call only once a has several times as many in
+	// flight.
 	h.lb.mu.Lock()
 	h.lb.order[0].ewma, h.lb.order[1].ewma = 1000, 10000
-	h.lb.order[0].setWeight()
-	h.lb.order[1].setWeight()
+	h.lb.order[0].setWeight(1000)
+	h.lb.order[1].setWeight(1000)
 	h.lb.mu.Unlock()
 	count = map[string]int{}
 	held = held[:0]
@@ -213,8 +215,8 @@ func TestPickPrefersLeastLoadedAndFaster(t *testing.T) {
 		count[h.addrOf(r)]++
 		held = append(held, r)
 	}
-	if count["a:1"] != 20 || count["b:1"] != 2 {
-		t.Fatalf("22 concurrent picks spread %v, want a:1 20, b:1 2", count)
+	if count["a:1"] != 18 || count["b:1"] != 4 {
+		t.Fatalf("22 concurrent picks spread %v, want a:1 18, b:1 4", count)
 	}
 	for _, r := range held {
 		r.Done(okDone)
@@ -279,6 +281,8 @@ func TestDoneClassification(t *testing.T) {
 		{"unknown (application error) is an answer", grpcbalancer.DoneInfo{Err: errors.New("boom")}, 0},
 		{"application error is an answer", grpcbalancer.DoneInfo{Err: status.Error(codes.NotFound, "x")}, 0},
 		{"unavailable again", grpcbalancer.DoneInfo{Err: status.Error(codes.Unavailable, "x")}, 1},
+		{"received message over the client's limit is not shedding", grpcbalancer.DoneInfo{Err: status.Error(codes.ResourceExhausted, "grpc: received message larger than max (9 vs. 4)"), BytesReceived: true}, 0},
+		{"sent message over the client's limit is not shedding", grpcbalancer.DoneInfo{Err: status.Error(codes.ResourceExhausted, "trying to send message larger than max (9 vs. 4)")}, 0},
 		{"success", okDone, 0},
 	}
 	for _, tt := range tests {
@@ -290,7 +294,7 @@ func TestDoneClassification(t *testing.T) {
 	if n := ep.load.Load() & inflightMask; n != 0 {
 		t.Fatalf("in flight %d after every call finished", n)
 	}
-	if got, want := ep.counts(), (counts{ok: 4, failed: 5, shed: 1, neutral: 2, timeouts: 1}); got != want {
+	if got, want := ep.counts(), (counts{ok: 6, failed: 5, shed: 1, neutral: 2, timeouts: 1}); got != want {
 		t.Fatalf("counts %+v; want %+v", got, want)
 	}
 }
@@ -490,5 +494,139 @@ func TestCloseShutsDown(t *testing.T) {
 	h.cc.subs[0].set(connectivity.Ready, nil)
 	if err := h.update(mustConfig(t, `{}`), endpoints("c:1")); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestFailureCodesConfigurable: ejection.failureCodes decides what counts;
+// INTERNAL ejects only when listed.
+func TestFailureCodesConfigurable(t *testing.T) {
+	for _, tt := range []struct {
+		cfg    string
+		consec int64
+	}{
+		{`{"ejection":{"consecutiveFailures":100}}`, 0},
+		{`{"ejection":{"consecutiveFailures":100,"failureCodes":["UNAVAILABLE","INTERNAL"]}}`, 3},
+	} {
+		h := newHarness(t, 11)
+		if err := h.update(mustConfig(t, tt.cfg), endpoints("a:1")); err != nil {
+			t.Fatal(err)
+		}
+		h.readyAll()
+		for range 3 {
+			h.pick().Done(grpcbalancer.DoneInfo{Err: status.Error(codes.Internal, "x")})
+		}
+		if got := h.lb.order[0].consec.Load(); got != tt.consec {
+			t.Fatalf("%s: %d consecutive failures after 3 INTERNAL; want %d", tt.cfg, got, tt.consec)
+		}
+	}
+}
+
+// TestBlackHoleHold: an endpoint whose calls keep timing out while another
+// answers is held out, then probed one call at a time; a probe that times
+// out doubles the hold; an answered probe ends it. Timeouts everywhere
+// (the callers' deadlines) hold nothing, and nothing is ever ejected.
+func TestBlackHoleHold(t *testing.T) {
+	h := newHarness(t, 12)
+	if err := h.update(mustConfig(t, `{}`), endpoints("a:1", "b:1")); err != nil {
+		t.Fatal(err)
+	}
+	h.readyAll()
+	deadline := grpcbalancer.DoneInfo{Err: status.Error(codes.DeadlineExceeded, "context deadline exceeded")}
+	held := func() bool {
+		h.lb.mu.Lock()
+		defer h.lb.mu.Unlock()
+		return h.lb.order[0].held
+	}
+	// The callers' own deadlines on every endpoint, nobody answering in
+	// the window: no hold, and the runs are forgotten.
+	for range 10 {
+		h.pick().Done(deadline)
+	}
+	h.clock.advance(100 * time.Millisecond)
+	h.tick()
+	if held() {
+		t.Fatal("held an endpoint when every endpoint's calls timed out")
+	}
+	if n := h.lb.order[0].consecTO.Load(); n != 0 {
+		t.Fatalf("timeout run %d kept after a window where nobody answered", n)
+	}
+	// a times out 3 times in a row while b answers: held.
+	timeoutsOn := func(a string, n int) {
+		for got := 0; got < n; {
+			r := h.pick()
+			if h.addrOf(r) == a {
+				r.Done(deadline)
+				got++
+			} else {
+				r.Done(okDone)
+			}
+		}
+	}
+	timeoutsOn("a:1", 3)
+	h.clock.advance(100 * time.Millisecond)
+	h.tick()
+	if !held() {
+		t.Fatal("a:1 not held after 3 timeouts in a row while b:1 answered")
+	}
+	for range 50 {
+		r := h.pick()
+		if h.addrOf(r) != "b:1" {
+			t.Fatal("picked the held endpoint")
+		}
+		r.Done(okDone)
+	}
+	// The hold (1 s) ends: one probe at a time.
+	h.clock.advance(time.Second)
+	h.tick()
+	if held() {
+		t.Fatal("still held after 1 s")
+	}
+	var probe grpcbalancer.PickResult
+	for range 100 {
+		r := h.pick()
+		if h.addrOf(r) == "a:1" {
+			if probe.SubConn != nil {
+				t.Fatal("a second call went to the endpoint while its probe was in flight")
+			}
+			probe = r
+			continue
+		}
+		r.Done(okDone)
+	}
+	if probe.SubConn == nil {
+		t.Fatal("no probe call after the hold ended")
+	}
+	probe.Done(deadline) // the probe times out: held again, for 2 s
+	h.clock.advance(100 * time.Millisecond)
+	h.tick()
+	if !held() {
+		t.Fatal("not held again after the probe timed out")
+	}
+	h.lb.mu.Lock()
+	until := h.lb.order[0].holdUntil - h.clock.now()
+	h.lb.mu.Unlock()
+	if until != 2*time.Second {
+		t.Fatalf("second hold lasts %v; want 2s", until)
+	}
+	h.clock.advance(2 * time.Second)
+	h.tick()
+	for {
+		r := h.pick()
+		if h.addrOf(r) == "a:1" {
+			r.Done(okDone) // the probe is answered
+			break
+		}
+		r.Done(okDone)
+	}
+	h.clock.advance(100 * time.Millisecond)
+	h.tick()
+	h.lb.mu.Lock()
+	probing, holds := h.lb.order[0].probing, h.lb.order[0].holds
+	h.lb.mu.Unlock()
+	if probing || holds != 0 {
+		t.Fatalf("after an answered probe: probing %v, holds %d; want neither", probing, holds)
+	}
+	if len(h.obs.ejections("a:1")) != 0 {
+		t.Fatal("timeouts ejected the endpoint")
 	}
 }

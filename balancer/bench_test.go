@@ -47,7 +47,7 @@ func benchClient(b *testing.B, lbConfig string, addrs []string) *grpc.ClientConn
 
 // drive makes n calls from `callers` goroutines and returns each call's
 // latency and the number of failed calls.
-func drive(cc *grpc.ClientConn, callers, n int) (lat []time.Duration, failed int64, elapsed time.Duration) {
+func drive(cc grpc.ClientConnInterface, callers, n int) (lat []time.Duration, failed int64, elapsed time.Duration) {
 	client := testpb.NewTestServiceClient(cc)
 	lat = make([]time.Duration, n)
 	var next, fails atomic.Int64
@@ -91,16 +91,27 @@ func sleeper(d time.Duration) func(context.Context, *testpb.SimpleRequest) (*tes
 }
 
 // BenchmarkSaturation: one server allowing 100 streams per connection, a
-// 2 ms handler, 1000 concurrent callers. b.N calls per policy.
+// 2 ms handler, 1000 concurrent callers. b.N calls per policy, and a
+// hand-made pool of 8 pick_first ClientConns used in turn.
 func BenchmarkSaturation(b *testing.B) {
 	srv := testutil.StartBackend(b, testutil.BackendOptions{
 		ServerOptions: []grpc.ServerOption{grpc.MaxConcurrentStreams(100)},
 		Unary:         sleeper(2 * time.Millisecond),
 	})
-	for _, p := range policies {
+	sides := append([]struct{ name, config string }{{"pool8", ""}}, policies...)
+	for _, p := range sides {
 		b.Run(p.name, func(b *testing.B) {
 			accepts := srv.Listener.Accepts()
-			cc := benchClient(b, p.config, []string{srv.Addr})
+			var cc grpc.ClientConnInterface
+			if p.config == "" {
+				pool := &connPool{}
+				for range 8 {
+					pool.ccs = append(pool.ccs, benchClient(b, `{"pick_first":{}}`, []string{srv.Addr}))
+				}
+				cc = pool
+			} else {
+				cc = benchClient(b, p.config, []string{srv.Addr})
+			}
 			drive(cc, 1000, 5000) // warm-up: connect, scale, settle
 			b.ResetTimer()
 			lat, failed, elapsed := drive(cc, 1000, max(b.N, 1000))
@@ -109,6 +120,49 @@ func BenchmarkSaturation(b *testing.B) {
 			b.ReportMetric(float64(percentile(lat, 0.99).Microseconds())/1000, "p99-ms")
 			b.ReportMetric(float64(failed), "failed")
 			b.ReportMetric(float64(srv.Listener.Accepts()-accepts), "conns")
+		})
+	}
+}
+
+// connPool is the hand-made pool users build without the toolkit: several
+// ClientConns to one target, used in turn.
+type connPool struct {
+	ccs  []*grpc.ClientConn
+	next atomic.Uint32
+}
+
+func (p *connPool) get() *grpc.ClientConn { return p.ccs[p.next.Add(1)%uint32(len(p.ccs))] }
+
+func (p *connPool) Invoke(ctx context.Context, method string, args, reply any, opts ...grpc.CallOption) error {
+	return p.get().Invoke(ctx, method, args, reply, opts...)
+}
+
+func (p *connPool) NewStream(ctx context.Context, desc *grpc.StreamDesc, method string, opts ...grpc.CallOption) (grpc.ClientStream, error) {
+	return p.get().NewStream(ctx, desc, method, opts...)
+}
+
+// BenchmarkSlowBackendPaced: three servers, one 20 ms slower, 32 callers
+// offering the same 1000 calls/s to every policy (equal offered load).
+// Target: our p99 ≤ 0.25× round_robin's.
+func BenchmarkSlowBackendPaced(b *testing.B) {
+	var addrs []string
+	for i := range 3 {
+		d := time.Millisecond
+		if i == 0 {
+			d += 20 * time.Millisecond
+		}
+		addrs = append(addrs, testutil.StartBackend(b, testutil.BackendOptions{Unary: sleeper(d)}).Addr)
+	}
+	for _, p := range policies[1:] {
+		b.Run(p.name, func(b *testing.B) {
+			cc := benchClient(b, p.config, addrs)
+			drive(cc, 32, 500)
+			b.ResetTimer()
+			r := pacedDrive(cc, 32, 1000, 3*time.Second, 10*time.Second)
+			b.StopTimer()
+			b.ReportMetric(float64(percentile(r.lat, 0.50).Microseconds())/1000, "p50-ms")
+			b.ReportMetric(float64(percentile(r.lat, 0.99).Microseconds())/1000, "p99-ms")
+			b.ReportMetric(float64(r.other+r.timedOut+r.shed), "failed")
 		})
 	}
 }

@@ -1,18 +1,17 @@
 package balancer
 
 import (
-	"bytes"
 	"encoding/json"
 	"fmt"
 	"slices"
 	"strconv"
-	"strings"
 	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/serviceconfig"
 
 	"github.com/grpcreuse/grpcreuse/internal/duration"
+	"github.com/grpcreuse/grpcreuse/internal/jsonfield"
 )
 
 // Limits of the integer fields. A config outside them is rejected, never
@@ -124,7 +123,7 @@ func defaultConfig() *Config {
 // JSON field, the value and what is allowed, for example
 //
 //	grpcreuse_least_loaded: "choiceCount" is 1; must be between 2 and 10
-//	grpcreuse_least_loaded: unknown field "subchannelPerEndpoint"; did you mean "subchannelsPerEndpoint"?
+//	grpcreuse_least_loaded: "subchannelPerEndpoint" is not a known field; did you mean "subchannelsPerEndpoint"?
 //
 // A parsed *Config marshals back (MarshalJSON) to JSON that ParseConfig
 // reads as an equal Config, as grpc's re-encoding of parsed configs needs.
@@ -136,15 +135,9 @@ func ParseConfig(raw json.RawMessage) (*Config, error) {
 	return cfg, nil
 }
 
-// JSON field names, top level and in "ejection".
-var (
-	configFields   = []string{"subchannelsPerEndpoint", "maxSubchannelsPerEndpoint", "targetStreamsPerSubchannel", "choiceCount", "subchannelIdleTimeout", "ejection"}
-	ejectionFields = []string{"consecutiveFailures", "baseEjectionTime", "maxEjectionTime", "maxEjectionPercent", "failureCodes"}
-)
-
 func parseConfig(raw json.RawMessage) (*Config, error) {
 	cfg := defaultConfig()
-	fields, err := object("", "config", raw, configFields)
+	o, err := jsonfield.Parse("", raw)
 	if err != nil {
 		return nil, err
 	}
@@ -159,33 +152,39 @@ func parseConfig(raw json.RawMessage) (*Config, error) {
 		{"choiceCount", &cfg.ChoiceCount, minChoiceCount, maxChoiceCount},
 	}
 	for _, f := range ints {
-		if err := intField(f.name, fields[f.name], f.dst, f.min, f.max); err != nil {
+		if err := o.Int(f.name, f.dst, f.min, f.max); err != nil {
 			return nil, err
 		}
 	}
-	if cfg.SubchannelIdleTimeout, err = duration.FromJSON("subchannelIdleTimeout", fields["subchannelIdleTimeout"], cfg.SubchannelIdleTimeout); err != nil {
+	if err := o.Duration("subchannelIdleTimeout", &cfg.SubchannelIdleTimeout); err != nil {
 		return nil, err
 	}
-	ej, err := object("ejection.", `"ejection"`, fields["ejection"], ejectionFields)
+	ej, err := o.Object("ejection")
 	if err != nil {
 		return nil, err
 	}
 	e := &cfg.Ejection
-	if err := intField("ejection.consecutiveFailures", ej["consecutiveFailures"], &e.ConsecutiveFailures, 0, maxConsecutiveFailure); err != nil {
+	if err := ej.Int("consecutiveFailures", &e.ConsecutiveFailures, 0, maxConsecutiveFailure); err != nil {
 		return nil, err
 	}
-	if err := intField("ejection.maxEjectionPercent", ej["maxEjectionPercent"], &e.MaxEjectionPercent, 0, 100); err != nil {
+	if err := ej.Int("maxEjectionPercent", &e.MaxEjectionPercent, 0, 100); err != nil {
 		return nil, err
 	}
-	if e.BaseEjectionTime, err = duration.FromJSON("ejection.baseEjectionTime", ej["baseEjectionTime"], e.BaseEjectionTime); err != nil {
+	if err := ej.Duration("baseEjectionTime", &e.BaseEjectionTime); err != nil {
 		return nil, err
 	}
 	// The default maximum never undercuts an explicit base.
-	defMax := max(e.MaxEjectionTime, e.BaseEjectionTime)
-	if e.MaxEjectionTime, err = duration.FromJSON("ejection.maxEjectionTime", ej["maxEjectionTime"], defMax); err != nil {
+	e.MaxEjectionTime = max(e.MaxEjectionTime, e.BaseEjectionTime)
+	if err := ej.Duration("maxEjectionTime", &e.MaxEjectionTime); err != nil {
 		return nil, err
 	}
-	if e.FailureCodes, err = codesField("ejection.failureCodes", ej["failureCodes"], e.FailureCodes); err != nil {
+	if e.FailureCodes, err = codesField(ej, "failureCodes", e.FailureCodes); err != nil {
+		return nil, err
+	}
+	if err := ej.Done(); err != nil {
+		return nil, err
+	}
+	if err := o.Done(); err != nil {
 		return nil, err
 	}
 	if err := cfg.validate(); err != nil {
@@ -249,28 +248,38 @@ func (c *Config) MarshalJSON() ([]byte, error) {
 func (c *Config) validate() error {
 	switch {
 	case c.MaxSubchannelsPerEndpoint < 1 || c.MaxSubchannelsPerEndpoint > maxSubchannelsLimit:
-		return fmt.Errorf("%q is %d; must be between 1 and %d", "maxSubchannelsPerEndpoint", c.MaxSubchannelsPerEndpoint, maxSubchannelsLimit)
+		return intErr("maxSubchannelsPerEndpoint", c.MaxSubchannelsPerEndpoint, fmt.Sprintf("must be between 1 and %d", maxSubchannelsLimit))
 	case c.SubchannelsPerEndpoint < 1 || c.SubchannelsPerEndpoint > c.MaxSubchannelsPerEndpoint:
-		return fmt.Errorf("%q is %d; must be between 1 and \"maxSubchannelsPerEndpoint\" (%d)", "subchannelsPerEndpoint", c.SubchannelsPerEndpoint, c.MaxSubchannelsPerEndpoint)
+		return intErr("subchannelsPerEndpoint", c.SubchannelsPerEndpoint, fmt.Sprintf("must be between 1 and \"maxSubchannelsPerEndpoint\" (%d)", c.MaxSubchannelsPerEndpoint))
 	case c.TargetStreamsPerSubchannel < 1 || c.TargetStreamsPerSubchannel > maxTargetStreams:
-		return fmt.Errorf("%q is %d; must be between 1 and %d", "targetStreamsPerSubchannel", c.TargetStreamsPerSubchannel, maxTargetStreams)
+		return intErr("targetStreamsPerSubchannel", c.TargetStreamsPerSubchannel, fmt.Sprintf("must be between 1 and %d", maxTargetStreams))
 	case c.ChoiceCount < minChoiceCount || c.ChoiceCount > maxChoiceCount:
-		return fmt.Errorf("%q is %d; must be between %d and %d", "choiceCount", c.ChoiceCount, minChoiceCount, maxChoiceCount)
+		return intErr("choiceCount", c.ChoiceCount, fmt.Sprintf("must be between %d and %d", minChoiceCount, maxChoiceCount))
 	case c.SubchannelIdleTimeout <= 0:
-		return fmt.Errorf("%q is %q; must be greater than 0s", "subchannelIdleTimeout", duration.String(c.SubchannelIdleTimeout))
+		return durErr("subchannelIdleTimeout", c.SubchannelIdleTimeout, "must be greater than 0s")
 	}
 	e := c.Ejection
 	switch {
 	case e.ConsecutiveFailures < 0 || e.ConsecutiveFailures > maxConsecutiveFailure:
-		return fmt.Errorf("%q is %d; must be between 0 and %d", "ejection.consecutiveFailures", e.ConsecutiveFailures, maxConsecutiveFailure)
+		return intErr("ejection.consecutiveFailures", e.ConsecutiveFailures, fmt.Sprintf("must be between 0 and %d", maxConsecutiveFailure))
 	case e.MaxEjectionPercent < 0 || e.MaxEjectionPercent > 100:
-		return fmt.Errorf("%q is %d; must be between 0 and 100", "ejection.maxEjectionPercent", e.MaxEjectionPercent)
+		return intErr("ejection.maxEjectionPercent", e.MaxEjectionPercent, "must be between 0 and 100")
 	case e.BaseEjectionTime <= 0:
-		return fmt.Errorf("%q is %q; must be greater than 0s", "ejection.baseEjectionTime", duration.String(e.BaseEjectionTime))
+		return durErr("ejection.baseEjectionTime", e.BaseEjectionTime, "must be greater than 0s")
 	case e.MaxEjectionTime < e.BaseEjectionTime:
-		return fmt.Errorf("%q is %q; must be at least \"ejection.baseEjectionTime\" (%s)", "ejection.maxEjectionTime", duration.String(e.MaxEjectionTime), duration.String(e.BaseEjectionTime))
+		return durErr("ejection.maxEjectionTime", e.MaxEjectionTime, "must be at least \"ejection.baseEjectionTime\" ("+duration.String(e.BaseEjectionTime)+")")
 	}
 	return validateCodes("ejection.failureCodes", e.FailureCodes)
+}
+
+// intErr and durErr are validate's field errors, in the shape every
+// parser of the toolkit gives.
+func intErr(field string, v int, rule string) error {
+	return &jsonfield.Error{Field: field, Value: strconv.Itoa(v), Rule: rule}
+}
+
+func durErr(field string, d time.Duration, rule string) error {
+	return &jsonfield.Error{Field: field, Value: strconv.Quote(duration.String(d)), Rule: rule}
 }
 
 // codeNames are the canonical names of gRPC status codes, as service config
@@ -290,19 +299,19 @@ var codeNames = [...]string{
 // twice, and none of the codes that never say a backend failed.
 func validateCodes(field string, cs []codes.Code) error {
 	if len(cs) == 0 {
-		return fmt.Errorf("%q is []; must name at least one code (set \"ejection.consecutiveFailures\" to 0 to disable ejection)", field)
+		return &jsonfield.Error{Field: field, Value: "[]", Rule: "must name at least one code (set \"ejection.consecutiveFailures\" to 0 to disable ejection)"}
 	}
 	var seen uint32
 	for _, c := range cs {
 		if int(c) >= len(codeNames) {
-			return fmt.Errorf("%q holds code %d; must be status code names such as \"UNAVAILABLE\"", field, uint32(c))
+			return &jsonfield.Error{Field: field, Rule: fmt.Sprintf("holds code %d; must be status code names such as \"UNAVAILABLE\"", uint32(c))}
 		}
 		switch c {
 		case codes.OK, codes.Canceled, codes.DeadlineExceeded, codes.ResourceExhausted:
-			return fmt.Errorf("%q holds %q; OK, CANCELLED, DEADLINE_EXCEEDED and RESOURCE_EXHAUSTED never count as backend failures", field, codeNames[c])
+			return &jsonfield.Error{Field: field, Rule: "holds " + strconv.Quote(codeNames[c]) + "; OK, CANCELLED, DEADLINE_EXCEEDED and RESOURCE_EXHAUSTED never count as backend failures"}
 		}
 		if seen&(1<<c) != 0 {
-			return fmt.Errorf("%q holds %q twice", field, codeNames[c])
+			return &jsonfield.Error{Field: field, Rule: "holds " + strconv.Quote(codeNames[c]) + " twice"}
 		}
 		seen |= 1 << c
 	}
@@ -320,135 +329,34 @@ func codeMask(cs []codes.Code) uint32 {
 	return m
 }
 
-// codesField parses raw, the JSON value of field, as a list of status code
-// names. Absent or null yields def (copied). Membership rules are
-// validateCodes'.
-func codesField(field string, raw json.RawMessage, def []codes.Code) ([]codes.Code, error) {
-	raw = bytes.TrimSpace(raw)
-	if len(raw) == 0 || bytes.Equal(raw, []byte("null")) {
+// codesField reads member name of o as a list of status code names.
+// Absent or null yields def (copied). Membership rules are validateCodes'.
+func codesField(o *jsonfield.Object, name string, def []codes.Code) ([]codes.Code, error) {
+	field := o.Field(name)
+	const rule = `must be status code names such as "UNAVAILABLE"`
+	if !o.Has(name) {
+		o.Raw(name) // known, and absent or null
 		return slices.Clone(def), nil
 	}
-	var names []json.RawMessage
-	if raw[0] != '[' || json.Unmarshal(raw, &names) != nil {
-		return nil, fmt.Errorf("%q is %s; must be a list of status code names such as [\"UNAVAILABLE\"]", field, clip(raw))
+	names, err := o.Array(name)
+	if err != nil {
+		return nil, err
 	}
 	out := make([]codes.Code, 0, len(names))
 	for _, n := range names {
-		var name string
-		if json.Unmarshal(n, &name) != nil {
-			return nil, fmt.Errorf("%q holds %s; must be status code names such as \"UNAVAILABLE\"", field, clip(n))
+		var s string
+		if json.Unmarshal(n, &s) != nil {
+			return nil, &jsonfield.Error{Field: field, Rule: "holds " + jsonfield.Clip(n) + "; " + rule}
 		}
-		i := slices.Index(codeNames[:], name)
+		i := slices.Index(codeNames[:], s)
 		if i < 0 {
-			return nil, fmt.Errorf("%q holds %q; must be status code names such as \"UNAVAILABLE\"%s", field, clip([]byte(name)), suggest(name, codeNames[:]))
+			r := "holds " + strconv.Quote(jsonfield.Clip([]byte(s))) + "; " + rule
+			if near := jsonfield.Nearest(s, codeNames[:]); near != "" {
+				r += "; did you mean " + strconv.Quote(near) + "?"
+			}
+			return nil, &jsonfield.Error{Field: field, Rule: r}
 		}
 		out = append(out, codes.Code(i))
 	}
 	return out, nil
-}
-
-// object decodes raw as a JSON object into its members, keyed exactly as
-// spelled (encoding/json would also match "ChoiceCount" to choiceCount).
-// Absent or null yields an empty map. A member not in known, or one given
-// twice, is an error naming it as prefix+name, with the nearest known name.
-// label names raw in errors.
-func object(prefix, label string, raw json.RawMessage, known []string) (map[string]json.RawMessage, error) {
-	raw = bytes.TrimSpace(raw)
-	if len(raw) == 0 || bytes.Equal(raw, []byte("null")) {
-		return nil, nil
-	}
-	notObject := fmt.Errorf("%s is %s; must be a JSON object", label, clip(raw))
-	if raw[0] != '{' || !json.Valid(raw) {
-		return nil, notObject
-	}
-	dec := json.NewDecoder(bytes.NewReader(raw))
-	if _, err := dec.Token(); err != nil { // '{'
-		return nil, notObject
-	}
-	m := make(map[string]json.RawMessage)
-	for dec.More() {
-		tok, err := dec.Token()
-		if err != nil {
-			return nil, notObject
-		}
-		name, _ := tok.(string)
-		var v json.RawMessage
-		if err := dec.Decode(&v); err != nil {
-			return nil, notObject
-		}
-		if !slices.Contains(known, name) {
-			return nil, fmt.Errorf("unknown field %q%s", prefix+name, suggest(name, known))
-		}
-		if _, dup := m[name]; dup {
-			return nil, fmt.Errorf("field %q appears twice", prefix+name)
-		}
-		m[name] = v
-	}
-	return m, nil
-}
-
-// suggest returns `; did you mean "x"?` for the known name nearest to
-// name, or "" when none is near.
-func suggest(name string, known []string) string {
-	best, bestD := "", len(name)/2+2
-	for _, k := range known {
-		if d := editDistance(strings.ToLower(name), strings.ToLower(k)); d < bestD {
-			best, bestD = k, d
-		}
-	}
-	if best == "" {
-		return ""
-	}
-	return fmt.Sprintf("; did you mean %q?", best)
-}
-
-// editDistance is the Levenshtein distance between a and b, in bytes.
-func editDistance(a, b string) int {
-	if len(a) > 64 {
-		a = a[:64]
-	}
-	prev := make([]int, len(b)+1)
-	cur := make([]int, len(b)+1)
-	for j := range prev {
-		prev[j] = j
-	}
-	for i := 1; i <= len(a); i++ {
-		cur[0] = i
-		for j := 1; j <= len(b); j++ {
-			cost := 1
-			if a[i-1] == b[j-1] {
-				cost = 0
-			}
-			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
-		}
-		prev, cur = cur, prev
-	}
-	return prev[len(b)]
-}
-
-// intField parses raw, the JSON value of field, as a whole number between
-// lo and hi into dst. Absent or null leaves dst (the default) alone.
-func intField(field string, raw json.RawMessage, dst *int, lo, hi int) error {
-	raw = bytes.TrimSpace(raw)
-	if len(raw) == 0 || bytes.Equal(raw, []byte("null")) {
-		return nil
-	}
-	n, err := strconv.ParseInt(string(raw), 10, 64)
-	if err != nil {
-		return fmt.Errorf("%q is %s; must be a whole number between %d and %d", field, clip(raw), lo, hi)
-	}
-	if n < int64(lo) || n > int64(hi) {
-		return fmt.Errorf("%q is %d; must be between %d and %d", field, n, lo, hi)
-	}
-	*dst = int(n)
-	return nil
-}
-
-// clip keeps error messages short when a caller sends a huge value.
-func clip(raw []byte) string {
-	const limit = 40
-	if len(raw) > limit {
-		return string(raw[:limit]) + "…"
-	}
-	return string(raw)
 }

@@ -1,8 +1,10 @@
 // Package balancer is grpcreuse's load-balancing policy, registered with
-// grpc as "grpcreuse_least_loaded" (Name). It keeps several connections
-// (subchannels) per endpoint, opening more under load and closing extras when
-// idle, and picks with power of two choices over a peak-EWMA latency score,
-// ejecting endpoints that keep failing.
+// grpc as "grpcreuse_least_loaded" (Name). It is a parent over grpc's own
+// pick_first leaves (gRFC A61), several per endpoint: it keeps several
+// connections per endpoint, opening more under load and closing extras when
+// idle, and picks with a round-robin candidate challenged by a random one
+// over a score of latency and calls in flight, ejecting endpoints that keep
+// failing. docs/balancer.md in the repository is the user guide.
 //
 // # Use
 //
@@ -18,79 +20,109 @@
 //
 // Config documents every field and its default; ParseConfig validates a
 // config up front with the same rules grpc applies when the channel is made.
-// An invalid value is an error naming the field, the value and what is
-// allowed; nothing is clamped.
+// An invalid value, an unknown field or a field given twice is an error
+// naming the field, the value and what is allowed (with the nearest known
+// name for a misspelt field); nothing is clamped. A parsed *Config marshals
+// back (MarshalJSON) to the JSON it came from, so it survives grpc's
+// re-encoding of parsed configs (xDS does that).
 //
 // # Design
 //
-// Subchannels. The policy manages its SubConns itself (NewSubConn with a
-// StateListener, one SubConn per connection) rather than delegating to
-// pick_first children through endpointsharding, because it needs several
-// connections per endpoint and per-connection load. Every SubConn of an
-// endpoint gets all of the endpoint's addresses, so grpc connects to the
-// first that works. SubchannelsPerEndpoint are opened and connected as soon as
-// the endpoint is resolved; a subchannel that goes IDLE is reconnected at
-// once (grpc applies its backoff after failures). Removed endpoints'
-// subchannels are shut down gracefully: calls on them finish.
+// Connections. Every connection is a pick_first child balancer given all
+// of the endpoint's addresses, with pick_first's health listener enabled.
+// So each connection is made exactly as grpc's own policies make theirs:
+// happy eyeballs over the addresses (250 ms between attempts), client-side
+// health checking when the service config has a healthCheckConfig (a
+// NOT_SERVING backend gets no calls), and xDS outlier-detection ejections
+// delivered through the health listener. The policy never calls
+// NewSubConn itself. SubchannelsPerEndpoint children are made as soon as
+// the endpoint is resolved; a child that goes IDLE (its connection broke)
+// is reconnected by the control loop at once (grpc applies its backoff to
+// failed attempts). Removed endpoints' children are closed gracefully:
+// calls on them finish.
 //
 // Scale up and down. A pick that sees an endpoint's calls in flight above
-// TargetStreamsPerSubchannel × its READY subchannels asks the control loop
-// for one more subchannel (at most one per picker, only when all of the
-// endpoint's subchannels are READY, never above MaxSubchannelsPerEndpoint).
-// Within an endpoint, calls spread over the base subchannels while those are
-// below target, then fill the extras in order, so that extras drain when load
-// falls; an extra that carries no call for SubchannelIdleTimeout is closed.
-// Calls picked before a new connection is READY wait for stream quota on the
-// connection they got: set TargetStreamsPerSubchannel below the servers'
-// MaxConcurrentStreams so that connections are added before quota runs out.
+// TargetStreamsPerSubchannel × its READY connections asks the control loop
+// for one more connection (at most one per picker, only when all of the
+// endpoint's connections are READY, never above
+// MaxSubchannelsPerEndpoint). Within an endpoint, calls spread over the
+// base connections while those are below target, then fill the extras in
+// order, so that extras drain when load falls; an extra that carries no
+// call for SubchannelIdleTimeout is closed.
 //
-// Picking. ChoiceCount endpoints are sampled (distinct when there are more
-// endpoints than choices, all of them otherwise); the lowest score wins:
+// Picking. The next endpoint in round-robin order is the candidate; it is
+// challenged by ChoiceCount−1 random others (all of them when there are no
+// more endpoints than that). Each endpoint's score is
 //
-//	score = latency × (1 + 20 × failureShare) × (callsInFlight + 1)
+//	weight × (callsInFlight + 1)
+//	weight = latencyFactor × (1 + 20 × failureShare) × (1 + shedShare)
 //
-// latency is a peak EWMA (Finagle, Linkerd): a slower sample replaces it at
-// once, faster ones blend in with weight 1 − exp(−Δt/2s). Samples are exact
+// and a challenger, scored with one more call in flight than it has, must
+// beat the candidate by more than 30% to take the call. Endpoints alike
+// therefore get calls as evenly as round_robin gives them, while a slower,
+// failing or busier one loses. latencyFactor is 1 for endpoints whose
+// latency estimate is within 1.5× of the fastest endpoint's, and grows in
+// proportion beyond. The estimate is a peak EWMA (Finagle, Linkerd) of exact
 // mean latencies per 100 ms window, measured without per-call state: each
 // endpoint keeps one atomic word holding calls in flight and Σstart − Σend
 // (Little's law), which is what lets the done callback be built once per
-// subchannel and picks allocate nothing. failureShare is the smoothed share
-// of calls failing with Unavailable, ResourceExhausted, Internal, Unknown or
-// DataLoss, so a backend that fails fast does not look fast. Failed calls do
-// not count as latency samples. An endpoint without calls drifts towards the
-// others' latency, so a slow endpoint is retried after a few seconds.
+// connection and picks allocate nothing. failureShare is the smoothed share
+// of calls failing with one of Ejection.FailureCodes; shedShare the share
+// the servers refused with RESOURCE_EXHAUSTED (back-pressure: a small
+// penalty, so load moves away without herding). Failed and shed calls are
+// not latency samples (they end fast). An endpoint without calls drifts
+// towards the others' latency; one that was avoided as slow then takes one
+// call at a time until a call measures it again.
 //
-// Ejection. Ejection.ConsecutiveFailures failures in a row (codes as above)
-// eject an endpoint for BaseEjectionTime × (ejections in a row), capped at
-// MaxEjectionTime; the multiplier wears off by one per BaseEjectionTime
-// healthy. An ejection that would take more than MaxEjectionPercent of the
-// endpoints out does not happen. Ejected endpoints keep their connections
-// and return on their own. If nothing but ejected endpoints can serve, they
-// are used rather than failing calls. The caller's own cancellations and
-// deadlines never count as failures, and other codes (NotFound, ...) are
-// answers that reset the count.
+// Ejection. Ejection.ConsecutiveFailures calls in a row failing with one of
+// Ejection.FailureCodes (UNAVAILABLE by default) eject an endpoint for
+// BaseEjectionTime × (ejections in a row), capped at MaxEjectionTime; the
+// multiplier wears off by one per BaseEjectionTime healthy. An ejection
+// that would take more than MaxEjectionPercent of the endpoints out does
+// not happen. Ejected endpoints keep their connections and return on their
+// own. If nothing but ejected endpoints can serve, they are used rather
+// than failing calls. RESOURCE_EXHAUSTED from a server never ejects; the
+// caller's own cancellations and deadlines never count as failures; other
+// codes are answers that reset the count. A RESOURCE_EXHAUSTED that grpc
+// raised on the client (a message over the size limit) is an answer.
 //
-// State. The channel is READY when any subchannel is, CONNECTING while any
+// Black holes. An endpoint whose calls time out (DEADLINE_EXCEEDED) three
+// times in a row while other endpoints answer is held out of picking for
+// 1 s, then probed with one call at a time; each probe that times out
+// again doubles the hold, up to MaxEjectionTime. A hold is not an
+// ejection: it is not reported as one, and a held endpoint is still used if
+// nothing else can serve.
+//
+// State. The channel is READY when any connection is, CONNECTING while any
 // is connecting, and TRANSIENT_FAILURE when none can serve: then fail-fast
 // calls fail with Unavailable and a message carrying the last connection
-// (or resolver) error, and wait-for-ready calls wait.
+// (or health-check, or resolver) error, saying so when every endpoint
+// fails its health check, and wait-for-ready calls wait.
 //
 // # Telemetry
 //
 // The channel hands the balancer a telemetry.SubchannelObserver through the
 // resolver state (internal/observerattr; clientconn does it). The balancer
-// reports every subchannel's state changes (IDLE when opened, SHUTDOWN when
-// closed), ejections with their length, returns, and each endpoint's calls
-// in flight with its peak-EWMA latency (EndpointLoad), sampled by the
-// control loop when calls flowed or the in-flight count changed.
-// The observer is never called with a lock held.
+// reports every connection's state changes (IDLE when opened, SHUTDOWN
+// when closed), each endpoint's state aggregated over its connections with
+// its count of open connections (EndpointState), its finished calls by
+// outcome (EndpointCalls: OK, failed, shed, cancelled, timed out),
+// ejections with their length, returns, removals, and each endpoint's calls
+// in flight with its latency estimate (EndpointLoad). Call counts and loads
+// are sampled by the control loop, never reported per call. The observer is
+// never called with a lock held. Ejections, returns, holds, probes and
+// connection scaling are also logged through the grpclog component
+// "grpcreuse-balancer" at verbosity 2. Snapshot returns the same picture
+// for every channel of the process at once, for debug pages.
 //
 // # Concurrency and goroutines
 //
 // Pick and the done callbacks are safe for concurrent use, take no lock and
 // do not allocate. Each balancer (one per channel) runs one goroutine, its
 // control loop, which samples statistics (every 100 ms while calls flow,
-// sleeping otherwise), ejects and returns endpoints and scales subchannels;
-// grpc stops it by closing the balancer when the channel closes or goes idle,
-// and Close waits for it.
+// sleeping otherwise), ejects and returns endpoints, holds black holes,
+// scales connections and reconnects idle ones; grpc stops it by closing the
+// balancer when the channel closes or goes idle, and Close waits for it.
+// The pick_first children start no goroutine of their own beyond grpc's
+// happy-eyeballs timers, which Close cancels.
 package balancer

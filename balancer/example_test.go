@@ -2,6 +2,7 @@ package balancer_test
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"log"
 	"net"
@@ -89,4 +90,31 @@ func Example() {
 	// backend 0 served calls: true
 	// backend 1 served calls: true
 	// grpcreuse_least_loaded: "choiceCount" is 1; must be between 2 and 10
+}
+
+// ExampleConfig_MarshalJSON: a misspelt field is an error naming the
+// nearest known one, and a parsed config marshals back to JSON that
+// parses to the same config, as grpc's (and xDS's) re-encoding needs.
+func ExampleConfig_MarshalJSON() {
+	_, err := balancer.ParseConfig([]byte(`{"subchannelPerEndpoint": 8}`))
+	fmt.Println(err)
+
+	cfg, err := balancer.ParseConfig([]byte(`{"maxSubchannelsPerEndpoint": 8, "ejection": {"baseEjectionTime": "1.5s", "failureCodes": ["UNAVAILABLE", "INTERNAL"]}}`))
+	if err != nil {
+		log.Fatal(err)
+	}
+	js, err := json.Marshal(cfg)
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println(string(js))
+	again, err := balancer.ParseConfig(js)
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println(again.MaxSubchannelsPerEndpoint, again.Ejection.BaseEjectionTime, again.Ejection.FailureCodes)
+	// Output:
+	// grpcreuse_least_loaded: "subchannelPerEndpoint" is not a known field; did you mean "subchannelsPerEndpoint"?
+	// {"subchannelsPerEndpoint":1,"maxSubchannelsPerEndpoint":8,"targetStreamsPerSubchannel":50,"choiceCount":2,"subchannelIdleTimeout":"60s","ejection":{"consecutiveFailures":5,"baseEjectionTime":"1.500s","maxEjectionTime":"300s","maxEjectionPercent":50,"failureCodes":["UNAVAILABLE","INTERNAL"]}}
+	// 8 1.5s [Unavailable Internal]
 }

@@ -220,10 +220,9 @@ func (r *recorder) returns(ep string) int {
 	return r.returned[ep]
 }
 
-// harness is a balancer built on a fakeCC with a fake clock. Its control
-// loop still runs, but it sees only the fake time, so everything that
-// depends on time happens when the test advances the clock; tests also
-// call tick themselves to run a round synchronously.
+// harness is a balancer built on a fakeCC with a fake clock and no
+// control-loop goroutine: tests call tick to run a round synchronously, so
+// everything that depends on time or on the loop happens when they say.
 type harness struct {
 	t     *testing.T
 	cc    *fakeCC
@@ -244,7 +243,7 @@ func newHarness(t *testing.T, seed uint64) *harness {
 		z = (z ^ z>>27) * 0x94d049bb133111eb
 		return z ^ z>>31
 	}
-	b := &builder{name: "test", k: knobs{now: h.clock.now, rand: rnd, sampleInterval: 100 * time.Millisecond, latencyDecay: 2 * time.Second}}
+	b := &builder{name: "test", k: knobs{now: h.clock.now, rand: rnd, sampleInterval: 100 * time.Millisecond, latencyDecay: 2 * time.Second, manualLoop: true}}
 	h.lb = b.Build(h.cc, grpcbalancer.BuildOptions{}).(*lb)
 	t.Cleanup(h.lb.Close)
 	return h

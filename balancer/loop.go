@@ -40,7 +40,9 @@ func (l *lb) tick() time.Duration {
 		// Announce sleep before sampling: a pick that starts after the
 		// sample wakes the loop; one that ran before shows in the sample.
 		l.sh.sleeping.Store(true)
-		l.active = l.sampleLocked(now)
+		var probesChanged bool
+		l.active, probesChanged = l.sampleLocked(now)
+		changed = changed || probesChanged
 		l.lastSample = now
 		if l.active {
 			l.sh.sleeping.Store(false)
@@ -96,11 +98,11 @@ func (l *lb) nextLocked(now time.Duration) time.Duration {
 // sampleLocked folds the statistics of the window since the last sample
 // into each endpoint's peak-EWMA latency and failure and shed shares,
 // reports the calls finished, and reports whether any call was in flight
-// or finished.
-func (l *lb) sampleLocked(now time.Duration) bool {
+// or finished, and whether an endpoint started or stopped being probed
+// for its latency (the picker must change).
+func (l *lb) sampleLocked(now time.Duration) (active, probes bool) {
 	window := now - l.lastSample
 	w := math.Exp(-float64(window) / float64(l.k.latencyDecay))
-	active := false
 	var sum float64
 	var sampled int
 	idle := make([]*endpoint, 0, len(l.order))
@@ -128,6 +130,9 @@ func (l *lb) sampleLocked(now time.Duration) bool {
 			answeredBy++
 		}
 		if dDone > 0 {
+			if ep.drifted {
+				ep.drifted, probes = false, true
+			}
 			// Peak EWMA: a slower sample is taken at once, a faster one
 			// blends in with weight 1−exp(−window/τ).
 			sample := float64(dArea) / float64(dDone)
@@ -149,7 +154,6 @@ func (l *lb) sampleLocked(now time.Duration) bool {
 			ep.failRate *= w
 			ep.shedRate *= w
 		}
-		ep.setWeight()
 		if changed || dDone > 0 {
 			l.pending = append(l.pending, event{kind: evLoad, ep: ep.name, n: int(n),
 				d: time.Duration(ep.ewma * float64(time.Microsecond))})
@@ -164,17 +168,31 @@ func (l *lb) sampleLocked(now time.Duration) bool {
 	}
 	l.othersAnswer = answeredBy
 	// An endpoint without calls drifts towards the others' latency, so
-	// that one which was slow is tried again after a few τ.
+	// that one which was slow is tried again after a few τ. Until a call
+	// of its own measures it again, a drifted endpoint that was avoided
+	// as slow takes one call at a time: a probe, not a round-robin share.
 	if sampled > 0 {
 		mean := sum / float64(sampled)
 		for _, ep := range idle {
 			if ep.ewma > 0 && !ep.held {
+				if !ep.drifted && l.refLatency > 0 && ep.ewma > latencyBand*l.refLatency {
+					ep.drifted, probes = true, true
+				}
 				ep.ewma = mean + w*(ep.ewma-mean)
-				ep.setWeight()
 			}
 		}
 	}
-	return active
+	ref := 0.0
+	for _, ep := range l.order {
+		if ep.ewma > 0 && (ref == 0 || ep.ewma < ref) {
+			ref = ep.ewma
+		}
+	}
+	l.refLatency = ref
+	for _, ep := range l.order {
+		ep.setWeight(ref)
+	}
+	return active, probes
 }
 
 // holdLocked holds black holes out of picking: an endpoint whose calls
@@ -211,7 +229,13 @@ func (l *lb) holdLocked(now time.Duration) bool {
 			if ep.answeredWindow {
 				others--
 			}
-			if ep.consecTO.Load() < need || others <= 0 {
+			if ep.consecTO.Load() < need {
+				continue
+			}
+			if others <= 0 {
+				// Nobody answered in this window: the timeouts are the
+				// callers' deadlines, not this endpoint's silence.
+				ep.consecTO.Store(0)
 				continue
 			}
 			ep.consecTO.Store(0)

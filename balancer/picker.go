@@ -6,6 +6,7 @@ import (
 	"io"
 	"math"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	grpcbalancer "google.golang.org/grpc/balancer"
@@ -15,6 +16,8 @@ import (
 
 // picker is an immutable snapshot of the endpoints that can take calls.
 type picker struct {
+	// next is the round-robin position; it starts at a random offset.
+	next   atomic.Uint32
 	sh     *shared
 	eps    []pickEndpoint
 	choice int
@@ -38,17 +41,30 @@ type pickEndpoint struct {
 	limit uint64
 }
 
-// score is pe's cost for a new call; +Inf while it is at its limit.
-func (pe *pickEndpoint) score() float64 {
-	if pe.limit != 0 && pe.ep.load.Load()&inflightMask >= pe.limit {
+// score is pe's cost for a new call, weight × (in flight + 1 + extra);
+// +Inf while it is at its limit.
+func (pe *pickEndpoint) score(extra uint64) float64 {
+	n := pe.ep.load.Load() & inflightMask
+	if pe.limit != 0 && n >= pe.limit {
 		return math.Inf(1)
 	}
-	return pe.ep.score()
+	return math.Float64frombits(pe.ep.weight.Load()) * float64(n+1+extra)
 }
 
-// Pick chooses the endpoint with the lowest score among choice random ones
-// (power of two choices by default), then a connection of it. It takes no
-// lock and does not allocate.
+// tieBand is how much lower (as a share) another candidate's score must
+// be than the round-robin candidate's to take the call instead, the other
+// candidate being scored with one more call in flight than it has. Within
+// the band the round-robin candidate wins, so that endpoints alike get
+// calls as evenly as round_robin gives them (random sampling alone makes
+// bursts, and bursts make servers with an in-flight limit shed); an
+// endpoint that is really slower, failing or busier loses.
+const tieBand = 0.3
+
+// Pick takes the next endpoint in round-robin order and compares it with
+// choice−1 random others (power of two choices by default, all of them
+// when there are no more endpoints than choices); another candidate wins
+// only if its score is lower by more than tieBand. Then it picks a
+// connection of the endpoint. It takes no lock and does not allocate.
 func (p *picker) Pick(grpcbalancer.PickInfo) (grpcbalancer.PickResult, error) {
 	eps := p.eps
 	n := len(eps)
@@ -56,35 +72,25 @@ func (p *picker) Pick(grpcbalancer.PickInfo) (grpcbalancer.PickResult, error) {
 		return grpcbalancer.PickResult{}, p.err
 	}
 	r := p.sh.rand()
-	pe := &eps[0]
-	switch {
-	case n == 1:
-	case n <= p.choice:
-		// Fewer endpoints than choices: compare them all, starting at a
-		// random one so that ties spread.
-		start := int(r % uint64(n))
-		pe = &eps[start]
-		best := pe.score()
-		for i := 1; i < n; i++ {
-			c := &eps[(start+i)%n]
-			if s := c.score(); s < best {
-				pe, best = c, s
+	i := int(p.next.Add(1) % uint32(n))
+	pe := &eps[i]
+	if n > 1 {
+		bar := pe.score(0) * (1 - tieBand)
+		try := func(c *pickEndpoint) {
+			if s := c.score(1); s < bar {
+				pe, bar = c, c.score(0)*(1-tieBand)
 			}
 		}
-	default:
-		// Two distinct random endpoints, then any further choices with
-		// replacement.
-		i := int(r % uint64(n))
-		j := (i + 1 + int((r>>32)%uint64(n-1))) % n
-		pe = &eps[i]
-		best := pe.score()
-		if s := eps[j].score(); s < best {
-			pe, best = &eps[j], s
-		}
-		for k := 2; k < p.choice; k++ {
-			c := &eps[p.sh.rand()%uint64(n)]
-			if s := c.score(); s < best {
-				pe, best = c, s
+		if n <= p.choice {
+			for k := 1; k < n; k++ {
+				try(&eps[(i+k)%n])
+			}
+		} else {
+			// A distinct random endpoint, then any further choices with
+			// replacement.
+			try(&eps[(i+1+int((r>>32)%uint64(n-1)))%n])
+			for k := 2; k < p.choice; k++ {
+				try(&eps[p.sh.rand()%uint64(n)])
 			}
 		}
 	}

@@ -299,7 +299,7 @@ func TestBadInputEveryConstructor(t *testing.T) {
 
 		// balancer.ParseConfig.
 		{name: "balancer/not JSON", run: parseLB(`{"choiceCount":`), wantErr: []string{balancer.Name}},
-		{name: "balancer/not an object", run: parseLB(`"x"`), wantErr: []string{`config is "x"; must be a JSON object`}},
+		{name: "balancer/not an object", run: parseLB(`"x"`), wantErr: []string{`"config" is "x"; must be a JSON object`}},
 		{name: "balancer/wrong type", run: parseLB(`{"subchannelsPerEndpoint":"2"}`), wantErr: []string{`"subchannelsPerEndpoint" is "2"; must be a whole number`}},
 		{name: "balancer/out of range", run: parseLB(`{"maxSubchannelsPerEndpoint":65}`), wantErr: []string{`"maxSubchannelsPerEndpoint" is 65; must be between 1 and 64`}},
 		{name: "balancer/malformed duration", run: parseLB(`{"subchannelIdleTimeout":"1m"}`), wantErr: []string{`"subchannelIdleTimeout" is "1m"; must be a duration string`}},

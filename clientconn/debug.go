@@ -15,8 +15,7 @@ import (
 	"github.com/grpcreuse/grpcreuse/telemetry/opentelemetry"
 )
 
-// maxDebugKeys bounds how many breakers, limiters and endpoints the debug
-// page remembers, so a flood of keys cannot grow memory.
+// maxDebugKeys bounds how many endpoints the debug page remembers, so a flood of keys cannot grow memory.
 const maxDebugKeys = 1024
 
 // handshakeWindow is how many recent handshake durations the p50/p99 use.
@@ -38,14 +37,14 @@ type recorder struct {
 }
 
 type endpointRecord struct {
-	state    atomic.Int32 // connectivity.State of the last subchannel event
-	aggState atomic.Int32 // 1 + the state over its connections (EndpointState); 0: never reported
-	conns    atomic.Int64 // connections open (EndpointState)
+	state    atomic.Int32 // connectivity.State: aggregated once EndpointState came, else the last subchannel's
+	agg      atomic.Bool  // state is the balancer's aggregate
+	conns    atomic.Int32 // connections open
 	inFlight atomic.Int64
 	latency  atomic.Int64 // nanoseconds
 	ejected  atomic.Bool
-
-	ok, failed, shed atomic.Uint64 // calls finished, since the endpoint appeared (EndpointCalls)
+	// Finished calls since the endpoint appeared, from EndpointCalls.
+	ok, failed, shed atomic.Uint64
 }
 
 var _ telemetry.Observer = (*recorder)(nil)
@@ -98,7 +97,7 @@ func (r *recorder) Handshake(h telemetry.HandshakeInfo) {
 }
 
 func (r *recorder) SubchannelState(target, endpoint string, s connectivity.State) {
-	if e := load(r, &r.endpoints, [2]string{target, endpoint}, func() *endpointRecord { return new(endpointRecord) }); e != nil {
+	if e := load(r, &r.endpoints, [2]string{target, endpoint}, func() *endpointRecord { return new(endpointRecord) }); e != nil && !e.agg.Load() {
 		e.state.Store(int32(s))
 	}
 	r.next.SubchannelState(target, endpoint, s)
@@ -116,6 +115,33 @@ func (r *recorder) EndpointReturned(target, endpoint string) {
 		e.ejected.Store(false)
 	}
 	r.next.EndpointReturned(target, endpoint)
+}
+
+func (r *recorder) EndpointState(target, endpoint string, s connectivity.State, conns int) {
+	if e := load(r, &r.endpoints, [2]string{target, endpoint}, func() *endpointRecord { return new(endpointRecord) }); e != nil {
+		e.agg.Store(true)
+		e.state.Store(int32(s))
+		e.conns.Store(int32(conns))
+	}
+	r.next.EndpointState(target, endpoint, s, conns)
+}
+
+func (r *recorder) EndpointCalls(target, endpoint string, c telemetry.EndpointCalls) {
+	if e := load(r, &r.endpoints, [2]string{target, endpoint}, func() *endpointRecord { return new(endpointRecord) }); e != nil {
+		e.ok.Add(c.OK)
+		e.failed.Add(c.Failed + c.TimedOut)
+		e.shed.Add(c.Shed)
+	}
+	r.next.EndpointCalls(target, endpoint, c)
+}
+
+// EndpointRemoved forgets the endpoint, so the page shows only endpoints
+// the resolver still lists.
+func (r *recorder) EndpointRemoved(target, endpoint string) {
+	if _, loaded := r.endpoints.LoadAndDelete([2]string{target, endpoint}); loaded {
+		r.keys.Add(-1)
+	}
+	r.next.EndpointRemoved(target, endpoint)
 }
 
 func (r *recorder) EndpointLoad(target, endpoint string, n int, latency time.Duration) {
@@ -165,7 +191,14 @@ func (r *recorder) handshakes() debugpage.Handshakes {
 // itself every 2 s, or JSON with ?format=json. Mount it at
 // /debug/grpcreuse on an internal-only listener: it shows targets and
 // tenants.
-func (f *Factory) DebugHandler() http.Handler { return debugpage.NewHandler(f.debugSnapshot) }
+func (f *Factory) DebugHandler() http.Handler { return debugpage.NewHandler(f.DebugSnapshot) }
+
+// DebugSnapshot returns what DebugHandler shows, for a page of your own:
+// a process that also serves can add the server half (Snapshot.Server)
+// and serve both with debugpage.NewHandler. Safe for concurrent use; it
+// takes the Factory's lock only to copy the pool, never while asking grpc
+// for connection states.
+func (f *Factory) DebugSnapshot() debugpage.Snapshot { return f.debugSnapshot() }
 
 // connRow is what debugSnapshot copies of a shared entry under f.mu, so
 // that it asks grpc for states after releasing the lock.
@@ -195,12 +228,8 @@ func (f *Factory) debugSnapshot() debugpage.Snapshot {
 	})
 	f.rec.endpoints.Range(func(k, v any) bool {
 		key, e := k.([2]string), v.(*endpointRecord)
-		st := connectivity.State(e.state.Load())
-		if agg := e.aggState.Load(); agg > 0 {
-			st = connectivity.State(agg - 1)
-		}
 		s.Endpoints = append(s.Endpoints, debugpage.Endpoint{Target: key[0], Endpoint: key[1],
-			State: st.String(), Connections: int(e.conns.Load()), InFlight: int(e.inFlight.Load()),
+			State: connectivity.State(e.state.Load()).String(), Connections: int(e.conns.Load()), InFlight: int(e.inFlight.Load()),
 			Latency: debugpage.Duration(e.latency.Load()), Ejected: e.ejected.Load(),
 			CallsOK: e.ok.Load(), CallsFailed: e.failed.Load(), CallsShed: e.shed.Load()})
 		return true

@@ -13,10 +13,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/grpcreuse/grpcreuse/balancer"
 	"github.com/grpcreuse/grpcreuse/telemetry/debugpage"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/resolver"
+	"google.golang.org/grpc/resolver/manual"
 
 	"github.com/grpcreuse/grpcreuse/clientconn"
 	"github.com/grpcreuse/grpcreuse/internal/testutil"
@@ -139,5 +142,49 @@ func TestDebugPageEscapesTargets(t *testing.T) {
 	}
 	if !strings.Contains(dom, "&lt;script&gt;document.title='pwned'&lt;/script&gt;") {
 		t.Errorf("the target should show as text:\n%s", dom)
+	}
+}
+
+// TestDebugPageShowsEndpoints renders, in a real browser, what the
+// balancer reports per endpoint: its state over its connections, the
+// connections open and the calls that finished OK, failed or shed.
+func TestDebugPageShowsEndpoints(t *testing.T) {
+	b := testutil.StartBackend(t, testutil.BackendOptions{})
+	r := manual.NewBuilderWithScheme("grpcreusedebug")
+	r.InitialState(resolver.State{Endpoints: []resolver.Endpoint{{Addresses: []resolver.Address{{Addr: b.Addr}}}}})
+	f := newFactory(t, clientconn.WithResolvers(r), clientconn.WithServiceConfig(
+		`{"loadBalancingConfig":[{"`+balancer.Name+`":{"subchannelsPerEndpoint":2}}]}`))
+	c := get(t, f, "grpcreusedebug:///svc", clientconn.WithWarmUp())
+	defer c.Close()
+	for i := 0; i < 20; i++ {
+		mustUnary(t, c)
+	}
+	srv := httptest.NewServer(f.DebugHandler())
+	defer srv.Close()
+	var ep debugpage.Endpoint
+	testutil.Eventually(t, 10*time.Second, func() bool {
+		resp, err := http.Get(srv.URL + "?format=json")
+		if err != nil {
+			return false
+		}
+		defer resp.Body.Close()
+		var snap debugpage.Snapshot
+		if json.NewDecoder(resp.Body).Decode(&snap) != nil || len(snap.Endpoints) != 1 {
+			return false
+		}
+		ep = snap.Endpoints[0]
+		return ep.Connections == 2 && ep.CallsOK >= 20
+	}, "the endpoint row shows 2 connections and 20 calls OK")
+	if ep.State != "READY" || ep.CallsFailed != 0 || ep.CallsShed != 0 {
+		t.Errorf("endpoint = %+v, want READY with no failed or shed calls", ep)
+	}
+	dom := renderDOM(t, srv.URL)
+	for _, want := range []string{
+		`<td>` + b.Addr + `</td><td>READY</td><td class="endpoint-connections">2</td>`,
+		`<td class="calls-failed">0</td><td class="calls-shed">0</td>`,
+	} {
+		if !strings.Contains(dom, want) {
+			t.Errorf("rendered page lacks %q\n%s", want, dom)
+		}
 	}
 }

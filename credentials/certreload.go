@@ -1,17 +1,21 @@
 package credentials
 
 import (
+	"bytes"
 	"crypto/tls"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"sync"
 	"sync/atomic"
+	"time"
 )
 
 // CertificateReloader serves a certificate and key read from PEM files and
 // re-read every poll interval, for servers (GetCertificate) and for mTLS
-// clients (GetClientCertificate). When the files are unreadable or do not
-// form a valid pair, the last good certificate stays in use and the error
+// clients (GetClientCertificate). When the files are unreadable, do not
+// form a valid pair, end in a cut-off PEM block, or hold an expired
+// certificate, the last good certificate stays in use and the error
 // is kept for Err and reported to WithErrorHandler.
 //
 // Its methods are safe for concurrent use. It starts one goroutine,
@@ -32,7 +36,8 @@ type CertificateReloader struct {
 
 // NewCertificateReloader loads certFile and keyFile (PEM, as for
 // tls.LoadX509KeyPair) and starts re-reading them. It fails if either name
-// is empty, the poll interval is not positive, or the files do not load now.
+// is empty, the poll interval is not positive, or the files do not load now
+// (an expired certificate does not load).
 func NewCertificateReloader(certFile, keyFile string, opts ...CertificateReloaderOption) (*CertificateReloader, error) {
 	o := defaultReloadOptions()
 	for i, opt := range opts {
@@ -136,9 +141,40 @@ func (r *CertificateReloader) load() (*tls.Certificate, bool, error) {
 }
 
 func parseKeyPair(certFile, keyFile string, data [][]byte) (*tls.Certificate, error) {
+	for i, name := range []string{certFile, keyFile} {
+		if n, ok := cutOffPEM(data[i]); ok {
+			kind := [...]string{"certificate file", "key file"}[i]
+			return nil, fmt.Errorf("credentials: %s %q: the bytes after PEM block %d are not a complete PEM block (truncated file?)", kind, name, n)
+		}
+	}
 	cert, err := tls.X509KeyPair(data[0], data[1])
 	if err != nil {
+		if bytes.Contains(data[1], []byte("ENCRYPTED")) {
+			err = fmt.Errorf("%w (the key is encrypted; the key file must hold an unencrypted PEM key)", err)
+		}
 		return nil, fmt.Errorf("credentials: certificate file %q with key file %q: %w", certFile, keyFile, err)
 	}
+	// An expired certificate fails every handshake that verifies it; the
+	// last good one may still be valid. (A certificate not valid yet is
+	// taken: issuers' clocks run a little ahead, and it soon becomes so.)
+	if leaf := cert.Leaf; leaf != nil && time.Now().After(leaf.NotAfter) {
+		return nil, fmt.Errorf("credentials: certificate file %q with key file %q: the certificate has expired (not after %s)",
+			certFile, keyFile, leaf.NotAfter.UTC().Format(time.RFC3339))
+	}
 	return &cert, nil
+}
+
+// cutOffPEM reports whether data ends in a PEM block that was cut off (a
+// BEGIN line after the last complete block), which tls.X509KeyPair would
+// silently ignore, and how many complete blocks precede it.
+func cutOffPEM(data []byte) (blocks int, cut bool) {
+	rest := data
+	for {
+		var blk *pem.Block
+		if blk, rest = pem.Decode(rest); blk == nil {
+			break
+		}
+		blocks++
+	}
+	return blocks, bytes.Contains(rest, []byte("-----BEGIN"))
 }

@@ -70,17 +70,19 @@
 // resumption, add the new key as the second line first, wait for every
 // replica to poll, then move it to the top, and drop a key only after
 // tickets it encrypted have aged out. A file that cannot be read, is empty,
-// holds a key that is not 32 bytes, is all zero, or is not base64 is
-// refused: the last good keys stay in use, [TicketKeyRotator.Err] returns
-// the reason and [WithErrorHandler] hears it once per distinct error.
+// holds a key that is not 32 bytes, is all zero, or is not base64 (or
+// starts with a UTF-8 byte-order mark) is refused: the last good keys stay
+// in use, [TicketKeyRotator.Err] returns the reason and [WithErrorHandler]
+// hears it once per distinct error.
 // Errors give line numbers and lengths only; keys are never logged or
 // formatted.
 //
 // [TicketKeyRotator.Revoke] drops every key at once (emergency revocation):
 // no earlier ticket resumes again and clients fall back to full handshakes;
 // with a key file, revoked keys are never taken from it again, and the
-// fleet-wide procedure is to write a file holding one fresh key (and call
-// Revoke on every replica to make it immediate).
+// fleet-wide procedure is to call Revoke on every replica first and then
+// write a file holding one fresh key (in the other order, a replica that
+// polled the fresh key before Revoke revokes it too); see docs/tls.md.
 //
 // Server handshakes are observed with [WithServerHandshakeObserver] (a
 // telemetry.ServerHandshakeObserver, once per handshake, never per call);

@@ -124,8 +124,10 @@ func WithTenant(name string) TLSOption {
 
 // WithHandshakeObserver reports every client TLS handshake (duration,
 // resumed or full, version, error) to obs. A nil obs means telemetry.Nop.
-// Server handshakes are reported by WithServerHandshakeObserver. Default
-// none.
+// Server handshakes are reported by WithServerHandshakeObserver. obs runs
+// on the goroutine that connects, after the handshake and before the
+// connection is used, so it must return quickly (while it blocks, that
+// connection attempt waits). Default none.
 func WithHandshakeObserver(obs telemetry.HandshakeObserver) TLSOption {
 	return tlsOptionFunc(func(o *tlsOptions) {
 		if obs == nil {
@@ -140,7 +142,14 @@ func WithHandshakeObserver(obs telemetry.HandshakeObserver) TLSOption {
 // duration, resumed or full, version, client certificate, error) to obs,
 // once per handshake and never per call. It may be given more than once;
 // every observer hears every handshake, in order. A nil obs is ignored. A
-// ServerHandshakeRecorder is one such observer. Default none.
+// ServerHandshakeRecorder is one such observer.
+//
+// obs runs on the connection's handshake goroutine, after the handshake
+// and before grpc serves the connection, so it must return quickly: while
+// it blocks, that connection serves nothing and grpc.Server.Stop and
+// GracefulStop wait for it (grpc counts the handshake goroutine as
+// serving); a panic in it ends the program, as in any grpc callback.
+// Default none.
 func WithServerHandshakeObserver(obs telemetry.ServerHandshakeObserver) TLSOption {
 	return tlsOptionFunc(func(o *tlsOptions) {
 		if obs != nil {
@@ -162,7 +171,9 @@ func WithServerHandshakeObserver(obs telemetry.ServerHandshakeObserver) TLSOptio
 // bytes more than without a ticket, no failure); and every replica sees
 // the same ticket, which links the client's connections across them
 // (they share keys, so they could decrypt the ticket anyway). It needs
-// this package's SessionCache (not tls.Config.ClientSessionCache).
+// this package's SessionCache (WithSessionCache, a SessionCache or one of
+// its views as tls.Config.ClientSessionCache, or none: the private one),
+// not another tls.ClientSessionCache.
 // Default off: sessions are offered only to the address that issued them.
 func WithResumptionAcrossAddresses() TLSOption {
 	return tlsOptionFunc(func(o *tlsOptions) { o.anyAddr = true })
@@ -280,9 +291,13 @@ func WithPollInterval(d time.Duration) ReloadOption {
 	return reloadOptionFunc(func(o *reloadOptions) { o.pollInterval = d })
 }
 
-// WithErrorHandler calls fn with every error met while re-reading files
-// (the last good keys or certificate stay in use). fn runs on the
-// background goroutine, outside any lock, and must return quickly. Errors
+// WithErrorHandler calls fn with every new error met while re-reading
+// files (the last good keys, certificate or bundle stay in use); an error
+// equal to the previous one is not reported again. fn runs outside any
+// lock on the goroutine that read the files: the background goroutine on a
+// tick, the caller of Reload, Rotate or Revoke otherwise, so it may be
+// called concurrently and must be safe for that. It must return quickly
+// (Close waits for the background goroutine, and with it for fn). Errors
 // never contain key material. Default: errors are only kept for Err.
 func WithErrorHandler(fn func(error)) ReloadOption {
 	return reloadOptionFunc(func(o *reloadOptions) {

@@ -46,12 +46,14 @@ func (rk *revokedKeys) has(k [32]byte) bool {
 // With random keys, one fresh key replaces them all and rotation goes on
 // from it. With WithTicketKeyFile, the revoked keys are never taken from
 // the file again: Revoke re-reads the file at once and uses the keys in it
-// that were not revoked (a fresh key written there before the call, see
-// the package documentation for the procedure), and while the file holds
-// only revoked keys the rotator encrypts with a fresh local key (replicas
-// then do not resume each other's sessions) and Err says why. The error
-// returned is that of reading the file, nil with random keys; the keys are
-// revoked in any case. Revoke may be called after Close.
+// that were not revoked, and while the file holds only revoked keys the
+// rotator encrypts with a fresh local key (replicas then do not resume
+// each other's sessions) and Err says why, until the file holds a key that
+// was never revoked. Every key in use is revoked, including a fresh key the
+// rotator already read from the file, so the fleet procedure is: Revoke on
+// every replica, then write one fresh key to the file (see docs/tls.md).
+// The error returned is that of reading the file, nil with random keys;
+// the keys are revoked in any case. Revoke may be called after Close.
 func (r *TicketKeyRotator) Revoke() error {
 	var (
 		fileKeys [][32]byte
@@ -100,7 +102,8 @@ func (r *TicketKeyRotator) withoutRevokedLocked(keys [][32]byte) ([][32]byte, er
 	}
 	if len(out) == 0 {
 		return nil, fmt.Errorf("credentials: ticket key file %q: every key in it was revoked; "+
-			"encrypting with a local key until the file holds a fresh one", r.keyFile)
+			"encrypting with a local key until the file holds a fresh one (Revoke revokes every key in use, "+
+			"a fresh key already read from the file included: Revoke first, then write the fresh key)", r.keyFile)
 	}
 	return out, nil
 }

@@ -41,8 +41,12 @@ type SessionCache struct {
 	observer telemetry.SessionCacheObserver
 	now      func() time.Time
 
-	mu     sync.Mutex // guards lru, latest, epoch and purges; never held while calling observer
-	lru    *simplelru.LRU[sessionKey, sessionEntry]
+	mu  sync.Mutex // guards lru, offers, latest, epoch and purges; never held while calling observer
+	lru *simplelru.LRU[sessionKey, sessionEntry]
+	// offers remembers, per plain-view key, the session offered last, even
+	// after that session was purged or pushed out: the ticket a plain view
+	// stores next may come from a handshake that resumed it.
+	offers *simplelru.LRU[sessionKey, offerMark]
 	latest map[sessionKey]string // key without addr -> addr of the session stored last for it
 	epoch  uint64                // number of purges so far
 	purges []purgeRecord         // the last maxPurgeRecords purges, oldest first
@@ -121,6 +125,12 @@ type sessionEntry struct {
 	certReq    *tls.CertificateRequestInfo
 }
 
+// offerMark is what a plain view remembers of the session it offered.
+type offerMark struct {
+	verifiedAt time.Time
+	epoch      uint64
+}
+
 // purgeRecord is one purge, remembered for sessions resumed across it.
 type purgeRecord struct {
 	epoch  uint64
@@ -166,6 +176,11 @@ func NewSessionCache(opts ...SessionCacheOption) (*SessionCache, error) {
 		return nil, fmt.Errorf("credentials: session cache of capacity %d: %w", o.capacity, err)
 	}
 	c.lru = lru
+	offers, err := simplelru.NewLRU[sessionKey, offerMark](o.capacity, nil)
+	if err != nil {
+		return nil, fmt.Errorf("credentials: session cache of capacity %d: %w", o.capacity, err)
+	}
+	c.offers = offers
 	return c, nil
 }
 
@@ -183,8 +198,13 @@ func (c *SessionCache) Put(sessionKey string, cs *tls.ClientSessionState) {
 // ForTenant returns the view of the cache that belongs to tenant name:
 // sessions stored through it are offered only through views of the same
 // tenant. Use it as tls.Config.ClientSessionCache when not using NewTLS
-// (NewTLS also separates backends behind one server name, which a plain
-// view cannot: crypto/tls keys sessions by server name only).
+// (NewTLS also separates backends behind one server name and client
+// identities, which a plain view cannot: crypto/tls keys sessions by
+// server name only, so configs with different client certificates that
+// share one view resume each other's sessions, exactly as they would with
+// a shared tls.NewLRUClientSessionCache; give each its own tenant, or use
+// NewTLS). Given to NewTLS as tls.Config.ClientSessionCache, a view acts as
+// WithSessionCache plus WithTenant(name).
 //
 // A plain view cannot see whether a handshake resumed: when it stores a
 // session for a name whose previous session it offered, it assumes a
@@ -336,9 +356,16 @@ func (c *SessionCache) get(k sessionKey, l lookup) (sessionEntry, sessionKey, bo
 			expired = expired || exp
 		}
 	}
-	if ok && l.plain && !e.offered {
-		e.offered = true
-		c.lru.Add(found, e)
+	if l.plain {
+		if ok {
+			if !e.offered {
+				e.offered = true
+				c.lru.Add(found, e)
+			}
+			c.offers.Add(found, offerMark{verifiedAt: e.verifiedAt, epoch: e.epoch})
+		} else {
+			c.offers.Remove(k) // nothing offered: the next ticket is from a full handshake
+		}
 	}
 	c.mu.Unlock()
 
@@ -390,8 +417,12 @@ type stored struct {
 
 func (c *SessionCache) put(k sessionKey, cs *tls.ClientSessionState, s stored) {
 	if cs == nil {
-		// crypto/tls invalidates a session it can no longer use.
+		// crypto/tls invalidates a session it can no longer use; the
+		// handshake goes on in full, so its ticket is not a resumption's.
 		c.remove(k, nil)
+		c.mu.Lock()
+		c.offers.Remove(k)
+		c.mu.Unlock()
 		return
 	}
 	now := c.now()
@@ -412,8 +443,12 @@ func (c *SessionCache) put(k sessionKey, cs *tls.ClientSessionState, s stored) {
 		// k was offered.
 		// The assumption sticks (offered stays set) so that a server
 		// sending several tickets per handshake cannot restart the clock.
+		// A session offered and then purged or pushed out counts too
+		// (offers), so a purge racing the handshake is not defeated.
 		if old, ok := c.lru.Peek(k); ok && old.offered {
 			e.verifiedAt, e.epoch, e.offered = old.verifiedAt, old.epoch, true
+		} else if m, ok := c.offers.Peek(k); ok {
+			e.verifiedAt, e.epoch, e.offered = m.verifiedAt, m.epoch, true
 		} else {
 			checked = false
 		}

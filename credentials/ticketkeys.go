@@ -252,6 +252,9 @@ var errNoTicketKeys = errors.New("no keys; want at least one base64-encoded 32-b
 // spaces, blank lines and lines starting with '#' are ignored. Errors give
 // line numbers and lengths, never key material.
 func parseTicketKeys(data []byte) ([][32]byte, error) {
+	if bytes.HasPrefix(data, []byte("\uFEFF")) {
+		return nil, errors.New("line 1: starts with a UTF-8 byte-order mark (saved by a Windows editor?); save the file without it")
+	}
 	var keys [][32]byte
 	for i, line := range bytes.Split(data, []byte("\n")) {
 		line = bytes.TrimSpace(line)

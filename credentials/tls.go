@@ -101,8 +101,13 @@ type tlsCreds struct {
 // it resumed and how long its handshake took.
 //
 // Client sessions go to the cache given by WithSessionCache; failing that,
-// to cfg.ClientSessionCache (partitioned the same way by key prefixes);
-// failing that, to a private SessionCache with default capacity and TTL.
+// to cfg.ClientSessionCache: this package's SessionCache there is used
+// exactly as with WithSessionCache, and a view from SessionCache.ForTenant
+// as WithSessionCache plus WithTenant of its tenant; any other cache is
+// partitioned the same way by key prefixes (without the TTL since
+// verification, the client-certificate check and the resumption counters,
+// which need a SessionCache); failing that, to a private SessionCache with
+// default capacity and TTL.
 // Set cfg.SessionTicketsDisabled to turn resumption off. Sessions are
 // keyed by tenant, client identity (a fingerprint of cfg.Certificates, or
 // these credentials alone when cfg.GetClientCertificate is set), remote
@@ -113,7 +118,8 @@ type tlsCreds struct {
 // grpc's TLS server handshake over cfg.
 //
 // NewTLS fails if cfg is nil, if both WithSessionCache and
-// cfg.ClientSessionCache are given, or if cfg.VerifyPeerCertificate is set
+// cfg.ClientSessionCache are given, if cfg.ClientSessionCache is the view
+// of one tenant and WithTenant names another, or if cfg.VerifyPeerCertificate is set
 // while resumption is possible (crypto/tls skips that callback on resumed
 // handshakes; move the check to VerifyConnection or pass
 // WithVerifyPeerCertificateSkippedOnResumption).
@@ -140,7 +146,25 @@ func NewTLS(cfg *tls.Config, opts ...TLSOption) (grpccreds.TransportCredentials,
 	if o.cache != nil && cfg.ClientSessionCache != nil {
 		return nil, errors.New("credentials: NewTLS: both WithSessionCache and tls.Config.ClientSessionCache are set; pass only one")
 	}
-	if o.anyAddr && cfg.ClientSessionCache != nil {
+	foreign := cfg.ClientSessionCache
+	// This package's own cache set as tls.Config.ClientSessionCache is used
+	// as if given with WithSessionCache (and a tenant's view as WithTenant
+	// too): treated as a foreign cache, it would lose the client-certificate
+	// check, the TTL since verification and the resumption counters.
+	switch v := foreign.(type) {
+	case *SessionCache:
+		if v == nil {
+			return nil, errors.New("credentials: NewTLS: tls.Config.ClientSessionCache is a nil *SessionCache; set a cache from NewSessionCache or leave it nil")
+		}
+		o.cache, foreign = v, nil
+	case sessionView:
+		if o.tenant != "" && o.tenant != v.tenant {
+			return nil, fmt.Errorf("credentials: NewTLS: tls.Config.ClientSessionCache is the view of tenant %q, "+
+				"but WithTenant is %q; pass one of them", v.tenant, o.tenant)
+		}
+		o.cache, o.tenant, foreign = v.c, v.tenant, nil
+	}
+	if o.anyAddr && foreign != nil {
 		return nil, errors.New("credentials: NewTLS: WithResumptionAcrossAddresses needs this package's SessionCache, " +
 			"but tls.Config.ClientSessionCache is set; pass the cache with WithSessionCache or leave both unset")
 	}
@@ -151,7 +175,7 @@ func NewTLS(cfg *tls.Config, opts ...TLSOption) (grpccreds.TransportCredentials,
 	c := &tlsCreds{
 		cfg:       cfg.Clone(),
 		cache:     o.cache,
-		foreign:   cfg.ClientSessionCache,
+		foreign:   foreign,
 		tenant:    o.tenant,
 		identity:  clientIdentity(cfg),
 		anyAddr:   o.anyAddr,

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"sync"
 	"sync/atomic"
+	"time"
 )
 
 // TrustBundleOption configures NewTrustBundle.
@@ -51,7 +52,7 @@ type TrustBundle struct {
 }
 
 // NewTrustBundle loads file (PEM, one or more CERTIFICATE blocks and
-// nothing else) and starts re-reading it. It fails if file is "", the poll
+// nothing else, not all of them expired) and starts re-reading it. It fails if file is "", the poll
 // interval or read timeout is not positive, or the file does not load now.
 func NewTrustBundle(file string, opts ...TrustBundleOption) (*TrustBundle, error) {
 	o := defaultReloadOptions()
@@ -201,11 +202,13 @@ func WithTrustBundle(b *TrustBundle) TLSOption {
 }
 
 // parseTrustBundle parses a PEM file of CA certificates strictly: only
-// CERTIFICATE blocks, each a valid certificate, at least one, and nothing
-// after the last block but white space (a truncated file fails here).
+// CERTIFICATE blocks, each a valid certificate, at least one, not all of
+// them expired, and nothing after the last block but white space (a
+// truncated file fails here).
 func parseTrustBundle(path string, data []byte) (*x509.CertPool, error) {
 	pool := x509.NewCertPool()
-	n := 0
+	n, expired := 0, 0
+	now := time.Now()
 	rest := data
 	for {
 		var blk *pem.Block
@@ -221,6 +224,9 @@ func parseTrustBundle(path string, data []byte) (*x509.CertPool, error) {
 		if err != nil {
 			return nil, fmt.Errorf("credentials: trust bundle file %q: certificate %d: %w", path, n, err)
 		}
+		if now.After(c.NotAfter) {
+			expired++
+		}
 		pool.AddCert(c)
 	}
 	if len(bytes.TrimSpace(rest)) != 0 {
@@ -228,6 +234,11 @@ func parseTrustBundle(path string, data []byte) (*x509.CertPool, error) {
 	}
 	if n == 0 {
 		return nil, fmt.Errorf("credentials: trust bundle file %q: no certificates; want one or more PEM CERTIFICATE blocks", path)
+	}
+	if expired == n {
+		// crypto/x509 verifies no chain against expired roots: taking
+		// the bundle would fail every handshake it verifies.
+		return nil, fmt.Errorf("credentials: trust bundle file %q: every certificate has expired (%d of %d); it would verify no peer", path, expired, n)
 	}
 	return pool, nil
 }

@@ -1,7 +1,9 @@
 package interceptors
 
 import (
+	"maps"
 	"math"
+	"slices"
 	"strconv"
 	"time"
 
@@ -99,20 +101,74 @@ func DefaultLimiterConfig() LimiterConfig {
 		MaxWait: 100 * time.Millisecond, MaxKeys: 1024}
 }
 
-// ShedderConfig configures server load shedding.
+// ShedderConfig configures server load shedding (Shedder). Start from
+// DefaultShedderConfig.
 type ShedderConfig struct {
-	// LimitConfig is the in-flight limit of the server (all methods but
-	// grpc.health.v1.Health together); beyond it requests are shed.
+	// LimitConfig is the in-flight limit of unary calls (all methods but
+	// grpc.health.v1.Health together); beyond it requests are shed. With
+	// Algorithm AIMD the Shedder counts as a drop only what the server
+	// itself measured: a handler that ran longer than LatencyThreshold, or
+	// that answered ResourceExhausted itself while its caller still
+	// waited. A caller's deadline or cancellation never moves the limit.
+	// Ignored when Adaptive is set, except Limit, MinLimit and MaxLimit.
 	LimitConfig
+	// Adaptive makes the unary in-flight limit follow the server's own
+	// measured service time (a latency gradient in the spirit of Envoy's
+	// adaptive-concurrency filter and Netflix's Gradient2): each Window,
+	// the mean handler time is compared with the baseline (the lowest
+	// window mean, which follows slower windows by 1/256 per window); above
+	// Tolerance × baseline the limit shrinks to the window's peak in-flight
+	// count times the ratio (at most halving), otherwise it grows by
+	// max(1, √limit/4) while at least half the limit is in use. It starts at
+	// Limit and stays within MinLimit and MaxLimit. Calls cut short by
+	// their caller's deadline or cancellation are used only when they
+	// still took at least the baseline, so short client deadlines cannot
+	// move it. Default false; requires Algorithm Fixed.
+	Adaptive bool
+	// Tolerance is how much slower than the baseline a window may be
+	// before the adaptive limit shrinks; at least 1. Default 1.25 (Envoy's
+	// adaptive-concurrency buffer of 25%).
+	Tolerance float64
+	// Window is how often the adaptive limit moves (at least MinSamples
+	// calls measured, and this long). Default 25ms.
+	Window time.Duration
 	// MinSamples is how many successful calls of a method must be measured
 	// before requests whose remaining deadline is shorter than its recent
 	// service time are shed. Default 10.
 	MinSamples int
+	// StreamLimit is how many streams (client-, server- or bidi-streaming
+	// calls) may be open at once, counted apart from unary calls: a
+	// stream's lifetime is the client's to choose, so idle long-lived
+	// streams never take unary calls' slots, and their lifetime never
+	// feeds a service time. Default 1000.
+	StreamLimit int
+	// Criticality is the criticality of requests that carry no
+	// CriticalityHeader, by full method ("/pkg.Service/Method") or by
+	// service ("/pkg.Service/"); the method's entry wins. Requests of other
+	// methods are Critical. Default empty.
+	Criticality map[string]Criticality
+	// SheddableShare is the share of the in-flight limit that Sheddable
+	// requests may use: they are shed once that many calls are in flight,
+	// so critical work keeps the rest. Between 0 (exclusive) and 1.
+	// Default 0.75.
+	SheddableShare float64
+	// Pushback is the grpc-retry-pushback-ms trailer sent with a shed on
+	// the interceptor path (grpc-go clients with a retry policy wait this
+	// long before their next attempt) and the RetryInfo detail of every
+	// shed. 0 sends neither. Default 20ms.
+	Pushback time.Duration
+	// LogInterval is how often, at most, a one-line summary of what was
+	// shed is logged (grpclog, warning level, component "grpcreuse.interceptors"); a
+	// summary is written only after something was shed, lazily by the next
+	// request. 0 never logs. Default 10s.
+	LogInterval time.Duration
 }
 
 // DefaultShedderConfig returns the defaults documented on ShedderConfig.
 func DefaultShedderConfig() ShedderConfig {
-	return ShedderConfig{LimitConfig: DefaultLimitConfig(), MinSamples: 10}
+	return ShedderConfig{LimitConfig: DefaultLimitConfig(), Tolerance: 1.25, Window: 25 * time.Millisecond,
+		MinSamples: 10, StreamLimit: 1000, SheddableShare: 0.75, Pushback: 20 * time.Millisecond,
+		LogInterval: 10 * time.Second}
 }
 
 const maxLimitValue = 1 << 30
@@ -193,8 +249,47 @@ func (c ShedderConfig) Validate() error {
 	if err := c.LimitConfig.Validate(); err != nil {
 		return err
 	}
+	itoa := strconv.Itoa
+	if c.Adaptive {
+		if c.Algorithm != Fixed {
+			return bad("algorithm", strconv.Quote(c.Algorithm.String()), `must be "fixed" with "adaptive"`)
+		}
+		if c.MinLimit < 1 || c.MinLimit > c.Limit {
+			return bad("minLimit", itoa(c.MinLimit), "must be between 1 and \"limit\" ("+itoa(c.Limit)+")")
+		}
+		if c.MaxLimit < c.Limit || c.MaxLimit > maxLimitValue {
+			return bad("maxLimit", itoa(c.MaxLimit), "must be between \"limit\" ("+itoa(c.Limit)+") and "+itoa(maxLimitValue))
+		}
+		if math.IsNaN(c.Tolerance) || c.Tolerance < 1 || c.Tolerance > 100 {
+			return bad("tolerance", strconv.FormatFloat(c.Tolerance, 'g', -1, 64), "must be between 1 and 100")
+		}
+		if c.Window <= 0 {
+			return bad("window", durJSON(c.Window), "must be positive")
+		}
+	}
 	if c.MinSamples < 1 || c.MinSamples > maxLimitValue {
-		return bad("minSamples", strconv.Itoa(c.MinSamples), "must be between 1 and "+strconv.Itoa(maxLimitValue))
+		return bad("minSamples", itoa(c.MinSamples), "must be between 1 and "+itoa(maxLimitValue))
+	}
+	if c.StreamLimit < 1 || c.StreamLimit > maxLimitValue {
+		return bad("streamLimit", itoa(c.StreamLimit), "must be between 1 and "+itoa(maxLimitValue))
+	}
+	for _, k := range slices.Sorted(maps.Keys(c.Criticality)) {
+		v := c.Criticality[k]
+		if !validMethodKey(k) {
+			return bad("criticality", strconv.Quote(k), `keys must be "/pkg.Service/Method" or "/pkg.Service/"`)
+		}
+		if v != Critical && v != Sheddable {
+			return bad("criticality", strconv.Quote(v.String()), `values must be "critical" or "sheddable" (key `+strconv.Quote(k)+")")
+		}
+	}
+	if math.IsNaN(c.SheddableShare) || c.SheddableShare <= 0 || c.SheddableShare > 1 {
+		return bad("sheddableShare", strconv.FormatFloat(c.SheddableShare, 'g', -1, 64), "must be above 0 and at most 1")
+	}
+	if c.Pushback < 0 || c.Pushback > time.Hour {
+		return bad("pushback", durJSON(c.Pushback), "must be between \"0s\" and \"3600s\"")
+	}
+	if c.LogInterval < 0 {
+		return bad("logInterval", durJSON(c.LogInterval), "must not be negative")
 	}
 	return nil
 }

@@ -21,10 +21,21 @@
 //     your own interceptors outside it to see every call, including those
 //     it fails fast.
 //
-// Server side, Shedder (NewShedder) sheds requests beyond a fixed or AIMD
-// in-flight limit, and requests whose remaining deadline is shorter than
-// their method's recent service time, with codes.ResourceExhausted; it
-// never sheds grpc.health.v1.Health.
+// Server side, Shedder (NewShedder, installed with its ServerOptions: a
+// tap.ServerInHandle that rejects before grpc-go builds the stream, plus
+// interceptors) sheds unary requests beyond a fixed, AIMD or adaptive
+// (latency-gradient) in-flight limit, sheddable requests (header
+// CriticalityHeader, or the method's default) beyond their share of it,
+// streams beyond their own limit, and requests whose remaining deadline
+// is shorter than their method's recent service time, with
+// codes.ResourceExhausted, a stable message, ErrorInfo/RetryInfo details
+// and (interceptor path) the grpc-retry-pushback-ms trailer; a request
+// that arrives after its deadline gets codes.DeadlineExceeded. It never
+// sheds grpc.health.v1.Health. docs/overload.md has the details. A
+// request the tap admits registers one context.AfterFunc on its stream
+// context, which frees its slot only if the request never reaches an
+// interceptor; the Shedder's summary log line (grpclog warning) is
+// written by the request path, not by a goroutine.
 //
 // The policy: SplitServiceConfig takes a service config document with a
 // top-level "grpcreuse" object (see Policy), returns the rest for gRPC and

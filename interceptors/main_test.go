@@ -45,6 +45,22 @@ type events struct {
 	states   []string
 	rejected map[string]int // by reason, limiter; "breaker" for breaker rejections
 	limits   []int
+	shed     map[string]int // ServerShed, by reason
+}
+
+func (e *events) ServerShed(_ string, reason string) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.shed == nil {
+		e.shed = map[string]int{}
+	}
+	e.shed[reason]++
+}
+
+func (e *events) shedCount(k string) int {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.shed[k]
 }
 
 func (e *events) BreakerStateChanged(key string, from, to telemetry.BreakerState) {

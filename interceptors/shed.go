@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"strconv"
 	"strings"
 	"sync"
@@ -12,9 +13,10 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
+	"google.golang.org/grpc/tap"
 
-	"github.com/grpcreuse/grpcreuse/internal/rpcerr"
 	"github.com/grpcreuse/grpcreuse/telemetry"
 )
 
@@ -39,7 +41,11 @@ func WithShedderConfig(c ShedderConfig) ShedderOption {
 }
 
 // WithShedderObserver sends limit changes (key ShedderKey) and shed
-// requests (key: the full method) to obs. Default telemetry.Nop.
+// requests (LimiterRejected with key the full method, and, when obs also
+// implements telemetry.ShedObserver, ServerShed) to obs. Default
+// telemetry.Nop. obs is called without any lock held, on the request
+// path (for the tap path, in the transport's reader goroutine): it must
+// be quick and must not block.
 func WithShedderObserver(obs telemetry.LimiterObserver) ShedderOption {
 	return shedderOptionFunc(func(o *shedderOptions) { o.obs = obs })
 }
@@ -47,38 +53,136 @@ func WithShedderObserver(obs telemetry.LimiterObserver) ShedderOption {
 // ShedderKey is the key under which a Shedder reports its limit changes.
 const ShedderKey = "server"
 
+// Reasons a Shedder sheds for, besides ReasonLimit (at the in-flight
+// limit) and ReasonDeadline (the remaining deadline is shorter than the
+// method's recent service time); passed to LimiterRejected and
+// telemetry.ShedObserver.ServerShed, and the keys of
+// ShedderSnapshot.Shed.
+const (
+	// ReasonSheddable: a Sheddable request found SheddableShare of the
+	// in-flight limit in use.
+	ReasonSheddable = "sheddable"
+	// ReasonExpired: the request's deadline had passed when it arrived
+	// (answered DeadlineExceeded).
+	ReasonExpired = "expired"
+	// ReasonStreamLimit: the server had StreamLimit streams open.
+	ReasonStreamLimit = "stream_limit"
+)
+
+// PushbackTrailer is the trailer that tells grpc-go clients with a retry
+// policy how long to wait before their next attempt (gRFC A6).
+const PushbackTrailer = "grpc-retry-pushback-ms"
+
+// ErrorInfoDomain is the domain of the errdetails.ErrorInfo a shed
+// carries; its Reason is one of the ErrorInfoReason* values and its
+// Metadata holds the numbers ("limit", "serviceTimeMs", "streamLimit").
+const ErrorInfoDomain = "grpcreuse.github.io"
+
+// ErrorInfo reasons of sheds, one per shed reason.
+const (
+	ErrorInfoReasonLimit       = "SHED_IN_FLIGHT_LIMIT"
+	ErrorInfoReasonDeadline    = "SHED_DEADLINE"
+	ErrorInfoReasonSheddable   = "SHED_SHEDDABLE"
+	ErrorInfoReasonStreamLimit = "SHED_STREAM_LIMIT"
+)
+
+// The status messages of sheds: the same text for the same reason, so
+// that tools grouping errors by message (ghz, dashboards) see one line per
+// reason; the numbers are in the status details.
+const (
+	MessageShedLimit       = "interceptors: shed: the server is at its in-flight limit"
+	MessageShedDeadline    = "interceptors: shed: the deadline is shorter than the method's recent service time"
+	MessageShedSheddable   = "interceptors: shed: sheddable request beyond its share of the in-flight limit"
+	MessageShedStreamLimit = "interceptors: shed: the server is at its stream limit"
+	MessageExpired         = "interceptors: the deadline passed before the request was admitted"
+)
+
 // healthPrefix marks the methods a Shedder never sheds.
 const healthPrefix = "/grpc.health.v1.Health/"
 
-// maxTrackedMethods bounds the per-method service-time table; methods past
-// it share one entry.
+// maxTrackedMethods bounds the per-method table; methods past it share one
+// entry.
 const maxTrackedMethods = 1024
 
-// Shedder is server-side load shedding. It sheds at once, with
-// codes.ResourceExhausted:
-//   - every request beyond the in-flight limit (fixed or AIMD), and
-//   - every request whose remaining deadline is shorter than its method's
-//     recent service time (an exponentially weighted moving average of
-//     successful calls, once MinSamples are measured): it would time out
-//     anyway, after using capacity that others need.
+type reason uint8
+
+const (
+	rLimit reason = iota
+	rDeadline
+	rSheddable
+	rExpired
+	rStreamLimit
+	numReasons
+)
+
+func (r reason) String() string {
+	return [numReasons]string{ReasonLimit, ReasonDeadline, ReasonSheddable, ReasonExpired, ReasonStreamLimit}[r]
+}
+
+// Shedder is server-side load shedding. It answers at once, without
+// running the handler:
+//   - a unary request beyond the in-flight limit (fixed, AIMD on the
+//     server's own measurements, or Adaptive: following the server's own
+//     measured service time), ResourceExhausted;
+//   - a Sheddable request (CriticalityHeader, or the method's default)
+//     once SheddableShare of that limit is in use, ResourceExhausted;
+//   - a unary request whose remaining deadline is shorter than its
+//     method's recent service time (an EWMA of successful calls, once
+//     MinSamples are measured), ResourceExhausted: it would time out
+//     anyway, after using capacity that others need;
+//   - a stream beyond StreamLimit, ResourceExhausted (streams are counted
+//     apart from unary calls: their lifetime is the client's to choose);
+//   - a request whose deadline has already passed, DeadlineExceeded.
 //
-// grpc.health.v1.Health is never shed and not counted. A stream is one
-// request from its start to its handler's return. Safe for concurrent use;
-// it starts no goroutines.
+// Every shed carries a stable message (Message* constants), an
+// errdetails.ErrorInfo with the numbers and, when Pushback is set, an
+// errdetails.RetryInfo; on the interceptor path also the
+// grpc-retry-pushback-ms trailer. grpc.health.v1.Health is never shed and
+// not counted.
+//
+// Install it with ServerOptions: the tap path (TapHandle, the default)
+// decides before grpc-go creates the stream, which costs less than half
+// the interceptor path's CPU per shed call; the interceptors measure the
+// admitted calls and release their slots. The interceptors alone (without
+// the tap) make the same decisions later, and add the pushback trailer.
+//
+// Safe for concurrent use. It starts no goroutines; its log summary is
+// written lazily by the request path.
 type Shedder struct {
-	cfg ShedderConfig
-	lim *limiter
-	obs telemetry.LimiterObserver
+	cfg  ShedderConfig
+	obs  telemetry.LimiterObserver
+	sobs telemetry.ShedObserver // nil: obs does not implement it
+	crit map[string]Criticality // immutable copy of cfg.Criticality
+
+	limit    atomic.Int64 // unary in-flight limit
+	inflight atomic.Int64 // unary calls holding a slot
+	streams  atomic.Int64 // open streams
+	grad     *gradient    // nil unless cfg.Adaptive
 
 	mu      sync.Mutex                              // serialises writers of methods
 	methods atomic.Pointer[map[string]*serviceTime] // copy on write
 	other   serviceTime                             // methods beyond maxTrackedMethods
+
+	shed     [numReasons]atomic.Int64
+	answers  [numReasons]atomic.Pointer[answer] // by reason, for the current numbers
+	pushback metadata.MD                        // nil when cfg.Pushback is 0
+
+	epoch    time.Time    // for monotonic nanoseconds
+	nextLog  atomic.Int64 // nanoseconds since epoch
+	logMu    sync.Mutex   // guards logged, loggedAt
+	logged   [numReasons]int64
+	loggedAt int64
+	logf     func(format string, args ...any) // logger.Warningf; tests replace it
 }
 
-// serviceTime is a method's recent service time: an EWMA with weight 1/8.
+// serviceTime is what a Shedder knows of one method: its recent service
+// time (an EWMA with weight 1/8 of successful unary calls), whether it is
+// a stream, and its cached deadline answer.
 type serviceTime struct {
 	ewma    atomic.Int64 // nanoseconds
 	samples atomic.Int64
+	stream  atomic.Bool
+	ans     atomic.Pointer[answer]
 }
 
 // decay lowers the estimate by 1/64 after a request was shed for it. Only
@@ -126,18 +230,79 @@ func NewShedder(opts ...ShedderOption) (*Shedder, error) {
 	if err := o.cfg.Validate(); err != nil {
 		return nil, err
 	}
-	s := &Shedder{cfg: o.cfg, obs: o.obs, lim: newLimiter(ShedderKey, newAlgo(o.cfg.LimitConfig, 0, 0, o.obs))}
+	s := &Shedder{cfg: o.cfg, obs: o.obs, crit: maps.Clone(o.cfg.Criticality), epoch: time.Now(), logf: logger.Warningf}
+	s.cfg.Criticality = s.crit
+	s.sobs, _ = o.obs.(telemetry.ShedObserver)
+	s.limit.Store(int64(o.cfg.Limit))
+	if o.cfg.Adaptive {
+		s.grad = newGradient(o.cfg)
+	}
+	if o.cfg.Pushback > 0 {
+		s.pushback = metadata.Pairs(PushbackTrailer, strconv.FormatInt(max(o.cfg.Pushback.Milliseconds(), 1), 10))
+	}
 	m := map[string]*serviceTime{}
 	s.methods.Store(&m)
 	return s, nil
 }
 
-// InFlight returns the current in-flight limit and how many requests are
-// in flight.
+// InFlight returns the current unary in-flight limit and how many unary
+// requests are in flight.
 func (s *Shedder) InFlight() (limit, inFlight int) {
-	return int(s.lim.limit.Load()), int(s.lim.inflight.Load())
+	return int(s.limit.Load()), int(s.inflight.Load())
 }
 
+// ShedderSnapshot is a Shedder's state, for a debug page.
+type ShedderSnapshot struct {
+	// Limit is the current unary in-flight limit; InFlight how many unary
+	// requests hold a slot.
+	Limit, InFlight int
+	// Streams is how many streams are open; StreamLimit how many may be.
+	Streams, StreamLimit int
+	// Adaptive says whether Limit follows the measured service time;
+	// Baseline is then the service time it compares with (0 until
+	// measured).
+	Adaptive bool
+	Baseline time.Duration
+	// Shed counts the requests shed since the Shedder was made, by reason
+	// (ReasonLimit, ReasonDeadline, ReasonSheddable, ReasonExpired,
+	// ReasonStreamLimit); every reason has an entry.
+	Shed map[string]int64
+}
+
+// Snapshot returns the Shedder's current state.
+func (s *Shedder) Snapshot() ShedderSnapshot {
+	snap := ShedderSnapshot{Limit: int(s.limit.Load()), InFlight: int(s.inflight.Load()),
+		Streams: int(s.streams.Load()), StreamLimit: s.cfg.StreamLimit, Adaptive: s.grad != nil,
+		Shed: make(map[string]int64, numReasons)}
+	if s.grad != nil {
+		snap.Baseline = time.Duration(s.grad.baselineNs.Load())
+	}
+	for r := range numReasons {
+		snap.Shed[r.String()] = s.shed[r].Load()
+	}
+	return snap
+}
+
+// ServerOptions returns the Shedder installed as recommended: the tap
+// path (grpc.InTapHandle(s.TapHandle)) and the unary and stream
+// interceptors (chained first, so they time the whole handler chain). A
+// server takes one InTapHandle: if yours has another, call TapHandle from
+// it and add the interceptors yourself.
+func (s *Shedder) ServerOptions() []grpc.ServerOption {
+	return []grpc.ServerOption{
+		grpc.InTapHandle(s.TapHandle),
+		grpc.ChainUnaryInterceptor(s.UnaryServerInterceptor()),
+		grpc.ChainStreamInterceptor(s.StreamServerInterceptor()),
+	}
+}
+
+func (s *Shedder) lookup(method string) *serviceTime {
+	return (*s.methods.Load())[method]
+}
+
+// serviceTime returns method's entry, making it: only the interceptors
+// call it, for methods the server has, so a client cannot fill the table
+// with made-up names.
 func (s *Shedder) serviceTime(method string) *serviceTime {
 	if st, ok := (*s.methods.Load())[method]; ok {
 		return st
@@ -152,109 +317,271 @@ func (s *Shedder) serviceTime(method string) *serviceTime {
 		return &s.other
 	}
 	m := make(map[string]*serviceTime, len(old)+1)
-	for k, v := range old {
-		m[k] = v
-	}
+	maps.Copy(m, old)
 	st := &serviceTime{}
 	m[method] = st
 	s.methods.Store(&m)
 	return st
 }
 
-// admit decides on a request: nil and the method's service time, or the
-// shedding error.
-func (s *Shedder) admit(ctx context.Context, method string) (*serviceTime, error) {
-	st := s.serviceTime(method)
-	if dl, ok := ctx.Deadline(); ok && st.samples.Load() >= int64(s.cfg.MinSamples) {
-		if left, recent := time.Until(dl), time.Duration(st.ewma.Load()); left < recent {
+// now returns monotonic nanoseconds since the Shedder was made.
+func (s *Shedder) now() int64 { return int64(time.Since(s.epoch)) }
+
+// admitUnary decides on a unary request and takes its slot: ok, or the
+// reason to shed it.
+func (s *Shedder) admitUnary(ctx context.Context, st *serviceTime, crit Criticality) (reason, bool) {
+	if dl, ok := ctx.Deadline(); ok {
+		left := time.Until(dl)
+		if left <= 0 {
+			return rExpired, false
+		}
+		if st != nil && st.samples.Load() >= int64(s.cfg.MinSamples) && left < time.Duration(st.ewma.Load()) {
 			st.decay()
-			s.obs.LimiterRejected(method, ReasonDeadline)
-			return nil, rpcerr.New(codes.ResourceExhausted, "interceptors: shed "+strconv.Quote(method)+": "+
-				left.Round(time.Microsecond).String()+" left before the deadline, recent service time "+
-				recent.Round(time.Microsecond).String(), ErrShed)
+			return rDeadline, false
 		}
 	}
-	if !s.lim.tryAcquire() {
-		s.obs.LimiterRejected(method, ReasonLimit)
-		return nil, rpcerr.New(codes.ResourceExhausted, "interceptors: shed "+strconv.Quote(method)+
-			": server at its in-flight limit of "+strconv.FormatInt(s.lim.limit.Load(), 10), ErrShed)
+	limit := s.limit.Load()
+	r := rLimit
+	if crit == Sheddable {
+		limit = max(int64(float64(limit)*s.cfg.SheddableShare), 1)
+		r = rSheddable
 	}
-	return st, nil
+	for {
+		n := s.inflight.Load()
+		if n >= limit {
+			return r, false
+		}
+		if s.inflight.CompareAndSwap(n, n+1) {
+			return 0, true
+		}
+	}
 }
 
-func (s *Shedder) done(ctx context.Context, st *serviceTime, err error, took time.Duration, stream bool) {
-	o := outcomeOK
-	switch {
-	case err == nil:
-		if !stream {
-			st.observe(took)
-		}
-	case ctx.Err() == context.Canceled:
-		o = outcomeIgnored
-	case ctx.Err() == context.DeadlineExceeded:
-		o = outcomeDrop
-	default:
-		switch status.Code(err) {
-		case codes.ResourceExhausted, codes.DeadlineExceeded:
-			o = outcomeDrop
+// admitStream decides on a stream and takes its slot.
+func (s *Shedder) admitStream(ctx context.Context) (reason, bool) {
+	if dl, ok := ctx.Deadline(); ok && time.Until(dl) <= 0 {
+		return rExpired, false
+	}
+	if s.streams.Add(1) > int64(s.cfg.StreamLimit) {
+		s.streams.Add(-1)
+		return rStreamLimit, false
+	}
+	return 0, true
+}
+
+// criticality returns a request's criticality: its header if it carries a
+// valid one, else its method's default.
+func (s *Shedder) criticality(header []string, method string) Criticality {
+	if len(header) > 0 {
+		if c, ok := parseCriticality(header[0]); ok {
+			return c
 		}
 	}
+	return methodCriticality(s.crit, method)
+}
+
+// refuse counts a shed and returns its answer.
+func (s *Shedder) refuse(r reason, method string, st *serviceTime) error {
+	s.shed[r].Add(1)
+	name := r.String()
+	s.obs.LimiterRejected(method, name)
+	if s.sobs != nil {
+		s.sobs.ServerShed(method, name)
+	}
+	err := s.answer(r, st)
+	s.maybeLog()
+	return err
+}
+
+// refuseWithTrailer is refuse for the interceptor path, which can also set
+// the pushback trailer.
+func (s *Shedder) refuseWithTrailer(r reason, method string, st *serviceTime, setTrailer func(metadata.MD) error) error {
+	if s.pushback != nil && r != rExpired && r != rDeadline {
+		_ = setTrailer(s.pushback) // fails only if the stream is already done
+	}
+	return s.refuse(r, method, st)
+}
+
+// ticket is a slot the tap path took for a request: the interceptor that
+// runs its handler takes it over and releases it; if the request never
+// reaches an interceptor (unknown method, the client reset the stream
+// before its message, a deadline that fired in between), the stream
+// context's end releases it. Exactly one of the two does.
+type ticket struct {
+	context.Context // the stream's: a ticket is the context the tap returns
+	s               *Shedder
+	stream          bool
+	state           atomic.Uint32 // ticketAdmitted → ticketTaken or ticketReleased
+	stop            func() bool
+}
+
+const (
+	ticketAdmitted uint32 = iota
+	ticketTaken
+	ticketReleased
+)
+
+type ticketKey struct{}
+
+// Value returns the ticket itself for ticketKey: one allocation carries
+// both the context and the ticket.
+func (t *ticket) Value(key any) any {
+	if key == (ticketKey{}) {
+		return t
+	}
+	return t.Context.Value(key)
+}
+
+func (t *ticket) abandon() {
+	if t.state.CompareAndSwap(ticketAdmitted, ticketReleased) {
+		if t.stream {
+			t.s.streams.Add(-1)
+		} else {
+			t.s.inflight.Add(-1)
+		}
+	}
+}
+
+// take hands the slot to the interceptor; false if the stream already
+// ended and the slot was released.
+func (t *ticket) take() bool {
+	if !t.state.CompareAndSwap(ticketAdmitted, ticketTaken) {
+		return false
+	}
+	t.stop()
+	return true
+}
+
+// ticketOf returns the tap's ticket for this Shedder in ctx.
+func (s *Shedder) ticketOf(ctx context.Context) *ticket {
+	if t, ok := ctx.Value(ticketKey{}).(*ticket); ok && t.s == s {
+		return t
+	}
+	return nil
+}
+
+// TapHandle is the Shedder's cheap admission path, a tap.ServerInHandle
+// for grpc.InTapHandle: it makes the interceptors' decisions before
+// grpc-go creates the stream, so a shed request costs no
+// stream, goroutine or message decoding. It runs in the connection's
+// reader goroutine and never blocks. The admitted request's slot is
+// released by the interceptors (which must be installed too; see
+// ServerOptions) or, if the request never reaches them, when its stream
+// ends. Requests for a method the interceptors have not yet seen pass to
+// them (the tap cannot tell a stream from a unary call, nor a method the
+// server has from a made-up one). grpc-go's early answer carries the status and its details but no
+// trailers, so this path sends RetryInfo, not grpc-retry-pushback-ms.
+func (s *Shedder) TapHandle(ctx context.Context, info *tap.Info) (context.Context, error) {
+	method := info.FullMethodName
+	if strings.HasPrefix(method, healthPrefix) {
+		return ctx, nil
+	}
+	st := s.lookup(method)
+	if st == nil {
+		// A method the interceptors have not seen yet: whether it streams is
+		// unknown (and it may not exist), so the interceptors decide.
+		return ctx, nil
+	}
+	stream := st.stream.Load()
 	if stream {
-		took = 0 // a stream's lifetime is not a service time
+		if r, ok := s.admitStream(ctx); !ok {
+			return ctx, s.refuse(r, method, st)
+		}
+	} else if r, ok := s.admitUnary(ctx, st, s.criticality(info.Header[CriticalityHeader], method)); !ok {
+		return ctx, s.refuse(r, method, st)
 	}
-	s.lim.release(o, took)
+	t := &ticket{Context: ctx, s: s, stream: stream}
+	t.stop = context.AfterFunc(ctx, t.abandon)
+	return t, nil
 }
 
-// UnaryServerInterceptor returns the Shedder as a unary server interceptor.
+// UnaryServerInterceptor returns the Shedder's unary server interceptor.
+// It admits requests the tap path did not see (or sheds them, with the
+// pushback trailer), measures every admitted call and releases its slot.
 func (s *Shedder) UnaryServerInterceptor() grpc.UnaryServerInterceptor {
 	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
-		if strings.HasPrefix(info.FullMethod, healthPrefix) {
+		method := info.FullMethod
+		if strings.HasPrefix(method, healthPrefix) {
 			return handler(ctx, req)
 		}
-		st, err := s.admit(ctx, info.FullMethod)
-		if err != nil {
-			return nil, err
+		st := s.serviceTime(method)
+		if t := s.ticketOf(ctx); t != nil {
+			if !t.take() { // the stream ended before its handler ran
+				return nil, status.FromContextError(ctx.Err()).Err()
+			}
+		} else {
+			crit := s.criticality(metadata.ValueFromIncomingContext(ctx, CriticalityHeader), method)
+			if r, ok := s.admitUnary(ctx, st, crit); !ok {
+				return nil, s.refuseWithTrailer(r, method, st, func(md metadata.MD) error { return grpc.SetTrailer(ctx, md) })
+			}
 		}
 		start := time.Now()
 		released := false
 		defer func() {
 			if !released { // handler panicked
-				s.lim.release(outcomeIgnored, 0)
+				s.inflight.Add(-1)
 			}
 		}()
 		resp, err := handler(ctx, req)
 		released = true
-		s.done(ctx, st, err, time.Since(start), false)
+		s.doneUnary(ctx, st, err, time.Since(start))
 		return resp, err
 	}
 }
 
-// StreamServerInterceptor returns the Shedder as a stream server
-// interceptor. Streams count against the in-flight limit; their deadline
-// is compared with the method's recent stream lifetime.
+// doneUnary measures an admitted unary call and releases its slot.
+func (s *Shedder) doneUnary(ctx context.Context, st *serviceTime, err error, took time.Duration) {
+	cut := ctx.Err() != nil // the caller's deadline or cancellation ended it
+	if err == nil && !cut {
+		st.observe(took)
+	}
+	n := s.inflight.Add(-1) + 1
+	switch {
+	case s.grad != nil:
+		if l, moved := s.grad.sample(took, cut, s.now(), n); moved {
+			s.limit.Store(l)
+			s.obs.LimiterLimitChanged(ShedderKey, int(l))
+		}
+	case s.cfg.Algorithm == AIMD:
+		drop := (s.cfg.LatencyThreshold > 0 && took > s.cfg.LatencyThreshold) ||
+			(!cut && status.Code(err) == codes.ResourceExhausted)
+		if drop || !cut {
+			s.aimd(drop, n)
+		}
+	}
+	if s.cfg.LogInterval > 0 && s.nextLog.Load() != 0 {
+		s.maybeLog()
+	}
+}
+
+// StreamServerInterceptor returns the Shedder's stream server
+// interceptor. Streams count against StreamLimit, apart from unary calls,
+// and never measure a service time.
 func (s *Shedder) StreamServerInterceptor() grpc.StreamServerInterceptor {
 	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
-		if strings.HasPrefix(info.FullMethod, healthPrefix) {
+		method := info.FullMethod
+		if strings.HasPrefix(method, healthPrefix) {
 			return handler(srv, ss)
 		}
 		ctx := ss.Context()
-		st, err := s.admit(ctx, info.FullMethod)
-		if err != nil {
-			return err
+		st := s.serviceTime(method)
+		if !st.stream.Load() {
+			st.stream.Store(true) // the tap counts its next requests as streams
 		}
-		start := time.Now()
-		released := false
-		defer func() {
-			if !released {
-				s.lim.release(outcomeIgnored, 0)
+		if t := s.ticketOf(ctx); t != nil {
+			if !t.take() {
+				return status.FromContextError(ctx.Err()).Err()
 			}
-		}()
-		err = handler(srv, ss)
-		released = true
-		if err == nil {
-			st.observe(time.Since(start))
+			if !t.stream { // the tap did not know yet that method streams
+				s.inflight.Add(-1)
+				if r, ok := s.admitStream(ctx); !ok {
+					return s.refuseWithTrailer(r, method, st, func(md metadata.MD) error { ss.SetTrailer(md); return nil })
+				}
+			}
+		} else if r, ok := s.admitStream(ctx); !ok {
+			return s.refuseWithTrailer(r, method, st, func(md metadata.MD) error { ss.SetTrailer(md); return nil })
 		}
-		s.done(ctx, st, err, 0, true)
-		return err
+		defer s.streams.Add(-1)
+		return handler(srv, ss)
 	}
 }

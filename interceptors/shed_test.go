@@ -2,17 +2,20 @@ package interceptors_test
 
 import (
 	"context"
+	"io"
 	"runtime"
-	"strings"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	testpb "google.golang.org/grpc/interop/grpc_testing"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
 	"github.com/grpcreuse/grpcreuse/breaker"
@@ -23,6 +26,12 @@ import (
 
 func newShedder(t testing.TB, obs telemetry.LimiterObserver, edit func(*interceptors.ShedderConfig)) (*interceptors.Shedder, []grpc.ServerOption) {
 	t.Helper()
+	s := makeShedder(t, obs, edit)
+	return s, s.ServerOptions()
+}
+
+func makeShedder(t testing.TB, obs telemetry.LimiterObserver, edit func(*interceptors.ShedderConfig)) *interceptors.Shedder {
+	t.Helper()
 	c := interceptors.DefaultShedderConfig()
 	if edit != nil {
 		edit(&c)
@@ -31,53 +40,114 @@ func newShedder(t testing.TB, obs telemetry.LimiterObserver, edit func(*intercep
 	if err != nil {
 		t.Fatal(err)
 	}
-	return s, []grpc.ServerOption{grpc.ChainUnaryInterceptor(s.UnaryServerInterceptor()), grpc.ChainStreamInterceptor(s.StreamServerInterceptor())}
+	return s
 }
 
+// shedPaths are the two ways to install a Shedder: the tap path with the
+// interceptors (ServerOptions, the default), and the interceptors alone.
+var shedPaths = []struct {
+	name string
+	opts func(*interceptors.Shedder) []grpc.ServerOption
+}{
+	{"tap", (*interceptors.Shedder).ServerOptions},
+	{"interceptor", func(s *interceptors.Shedder) []grpc.ServerOption {
+		return []grpc.ServerOption{grpc.ChainUnaryInterceptor(s.UnaryServerInterceptor()), grpc.ChainStreamInterceptor(s.StreamServerInterceptor())}
+	}},
+}
+
+// shedInfo returns the ErrorInfo and RetryInfo details of a shed.
+func shedInfo(err error) (*errdetails.ErrorInfo, *errdetails.RetryInfo) {
+	var info *errdetails.ErrorInfo
+	var retry *errdetails.RetryInfo
+	for _, d := range status.Convert(err).Details() {
+		switch d := d.(type) {
+		case *errdetails.ErrorInfo:
+			info = d
+		case *errdetails.RetryInfo:
+			retry = d
+		}
+	}
+	return info, retry
+}
+
+// TestShedderInFlightLimit: beyond the limit, unary calls are shed on both
+// paths with the stable message, the limit in an ErrorInfo, the pushback
+// in a RetryInfo and (interceptor path) the grpc-retry-pushback-ms
+// trailer; streams are not counted against the unary limit (issue 13
+// item 11: they used to be); health checks are never shed.
 func TestShedderInFlightLimit(t *testing.T) {
-	ev := &events{}
-	shed, sopts := newShedder(t, ev, func(c *interceptors.ShedderConfig) { c.Limit = 2 })
-	be := startGated(t, sopts...)
-	cc := dialConn(t, be.Addr)
-	c := testpb.NewTestServiceClient(cc)
-	ctx := context.Background()
-	results := make(chan error, 2)
-	for range 2 {
-		go func() { results <- unary(ctx, c) }()
-	}
-	testutil.Eventually(t, 2*time.Second, func() bool { return be.inflight.Load() == 2 }, "two requests running")
-	err := unary(ctx, c)
-	if status.Code(err) != codes.ResourceExhausted || !strings.Contains(status.Convert(err).Message(), "in-flight limit of 2") {
-		t.Fatalf("third request = %v, want ResourceExhausted naming the limit", err)
-	}
-	s, err := c.FullDuplexCall(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := s.Recv(); status.Code(err) != codes.ResourceExhausted {
-		t.Fatalf("stream at the limit = %v, want ResourceExhausted", err)
-	}
-	if got := be.Calls.Load(); got != 2 {
-		t.Fatalf("handlers ran %d times, want 2: shed requests must not reach them", got)
-	}
-	// Health checks are never shed.
-	hc := healthpb.NewHealthClient(cc)
-	for range 3 {
-		if _, err := hc.Check(ctx, &healthpb.HealthCheckRequest{}); err != nil {
-			t.Fatalf("health check at the limit = %v", err)
-		}
-	}
-	if ev.rejections(interceptors.ReasonLimit) != 2 {
-		t.Errorf("observer: %v", ev.rejected)
-	}
-	close(be.gate)
-	for range 2 {
-		if err := <-results; err != nil {
-			t.Fatal(err)
-		}
-	}
-	if l, n := shed.InFlight(); l != 2 || n != 0 {
-		t.Errorf("InFlight() = %d, %d; want 2, 0", l, n)
+	for _, path := range shedPaths {
+		t.Run(path.name, func(t *testing.T) {
+			ev := &events{}
+			shed := makeShedder(t, ev, func(c *interceptors.ShedderConfig) { c.Limit = 2 })
+			be := startGated(t, path.opts(shed)...)
+			cc := dialConn(t, be.Addr)
+			c := testpb.NewTestServiceClient(cc)
+			ctx := context.Background()
+			results := make(chan error, 2)
+			for range 2 {
+				go func() { results <- unary(ctx, c) }()
+			}
+			testutil.Eventually(t, 2*time.Second, func() bool { return be.inflight.Load() == 2 }, "two requests running")
+			for i := range 2 {
+				var trailer metadata.MD
+				_, err := c.UnaryCall(ctx, &testpb.SimpleRequest{}, grpc.Trailer(&trailer))
+				if status.Code(err) != codes.ResourceExhausted || status.Convert(err).Message() != interceptors.MessageShedLimit {
+					t.Fatalf("request %d at the limit = %v, want ResourceExhausted %q", i, err, interceptors.MessageShedLimit)
+				}
+				info, retry := shedInfo(err)
+				if info == nil || info.Reason != interceptors.ErrorInfoReasonLimit || info.Metadata["limit"] != "2" || info.Domain != interceptors.ErrorInfoDomain {
+					t.Errorf("ErrorInfo = %v, want reason %s, limit 2", info, interceptors.ErrorInfoReasonLimit)
+				}
+				if retry == nil || retry.RetryDelay.AsDuration() != 20*time.Millisecond {
+					t.Errorf("RetryInfo = %v, want 20ms", retry)
+				}
+				wantTrailer := []string{"20"}
+				if path.name == "tap" {
+					wantTrailer = nil // grpc-go's early abort writes no trailers
+				}
+				if got := trailer.Get(interceptors.PushbackTrailer); !slices.Equal(got, wantTrailer) {
+					t.Errorf("pushback trailer = %q, want %q", got, wantTrailer)
+				}
+			}
+			// Streams have their own limit: one opens and works at the unary limit.
+			s, err := c.FullDuplexCall(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := s.Send(&testpb.StreamingOutputCallRequest{}); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := s.Recv(); err != nil {
+				t.Fatalf("stream at the unary limit = %v, want admitted", err)
+			}
+			_ = s.CloseSend()
+			if _, err := s.Recv(); err != io.EOF {
+				t.Fatalf("stream end = %v", err)
+			}
+			if got := be.Calls.Load(); got != 3 {
+				t.Fatalf("handlers ran %d times, want 3 (2 unary, 1 stream): shed requests must not reach them", got)
+			}
+			hc := healthpb.NewHealthClient(cc)
+			for range 3 {
+				if _, err := hc.Check(ctx, &healthpb.HealthCheckRequest{}); err != nil {
+					t.Fatalf("health check at the limit = %v", err)
+				}
+			}
+			if ev.rejections(interceptors.ReasonLimit) != 2 || ev.shedCount(interceptors.ReasonLimit) != 2 {
+				t.Errorf("observer: rejected %v, shed %v", ev.rejected, ev.shed)
+			}
+			close(be.gate)
+			for range 2 {
+				if err := <-results; err != nil {
+					t.Fatal(err)
+				}
+			}
+			snap := shed.Snapshot()
+			if snap.Limit != 2 || snap.InFlight != 0 || snap.Streams != 0 || snap.Shed[interceptors.ReasonLimit] != 2 {
+				t.Errorf("Snapshot() = %+v; want limit 2, nothing in flight, 2 shed for limit", snap)
+			}
+		})
 	}
 }
 
@@ -105,8 +175,11 @@ func TestShedderDeadlineShorterThanServiceTime(t *testing.T) {
 	}
 	calls := be.Calls.Load()
 	err := short()
-	if status.Code(err) != codes.ResourceExhausted || !strings.Contains(err.Error(), "recent service time") {
-		t.Fatalf("short call with 50ms service time = %v, want ResourceExhausted", err)
+	if status.Code(err) != codes.ResourceExhausted || status.Convert(err).Message() != interceptors.MessageShedDeadline {
+		t.Fatalf("short call with 50ms service time = %v, want ResourceExhausted %q", err, interceptors.MessageShedDeadline)
+	}
+	if info, retry := shedInfo(err); info == nil || info.Reason != interceptors.ErrorInfoReasonDeadline || info.Metadata["serviceTimeMs"] == "" || retry != nil {
+		t.Errorf("details = %v, %v; want the service time and no RetryInfo (the same deadline will not do better)", info, retry)
 	}
 	if be.Calls.Load() != calls {
 		t.Fatal("shed request reached the handler")

@@ -169,6 +169,17 @@ type LimiterObserver interface {
 	LimiterRejected(key string, reason string)
 }
 
+// ShedObserver receives server load-shedding events (interceptors.Shedder,
+// which calls it when the observer given to it implements it). Nop
+// implements it.
+type ShedObserver interface {
+	// ServerShed reports one request a server shed (answered without running
+	// its handler); method is the full method ("/pkg.Service/Method") and
+	// reason one of the interceptors.Reason* constants ("limit",
+	// "deadline", "sheddable", "expired", "stream_limit").
+	ServerShed(method, reason string)
+}
+
 // SessionCacheObserver receives TLS client session cache events.
 type SessionCacheObserver interface {
 	// SessionCacheLookup reports one lookup for tenant; hit says whether a
@@ -224,6 +235,7 @@ type Nop struct{}
 var (
 	_ Observer                = Nop{}
 	_ ServerHandshakeObserver = Nop{}
+	_ ShedObserver            = Nop{}
 )
 
 // PoolGet does nothing.
@@ -276,6 +288,9 @@ func (Nop) LimiterLimitChanged(string, int) {}
 
 // LimiterRejected does nothing.
 func (Nop) LimiterRejected(string, string) {}
+
+// ServerShed does nothing.
+func (Nop) ServerShed(string, string) {}
 
 // SessionCacheLookup does nothing.
 func (Nop) SessionCacheLookup(string, bool) {}

@@ -25,6 +25,12 @@
 // servers, credentials.TicketKeyRotator.ServerConfig. Only this package of
 // grpcreuse imports go-spiffe.
 //
+// The authorizer and the sources run inside crypto/tls on the handshake
+// goroutine of every connection: they must return quickly (a server's
+// grpc.Server.Stop waits for handshakes in progress), and a panic in them
+// ends the program, as it does with go-spiffe's tlsconfig; a source that
+// returns an error fails the handshake, never silently skips the check.
+//
 // Everything here is safe for concurrent use and starts no goroutine.
 // init registers nothing.
 package spiffe

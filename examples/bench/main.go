@@ -88,6 +88,7 @@ func scenarios() []scenario {
 		{"tls", "4. TLS", runTLS},
 		{"chain", "5. Interceptor chain", runChain},
 		{"overload", "6. Overload", runOverload},
+		{"shedding", "7. Shedding backends", runShedding},
 	}
 }
 

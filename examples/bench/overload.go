@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -15,13 +16,15 @@ import (
 )
 
 // runOverload: a server that can work on 4 calls at once, 2 ms each,
-// offered about 4× its capacity by 16 closed-loop callers whose deadline is
-// 5 ms and who back off 1 ms after a failure. Without shedding the server
-// queues every call and works on it even after its caller gave up, so
-// goodput collapses; with the toolkit's Shedder (an in-flight limit of 4)
-// the excess is refused at once. A third side adds the toolkit's client
-// Limiter (AIMD, no queue), which lowers its limit when the server sheds
-// and so refuses the excess before it crosses the network.
+// offered about 4× and 10× its capacity by 16 and 40 closed-loop callers
+// whose deadline is 5 ms and who back off 1 ms after a failure. Without
+// shedding the server queues every call and works on it even after its
+// caller gave up, so goodput collapses. The sides, same servers and load:
+// the toolkit's Shedder installed as recommended (ServerOptions: the tap
+// path and the interceptors) with a fixed limit of 4 (the server's slots),
+// and with the Adaptive limit starting at its default 100 and driven by
+// the server's own measured service time; and failsafe-go's adaptive
+// limiter (its defaults, its tap.ServerInHandle and interceptor).
 //
 // Capacity is measured, not assumed: the work is a 2 ms timer, and Go's
 // timers fire late (the runtime sleeps in whole milliseconds), so 4 slots
@@ -36,7 +39,7 @@ import (
 // work time) and after it (does the server admit calls again once the
 // overload is over?).
 func runOverload(ctx context.Context, e *env) (*result, error) {
-	const slots, work, callers = 4, 2 * time.Millisecond, 16
+	const slots, work = 4, 2 * time.Millisecond
 	const deadline, backoff = 5 * time.Millisecond, time.Millisecond
 
 	type server struct {
@@ -54,7 +57,7 @@ func runOverload(ctx context.Context, e *env) (*result, error) {
 			return time.Duration(s.busy.Load()-busy0) / time.Duration(max(s.works.Load()-works0, 1))
 		}
 	}
-	start := func(shed, limit bool) (*server, error) {
+	start := func(kind string) (*server, error) {
 		s := &server{}
 		cpu := make(chan struct{}, slots)
 		handler := func(context.Context) error {
@@ -70,28 +73,27 @@ func runOverload(ctx context.Context, e *env) (*result, error) {
 			return nil
 		}
 		var opts []grpc.ServerOption
-		if shed {
+		switch kind {
+		case "fixed":
 			cfg := interceptors.DefaultShedderConfig()
 			cfg.Limit = slots
 			sh, err := interceptors.NewShedder(interceptors.WithShedderConfig(cfg))
 			if err != nil {
 				return nil, err
 			}
-			opts = append(opts, grpc.UnaryInterceptor(sh.UnaryServerInterceptor()))
-		}
-		dopts := []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}
-		if limit {
-			// The defaults but AIMD and no queue: the limit starts at 100
-			// and finds the server's 4 from its ResourceExhausted answers.
-			cfg := interceptors.DefaultLimiterConfig()
-			cfg.Algorithm = interceptors.AIMD
-			cfg.MaxQueued = 0
-			lim, err := interceptors.NewLimiter(interceptors.WithLimiterConfig(cfg))
+			opts = append(opts, sh.ServerOptions()...)
+		case "adaptive":
+			cfg := interceptors.DefaultShedderConfig()
+			cfg.Adaptive = true
+			sh, err := interceptors.NewShedder(interceptors.WithShedderConfig(cfg))
 			if err != nil {
 				return nil, err
 			}
-			dopts = append(dopts, grpc.WithUnaryInterceptor(lim.UnaryClientInterceptor()))
+			opts = append(opts, sh.ServerOptions()...)
+		case "failsafe", "failsafe-tuned":
+			opts = failsafeServerOptions(kind == "failsafe-tuned")
 		}
+		dopts := []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}
 		b, err := startBackend(nil, handler, opts...)
 		if err != nil {
 			return nil, err
@@ -156,9 +158,9 @@ func runOverload(ctx context.Context, e *env) (*result, error) {
 	// alone (unloaded p99 and work time), the overload, the drain of what
 	// the server queued, and one caller alone again, to see whether the
 	// server admits calls once the overload is over.
-	measure := func(shed, limit bool) func(context.Context) (sample, error) {
+	measure := func(kind string, callers int) func(context.Context) (sample, error) {
 		return func(ctx context.Context) (sample, error) {
-			s, err := start(shed, limit)
+			s, err := start(kind)
 			if err != nil {
 				return sample{}, err
 			}
@@ -192,23 +194,36 @@ func runOverload(ctx context.Context, e *env) (*result, error) {
 			return sample{lat: ok, m: m}, nil
 		}
 	}
-	sides := []side{
-		{name: "no shedding", measure: measure(false, false)},
-		{name: "Shedder (limit 4)", toolkit: true, measure: measure(true, false)},
-		{name: "Shedder + client AIMD Limiter", toolkit: true, measure: measure(true, true)},
+	kinds := []struct{ kind, name string }{
+		{"none", "no shedding"},
+		{"fixed", "Shedder (fixed 4)"},
+		{"adaptive", "Shedder (adaptive)"},
+		{"failsafe", "failsafe-go adaptive limiter"},
+		{"failsafe-tuned", "failsafe-go (25 ms windows)"},
+	}
+	loads := []struct {
+		label   string
+		callers int
+		target  float64 // goodput, % of capacity
+	}{{"4×", 16, 90}, {"10×", 40, 85}}
+	var sides []side
+	for _, l := range loads {
+		for _, k := range kinds {
+			sides = append(sides, side{name: l.label + " " + k.name, toolkit: k.kind == "fixed" || k.kind == "adaptive",
+				measure: measure(k.kind, l.callers)})
+		}
 	}
 	res, err := runRounds(ctx, e, sides)
 	if err != nil {
 		return nil, err
 	}
-	const title = "6. Overload: 4-slot server, 2 ms work, 16 callers, 5 ms deadlines"
-	plain, shed, both := sides[0].name, sides[1].name, sides[2].name
+	const title = "6. Overload: 4-slot server, 2 ms work, 16 (4×) and 40 (10×) callers, 5 ms deadlines"
 	// The unloaded work time is a property of the server, measured on
 	// every side's fresh one: capacity comes from its median over all
 	// sides and rounds.
 	var works []float64
-	for _, n := range []string{plain, shed, both} {
-		for _, smp := range res[n] {
+	for _, sd := range sides {
+		for _, smp := range res[sd.name] {
 			works = append(works, smp.m["work"])
 		}
 	}
@@ -224,30 +239,43 @@ func runOverload(ctx context.Context, e *env) (*result, error) {
 		return fmt.Sprintf("%s (unloaded %s)", fmtMS(res.median(n, "p99")), fmtMS(res.median(n, "idle99")))
 	}
 	p99x := func(n string) float64 { return ratio(res.median(n, "p99"), res.median(n, "idle99")) }
-	p99ok := func(n string) bool {
-		return len(res.latencies(n)) > 0 && res.median(n, "p99") <= 2*res.median(n, "idle99")
-	}
-	return &result{
-		rows: []row{
-			{title, fmt.Sprintf("goodput (OK calls/s; capacity %s = 4 slots / %.2f ms measured work)", fmtRate(capacity), median(works)),
+	p99ok := func(n string) bool { return len(res.latencies(n)) > 0 && p99x(n) <= 2 }
+	var rows []row
+	for _, l := range loads {
+		plain, fx, ad, fs := l.label+" "+kinds[0].name, l.label+" "+kinds[1].name, l.label+" "+kinds[2].name, l.label+" "+kinds[3].name
+		ft := l.label + " " + kinds[4].name
+		if res.median(ft, "goodput") > res.median(fs, "goodput") {
+			fs, ft = ft, fs // compare with failsafe-go's better side
+		}
+		rows = append(rows,
+			row{title, fmt.Sprintf("%s goodput (OK calls/s; capacity %s = 4 slots / %.2f ms measured work)", l.label, fmtRate(capacity), median(works)),
 				goodput(plain),
-				fmt.Sprintf("Shedder: %s; + client Limiter: %s", goodput(shed), goodput(both)),
-				fmt.Sprintf("%s; %s", fmtX(ratio(res.median(shed, "goodput"), res.median(plain, "goodput"))), fmtX(ratio(res.median(both, "goodput"), res.median(plain, "goodput")))),
-				"≥ 90% of capacity with shedding", verdict(share(shed) >= 90, fmt.Sprintf("Shedder %.0f%%", share(shed)))},
-			{title, "admitted p99 (unloaded p99)", p99(plain),
-				fmt.Sprintf("Shedder: %s; + client Limiter: %s", p99(shed), p99(both)),
-				fmt.Sprintf("%s; %s unloaded", fmtX(p99x(shed)), fmtX(p99x(both))), "≤ 2× the unloaded p99",
-				verdict(p99ok(shed) && p99ok(both), "")},
-			{title, "time the 2 ms work took: one caller alone → under the overload",
+				fmt.Sprintf("fixed 4: %s; adaptive: %s; %s: %s; %s: %s", goodput(fx), goodput(ad),
+					strings.TrimPrefix(fs, l.label+" "), goodput(fs), strings.TrimPrefix(ft, l.label+" "), goodput(ft)),
+				fmt.Sprintf("fixed %s, adaptive %s vs failsafe-go", fmtX(ratio(res.median(fx, "goodput"), res.median(fs, "goodput"))),
+					fmtX(ratio(res.median(ad, "goodput"), res.median(fs, "goodput")))),
+				fmt.Sprintf("≥ %.0f%% of capacity, ahead of failsafe-go", l.target),
+				verdict(share(fx) >= l.target && share(ad) >= l.target && res.median(ad, "goodput") >= res.median(fs, "goodput"),
+					fmt.Sprintf("fixed %.0f%%, adaptive %.0f%%, failsafe-go %.0f%%", share(fx), share(ad), share(fs)))},
+			row{title, l.label + " admitted p99 (unloaded p99)", p99(plain),
+				fmt.Sprintf("fixed 4: %s; adaptive: %s; failsafe-go (better side): %s", p99(fx), p99(ad), p99(fs)),
+				fmt.Sprintf("%s; %s; %s unloaded", fmtX(p99x(fx)), fmtX(p99x(ad)), fmtX(p99x(fs))), "≤ 2× the unloaded p99 (Shedder)",
+				verdict(p99ok(fx) && p99ok(ad), "")},
+			row{title, l.label + " time the 2 ms work took: one caller alone → under the overload",
 				fmt.Sprintf("%.2f ms → %.2f ms", res.median(plain, "work"), res.median(plain, "loaded")),
-				fmt.Sprintf("Shedder: %.2f ms → %.2f ms; + client Limiter: %.2f ms → %.2f ms",
-					res.median(shed, "work"), res.median(shed, "loaded"), res.median(both, "work"), res.median(both, "loaded")),
+				fmt.Sprintf("fixed 4: %.2f → %.2f ms; adaptive: %.2f → %.2f ms; failsafe-go (better side): %.2f → %.2f ms",
+					res.median(fx, "work"), res.median(fx, "loaded"), res.median(ad, "work"), res.median(ad, "loaded"),
+					res.median(fs, "work"), res.median(fs, "loaded")),
 				"—", "—", "—"},
-			{title, "after the overload: unloaded calls OK (one caller)",
+			row{title, l.label + " after the overload: unloaded calls OK (one caller)",
 				fmt.Sprintf("%.1f%%", res.median(plain, "after")),
-				fmt.Sprintf("Shedder: %.1f%%; + client Limiter: %.1f%%", res.median(shed, "after"), res.median(both, "after")),
-				"—", "—", "—"},
-		},
-		dists: distsOf("overload (admitted calls)", res, sides),
-	}, nil
+				fmt.Sprintf("fixed 4: %.1f%%; adaptive: %.1f%%; failsafe-go (better side): %.1f%%", res.median(fx, "after"), res.median(ad, "after"), res.median(fs, "after")),
+				"—", "100%", verdict(res.median(fx, "after") == 100 && res.median(ad, "after") == 100, "")},
+		)
+	}
+	// The chart shows three of the 4× sides: no shedding and the two
+	// Shedders (failsafe-go's defaults may admit no call at all, and the
+	// chart keeps a fixed count of sides).
+	chart := []side{sides[0], sides[1], sides[2]}
+	return &result{rows: rows, dists: distsOf("overload (admitted calls)", res, chart)}, nil
 }

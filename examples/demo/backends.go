@@ -21,6 +21,7 @@ import (
 	"github.com/grpcreuse/grpcreuse/clientconn"
 	"github.com/grpcreuse/grpcreuse/credentials"
 	"github.com/grpcreuse/grpcreuse/interceptors"
+	"github.com/grpcreuse/grpcreuse/telemetry/debugpage"
 )
 
 // The backends model a server with limited capacity: a TestService call
@@ -55,6 +56,7 @@ type backend struct {
 	lis     *trackingListener
 	served  chan struct{}
 	rotator *credentials.TicketKeyRotator // grpcreuse side only
+	shedder *interceptors.Shedder         // grpcreuse side only
 
 	extra   time.Duration
 	slots   chan struct{}
@@ -74,6 +76,9 @@ type serverSide struct {
 	accepts             atomic.Int64
 	fullTLS, resumedTLS atomic.Int64
 	shed                atomic.Int64
+	// handshakes records every server handshake (grpcreuse side only), for
+	// the debug page's server half.
+	handshakes *credentials.ServerHandshakeRecorder
 }
 
 // serverCounts is a snapshot of a serverSide's counters.
@@ -105,6 +110,9 @@ func (c serverCounts) sub(o serverCounts) serverCounts {
 // shedding; otherwise they are plain grpc-go servers.
 func startServerSide(cert tls.Certificate, toolkit bool) (*serverSide, error) {
 	s := &serverSide{}
+	if toolkit {
+		s.handshakes = credentials.NewServerHandshakeRecorder()
+	}
 	for i := range s.backends {
 		b, err := s.startBackend(cert, toolkit)
 		if err != nil {
@@ -154,11 +162,20 @@ func (s *serverSide) startBackend(cert tls.Certificate, toolkit bool) (*backend,
 			rotator.Close()
 			return nil, err
 		}
+		b.shedder = shedder
+		creds, err := credentials.NewTLS(cfg, credentials.WithServerHandshakeObserver(s.handshakes))
+		if err != nil {
+			rotator.Close()
+			return nil, err
+		}
 		opts = append(opts, clientconn.KeepaliveDefault().ServerOptions()...)
-		unary = append(unary, shedder.UnaryServerInterceptor())
+		opts = append(opts, shedder.ServerOptions()...) // sheds at the tap, before a stream is made
+		opts = append(opts, grpc.Creds(creds))
+	} else {
+		opts = append(opts, grpc.Creds(grpccreds.NewTLS(cfg)))
 	}
 	unary = append(unary, b.work)
-	opts = append(opts, grpc.Creds(grpccreds.NewTLS(cfg)), grpc.ChainUnaryInterceptor(unary...))
+	opts = append(opts, grpc.ChainUnaryInterceptor(unary...))
 
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -237,6 +254,34 @@ func (s *serverSide) stop() {
 			b.rotator.Close()
 		}
 	}
+}
+
+// debugServer is the server half of the debug page: each backend's
+// Shedder and the handshakes the backends answered.
+func (s *serverSide) debugServer() *debugpage.Server {
+	out := &debugpage.Server{}
+	for i, b := range s.backends {
+		if b == nil || b.shedder == nil {
+			continue
+		}
+		snap := b.shedder.Snapshot()
+		shed := make(map[string]uint64, len(snap.Shed))
+		for reason, n := range snap.Shed {
+			if n > 0 {
+				shed[reason] = uint64(n)
+			}
+		}
+		out.Shedders = append(out.Shedders, debugpage.Shedder{Name: backendNames[i] + " " + b.addr,
+			Limit: snap.Limit, InFlight: snap.InFlight, Shed: shed})
+	}
+	if s.handshakes != nil {
+		for _, h := range s.handshakes.Snapshot() {
+			out.Handshakes = append(out.Handshakes, debugpage.ServerHandshakes{Server: h.Server, ResumedShare: h.ResumedShare,
+				Handshakes: debugpage.Handshakes{Full: h.Full, Resumed: h.Resumed, Failed: h.Failed,
+					P50: debugpage.Duration(h.FullP50), P99: debugpage.Duration(h.FullP99)}})
+		}
+	}
+	return out
 }
 
 // shedCounter counts the requests a Shedder sheds.

@@ -49,6 +49,7 @@ import (
 	"github.com/grpcreuse/grpcreuse/clientconn"
 	"github.com/grpcreuse/grpcreuse/examples/internal/selfsigned"
 	"github.com/grpcreuse/grpcreuse/telemetry"
+	"github.com/grpcreuse/grpcreuse/telemetry/debugpage"
 	"github.com/grpcreuse/grpcreuse/telemetry/opentelemetry"
 )
 
@@ -211,7 +212,14 @@ func demo(ctx context.Context, o options, stdout, progress io.Writer) (*report, 
 	defer f.Close()
 
 	if o.debugAddr != "" {
-		stopDebug, err := serveDebug(o, f.DebugHandler(), metricsHandler, stdout)
+		// One page for both halves: the Factory's client state and, since
+		// this process also runs the servers, theirs.
+		page := debugpage.NewHandler(func() debugpage.Snapshot {
+			s := f.DebugSnapshot()
+			s.Server = reuseServers.debugServer()
+			return s
+		})
+		stopDebug, err := serveDebug(o, page, metricsHandler, stdout)
 		if err != nil {
 			return nil, err
 		}

@@ -106,6 +106,12 @@ func fetchDebug(url string) error {
 				Target  string `json:"target"`
 				Handles int    `json:"handles"`
 			} `json:"connections"`
+			Server *struct {
+				Shedders   []struct{ Limit int } `json:"shedders"`
+				Handshakes []struct {
+					Full uint64 `json:"full"`
+				} `json:"handshakes"`
+			} `json:"server"`
 		}
 		body, err := get(url + "/debug/grpcreuse?format=json")
 		if err != nil {
@@ -118,11 +124,13 @@ func fetchDebug(url string) error {
 		for _, c := range snap.Connections {
 			handles += c.Handles
 		}
-		if len(snap.Connections) == 2 && handles == 6 {
+		// The server half: the three backends' Shedders and the handshakes
+		// they answered.
+		if len(snap.Connections) == 2 && handles == 6 && snap.Server != nil && len(snap.Server.Shedders) == 3 && len(snap.Server.Handshakes) > 0 {
 			break
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("/debug/grpcreuse shows %+v; want 2 connections with 6 handles", snap.Connections)
+			return fmt.Errorf("/debug/grpcreuse shows %+v, server %+v; want 2 connections with 6 handles and the 3 backends' shedders and handshakes", snap.Connections, snap.Server)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}

@@ -4,9 +4,12 @@
 //     or from a key file shared by replicas (-ticket-key-file), so clients
 //     resume TLS sessions instead of repeating full handshakes;
 //   - keepalive enforcement matching the clients' clientconn.KeepaliveDefault;
-//   - load shedding (interceptors.NewShedder): beyond -max-in-flight calls,
-//     or when a call's deadline is shorter than the method's recent service
-//     time, requests fail at once with ResourceExhausted;
+//   - load shedding (interceptors.NewShedder, on the tap path): beyond
+//     -max-in-flight calls (fixed, or -adaptive), or when a call's deadline
+//     is shorter than the method's recent service time, requests fail at
+//     once with ResourceExhausted; -work, -work-jitter and -work-slots
+//     give UnaryCall simulated work so that a load test (ghz, see
+//     docs/overload.md) shows shedding;
 //   - the health service and server reflection;
 //   - graceful stop on SIGINT and SIGTERM.
 //

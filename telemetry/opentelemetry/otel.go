@@ -78,11 +78,12 @@ type Telemetry struct {
 	tlsHandshakes, poolGets, poolEvictions, subchannelChanges, ejections metric.Int64Counter
 	breakerTransitions, breakerRejections, limiterRejections             metric.Int64Counter
 	sessionLookups, sessionEvictions, sessionResumptions                 metric.Int64Counter
-	serverHandshakes                                                     metric.Int64Counter
+	serverHandshakes, serverShed                                         metric.Int64Counter
 	serverHandshakeDuration                                              metric.Float64Histogram
 	tlsDuration, connectDuration, connLifetime                           metric.Float64Histogram
 	openConns, ejected, breakersOpen                                     metric.Int64UpDownCounter
-	limiterLimit, endpointInFlight                                       metric.Int64Gauge
+	limiterLimit, endpointInFlight, endpointConns                        metric.Int64Gauge
+	endpointCalls                                                        metric.Int64Counter
 
 	attrs attrCache
 	conns sync.Map // net.Addr (local address of a client transport) -> *connRecord
@@ -91,6 +92,7 @@ type Telemetry struct {
 var (
 	_ telemetry.Observer                = (*Telemetry)(nil)
 	_ telemetry.ServerHandshakeObserver = (*Telemetry)(nil)
+	_ telemetry.ShedObserver            = (*Telemetry)(nil)
 )
 
 // New creates the instruments. It fails only if the meter provider
@@ -142,6 +144,7 @@ func New(opts ...Option) (*Telemetry, error) {
 	t.sessionLookups = counter(MetricSessionCacheLookups, "{lookup}", "TLS session cache lookups by hit.")
 	t.sessionEvictions = counter(MetricSessionCacheEvictions, "{session}", "TLS sessions evicted for capacity or age.")
 	t.sessionResumptions = counter(MetricSessionCacheResumptions, "{handshake}", "Client handshakes offered a cached session, by whether the server resumed it.")
+	t.serverShed = counter(MetricServerShed, "{call}", "Requests a server shed without running their handler, by reason.")
 	t.serverHandshakes = counter(MetricServerTLSHandshakes, "{handshake}", "Server TLS handshakes by result, resumption and version.")
 	t.serverHandshakeDuration = seconds(MetricServerTLSHandshakeDuration, "Server TLS handshake duration, from accept.")
 	g, err := m.Int64Gauge(MetricLimiterLimit, metric.WithUnit("{call}"), metric.WithDescription("Current concurrency limit."))
@@ -150,6 +153,10 @@ func New(opts ...Option) (*Telemetry, error) {
 	g, err = m.Int64Gauge(MetricEndpointInFlight, metric.WithUnit("{call}"), metric.WithDescription("Calls in flight per balancer endpoint."))
 	errs = append(errs, err)
 	t.endpointInFlight = g
+	g, err = m.Int64Gauge(MetricEndpointConnections, metric.WithUnit("{connection}"), metric.WithDescription("Open connections per balancer endpoint."))
+	errs = append(errs, err)
+	t.endpointConns = g
+	t.endpointCalls = counter(MetricEndpointCalls, "{call}", "Finished calls per balancer endpoint, by outcome.")
 	if err := errors.Join(errs...); err != nil {
 		return nil, fmt.Errorf("opentelemetry: creating instruments: %w", err)
 	}
@@ -300,6 +307,27 @@ func (t *Telemetry) EndpointReturned(target, _ string) {
 func (t *Telemetry) EndpointLoad(target, endpoint string, inFlight int, _ time.Duration) {
 	t.endpointInFlight.Record(context.Background(), int64(inFlight), metric.WithAttributes(
 		attribute.String(AttrTarget, target), attribute.String(AttrEndpoint, endpoint)))
+}
+
+// EndpointState records an endpoint's open connections.
+func (t *Telemetry) EndpointState(target, endpoint string, _ connectivity.State, connections int) {
+	t.endpointConns.Record(context.Background(), int64(connections), metric.WithAttributes(
+		attribute.String(AttrTarget, target), attribute.String(AttrEndpoint, endpoint)))
+}
+
+// EndpointCalls records an endpoint's finished calls by outcome; a
+// control-loop sample, so building its attributes here is fine.
+func (t *Telemetry) EndpointCalls(target, endpoint string, c telemetry.EndpointCalls) {
+	ctx := context.Background()
+	for _, o := range [...]struct {
+		name string
+		n    uint64
+	}{{"ok", c.OK}, {"failed", c.Failed}, {"shed", c.Shed}, {"cancelled", c.Cancelled}, {"timed_out", c.TimedOut}} {
+		if o.n > 0 {
+			t.endpointCalls.Add(ctx, int64(o.n), metric.WithAttributes(attribute.String(AttrTarget, target),
+				attribute.String(AttrEndpoint, endpoint), attribute.String(AttrOutcome, o.name)))
+		}
+	}
 }
 
 // BreakerStateChanged records a breaker transition.

@@ -77,6 +77,8 @@ func TestEveryObserverEventIsRecorded(t *testing.T) {
 	tel.EndpointEjected("dns:///a:1", "10.0.0.1:1", time.Second)
 	tel.EndpointReturned("dns:///a:1", "10.0.0.1:1")
 	tel.EndpointLoad("dns:///a:1", "10.0.0.1:1", 7, time.Millisecond)
+	tel.EndpointState("dns:///a:1", "10.0.0.1:1", connectivity.Ready, 3)
+	tel.EndpointCalls("dns:///a:1", "10.0.0.1:1", telemetry.EndpointCalls{OK: 5})
 	tel.BreakerStateChanged("svc", telemetry.BreakerClosed, telemetry.BreakerOpen)
 	tel.BreakerRejected("svc")
 	tel.BreakerRejected("svc")
@@ -85,6 +87,7 @@ func TestEveryObserverEventIsRecorded(t *testing.T) {
 	tel.SessionCacheLookup("acme", false)
 	tel.SessionCacheEvicted("acme")
 	tel.SessionCacheResumption("acme", true)
+	tel.ServerShed("/pkg.S/M", "limit")
 	tel.ServerHandshake(telemetry.ServerHandshakeInfo{Server: "127.0.0.1:8443", Duration: time.Millisecond, Version: tls.VersionTLS13,
 		Err: &net.OpError{Op: "remote error", Err: errors.New("tls: bad certificate")}})
 
@@ -123,6 +126,8 @@ func TestEveryObserverEventIsRecorded(t *testing.T) {
 		opentelemetry.MetricEjections:               "1 grpc.target=dns:///a:1;",
 		opentelemetry.MetricEjectedEndpoints:        "0 grpc.target=dns:///a:1;",
 		opentelemetry.MetricEndpointInFlight:        "7 grpc.target=dns:///a:1,grpcreuse.endpoint=10.0.0.1:1;",
+		opentelemetry.MetricEndpointConnections:     "3 grpc.target=dns:///a:1,grpcreuse.endpoint=10.0.0.1:1;",
+		opentelemetry.MetricEndpointCalls:           "5 grpc.target=dns:///a:1,grpcreuse.endpoint=10.0.0.1:1,grpcreuse.lb.outcome=ok;",
 		opentelemetry.MetricBreakerTransitions:      "1 grpcreuse.breaker.key=svc,grpcreuse.from=closed,grpcreuse.to=open;",
 		opentelemetry.MetricBreakersOpen:            "1 ;",
 		opentelemetry.MetricBreakerRejections:       "2 grpcreuse.breaker.key=svc;",
@@ -131,6 +136,7 @@ func TestEveryObserverEventIsRecorded(t *testing.T) {
 		opentelemetry.MetricSessionCacheLookups:     "1 grpcreuse.tenant=acme,grpcreuse.tls.session_cache.hit=false;",
 		opentelemetry.MetricSessionCacheEvictions:   "1 grpcreuse.tenant=acme;",
 		opentelemetry.MetricSessionCacheResumptions: "1 grpcreuse.tenant=acme,grpcreuse.tls.session_cache.resumed=true;",
+		opentelemetry.MetricServerShed:              "1 grpcreuse.reason=limit,rpc.method=/pkg.S/M;",
 		opentelemetry.MetricServerTLSHandshakes: "1 grpc.tls.handshake.result=CERTIFICATE_REJECTED_BY_PEER,grpc.tls.handshake.resumed=FULL_HANDSHAKE," +
 			"network.local.address=127.0.0.1,network.local.port=8443,tls.protocol.version=1.3;",
 		opentelemetry.MetricServerTLSHandshakeDuration: "n=1 grpc.tls.handshake.result=CERTIFICATE_REJECTED_BY_PEER,grpc.tls.handshake.resumed=FULL_HANDSHAKE," +

@@ -33,6 +33,15 @@ func (t *Telemetry) ServerHandshake(h telemetry.ServerHandshakeInfo) {
 	t.serverHandshakeDuration.Record(ctx, h.Duration.Seconds(), attrs)
 }
 
+// ServerShed records one shed request (hand the Telemetry to
+// interceptors.WithShedderObserver). Shedding can come once per call, so
+// the attribute set is cached per method and reason: no allocation.
+func (t *Telemetry) ServerShed(method, reason string) {
+	t.serverShed.Add(context.Background(), 1, t.attrs.get("shed", method, reason, func() attribute.Set {
+		return attribute.NewSet(attribute.String(AttrRPCMethod, method), attribute.String(AttrReason, reason))
+	})...)
+}
+
 // SessionCacheResumption records whether an offered session resumed.
 func (t *Telemetry) SessionCacheResumption(tenant string, resumed bool) {
 	t.sessionResumptions.Add(context.Background(), 1, t.attrs.get("resumption", tenant, boolString(resumed), func() attribute.Set {

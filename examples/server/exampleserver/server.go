@@ -12,6 +12,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"os"
 	"path/filepath"
@@ -43,6 +44,10 @@ type config struct {
 	ticketKeyFile        string
 	ticketRotation       time.Duration
 	maxInFlight          int
+	adaptive             bool
+	work, workJitter     time.Duration
+	workSlots            int
+	shedLog              time.Duration
 	maxConcurrentStreams uint
 	grace                time.Duration
 }
@@ -58,6 +63,11 @@ func parseFlags(args []string, stdout io.Writer) (config, error) {
 	fs.StringVar(&c.ticketKeyFile, "ticket-key-file", "", "session-ticket key file shared by replicas (one base64 32-byte key per line, first encrypts); default: random keys")
 	fs.DurationVar(&c.ticketRotation, "ticket-rotation", credentials.DefaultRotationInterval, "how often random ticket keys rotate (not with -ticket-key-file)")
 	fs.IntVar(&c.maxInFlight, "max-in-flight", 100, "calls in flight beyond which requests are shed with RESOURCE_EXHAUSTED (health checks are never shed)")
+	fs.BoolVar(&c.adaptive, "adaptive", false, "adapt the in-flight limit to the server's own measured service time, starting at -max-in-flight")
+	fs.DurationVar(&c.work, "work", 0, "simulated work per UnaryCall (e.g. 2ms), so that a load test shows shedding")
+	fs.DurationVar(&c.workJitter, "work-jitter", 0, "random extra work per UnaryCall, uniform in [0, jitter)")
+	fs.IntVar(&c.workSlots, "work-slots", 0, "how many UnaryCalls can work at once (a CPU with that many cores); others wait for a slot; 0: no bound")
+	fs.DurationVar(&c.shedLog, "shed-log", 10*time.Second, "how often at most a line summarising shed requests is logged (grpclog warning; set GRPC_GO_LOG_SEVERITY_LEVEL=warning to see it); 0: never")
 	fs.UintVar(&c.maxConcurrentStreams, "max-concurrent-streams", 100, "HTTP/2 MaxConcurrentStreams per connection")
 	fs.DurationVar(&c.grace, "grace", 10*time.Second, "how long a graceful stop waits for calls in flight")
 	if err := fs.Parse(args); err != nil {
@@ -83,6 +93,12 @@ func parseFlags(args []string, stdout io.Writer) (config, error) {
 		return c, fmt.Errorf("-ticket-rotation is %v; must be positive", c.ticketRotation)
 	case c.maxInFlight < 1:
 		return c, fmt.Errorf("-max-in-flight is %d; must be at least 1", c.maxInFlight)
+	case c.work < 0 || c.workJitter < 0:
+		return c, fmt.Errorf("-work is %v and -work-jitter %v; neither may be negative", c.work, c.workJitter)
+	case c.workSlots < 0:
+		return c, fmt.Errorf("-work-slots is %d; must not be negative", c.workSlots)
+	case c.shedLog < 0:
+		return c, fmt.Errorf("-shed-log is %v; must not be negative", c.shedLog)
 	case c.maxConcurrentStreams < 1 || c.maxConcurrentStreams > 1<<31-1:
 		return c, fmt.Errorf("-max-concurrent-streams is %d; must be between 1 and %d", c.maxConcurrentStreams, 1<<31-1)
 	case c.grace <= 0:
@@ -146,10 +162,15 @@ func Run(ctx context.Context, args []string, stdout io.Writer, ready func(addr s
 		return err
 	}
 
-	// Load shedding: a fixed in-flight limit, plus requests whose deadline
-	// is shorter than the method's recent service time.
+	// Load shedding, installed as recommended (the tap path, which rejects
+	// before grpc-go builds the stream, and the interceptors): a fixed or
+	// adaptive in-flight limit, plus requests whose deadline is shorter
+	// than the method's recent service time.
 	shedCfg := interceptors.DefaultShedderConfig()
 	shedCfg.Limit = cfg.maxInFlight
+	shedCfg.Adaptive = cfg.adaptive
+	shedCfg.MaxLimit = max(shedCfg.MaxLimit, cfg.maxInFlight)
+	shedCfg.LogInterval = cfg.shedLog
 	shedder, err := interceptors.NewShedder(interceptors.WithShedderConfig(shedCfg))
 	if err != nil {
 		return fmt.Errorf("-max-in-flight: %w", err)
@@ -158,11 +179,14 @@ func Run(ctx context.Context, args []string, stdout io.Writer, ready func(addr s
 	opts := append(clientconn.KeepaliveDefault().ServerOptions(), // accepts the clients' KeepaliveDefault pings
 		grpc.Creds(grpccreds.NewTLS(serverTLS)),
 		grpc.MaxConcurrentStreams(uint32(cfg.maxConcurrentStreams)),
-		grpc.ChainUnaryInterceptor(shedder.UnaryServerInterceptor()),
-		grpc.ChainStreamInterceptor(shedder.StreamServerInterceptor()),
 	)
+	opts = append(opts, shedder.ServerOptions()...)
 	srv := grpc.NewServer(opts...)
-	testpb.RegisterTestServiceServer(srv, &testService{calls: &stats.calls})
+	svc := &testService{calls: &stats.calls, work: cfg.work, jitter: cfg.workJitter}
+	if cfg.workSlots > 0 {
+		svc.slots = make(chan struct{}, cfg.workSlots)
+	}
+	testpb.RegisterTestServiceServer(srv, svc)
 	healthSrv := health.NewServer()
 	healthSrv.SetServingStatus("grpc.testing.TestService", healthpb.HealthCheckResponse_SERVING)
 	healthpb.RegisterHealthServer(srv, healthSrv)
@@ -184,7 +208,14 @@ func Run(ctx context.Context, args []string, stdout io.Writer, ready func(addr s
 	} else {
 		fmt.Fprintf(stdout, "server: random session-ticket keys, rotated every %v\n", cfg.ticketRotation)
 	}
-	fmt.Fprintf(stdout, "server: shedding beyond %d calls in flight; stop with Ctrl-C\n", cfg.maxInFlight)
+	mode := "a fixed limit of"
+	if cfg.adaptive {
+		mode = "an adaptive limit starting at"
+	}
+	fmt.Fprintf(stdout, "server: shedding beyond %s %d calls in flight (tap path); stop with Ctrl-C\n", mode, cfg.maxInFlight)
+	if cfg.work > 0 || cfg.workJitter > 0 {
+		fmt.Fprintf(stdout, "server: UnaryCall works %v + [0, %v) (slots: %d, 0 = unbounded)\n", cfg.work, cfg.workJitter, cfg.workSlots)
+	}
 	if ready != nil {
 		ready(lis.Addr().String())
 	}
@@ -210,8 +241,9 @@ func Run(ctx context.Context, args []string, stdout io.Writer, ready func(addr s
 		<-stopped
 	}
 	<-served // Serve returns nil after a stop
-	fmt.Fprintf(stdout, "server: stopped after %d calls on %d connections (TLS handshakes: %d full, %d resumed)\n",
-		stats.calls.Load(), stats.conns.Load(), stats.full.Load(), stats.resumed.Load())
+	snap := shedder.Snapshot()
+	fmt.Fprintf(stdout, "server: stopped after %d calls on %d connections (TLS handshakes: %d full, %d resumed); shed: %v\n",
+		stats.calls.Load(), stats.conns.Load(), stats.full.Load(), stats.resumed.Load(), snap.Shed)
 	return nil
 }
 
@@ -235,10 +267,32 @@ func (l countingListener) Accept() (net.Conn, error) {
 }
 
 // testService implements grpc.testing.TestService's unary and server
-// streaming calls by echoing.
+// streaming calls by echoing; UnaryCall first does the simulated work.
 type testService struct {
 	testpb.UnimplementedTestServiceServer
-	calls *atomic.Int64
+	calls        *atomic.Int64
+	work, jitter time.Duration
+	slots        chan struct{} // nil: unbounded
+}
+
+// simulate waits for a work slot (if bounded), then works for work plus
+// a random jitter: done whether or not the caller still waits, as real
+// work mostly is.
+func (s *testService) simulate() {
+	d := s.work
+	if s.jitter > 0 {
+		d += rand.N(s.jitter)
+	}
+	if d <= 0 {
+		return
+	}
+	if s.slots != nil {
+		s.slots <- struct{}{}
+		defer func() { <-s.slots }()
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	<-t.C
 }
 
 func (s *testService) EmptyCall(context.Context, *testpb.Empty) (*testpb.Empty, error) {
@@ -248,6 +302,7 @@ func (s *testService) EmptyCall(context.Context, *testpb.Empty) (*testpb.Empty, 
 
 func (s *testService) UnaryCall(_ context.Context, req *testpb.SimpleRequest) (*testpb.SimpleResponse, error) {
 	s.calls.Add(1)
+	s.simulate()
 	return &testpb.SimpleResponse{Payload: req.GetPayload()}, nil
 }
 

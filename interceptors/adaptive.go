@@ -1,0 +1,109 @@
+package interceptors
+
+import (
+	"math"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// gradient is the Shedder's adaptive in-flight limit, driven only by the
+// server's own measured service time. Samples go into atomics; the one
+// request that ends a window (TryLock) moves the limit.
+type gradient struct {
+	tolerance  float64
+	window     int64 // nanoseconds
+	minSamples int64
+	min, max   float64
+
+	sum, n     atomic.Int64 // the current window: total nanoseconds, samples
+	peak       atomic.Int64 // the most calls in flight seen in it
+	start      atomic.Int64 // its start, Shedder.now
+	baselineNs atomic.Int64 // 0 until the first window
+
+	mu    sync.Mutex // guards limit; held only by the window's closer
+	limit float64
+}
+
+func newGradient(c ShedderConfig) *gradient {
+	return &gradient{tolerance: c.Tolerance, window: int64(c.Window), minSamples: int64(c.MinSamples),
+		min: float64(c.MinLimit), max: float64(c.MaxLimit), limit: float64(c.Limit)}
+}
+
+// sample records one admitted call that took took with n calls in flight
+// (itself included); cut says its caller's deadline or cancellation ended
+// it. A cut call is used only if it still took at least the baseline: a
+// client's short deadline can say the server is slow only when it is.
+// It returns the new limit when the window closed and the limit moved.
+func (g *gradient) sample(took time.Duration, cut bool, now, n int64) (int64, bool) {
+	base := g.baselineNs.Load()
+	if cut && (base == 0 || int64(took) < base) {
+		return 0, false
+	}
+	for p := g.peak.Load(); n > p && !g.peak.CompareAndSwap(p, n); p = g.peak.Load() {
+	}
+	g.sum.Add(int64(took))
+	cnt := g.n.Add(1)
+	if cnt < g.minSamples || now-g.start.Load() < g.window || !g.mu.TryLock() {
+		return 0, false
+	}
+	defer g.mu.Unlock()
+	if now-g.start.Load() < g.window { // another request just closed it
+		return 0, false
+	}
+	sum, cnt, peak := g.sum.Swap(0), g.n.Swap(0), g.peak.Swap(0)
+	g.start.Store(now)
+	if cnt == 0 {
+		return 0, false
+	}
+	avg := float64(sum) / float64(cnt)
+	b := float64(base)
+	switch {
+	case base == 0 || avg < b:
+		b = avg
+	case g.tolerance*b/avg >= 0.9:
+		b += (avg - b) / 256 // follow a slower backend, slowly
+	default:
+		// A queueing window (the limit is about to shrink) says little
+		// about the work itself: follow it 16 times slower still, so an
+		// overload does not raise the baseline, yet a backend that really
+		// got slower is followed in the end.
+		b += (avg - b) / 4096
+	}
+	g.baselineNs.Store(max(int64(b), 1))
+	old := g.limit
+	switch ratio := g.tolerance * b / avg; {
+	case ratio < 0.9:
+		// Shrink from what was in use, not from a limit far above it (a
+		// limit of 100 with 16 calls in flight says nothing).
+		g.limit = math.Max(math.Min(g.limit, float64(peak))*math.Max(ratio, 0.5), g.min)
+	case ratio >= 1 && float64(peak) >= g.limit/2:
+		g.limit = math.Min(g.limit+math.Max(1, math.Sqrt(g.limit)/4), g.max)
+	} // between: a dead band against timing noise, the limit holds
+	if math.Round(g.limit) == math.Round(old) {
+		return 0, false
+	}
+	return int64(math.Round(g.limit)), true
+}
+
+// aimd moves a Shedder's AIMD limit after one measured call; n is the
+// calls in flight with it.
+func (s *Shedder) aimd(drop bool, n int64) {
+	for {
+		old := s.limit.Load()
+		next := old
+		switch {
+		case drop:
+			next = max(int64(float64(old)*s.cfg.BackoffRatio), int64(s.cfg.MinLimit))
+		case 2*n >= old:
+			next = min(old+1, int64(s.cfg.MaxLimit))
+		}
+		if next == old {
+			return
+		}
+		if s.limit.CompareAndSwap(old, next) {
+			s.obs.LimiterLimitChanged(ShedderKey, int(next))
+			return
+		}
+	}
+}

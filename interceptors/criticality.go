@@ -1,0 +1,88 @@
+package interceptors
+
+import (
+	"context"
+	"strconv"
+	"strings"
+
+	"google.golang.org/grpc/metadata"
+)
+
+// CriticalityHeader is the request metadata key that carries a request's
+// criticality to a Shedder: "critical" or "sheddable" (lower case, as
+// gRPC metadata keys and these values are spelled). A request without it,
+// or with another value, takes its method's default
+// (ShedderConfig.Criticality, else Critical). Sheddable requests are shed
+// first: once ShedderConfig.SheddableShare of the in-flight limit is in
+// use. The header is the client's word: a server facing clients it does
+// not trust strips or overwrites it (for example in a proxy) or relies on
+// the per-method defaults.
+const CriticalityHeader = "grpcreuse-criticality"
+
+// Criticality says how much a request matters when a server is
+// overloaded.
+type Criticality int
+
+const (
+	// Critical requests may use the whole in-flight limit. The default.
+	Critical Criticality = iota
+	// Sheddable requests (batch work, prefetches, retries a caller can
+	// live without) may use ShedderConfig.SheddableShare of it.
+	Sheddable
+)
+
+// String returns "critical" or "sheddable", the header's spelling.
+func (c Criticality) String() string {
+	switch c {
+	case Critical:
+		return "critical"
+	case Sheddable:
+		return "sheddable"
+	}
+	return "Criticality(" + strconv.Itoa(int(c)) + ")"
+}
+
+// WithCriticality returns ctx with outgoing metadata that marks a client's
+// calls made with it as c (CriticalityHeader).
+func WithCriticality(ctx context.Context, c Criticality) context.Context {
+	return metadata.AppendToOutgoingContext(ctx, CriticalityHeader, c.String())
+}
+
+// parseCriticality reads a header value; ok is false for anything but the
+// two spellings.
+func parseCriticality(v string) (Criticality, bool) {
+	switch v {
+	case "critical":
+		return Critical, true
+	case "sheddable":
+		return Sheddable, true
+	}
+	return Critical, false
+}
+
+// validMethodKey reports whether k is "/pkg.Service/Method" or
+// "/pkg.Service/".
+func validMethodKey(k string) bool {
+	if len(k) < 3 || k[0] != '/' {
+		return false
+	}
+	i := strings.IndexByte(k[1:], '/')
+	return i > 0 && !strings.Contains(k[i+2:], "/")
+}
+
+// methodCriticality returns the configured default for method: its own
+// entry, else its service's, else Critical.
+func methodCriticality(m map[string]Criticality, method string) Criticality {
+	if len(m) == 0 {
+		return Critical
+	}
+	if c, ok := m[method]; ok {
+		return c
+	}
+	if i := strings.LastIndexByte(method, '/'); i > 0 {
+		if c, ok := m[method[:i+1]]; ok {
+			return c
+		}
+	}
+	return Critical
+}

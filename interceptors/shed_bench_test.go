@@ -1,0 +1,281 @@
+package interceptors_test
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	testpb "google.golang.org/grpc/interop/grpc_testing"
+	"google.golang.org/grpc/status"
+
+	"github.com/grpcreuse/grpcreuse/interceptors"
+	"github.com/grpcreuse/grpcreuse/internal/testutil"
+	"github.com/grpcreuse/grpcreuse/telemetry"
+)
+
+const shedCPUEnv = "GRPCREUSE_SHED_CPU_SERVER"
+
+// TestShedCPUServer is the server half of BenchmarkShedCPU, run by it in a
+// child process so that the CPU it reports is the server's alone. It
+// serves with a Shedder of limit 1 whose one slot a blocked call holds,
+// prints "addr ADDR", answers each "cpu" line on stdin with "cpu NS" (its
+// user+system CPU time) and stops when stdin closes.
+func TestShedCPUServer(t *testing.T) {
+	mode := os.Getenv(shedCPUEnv)
+	if mode == "" {
+		t.Skip("the server half of BenchmarkShedCPU")
+	}
+	shed := makeShedder(t, telemetry.Nop{}, func(c *interceptors.ShedderConfig) { c.Limit, c.LogInterval = 1, 0 })
+	opts := shedPaths[0].opts(shed)
+	if mode == "interceptor" {
+		opts = shedPaths[1].opts(shed)
+	}
+	release := make(chan struct{})
+	be := testutil.StartBackend(t, testutil.BackendOptions{ServerOptions: opts,
+		Unary: func(ctx context.Context, _ *testpb.SimpleRequest) (*testpb.SimpleResponse, error) {
+			select {
+			case <-release:
+			case <-ctx.Done():
+			}
+			return &testpb.SimpleResponse{}, nil
+		}})
+	defer close(release)
+	fmt.Printf("addr %s\n", be.Addr)
+	in := bufio.NewScanner(os.Stdin)
+	for in.Scan() {
+		var ru syscall.Rusage
+		if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+			t.Fatal(err)
+		}
+		fmt.Printf("cpu %d\n", ru.Utime.Nano()+ru.Stime.Nano())
+	}
+}
+
+// BenchmarkShedCPU measures the server's CPU time per shed call on the
+// tap path and on the interceptor path, in one run: the server runs in a
+// child process, one call holds its only slot, and the benchmark's callers
+// (8 at a time over loopback) are all shed. Report: server-cpu-ns/shed.
+//
+//	go test -run '^$' -bench BenchmarkShedCPU -benchtime 20000x -count 3 ./interceptors/
+func BenchmarkShedCPU(b *testing.B) {
+	for _, mode := range []string{"tap", "interceptor"} {
+		b.Run(mode, func(b *testing.B) {
+			args := []string{"-test.run=^TestShedCPUServer$", "-test.count=1"}
+			if dir := os.Getenv("GRPCREUSE_SHED_CPU_PROFILE_DIR"); dir != "" { // pprof the server
+				args = append(args, "-test.cpuprofile="+dir+"/"+mode+".pprof")
+			}
+			cmd := exec.Command(os.Args[0], args...)
+			cmd.Env = append(os.Environ(), shedCPUEnv+"="+mode)
+			stdin, err := cmd.StdinPipe()
+			if err != nil {
+				b.Fatal(err)
+			}
+			stdout, err := cmd.StdoutPipe()
+			if err != nil {
+				b.Fatal(err)
+			}
+			cmd.Stderr = os.Stderr
+			if err := cmd.Start(); err != nil {
+				b.Fatal(err)
+			}
+			lines := bufio.NewScanner(stdout)
+			read := func(prefix string) string {
+				for lines.Scan() {
+					if v, ok := strings.CutPrefix(lines.Text(), prefix+" "); ok {
+						return v
+					}
+				}
+				b.Fatalf("server: no %q line", prefix)
+				return ""
+			}
+			defer func() {
+				stdin.Close()
+				_, _ = io.Copy(io.Discard, stdout)
+				_ = cmd.Wait()
+			}()
+			addr := read("addr")
+			cc, err := grpc.NewClient("passthrough:///"+addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer cc.Close()
+			c := testpb.NewTestServiceClient(cc)
+			hold, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			go func() { // takes the only slot, and keeps trying until it has it
+				for hold.Err() == nil {
+					_ = unary(hold, c)
+				}
+			}()
+			deadline := time.Now().Add(10 * time.Second)
+			for { // until calls are shed (the slot is held and the method known)
+				ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+				err := unary(ctx, c)
+				cancel()
+				if err != nil && strings.Contains(err.Error(), "in-flight limit") {
+					break
+				}
+				if time.Now().After(deadline) {
+					b.Fatal("calls are not shed")
+				}
+			}
+			cpu := func() int64 {
+				fmt.Fprintln(stdin, "cpu")
+				n, err := strconv.ParseInt(read("cpu"), 10, 64)
+				if err != nil {
+					b.Fatal(err)
+				}
+				return n
+			}
+			var next atomic.Int64
+			var wrong atomic.Int64
+			b.ResetTimer()
+			cpu0 := cpu()
+			var wg sync.WaitGroup
+			for range 8 {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					for next.Add(1) <= int64(b.N) {
+						if err := unary(context.Background(), c); err == nil || !strings.Contains(status.Convert(err).Message(), "in-flight limit") {
+							wrong.Add(1)
+						}
+					}
+				}()
+			}
+			wg.Wait()
+			cpu1 := cpu()
+			b.StopTimer()
+			if wrong.Load() > 0 {
+				b.Fatalf("%d calls were not shed", wrong.Load())
+			}
+			b.ReportMetric(float64(cpu1-cpu0)/float64(b.N), "server-cpu-ns/shed")
+		})
+	}
+}
+
+// BenchmarkShedRetryAmplification measures, in one run, how many attempts
+// grpc-go clients with a retry policy (5 attempts, 5 ms initial backoff,
+// ResourceExhausted retryable) make per logical call against a shedding
+// server (4 slots, 2 ms work, 16 closed-loop callers for 1 s): with the
+// grpc-retry-pushback-ms trailer (interceptor path, Pushback 20ms),
+// without it (interceptor path, Pushback 0), and on the tap path (no
+// trailer: RetryInfo only, which grpc-go does not read).
+//
+//	go test -run '^$' -bench BenchmarkShedRetryAmplification -benchtime 1x -count 3 ./interceptors/
+func BenchmarkShedRetryAmplification(b *testing.B) {
+	const slots, callers, work, run = 4, 16, 2 * time.Millisecond, time.Second
+	const sc = `{"methodConfig":[{"name":[{"service":"grpc.testing.TestService"}],"retryPolicy":{
+		"maxAttempts":5,"initialBackoff":"0.005s","maxBackoff":"0.05s","backoffMultiplier":2,
+		"retryableStatusCodes":["RESOURCE_EXHAUSTED"]}}]}`
+	for _, side := range []struct {
+		name     string
+		pushback time.Duration
+		path     int
+	}{
+		{"interceptor/pushback-20ms", 20 * time.Millisecond, 1},
+		{"interceptor/no-pushback", 0, 1},
+		{"tap/no-trailer", 20 * time.Millisecond, 0},
+	} {
+		b.Run(side.name, func(b *testing.B) {
+			var attemptsPerCall, okPerSec float64
+			for range b.N {
+				shed := makeShedder(b, telemetry.Nop{}, func(c *interceptors.ShedderConfig) {
+					c.Limit, c.Pushback, c.LogInterval = slots, side.pushback, 0
+				})
+				cpu := make(chan struct{}, slots)
+				var handled atomic.Int64
+				be := testutil.StartBackend(b, testutil.BackendOptions{ServerOptions: shedPaths[side.path].opts(shed),
+					Unary: func(context.Context, *testpb.SimpleRequest) (*testpb.SimpleResponse, error) {
+						handled.Add(1)
+						cpu <- struct{}{}
+						t := time.NewTimer(work)
+						<-t.C
+						<-cpu
+						return &testpb.SimpleResponse{}, nil
+					}})
+				c := dial(b, be.Addr, grpc.WithDefaultServiceConfig(sc))
+				if err := unary(context.Background(), c); err != nil {
+					b.Fatal(err)
+				}
+				h0, s0 := handled.Load(), shedTotal(shed)
+				var calls, oks atomic.Int64
+				var wg sync.WaitGroup
+				stop := time.Now().Add(run)
+				for range callers {
+					wg.Add(1)
+					go func() {
+						defer wg.Done()
+						for time.Now().Before(stop) {
+							ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+							err := unary(ctx, c)
+							cancel()
+							calls.Add(1)
+							if err == nil {
+								oks.Add(1)
+							}
+						}
+					}()
+				}
+				wg.Wait()
+				attempts := handled.Load() - h0 + shedTotal(shed) - s0
+				attemptsPerCall += float64(attempts) / float64(calls.Load())
+				okPerSec += float64(oks.Load()) / run.Seconds()
+			}
+			b.ReportMetric(attemptsPerCall/float64(b.N), "attempts/call")
+			b.ReportMetric(okPerSec/float64(b.N), "ok/s")
+		})
+	}
+}
+
+func shedTotal(s *interceptors.Shedder) int64 {
+	var n int64
+	for _, v := range s.Snapshot().Shed {
+		n += v
+	}
+	return n
+}
+
+// BenchmarkShedderAdmitted is the cost of the Shedder on calls it admits,
+// next to a server without it, in one run (bufconn, one caller): what
+// each path adds per call in time and allocations.
+//
+//	go test -run '^$' -bench BenchmarkShedderAdmitted -benchmem -count 3 ./interceptors/
+func BenchmarkShedderAdmitted(b *testing.B) {
+	for _, side := range []struct {
+		name string
+		opts func(*interceptors.Shedder) []grpc.ServerOption
+	}{
+		{"none", func(*interceptors.Shedder) []grpc.ServerOption { return nil }},
+		{"tap", shedPaths[0].opts},
+		{"interceptor", shedPaths[1].opts},
+	} {
+		b.Run(side.name, func(b *testing.B) {
+			shed := makeShedder(b, telemetry.Nop{}, nil)
+			c := bufClient(b, bufServer(b, &benchServer{}, side.opts(shed)...))
+			ctx := context.Background()
+			req := &testpb.SimpleRequest{}
+			if _, err := c.UnaryCall(ctx, req); err != nil {
+				b.Fatal(err)
+			}
+			b.ReportAllocs()
+			for b.Loop() {
+				if _, err := c.UnaryCall(ctx, req); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}

@@ -1,0 +1,58 @@
+package interceptors_test
+
+import (
+	"math"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/grpcreuse/grpcreuse/interceptors"
+)
+
+// TestShedderConfigValidate: every rule of ShedderConfig has a row; each
+// error names the field and the value.
+func TestShedderConfigValidate(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		edit    func(*interceptors.ShedderConfig)
+		wantErr string // "" for valid
+	}{
+		{name: "defaults", edit: func(*interceptors.ShedderConfig) {}},
+		{name: "adaptive defaults", edit: func(c *interceptors.ShedderConfig) { c.Adaptive = true }},
+		{name: "adaptive with aimd", edit: func(c *interceptors.ShedderConfig) { c.Adaptive, c.Algorithm = true, interceptors.AIMD }, wantErr: `"algorithm" is "aimd"`},
+		{name: "adaptive min above limit", edit: func(c *interceptors.ShedderConfig) { c.Adaptive, c.MinLimit = true, 101 }, wantErr: `"minLimit" is 101`},
+		{name: "adaptive max below limit", edit: func(c *interceptors.ShedderConfig) { c.Adaptive, c.MaxLimit = true, 99 }, wantErr: `"maxLimit" is 99`},
+		{name: "tolerance below 1", edit: func(c *interceptors.ShedderConfig) { c.Adaptive, c.Tolerance = true, 0.9 }, wantErr: `"tolerance" is 0.9`},
+		{name: "tolerance NaN", edit: func(c *interceptors.ShedderConfig) { c.Adaptive, c.Tolerance = true, math.NaN() }, wantErr: `"tolerance" is NaN`},
+		{name: "zero window", edit: func(c *interceptors.ShedderConfig) { c.Adaptive, c.Window = true, 0 }, wantErr: `"window" is "0s"`},
+		{name: "tolerance ignored when not adaptive", edit: func(c *interceptors.ShedderConfig) { c.Tolerance = 0 }},
+		{name: "zero stream limit", edit: func(c *interceptors.ShedderConfig) { c.StreamLimit = 0 }, wantErr: `"streamLimit" is 0`},
+		{name: "criticality bad key", edit: func(c *interceptors.ShedderConfig) {
+			c.Criticality = map[string]interceptors.Criticality{"pkg.Service/Method": interceptors.Sheddable}
+		}, wantErr: `"criticality" is "pkg.Service/Method"`},
+		{name: "criticality bad value", edit: func(c *interceptors.ShedderConfig) {
+			c.Criticality = map[string]interceptors.Criticality{"/pkg.Service/": 7}
+		}, wantErr: `"criticality" is "Criticality(7)"`},
+		{name: "criticality good keys", edit: func(c *interceptors.ShedderConfig) {
+			c.Criticality = map[string]interceptors.Criticality{"/pkg.Service/": interceptors.Sheddable, "/pkg.Service/M": interceptors.Critical}
+		}},
+		{name: "sheddable share zero", edit: func(c *interceptors.ShedderConfig) { c.SheddableShare = 0 }, wantErr: `"sheddableShare" is 0`},
+		{name: "sheddable share above 1", edit: func(c *interceptors.ShedderConfig) { c.SheddableShare = 1.5 }, wantErr: `"sheddableShare" is 1.5`},
+		{name: "negative pushback", edit: func(c *interceptors.ShedderConfig) { c.Pushback = -time.Millisecond }, wantErr: `"pushback" is "-0.001s"`},
+		{name: "zero pushback", edit: func(c *interceptors.ShedderConfig) { c.Pushback = 0 }},
+		{name: "negative log interval", edit: func(c *interceptors.ShedderConfig) { c.LogInterval = -time.Second }, wantErr: `"logInterval" is "-1s"`},
+		{name: "min samples", edit: func(c *interceptors.ShedderConfig) { c.MinSamples = 0 }, wantErr: `"minSamples" is 0`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := interceptors.DefaultShedderConfig()
+			tc.edit(&c)
+			_, err := interceptors.NewShedder(interceptors.WithShedderConfig(c))
+			switch {
+			case tc.wantErr == "" && err != nil:
+				t.Fatalf("NewShedder = %v, want nil", err)
+			case tc.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tc.wantErr)):
+				t.Fatalf("NewShedder = %v, want an error containing %s", err, tc.wantErr)
+			}
+		})
+	}
+}
