@@ -2,7 +2,9 @@ package interceptors_test
 
 import (
 	"context"
+	"encoding/json"
 	"math/rand/v2"
+	"reflect"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -115,4 +117,35 @@ func TestLimiterStressNeverExceedsAndAlwaysReturns(t *testing.T) {
 		t.Errorf("after the storm: %+v, want nothing in flight or queued", st)
 	}
 	t.Logf("after the storm: %+v", st)
+}
+
+// TestPolicyMarshalsBackToItsJSON: DESIGN says parsed configs marshal
+// back to the JSON they came from. json.Marshal of a parsed Policy gave Go
+// field names and nanosecond integers, which ParsePolicy then rejected.
+func TestPolicyMarshalsBackToItsJSON(t *testing.T) {
+	for _, doc := range []string{
+		`{"methodConfig":[{"name":[{}],"circuitBreaker":{"consecutiveFailures":3,"openTimeout":"1.5s","failureCodes":["UNAVAILABLE",13]},"concurrencyLimit":{"limit":5,"maxWait":"0.25s"}}]}`,
+		`{"methodConfig":[{"name":[{"service":"s","method":"m"},{"service":"t"}],"circuitBreaker":{"scope":"target","failureRatio":0.5,"consecutiveFailures":0}},{"name":[{"service":"u"}]}]}`,
+		`{"methodConfig":[{"name":[{"service":"s"}],"concurrencyLimit":{"algorithm":"aimd","limit":10,"maxLimit":20,"latencyThreshold":"0.010s","scope":"method"}}]}`,
+		`{"methodConfig":[]}`,
+	} {
+		p, err := interceptors.ParsePolicy([]byte(doc))
+		if err != nil {
+			t.Fatalf("ParsePolicy(%s): %v", doc, err)
+		}
+		out, err := json.Marshal(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		back, err := interceptors.ParsePolicy(out)
+		if err != nil {
+			t.Fatalf("ParsePolicy(json.Marshal(p)) = %v\nmarshalled: %s", err, out)
+		}
+		if !reflect.DeepEqual(p, back) {
+			t.Errorf("round trip of %s changed the policy:\nparsed        %+v\nround-tripped %+v\nmarshalled: %s", doc, p, back, out)
+		}
+	}
+	if out, _ := json.Marshal((*interceptors.Policy)(nil)); string(out) != "null" {
+		t.Errorf("nil policy marshals as %s, want null", out)
+	}
 }

@@ -1,6 +1,7 @@
 package interceptors
 
 import (
+	"encoding/json"
 	"maps"
 	"math"
 	"slices"
@@ -292,4 +293,23 @@ func (c ShedderConfig) Validate() error {
 		return bad("logInterval", durJSON(c.LogInterval), "must not be negative")
 	}
 	return nil
+}
+
+// MarshalJSON writes c as the "concurrencyLimit" object of the grpcreuse
+// service-config policy: every field under its JSON name, durations as
+// proto-JSON strings, so parsing the result gives c back.
+func (c LimiterConfig) MarshalJSON() ([]byte, error) {
+	return json.Marshal(struct {
+		Scope            string  `json:"scope"`
+		Algorithm        string  `json:"algorithm"`
+		Limit            int     `json:"limit"`
+		MinLimit         int     `json:"minLimit"`
+		MaxLimit         int     `json:"maxLimit"`
+		BackoffRatio     float64 `json:"backoffRatio"`
+		LatencyThreshold string  `json:"latencyThreshold"`
+		MaxQueued        int     `json:"maxQueued"`
+		MaxWait          string  `json:"maxWait"`
+		MaxKeys          int     `json:"maxKeys"`
+	}{c.Scope.String(), c.Algorithm.String(), c.Limit, c.MinLimit, c.MaxLimit, c.BackoffRatio,
+		duration.String(c.LatencyThreshold), c.MaxQueued, duration.String(c.MaxWait), c.MaxKeys})
 }

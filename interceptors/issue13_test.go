@@ -2,8 +2,10 @@ package interceptors_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"io"
+	"reflect"
 	"strconv"
 	"strings"
 	"sync"
@@ -251,6 +253,14 @@ func FuzzParsePolicy(f *testing.F) {
 		}
 		if _, err := interceptors.NewClientChain(interceptors.WithPolicy(p)); err != nil {
 			t.Fatalf("parsed policy does not build: %v", err)
+		}
+		// It marshals back to JSON that parses to the same policy.
+		out, err := json.Marshal(p)
+		if err != nil {
+			t.Fatalf("json.Marshal(policy): %v", err)
+		}
+		if back, err := interceptors.ParsePolicy(out); err != nil || !reflect.DeepEqual(back, p) {
+			t.Fatalf("round trip of %s through %s: %+v, %v; want %+v", raw, out, back, err, p)
 		}
 		// An unknown member in the policy object is always an error.
 		trimmed := strings.TrimSpace(raw)
