@@ -286,3 +286,23 @@ func TestPanickingStreamInterceptorLeaksNoCallSlot(t *testing.T) {
 		t.Fatalf("connections = %+v, want one with nothing in flight", snap.Connections)
 	}
 }
+
+// TestBadTargetServiceConfigNamesTheFieldAndStoresNothing: a per-Get
+// document whose gRPC part grpc refuses fails that Get, naming the
+// field and value, and leaves no connection, document or policy behind.
+func TestBadTargetServiceConfigNamesTheFieldAndStoresNothing(t *testing.T) {
+	f := newFactory(t)
+	for range 3 { // the first and later Gets of the same bad document
+		_, err := f.Get(context.Background(), "127.0.0.1:1", clientconn.WithTargetServiceConfig(
+			`{"methodConfig":[{"name":[{}],"timeout":"x"}],"grpcreuse":{"methodConfig":[{"name":[{}],"circuitBreaker":{}}]}}`))
+		if err == nil || !strings.Contains(err.Error(), `"methodConfig" is [{"name":[{}],"timeout":"x"}]`) || !strings.Contains(err.Error(), "malformed duration") {
+			t.Fatalf("Get = %v, want the field, the value and grpc's reason", err)
+		}
+	}
+	if st := f.Stats(); st.Open != 0 || st.Handles != 0 {
+		t.Errorf("Stats = %+v, want nothing open", st)
+	}
+	if cfgs, pols := clientconn.PolicyStateForTest(f); cfgs != 1 || pols != 0 {
+		t.Errorf("kept %d documents and %d policy states, want only the default document", cfgs, pols)
+	}
+}

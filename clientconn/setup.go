@@ -134,7 +134,7 @@ func (f *Factory) preconnect() error {
 	keys := make([]pre, 0, len(f.opts.preconnect))
 	seen := make(map[key]bool, len(f.opts.preconnect))
 	for _, t := range f.opts.preconnect {
-		k, tls, err := f.keyFor(t, &getOptions{})
+		k, tls, _, err := f.keyFor(t, &getOptions{})
 		if err != nil {
 			return fmt.Errorf("clientconn: WithPreconnect: %w", err)
 		}
@@ -149,7 +149,7 @@ func (f *Factory) preconnect() error {
 		return fmt.Errorf("clientconn: WithPreconnect: %d distinct targets, but WithMaxIdle is %d: the idle pool cannot keep them; raise WithMaxIdle", len(keys), f.opts.maxIdle)
 	}
 	for _, p := range keys {
-		c, err := f.get(p.k, p.tls)
+		c, err := f.get(p.k, p.tls, nil)
 		if err != nil {
 			return fmt.Errorf("clientconn: WithPreconnect: %w", err)
 		}
