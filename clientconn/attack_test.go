@@ -29,15 +29,13 @@ func refusedAddr(t *testing.T) string {
 }
 
 // TestFailedWarmUpLeavesNoConnection: Get's godoc promises that a Get that
-// fails leaves nothing behind. A WithWarmUp Get that times out (refused
-// port, unknown host, or a context already cancelled) must not leave its
+// fails leaves nothing behind. A WithWarmUp Get that times out on a
+// failing target (refused port, unknown host) must not leave its
 // connection in the idle pool, redialling a dead address for the idle
 // timeout; a plain grpc-go user would Close the ClientConn on failure.
 func TestFailedWarmUpLeavesNoConnection(t *testing.T) {
 	f := newFactory(t)
 	dead := refusedAddr(t)
-	cancelled, cancel := context.WithCancel(context.Background())
-	cancel()
 	for _, tt := range []struct {
 		name   string
 		target string
@@ -49,7 +47,6 @@ func TestFailedWarmUpLeavesNoConnection(t *testing.T) {
 		{"unknown host", "dns:///nosuchhost.invalid:443", func() (context.Context, context.CancelFunc) {
 			return context.WithTimeout(context.Background(), 300*time.Millisecond)
 		}},
-		{"context already cancelled", dead, func() (context.Context, context.CancelFunc) { return cancelled, func() {} }},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			ctx, cancel := tt.ctx()
@@ -61,6 +58,35 @@ func TestFailedWarmUpLeavesNoConnection(t *testing.T) {
 			testutil.Eventually(t, 10*time.Second, func() bool { return f.Stats().Open == 0 },
 				"the failed Get's connection to close")
 		})
+	}
+}
+
+// TestWarmUpTooShortForASlowHandshakeKeepsTheConnection: a warm-up that
+// times out while the connection is still connecting (a slow, healthy
+// backend) leaves it in the pool, so a retry with more time finds it
+// further on instead of starting over each time.
+func TestWarmUpTooShortForASlowHandshakeKeepsTheConnection(t *testing.T) {
+	be := testutil.StartBackend(t, testutil.BackendOptions{})
+	proxy := testutil.StartProxy(t, be.Addr)
+	proxy.SetLatency(300 * time.Millisecond)
+	f := newFactory(t)
+	short, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	if _, err := f.Get(short, proxy.Addr, clientconn.WithWarmUp()); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Get with a 50ms warm-up on a 300ms link = %v, want DeadlineExceeded", err)
+	}
+	long, cancel2 := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel2()
+	c, err := f.Get(long, proxy.Addr, clientconn.WithWarmUp())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if st := f.Stats(); st.Misses != 1 || st.Hits != 1 {
+		t.Errorf("Stats = %+v, want the retry to find the first Get's connection", st)
+	}
+	if n := proxy.Accepts(); n != 1 {
+		t.Errorf("proxy accepted %d connections, want 1", n)
 	}
 }
 

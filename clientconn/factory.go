@@ -148,8 +148,10 @@ func New(opts ...Option) (*Factory, error) {
 //
 // ctx bounds only the wait of WithWarmUp; the connection itself is not
 // tied to ctx. A Get that fails leaves nothing behind: in particular a
-// WithWarmUp Get that fails closes the connection it waited on unless
-// other handles use it, instead of keeping it idle.
+// WithWarmUp Get that fails on a connection in TRANSIENT_FAILURE closes
+// it unless other handles use it, instead of keeping it idle; one that
+// was still connecting (a slow handshake) stays in the pool, so a retry
+// finds it further on.
 func (f *Factory) Get(ctx context.Context, target string, opts ...GetOption) (*Conn, error) {
 	g := resolveGetOptions(opts)
 	if g.err != nil {
@@ -165,7 +167,11 @@ func (f *Factory) Get(ctx context.Context, target string, opts ...GetOption) (*C
 	}
 	if g.waitReady {
 		if err := c.waitReady(ctx); err != nil {
-			c.discard()
+			if c.GetState() == connectivity.TransientFailure {
+				c.discard() // known to fail: do not keep it redialling
+			} else {
+				c.Close() // still connecting (slow, not failing): a retry finds it further on
+			}
 			return nil, err
 		}
 	}
