@@ -73,14 +73,14 @@ func runShedding(ctx context.Context, e *env) (*result, error) {
 		addrs = append(addrs, b.addr)
 	}
 	target := listTarget(addrs...)
-	rr, err := grpc.NewClient(target, grpc.WithTransportCredentials(insecure.NewCredentials()),
+	rr, err := grpc.NewClient(target, grpc.WithTransportCredentials(insecure.NewCredentials()), grpc.WithResolvers(listBuilder{}),
 		grpc.WithDefaultServiceConfig(`{"loadBalancingConfig":[{"round_robin":{}}]}`))
 	if err != nil {
 		return nil, err
 	}
 	defer rr.Close()
 	ejections := &ejectionCounter{}
-	f, err := clientconn.New(clientconn.WithTransportCredentials(insecure.NewCredentials()), clientconn.WithObserver(ejections),
+	f, err := clientconn.New(clientconn.WithTransportCredentials(insecure.NewCredentials()), clientconn.WithResolvers(listBuilder{}), clientconn.WithObserver(ejections),
 		clientconn.WithServiceConfig(`{"loadBalancingConfig":[{"`+balancer.Name+`":{}}]}`))
 	if err != nil {
 		return nil, err
