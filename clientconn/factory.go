@@ -18,7 +18,7 @@ import (
 	"github.com/grpcreuse/grpcreuse/telemetry/opentelemetry"
 )
 
-var logger = grpclog.Component("grpcreuse.clientconn")
+var logger = grpclog.Component("grpcreuse-clientconn")
 
 // ErrClosed is matched (errors.Is) by the errors of a closed Factory and
 // of calls on a closed Conn.

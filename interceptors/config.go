@@ -159,7 +159,7 @@ type ShedderConfig struct {
 	// shed. 0 sends neither. Default 20ms.
 	Pushback time.Duration
 	// LogInterval is how often, at most, a one-line summary of what was
-	// shed is logged (grpclog, warning level, component "grpcreuse.interceptors"); a
+	// shed is logged (grpclog, warning level, component "grpcreuse-interceptors"); a
 	// summary is written only after something was shed, lazily by the next
 	// request. 0 never logs. Default 10s.
 	LogInterval time.Duration

@@ -170,10 +170,14 @@ func TestMethodScopeLimitHoldsUnderKeyFlood(t *testing.T) {
 					return
 				default:
 				}
-				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+				// A deadline that expired while the server still held the call
+				// would free the client's slot early (a client limiter counts
+				// what the client sees), so the held calls get one longer than
+				// the test; closing the gate ends them.
+				ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 				err := unary(ctx, c)
 				cancel()
-				if code := status.Code(err); err != nil && !errors.Is(err, interceptors.ErrLimited) && code != codes.Canceled && code != codes.DeadlineExceeded {
+				if code := status.Code(err); err != nil && !errors.Is(err, interceptors.ErrLimited) && code != codes.Canceled {
 					t.Errorf("held call = %v", err)
 					return
 				}
