@@ -10,7 +10,9 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	testpb "google.golang.org/grpc/interop/grpc_testing"
+	"google.golang.org/grpc/status"
 
 	"github.com/grpcreuse/grpcreuse/clientconn"
 	"github.com/grpcreuse/grpcreuse/internal/testutil"
@@ -330,5 +332,44 @@ func TestBadTargetServiceConfigNamesTheFieldAndStoresNothing(t *testing.T) {
 	}
 	if cfgs, pols := clientconn.PolicyStateForTest(f); cfgs != 1 || pols != 0 {
 		t.Errorf("kept %d documents and %d policy states, want only the default document", cfgs, pols)
+	}
+}
+
+// TestSharedConnectionClosedByOneServiceRecovers: Conn.ClientConn's godoc
+// says not to Close the result, but a careless service that does closed
+// the connection every other service of the tenant shares, for good:
+// their calls failed with Canceled until a rotation or eviction. With a
+// grpc.NewClient per service only the careless one would suffer. The
+// first call that meets the closed connection fails as grpc-go fails it
+// (codes.Canceled: it may have reached the server, so it is not retried),
+// and the Factory replaces the connection: later calls go on.
+func TestSharedConnectionClosedByOneServiceRecovers(t *testing.T) {
+	be := testutil.StartBackend(t, testutil.BackendOptions{})
+	f := newFactory(t)
+	careless := get(t, f, be.Addr)
+	other := get(t, f, be.Addr)
+	defer careless.Close()
+	defer other.Close()
+	mustUnary(t, other)
+	careless.ClientConn().Close()
+	if err := unary(context.Background(), other); err != nil && status.Code(err) != codes.Canceled {
+		t.Fatalf("the call that met the closed connection: %v, want nil or Canceled", err)
+	}
+	for i := range 5 {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		err := unary(ctx, other)
+		cancel()
+		if err != nil {
+			t.Fatalf("call %d of another service after one closed the shared *grpc.ClientConn: %v", i, err)
+		}
+	}
+	s, err := testpb.NewTestServiceClient(other).FullDuplexCall(context.Background())
+	if err != nil {
+		t.Fatalf("stream after the shared connection was closed: %v", err)
+	}
+	_ = s.CloseSend()
+	_, _ = s.Recv()
+	if st := f.Stats(); st.Open != 1 {
+		t.Errorf("Stats = %+v, want the replacement open and the closed one gone", st)
 	}
 }

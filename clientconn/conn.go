@@ -34,7 +34,11 @@ func (c *Conn) Invoke(ctx context.Context, method string, args, reply any, opts 
 		return c.closedErr(method)
 	}
 	defer g.release()
-	return g.cc.Invoke(ctx, method, args, reply, opts...)
+	err := g.cc.Invoke(ctx, method, args, reply, opts...)
+	if err != nil && g.closedBehindOurBack(err) {
+		c.f.revive(c.s, g)
+	}
+	return err
 }
 
 // NewStream starts a stream on the shared connection. The connection it
@@ -57,6 +61,9 @@ func (c *Conn) NewStream(ctx context.Context, desc *grpc.StreamDesc, method stri
 	created = true
 	if err != nil {
 		done.finish(err)
+		if g.closedBehindOurBack(err) {
+			c.f.revive(c.s, g)
+		}
 	}
 	return cs, err
 }
@@ -91,6 +98,10 @@ func (c *Conn) discard() {
 
 // ClientConn returns the underlying *grpc.ClientConn, for APIs that need
 // the concrete type. Do not Close it: the Factory owns it.
+//
+// If it is closed anyway, the calls that meet the closed connection fail
+// (codes.Canceled, as in grpc-go) and the Factory replaces it, so the
+// other handles sharing it go on.
 //
 // Calls made directly on it are outside the Factory's guarantees: they
 // are not counted as in flight, so a max-age replacement, an eviction or

@@ -177,6 +177,38 @@ func (f *Factory) replace(s *shared) {
 	}
 }
 
+// revive replaces generation g of s, whose *grpc.ClientConn was closed
+// behind the Factory's back (Conn.ClientConn().Close()), so the other
+// handles sharing it are not cut off for good. Calls that failed on g are
+// not retried: they may have reached the server.
+func (f *Factory) revive(s *shared, g *generation) {
+	s.reviveMu.Lock()
+	defer s.reviveMu.Unlock()
+	if s.cur.Load() != g || s.dead.Load() || g.retired.Load() {
+		return // already replaced, or the Factory closed it
+	}
+	cc, err := f.dial(s)
+	if err != nil { // the same options worked before; the next failing call tries again
+		s.recordErr(err)
+		return
+	}
+	f.mu.Lock()
+	if f.closed || s.dead.Load() || s.cur.Load() != g {
+		f.mu.Unlock()
+		cc.Close()
+		return
+	}
+	s.cur.Store(newGeneration(cc, time.Now()))
+	f.open.Add(1)
+	f.wg.Add(1) // for g's drain
+	f.mu.Unlock()
+	if logger.V(2) {
+		logger.Infof("connection to %q (tenant %q) was closed outside the Factory (Conn.ClientConn().Close()?); replaced", s.key.target, s.key.tenant)
+	}
+	f.obs.ConnOpened(s.key.target)
+	f.startDrain(s.key.target, g, telemetry.CloseExternal)
+}
+
 // startDrain retires g and closes it once its calls end or the drain
 // timeout passes. The caller has already done f.wg.Add(1) under f.mu.
 func (f *Factory) startDrain(target string, g *generation, reason string) {

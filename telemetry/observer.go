@@ -54,6 +54,9 @@ const (
 	CloseMaxAge = "max_age"
 	// CloseShutdown: the Factory was closed.
 	CloseShutdown = "shutdown"
+	// CloseExternal: the connection was closed behind the Factory's back
+	// (Conn.ClientConn().Close()) and replaced.
+	CloseExternal = "closed_externally"
 )
 
 // HandshakeObserver receives one event per connection attempt phase: the
