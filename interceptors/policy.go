@@ -270,7 +270,7 @@ func (p *Policy) MarshalJSON() ([]byte, error) {
 	for _, e := range p.MethodConfig {
 		names := make([]nameJ, 0, len(e.Name))
 		for _, n := range e.Name {
-			names = append(names, nameJ{n.Service, n.Method})
+			names = append(names, nameJ(n))
 		}
 		out.MethodConfig = append(out.MethodConfig, entryJ{names, e.CircuitBreaker, e.ConcurrencyLimit})
 	}

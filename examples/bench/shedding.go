@@ -88,7 +88,7 @@ func runShedding(ctx context.Context, e *env) (*result, error) {
 	defer f.Close()
 	sctx, cancel := context.WithTimeout(ctx, e.setupDeadline)
 	defer cancel()
-	tk, err := f.Get(sctx, target, clientconn.WithWaitForReady())
+	tk, err := f.Get(sctx, target, clientconn.WithWarmUp())
 	if err != nil {
 		return nil, err
 	}
