@@ -44,6 +44,9 @@ import (
 )
 
 func main() {
+	if spec := os.Getenv(overloadChildEnv); spec != "" { // the isolated overload scenario's server
+		os.Exit(overloadChild(spec))
+	}
 	var cfg config
 	var names string
 	flag.IntVar(&cfg.rounds, "rounds", 3, "rounds per scenario; the table shows medians over rounds")
