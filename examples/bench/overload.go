@@ -11,7 +11,9 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
 
 	"github.com/grpcreuse/grpcreuse/interceptors"
 )
@@ -177,7 +179,8 @@ func runOverload(ctx context.Context, e *env) (*result, error) {
 	}
 	// load runs n closed-loop callers for d and returns the latencies of
 	// the calls that succeeded and how many calls were made.
-	load := func(ctx context.Context, cc *grpc.ClientConn, n int, d time.Duration) (ok []time.Duration, total int, elapsed time.Duration) {
+	load := func(ctx context.Context, cc *grpc.ClientConn, n int, d time.Duration) (ok []time.Duration, total int, elapsed time.Duration, fails map[codes.Code]int) {
+		fails = map[codes.Code]int{}
 		var mu sync.Mutex
 		var wg sync.WaitGroup
 		t0 := time.Now()
@@ -188,6 +191,7 @@ func runOverload(ctx context.Context, e *env) (*result, error) {
 				defer wg.Done()
 				var mine []time.Duration
 				calls := 0
+				myFails := map[codes.Code]int{}
 				for ctx.Err() == nil && time.Now().Before(stopAt) {
 					cctx, cancel := context.WithTimeout(ctx, overloadDeadline)
 					c0 := time.Now()
@@ -199,17 +203,21 @@ func runOverload(ctx context.Context, e *env) (*result, error) {
 						mine = append(mine, lat)
 						continue
 					}
+					myFails[status.Code(err)]++
 					t := time.NewTimer(overloadBackoff) // the caller backs off after a failure
 					<-t.C
 				}
 				mu.Lock()
 				ok = append(ok, mine...)
 				total += calls
+				for c, k := range myFails {
+					fails[c] += k
+				}
 				mu.Unlock()
 			}()
 		}
 		wg.Wait()
-		return ok, total, time.Since(t0)
+		return ok, total, time.Since(t0), fails
 	}
 	// drain waits until the server finished the work queued by a run, so
 	// the next run does not inherit it.
@@ -255,7 +263,7 @@ func runOverload(ctx context.Context, e *env) (*result, error) {
 			if err != nil {
 				return sample{}, err
 			}
-			idle, _, _ := load(ctx, cc, 1, e.unloadedFor)
+			idle, _, _, _ := load(ctx, cc, 1, e.unloadedFor)
 			if len(idle) == 0 {
 				return sample{}, errors.New("no call succeeded unloaded")
 			}
@@ -267,7 +275,11 @@ func runOverload(ctx context.Context, e *env) (*result, error) {
 			if since, err = workTime(t); err != nil {
 				return sample{}, err
 			}
-			ok, total, elapsed := load(ctx, cc, callers, e.overloadFor)
+			w0, err := t.stats()
+			if err != nil {
+				return sample{}, err
+			}
+			ok, total, elapsed, _ := load(ctx, cc, callers, e.overloadFor)
 			loadedWork, err := since()
 			if err != nil {
 				return sample{}, err
@@ -279,7 +291,7 @@ func runOverload(ctx context.Context, e *env) (*result, error) {
 			if err := drain(t); err != nil {
 				return sample{}, err
 			}
-			after, afterTotal, _ := load(ctx, cc, 1, e.unloadedFor)
+			after, afterTotal, _, afterFails := load(ctx, cc, 1, e.unloadedFor)
 			end, err := t.stats()
 			if err != nil {
 				return sample{}, err
@@ -293,7 +305,14 @@ func runOverload(ctx context.Context, e *env) (*result, error) {
 				"after":      100 * float64(len(after)) / float64(max(afterTotal, 1)),
 				"limit":      float64(st.limit), // the Shedder's limit at the overload's end
 				"limitAfter": float64(end.limit),
+				// calls the server worked on during the overload, per second
+				"workrate": float64(st.works-w0.works) / elapsed.Seconds(),
 			}
+			for c, k := range afterFails {
+				m["after "+c.String()] = float64(k)
+			}
+			e.logf("overload %s, %d callers, isolated %v: goodput %.0f/s, server worked %.0f/s, limit at end %d; after: %d of %d OK, failures %v",
+				kind, callers, isolated, m["goodput"], m["workrate"], st.limit, len(after), afterTotal, afterFails)
 			if len(ok) > 0 {
 				_, m["p99"] = percentiles(ok)
 			}
@@ -381,6 +400,30 @@ func overloadRows(res measurements, title, prefix string, kinds []struct{ kind, 
 	}
 	p99x := func(n string) float64 { return ratio(res.median(n, "p99"), res.median(n, "idle99")) }
 	p99ok := func(n string) bool { return len(res.latencies(n)) > 0 && p99x(n) <= 2 }
+	// sum adds metric m of side n over all rounds.
+	sum := func(n, m string) float64 {
+		t := 0.0
+		for _, smp := range res[n] {
+			t += smp.m[m]
+		}
+		return t
+	}
+	// afterFails lists the failed calls after the overload by code, over
+	// all rounds: a DeadlineExceeded there is a call the server admitted
+	// that did not finish in 5 ms (every side has them on a loaded
+	// machine), a ResourceExhausted a call it refused.
+	afterFails := func(n string) string {
+		var parts []string
+		for _, c := range []codes.Code{codes.DeadlineExceeded, codes.ResourceExhausted, codes.Unavailable} {
+			if k := sum(n, "after "+c.String()); k > 0 {
+				parts = append(parts, fmt.Sprintf("%s %.0f", c, k))
+			}
+		}
+		if len(parts) == 0 {
+			return ""
+		}
+		return " (failed: " + strings.Join(parts, ", ") + ")"
+	}
 	var rows []row
 	for _, l := range loads {
 		name := func(i int) string { return prefix + l.label + " " + kinds[i].name }
@@ -404,18 +447,24 @@ func overloadRows(res measurements, title, prefix string, kinds []struct{ kind, 
 				fmt.Sprintf("fixed 4: %s; adaptive: %s; failsafe-go (better side): %s", p99(fx), p99(ad), p99(fs)),
 				fmt.Sprintf("%s; %s; %s unloaded", fmtX(p99x(fx)), fmtX(p99x(ad)), fmtX(p99x(fs))), "≤ 2× the unloaded p99 (Shedder)",
 				verdict(p99ok(fx) && p99ok(ad), fmt.Sprintf("fixed %s, adaptive %s", fmtX(p99x(fx)), fmtX(p99x(ad))))},
-			row{title, l.label + " time the 2 ms work took: one caller alone → under the overload",
-				fmt.Sprintf("%.2f ms → %.2f ms", res.median(plain, "work"), res.median(plain, "loaded")),
-				fmt.Sprintf("fixed 4: %.2f → %.2f ms; adaptive: %.2f → %.2f ms; failsafe-go (better side): %.2f → %.2f ms",
-					res.median(fx, "work"), res.median(fx, "loaded"), res.median(ad, "work"), res.median(ad, "loaded"),
-					res.median(fs, "work"), res.median(fs, "loaded")),
+			row{title, l.label + " time the 2 ms work took: one caller alone → under the overload; calls worked on per second under it",
+				fmt.Sprintf("%.2f ms → %.2f ms; %s", res.median(plain, "work"), res.median(plain, "loaded"), fmtRate(res.median(plain, "workrate"))),
+				fmt.Sprintf("fixed 4: %.2f → %.2f ms, %s; adaptive: %.2f → %.2f ms, %s; failsafe-go (better side): %.2f → %.2f ms, %s",
+					res.median(fx, "work"), res.median(fx, "loaded"), fmtRate(res.median(fx, "workrate")),
+					res.median(ad, "work"), res.median(ad, "loaded"), fmtRate(res.median(ad, "workrate")),
+					res.median(fs, "work"), res.median(fs, "loaded"), fmtRate(res.median(fs, "workrate"))),
 				"—", "—", "—"},
 			row{title, l.label + " after the overload: unloaded calls OK (one caller)",
-				fmt.Sprintf("%.1f%%", res.median(plain, "after")),
-				fmt.Sprintf("fixed 4: %.1f%%; adaptive: %.1f%% (limit %.0f); failsafe-go (better side): %.1f%%", res.median(fx, "after"),
-					res.median(ad, "after"), res.median(ad, "limitAfter"), res.median(fs, "after")),
+				fmt.Sprintf("%.1f%%%s", res.median(plain, "after"), afterFails(plain)),
+				fmt.Sprintf("fixed 4: %.1f%%%s; adaptive: %.1f%%%s (limit %.0f); failsafe-go (better side): %.1f%%%s", res.median(fx, "after"), afterFails(fx),
+					res.median(ad, "after"), afterFails(ad), res.median(ad, "limitAfter"), res.median(fs, "after"), afterFails(fs)),
 				"—", "100%", verdict(res.median(fx, "after") == 100 && res.median(ad, "after") == 100,
 					fmt.Sprintf("fixed %.1f%%, adaptive %.1f%%", res.median(fx, "after"), res.median(ad, "after")))},
+			row{title, l.label + " after the overload: unloaded calls refused (ResourceExhausted, all rounds)",
+				fmt.Sprintf("%.0f", sum(plain, "after ResourceExhausted")),
+				fmt.Sprintf("fixed 4: %.0f; adaptive: %.0f; failsafe-go (better side): %.0f", sum(fx, "after ResourceExhausted"),
+					sum(ad, "after ResourceExhausted"), sum(fs, "after ResourceExhausted")),
+				"—", "0 (Shedder)", verdict(sum(fx, "after ResourceExhausted") == 0 && sum(ad, "after ResourceExhausted") == 0, "")},
 		)
 	}
 	return rows
