@@ -31,6 +31,9 @@ type overloadStats struct {
 	busy, works int64 // nanoseconds the slots spent working; calls worked on
 	inFlight    int64 // calls in the handler (waiting for a slot or working)
 	limit       int64 // the Shedder's in-flight limit; 0 without a Shedder
+	// calls the Shedder shed because their deadline was shorter than the
+	// method's recent service time, and at its in-flight limit
+	shedDeadline, shedLimit int64
 }
 
 // overloadTarget is an overload server, in this process or in a child.
@@ -100,8 +103,9 @@ func (s *overloadServer) addr() string { return s.b.addr }
 func (s *overloadServer) stats() (overloadStats, error) {
 	st := overloadStats{busy: s.busy.Load(), works: s.works.Load(), inFlight: s.inFlight.Load()}
 	if s.shed != nil {
-		l, _ := s.shed.InFlight()
-		st.limit = int64(l)
+		snap := s.shed.Snapshot()
+		st.limit = int64(snap.Limit)
+		st.shedDeadline, st.shedLimit = snap.Shed[interceptors.ReasonDeadline], snap.Shed[interceptors.ReasonLimit]
 	}
 	return st, nil
 }
@@ -291,6 +295,10 @@ func runOverload(ctx context.Context, e *env) (*result, error) {
 			if err := drain(t); err != nil {
 				return sample{}, err
 			}
+			drained, err := t.stats()
+			if err != nil {
+				return sample{}, err
+			}
 			after, afterTotal, _, afterFails := load(ctx, cc, 1, e.unloadedFor)
 			end, err := t.stats()
 			if err != nil {
@@ -311,8 +319,11 @@ func runOverload(ctx context.Context, e *env) (*result, error) {
 			for c, k := range afterFails {
 				m["after "+c.String()] = float64(k)
 			}
-			e.logf("overload %s, %d callers, isolated %v: goodput %.0f/s, server worked %.0f/s, limit at end %d; after: %d of %d OK, failures %v",
-				kind, callers, isolated, m["goodput"], m["workrate"], st.limit, len(after), afterTotal, afterFails)
+			m["after shed deadline"] = float64(end.shedDeadline - drained.shedDeadline)
+			m["after shed limit"] = float64(end.shedLimit - drained.shedLimit)
+			e.logf("overload %s, %d callers, isolated %v: goodput %.0f/s, server worked %.0f/s, limit at end %d; after: %d of %d OK, failures %v, shed for deadline %d, at the limit %d",
+				kind, callers, isolated, m["goodput"], m["workrate"], st.limit, len(after), afterTotal, afterFails,
+				end.shedDeadline-drained.shedDeadline, end.shedLimit-drained.shedLimit)
 			if len(ok) > 0 {
 				_, m["p99"] = percentiles(ok)
 			}
