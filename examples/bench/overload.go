@@ -34,6 +34,9 @@ type overloadStats struct {
 	// calls the Shedder shed because their deadline was shorter than the
 	// method's recent service time, and at its in-flight limit
 	shedDeadline, shedLimit int64
+	// requests holding one of the Shedder's slots (admitted by its tap,
+	// perhaps not yet in the handler), and every shed so far
+	shedInFlight, shedTotal int64
 }
 
 // overloadTarget is an overload server, in this process or in a child.
@@ -106,6 +109,10 @@ func (s *overloadServer) stats() (overloadStats, error) {
 		snap := s.shed.Snapshot()
 		st.limit = int64(snap.Limit)
 		st.shedDeadline, st.shedLimit = snap.Shed[interceptors.ReasonDeadline], snap.Shed[interceptors.ReasonLimit]
+		st.shedInFlight = int64(snap.InFlight)
+		for _, n := range snap.Shed {
+			st.shedTotal += n
+		}
 	}
 	return st, nil
 }
@@ -223,22 +230,28 @@ func runOverload(ctx context.Context, e *env) (*result, error) {
 		wg.Wait()
 		return ok, total, time.Since(t0), fails
 	}
-	// drain waits until the server finished the work queued by a run, so
-	// the next run does not inherit it.
+	// drain waits until the server is quiet after a run, so the next run
+	// does not inherit it: no call in the handler, none holding a
+	// Shedder's slot, and nothing worked on or shed between two polls 2 ms
+	// apart (the overload's last requests, sent before its callers
+	// stopped, may still be in the connection's buffers: until they are
+	// read, the overload is not over).
 	drain := func(t overloadTarget) error {
 		limit := time.Now().Add(e.maxDrive)
-		for {
+		var prev overloadStats
+		for i := 0; ; i++ {
 			st, err := t.stats()
 			if err != nil {
 				return err
 			}
-			if st.inFlight == 0 {
+			if i > 0 && st.inFlight == 0 && st.shedInFlight == 0 && st.works == prev.works && st.shedTotal == prev.shedTotal {
 				return nil
 			}
 			if time.Now().After(limit) {
 				return errors.New("server still busy after the run")
 			}
-			time.Sleep(time.Millisecond) // polling the server, not synchronising with it
+			prev = st
+			time.Sleep(2 * time.Millisecond) // polling the server for quiet, not synchronising with it
 		}
 	}
 	// measure runs one overload episode on a fresh server: warm-up (the
