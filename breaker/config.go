@@ -1,6 +1,7 @@
 package breaker
 
 import (
+	"encoding/json"
 	"math"
 	"strconv"
 	"time"
@@ -195,4 +196,29 @@ func codeJSON(c codes.Code) string {
 		return strconv.Quote(codeNames[c])
 	}
 	return strconv.FormatUint(uint64(c), 10)
+}
+
+// MarshalJSON writes c as the "circuitBreaker" object of the grpcreuse
+// service-config policy: every field under its JSON name, durations as
+// proto-JSON strings ("10s"), codes by name ("UNAVAILABLE"), so parsing
+// the result gives c back.
+func (c Config) MarshalJSON() ([]byte, error) {
+	fc := make([]json.RawMessage, len(c.FailureCodes))
+	for i, code := range c.FailureCodes {
+		fc[i] = json.RawMessage(codeJSON(code))
+	}
+	return json.Marshal(struct {
+		Scope               string            `json:"scope"`
+		ConsecutiveFailures int               `json:"consecutiveFailures"`
+		FailureRatio        float64           `json:"failureRatio"`
+		MinimumRequests     int               `json:"minimumRequests"`
+		Window              string            `json:"window"`
+		WindowBuckets       int               `json:"windowBuckets"`
+		OpenTimeout         string            `json:"openTimeout"`
+		HalfOpenProbes      int               `json:"halfOpenProbes"`
+		ProbeTimeout        string            `json:"probeTimeout"`
+		FailureCodes        []json.RawMessage `json:"failureCodes"`
+		MaxBreakers         int               `json:"maxBreakers"`
+	}{c.Scope.String(), c.ConsecutiveFailures, c.FailureRatio, c.MinimumRequests, duration.String(c.Window),
+		c.WindowBuckets, duration.String(c.OpenTimeout), c.HalfOpenProbes, duration.String(c.ProbeTimeout), fc, c.MaxBreakers})
 }

@@ -32,5 +32,5 @@
 // are safe for concurrent use. State changes are recorded under gobreaker's
 // lock and reported to the telemetry.BreakerObserver after it is released,
 // in order, from the goroutine of a call that moved or observed the breaker,
-// and logged through grpclog (component "grpcreuse.breaker") at verbosity 2.
+// and logged through grpclog (component "grpcreuse-breaker") at verbosity 2.
 package breaker

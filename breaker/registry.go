@@ -24,7 +24,7 @@ import (
 // codes.Unavailable and errors.Is(err, ErrOpen) holds.
 var ErrOpen = errors.New("breaker: circuit open")
 
-var logger = grpclog.Component("grpcreuse.breaker")
+var logger = grpclog.Component("grpcreuse-breaker")
 
 // State is the state of a circuit breaker.
 type State int

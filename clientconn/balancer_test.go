@@ -48,7 +48,7 @@ func TestFactoryWithGrpcreuseBalancer(t *testing.T) {
 		`{"loadBalancingConfig":[{"`+balancer.Name+`":{"subchannelsPerEndpoint":2}}]}`))
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	c, err := f.Get(ctx, scheme+":///backends", clientconn.WithWaitForReady())
+	c, err := f.Get(ctx, scheme+":///backends", clientconn.WithWarmUp())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -34,7 +34,11 @@ func (c *Conn) Invoke(ctx context.Context, method string, args, reply any, opts 
 		return c.closedErr(method)
 	}
 	defer g.release()
-	return g.cc.Invoke(ctx, method, args, reply, opts...)
+	err := g.cc.Invoke(ctx, method, args, reply, opts...)
+	if err != nil && g.closedBehindOurBack(err) {
+		c.f.revive(c.s, g)
+	}
+	return err
 }
 
 // NewStream starts a stream on the shared connection. The connection it
@@ -47,9 +51,19 @@ func (c *Conn) NewStream(ctx context.Context, desc *grpc.StreamDesc, method stri
 	}
 	done := &streamDone{g: g}
 	opts = append(opts[:len(opts):len(opts)], grpc.OnFinish(done.finish))
+	created := false
+	defer func() {
+		if !created { // an interceptor panicked: no stream, so no OnFinish
+			done.finish(nil)
+		}
+	}()
 	cs, err := g.cc.NewStream(ctx, desc, method, opts...)
+	created = true
 	if err != nil {
 		done.finish(err)
+		if g.closedBehindOurBack(err) {
+			c.f.revive(c.s, g)
+		}
 	}
 	return cs, err
 }
@@ -75,8 +89,19 @@ func (c *Conn) Close() error {
 	return nil
 }
 
+// discard is Close for the handle of a Get whose warm-up failed.
+func (c *Conn) discard() {
+	if c.closed.CompareAndSwap(false, true) {
+		c.f.releaseAs(c.s, true)
+	}
+}
+
 // ClientConn returns the underlying *grpc.ClientConn, for APIs that need
 // the concrete type. Do not Close it: the Factory owns it.
+//
+// If it is closed anyway, the calls that meet the closed connection fail
+// (codes.Canceled, as in grpc-go) and the Factory replaces it, so the
+// other handles sharing it go on.
 //
 // Calls made directly on it are outside the Factory's guarantees: they
 // are not counted as in flight, so a max-age replacement, an eviction or
@@ -97,9 +122,19 @@ func (c *Conn) GetState() connectivity.State { return c.s.cur.Load().cc.GetState
 // waitReady implements WithWarmUp. A generation replaced for its age
 // while it waits shuts down; the wait moves on to its successor.
 func (c *Conn) waitReady(ctx context.Context) error {
+	var onFailure func()
+	if c.s.key.creds.Info().SecurityProtocol == "insecure" {
+		probed := false // once per wait: a failing plaintext connection explains itself
+		onFailure = func() {
+			if !probed {
+				probed = true
+				c.f.plaintextProbe(ctx, c.s)
+			}
+		}
+	}
 	for {
 		g := c.s.cur.Load()
-		st := waitState(ctx, g.cc)
+		st := waitState(ctx, g.cc, onFailure)
 		switch {
 		case st == connectivity.Ready:
 			return nil

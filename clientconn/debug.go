@@ -2,7 +2,6 @@ package clientconn
 
 import (
 	"cmp"
-	"maps"
 	"net/http"
 	"slices"
 	"sync"
@@ -16,8 +15,7 @@ import (
 	"github.com/grpcreuse/grpcreuse/telemetry/opentelemetry"
 )
 
-// maxDebugKeys bounds how many breakers, limiters and endpoints the debug
-// page remembers, so a flood of keys cannot grow memory.
+// maxDebugKeys bounds how many endpoints the debug page remembers, so a flood of keys cannot grow memory.
 const maxDebugKeys = 1024
 
 // handshakeWindow is how many recent handshake durations the p50/p99 use.
@@ -34,21 +32,8 @@ type recorder struct {
 	durations             [handshakeWindow]time.Duration
 	n                     int
 
-	keys      atomic.Int64 // entries in the three maps below
-	breakers  sync.Map     // string -> *breakerRecord
-	limiters  sync.Map     // string -> *limiterRecord
+	keys      atomic.Int64 // entries in endpoints
 	endpoints sync.Map     // [2]string{target, endpoint} -> *endpointRecord
-}
-
-type breakerRecord struct {
-	state      atomic.Int32 // telemetry.BreakerState
-	since      atomic.Int64 // unix nanoseconds
-	rejections atomic.Uint64
-}
-
-type limiterRecord struct {
-	limit    atomic.Int64
-	rejected atomic.Uint64
 }
 
 type endpointRecord struct {
@@ -167,34 +152,21 @@ func (r *recorder) EndpointLoad(target, endpoint string, n int, latency time.Dur
 	r.next.EndpointLoad(target, endpoint, n, latency)
 }
 
+// The policies' breaker and limiter events pass through: the debug page
+// reads their live state from Factory.Policies, with each tenant, so it
+// shows exactly the sets the Factory holds. (Recording them here by key
+// alone showed a forgotten tenant's breaker as an untenanted row forever,
+// and used up the record budget the endpoints need.)
+
 func (r *recorder) BreakerStateChanged(key string, from, to telemetry.BreakerState) {
-	if b := load(r, &r.breakers, key, func() *breakerRecord { return new(breakerRecord) }); b != nil {
-		b.state.Store(int32(to))
-		b.since.Store(time.Now().UnixNano())
-	}
 	r.next.BreakerStateChanged(key, from, to)
 }
 
-func (r *recorder) BreakerRejected(key string) {
-	if b := load(r, &r.breakers, key, func() *breakerRecord { return new(breakerRecord) }); b != nil {
-		b.rejections.Add(1)
-	}
-	r.next.BreakerRejected(key)
-}
+func (r *recorder) BreakerRejected(key string) { r.next.BreakerRejected(key) }
 
-func (r *recorder) LimiterLimitChanged(key string, limit int) {
-	if l := load(r, &r.limiters, key, func() *limiterRecord { return new(limiterRecord) }); l != nil {
-		l.limit.Store(int64(limit))
-	}
-	r.next.LimiterLimitChanged(key, limit)
-}
+func (r *recorder) LimiterLimitChanged(key string, limit int) { r.next.LimiterLimitChanged(key, limit) }
 
-func (r *recorder) LimiterRejected(key, reason string) {
-	if l := load(r, &r.limiters, key, func() *limiterRecord { return new(limiterRecord) }); l != nil {
-		l.rejected.Add(1)
-	}
-	r.next.LimiterRejected(key, reason)
-}
+func (r *recorder) LimiterRejected(key, reason string) { r.next.LimiterRejected(key, reason) }
 
 // handshakes summarises the handshake counters and recent durations.
 func (r *recorder) handshakes() debugpage.Handshakes {
@@ -279,50 +251,22 @@ func (f *Factory) debugSnapshot() debugpage.Snapshot {
 	return s
 }
 
-// chains returns the policies' chains, copied under cfgMu so that their
-// breakers and limiters are read after it is released.
-// policyRows merges the live state of the policies' breakers and limiters
-// (Factory.Policies, one set per tenant) with the rejections the recorder
-// counted for keys only it saw (breakers built outside the Factory).
+// policyRows lists the live state of the policies' breakers and limiters
+// (Factory.Policies, one set per tenant).
 func (f *Factory) policyRows() ([]debugpage.Breaker, []debugpage.Limiter) {
-	type id struct{ tenant, key string }
-	breakers := map[id]debugpage.Breaker{}
-	f.rec.breakers.Range(func(k, v any) bool {
-		b := v.(*breakerRecord)
-		row := debugpage.Breaker{Key: k.(string), State: telemetry.BreakerState(b.state.Load()).String(), Rejections: b.rejections.Load()}
-		if at := b.since.Load(); at != 0 {
-			row.Since = time.Unix(0, at)
-		}
-		breakers[id{"", row.Key}] = row
-		return true
-	})
-	limiters := map[id]debugpage.Limiter{}
-	f.rec.limiters.Range(func(k, v any) bool {
-		l := v.(*limiterRecord)
-		limiters[id{"", k.(string)}] = debugpage.Limiter{Key: k.(string), Limit: int(l.limit.Load()), Rejected: l.rejected.Load()}
-		return true
-	})
 	pol := f.Policies()
+	bs := make([]debugpage.Breaker, 0, len(pol.Breakers))
 	for _, st := range pol.Breakers {
-		delete(breakers, id{"", st.Key}) // the policy's own rows replace what the recorder saw of the key
-		breakers[id{st.Tenant, st.Key}] = debugpage.Breaker{Key: st.Key, Tenant: st.Tenant, State: st.State.String(),
+		bs = append(bs, debugpage.Breaker{Key: st.Key, Tenant: st.Tenant, State: st.State.String(),
 			Since: st.Since, NextProbe: st.NextProbe, Requests: st.Requests, Failures: st.Failures,
-			ConsecutiveFailures: st.ConsecutiveFailures, Rejections: st.Rejections}
+			ConsecutiveFailures: st.ConsecutiveFailures, Rejections: st.Rejections})
 	}
+	ls := make([]debugpage.Limiter, 0, len(pol.Limiters))
 	for _, st := range pol.Limiters {
-		delete(limiters, id{"", st.Key})
-		limiters[id{st.Tenant, st.Key}] = debugpage.Limiter{Key: st.Key, Tenant: st.Tenant, Limit: st.Limit,
-			InFlight: st.InFlight, Queued: st.Queued, Rejected: st.Rejected}
+		ls = append(ls, debugpage.Limiter{Key: st.Key, Tenant: st.Tenant, Limit: st.Limit,
+			InFlight: st.InFlight, Queued: st.Queued, Rejected: st.Rejected})
 	}
-	bs := slices.Collect(maps.Values(breakers))
-	ls := slices.Collect(maps.Values(limiters))
-	slices.SortFunc(bs, func(a, b debugpage.Breaker) int {
-		return cmp.Or(cmp.Compare(a.Tenant, b.Tenant), cmp.Compare(a.Key, b.Key))
-	})
-	slices.SortFunc(ls, func(a, b debugpage.Limiter) int {
-		return cmp.Or(cmp.Compare(a.Tenant, b.Tenant), cmp.Compare(a.Key, b.Key))
-	})
-	return bs, ls
+	return bs, ls // Policies sorts by tenant and key
 }
 
 // gauges reads what the OpenTelemetry gauges need at a collection: the

@@ -39,7 +39,7 @@
 //
 // Pool events go to a telemetry.Observer (WithObserver). Connection
 // openings, rotations, evictions and closings are logged through grpclog
-// (component "grpcreuse.clientconn") at verbosity 2
+// (component "grpcreuse-clientconn") at verbosity 2
 // (GRPC_GO_LOG_VERBOSITY_LEVEL=2, GRPC_GO_LOG_SEVERITY_LEVEL=info), never
 // per call.
 //

@@ -18,7 +18,7 @@ import (
 	"github.com/grpcreuse/grpcreuse/telemetry/opentelemetry"
 )
 
-var logger = grpclog.Component("grpcreuse.clientconn")
+var logger = grpclog.Component("grpcreuse-clientconn")
 
 // ErrClosed is matched (errors.Is) by the errors of a closed Factory and
 // of calls on a closed Conn.
@@ -115,7 +115,7 @@ func New(opts ...Option) (*Factory, error) {
 	if err := f.setUpTLS(); err != nil {
 		return fail(err)
 	}
-	sc, err := parseServiceConfig(o.serviceConfig)
+	sc, err := parseServiceConfig(o.serviceConfig, true)
 	if err != nil {
 		return fail(err)
 	}
@@ -147,23 +147,31 @@ func New(opts ...Option) (*Factory, error) {
 // service config share one *grpc.ClientConn. Close the handle when done.
 //
 // ctx bounds only the wait of WithWarmUp; the connection itself is not
-// tied to ctx. A Get that fails leaves nothing behind.
+// tied to ctx. A Get that fails leaves nothing behind: in particular a
+// WithWarmUp Get that fails on a connection in TRANSIENT_FAILURE closes
+// it unless other handles use it, instead of keeping it idle; one that
+// was still connecting (a slow handshake) stays in the pool, so a retry
+// finds it further on.
 func (f *Factory) Get(ctx context.Context, target string, opts ...GetOption) (*Conn, error) {
 	g := resolveGetOptions(opts)
 	if g.err != nil {
 		return nil, g.err
 	}
-	k, tlsTenant, err := f.keyFor(target, &g)
+	k, tlsTenant, sc, err := f.keyFor(target, &g)
 	if err != nil {
 		return nil, err
 	}
-	c, err := f.get(k, tlsTenant)
+	c, err := f.get(k, tlsTenant, sc)
 	if err != nil {
 		return nil, err
 	}
 	if g.waitReady {
 		if err := c.waitReady(ctx); err != nil {
-			c.Close()
+			if c.GetState() == connectivity.TransientFailure {
+				c.discard() // known to fail: do not keep it redialling
+			} else {
+				c.Close() // still connecting (slow, not failing): a retry finds it further on
+			}
 			return nil, err
 		}
 	}
@@ -191,10 +199,10 @@ func resolveGetOptions(opts []GetOption) getOptions {
 // keyFor resolves the sharing key of one Get; tlsTenant says the
 // credentials are WithTLS's for the Get's tenant. It stores nothing: what
 // a Get needs is kept only once an entry uses it.
-func (f *Factory) keyFor(target string, g *getOptions) (k key, tlsTenant bool, err error) {
+func (f *Factory) keyFor(target string, g *getOptions) (k key, tlsTenant bool, sc *serviceConfig, err error) {
 	canon, err := f.canonical(target)
 	if err != nil {
-		return key{}, false, err
+		return key{}, false, nil, err
 	}
 	k = key{target: canon, tenant: g.tenant, creds: f.opts.creds, serviceConfig: f.opts.serviceConfig}
 	switch {
@@ -202,20 +210,20 @@ func (f *Factory) keyFor(target string, g *getOptions) (k key, tlsTenant bool, e
 		k.creds = g.creds
 	case f.opts.tlsConfig != nil:
 		if k.creds, err = f.credsForTenant(g.tenant); err != nil {
-			return key{}, false, err
+			return key{}, false, nil, err
 		}
 		tlsTenant = true
 	}
 	if g.serviceConfig != nil {
 		k.serviceConfig = *g.serviceConfig
-		if _, err := f.lookupServiceConfig(k.serviceConfig); err != nil {
-			return key{}, false, err
+		if sc, err = f.lookupServiceConfig(k.serviceConfig); err != nil {
+			return key{}, false, nil, err
 		}
 	}
 	if k.creds == nil {
-		return key{}, false, fmt.Errorf("clientconn: no transport credentials for %q: use WithTLS or WithTransportCredentials (insecure.NewCredentials() for plaintext)", canon)
+		return key{}, false, nil, fmt.Errorf("clientconn: no transport credentials for %q: use WithTLS or WithTransportCredentials (insecure.NewCredentials() for plaintext)", canon)
 	}
-	return k, tlsTenant, nil
+	return k, tlsTenant, sc, nil
 }
 
 // canonical memoises canonicalTarget, so the Get of a live key does not
@@ -249,7 +257,9 @@ const maxInstallAttempts = 8
 // chain, grpc.NewClient with the user's dial options) and installed under
 // it; if another Get installed one for the same key meanwhile, ours is
 // discarded.
-func (f *Factory) get(k key, tlsTenant bool) (*Conn, error) {
+//
+// sc is k's parsed per-Get document, or nil to look it up.
+func (f *Factory) get(k key, tlsTenant bool, sc *serviceConfig) (*Conn, error) {
 	for range maxInstallAttempts {
 		s, err := f.lookup(&k, tlsTenant)
 		if err != nil || s != nil {
@@ -258,7 +268,7 @@ func (f *Factory) get(k key, tlsTenant bool) (*Conn, error) {
 			}
 			return nil, err
 		}
-		if s, err = f.newShared(k, tlsTenant); err != nil {
+		if s, err = f.newShared(k, tlsTenant, sc); err != nil {
 			return nil, err
 		}
 		got, hit, retry, err := f.install(s)
@@ -322,10 +332,12 @@ func (f *Factory) handle(s *shared, hit bool) *Conn {
 
 // newShared makes an entry and its first connection, without f.mu.
 // grpc.NewClient does no I/O.
-func (f *Factory) newShared(k key, tlsTenant bool) (*shared, error) {
-	sc, err := f.lookupServiceConfig(k.serviceConfig)
-	if err != nil {
-		return nil, err
+func (f *Factory) newShared(k key, tlsTenant bool, sc *serviceConfig) (*shared, error) {
+	var err error
+	if sc == nil {
+		if sc, err = f.lookupServiceConfig(k.serviceConfig); err != nil {
+			return nil, err
+		}
 	}
 	s := &shared{key: k, sc: sc, tlsTenant: tlsTenant}
 	if sc.policy != nil {
@@ -413,8 +425,12 @@ func (f *Factory) dial(s *shared) (*grpc.ClientConn, error) {
 	opts = append(opts, pol...)
 	cc, err := grpc.NewClient(k.target, opts...)
 	if err != nil {
+		if serr := s.sc.explainDialError(err); serr != nil {
+			return nil, serr
+		}
 		return nil, fmt.Errorf("clientconn: connection to %q: %w", k.target, err)
 	}
+	s.sc.checked.Store(true)
 	return cc, nil
 }
 
@@ -469,8 +485,9 @@ func (f *Factory) Stats() Stats {
 }
 
 // waitState blocks until cc is READY or ctx ends, and returns the last
-// state seen.
-func waitState(ctx context.Context, cc *grpc.ClientConn) connectivity.State {
+// state seen. onFailure, if not nil, runs (on this goroutine) each time cc
+// is seen in TRANSIENT_FAILURE.
+func waitState(ctx context.Context, cc *grpc.ClientConn, onFailure func()) connectivity.State {
 	for {
 		st := cc.GetState()
 		if st == connectivity.Ready || st == connectivity.Shutdown {
@@ -478,6 +495,9 @@ func waitState(ctx context.Context, cc *grpc.ClientConn) connectivity.State {
 		}
 		if st == connectivity.Idle {
 			cc.Connect()
+		}
+		if st == connectivity.TransientFailure && onFailure != nil {
+			onFailure()
 		}
 		if !cc.WaitForStateChange(ctx, st) {
 			return cc.GetState()

@@ -297,7 +297,7 @@ func TestWaitForReady(t *testing.T) {
 	f := newFactory(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	c, err := f.Get(ctx, b.Addr, clientconn.WithWaitForReady())
+	c, err := f.Get(ctx, b.Addr, clientconn.WithWaitForReady()) // the deprecated alias of WithWarmUp still works
 	if err != nil {
 		t.Fatalf("Get with WithWaitForReady: %v", err)
 	}
@@ -311,7 +311,7 @@ func TestWaitForReady(t *testing.T) {
 	dead.Stop()
 	ctx, cancel = context.WithTimeout(context.Background(), 300*time.Millisecond)
 	defer cancel()
-	_, err = f.Get(ctx, dead.Addr, clientconn.WithWaitForReady())
+	_, err = f.Get(ctx, dead.Addr, clientconn.WithWarmUp())
 	if !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("Get on a dead backend: %v, want DeadlineExceeded", err)
 	}

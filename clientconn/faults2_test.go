@@ -298,7 +298,7 @@ func TestBlackholedBackendDetectedByKeepalive(t *testing.T) {
 		`{"loadBalancingConfig":[{"`+balancer.Name+`":{"subchannelsPerEndpoint":1,"maxSubchannelsPerEndpoint":1}}]}`))
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	c, err := f.Get(ctx, scheme+":///backends", clientconn.WithWaitForReady())
+	c, err := f.Get(ctx, scheme+":///backends", clientconn.WithWarmUp())
 	if err != nil {
 		t.Fatal(err)
 	}

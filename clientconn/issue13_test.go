@@ -307,7 +307,7 @@ func TestWarmUpTimeoutKeepsTheCause(t *testing.T) {
 	be := testutil.StartBackend(t, testutil.BackendOptions{})
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	c, err := f.Get(ctx, be.Addr, clientconn.WithWaitForReady())
+	c, err := f.Get(ctx, be.Addr, clientconn.WithWarmUp())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -5,6 +5,8 @@ import (
 	"math/rand/v2"
 	"time"
 
+	"google.golang.org/grpc/connectivity"
+
 	"github.com/grpcreuse/grpcreuse/telemetry"
 )
 
@@ -22,31 +24,48 @@ func (f *Factory) nextAge() time.Duration {
 
 // release returns one handle's reference. The last one moves the entry to
 // the idle set, which may push out the least recently used idle entry.
-func (f *Factory) release(s *shared) {
+func (f *Factory) release(s *shared) { f.releaseAs(s, false) }
+
+// releaseAs is release; failed says the handle's Get failed its warm-up:
+// if it was the last handle, the entry is closed instead of kept idle, as
+// the connection is not known to work (a Get that fails leaves nothing
+// behind, rather than a connection redialling a dead address).
+func (f *Factory) releaseAs(s *shared, failed bool) {
 	f.handles.Add(-1)
-	var out []*shared
+	type eviction struct {
+		s      *shared
+		reason string
+	}
+	var out []eviction
 	f.mu.Lock()
 	s.refs--
 	if s.refs == 0 && !f.closed && !s.dead.Load() {
 		s.idleEpoch++
-		if f.idle == nil {
+		switch {
+		case failed:
 			f.evictLocked(s)
-			out = append(out, s)
-		} else {
+			out = append(out, eviction{s, telemetry.EvictWarmUpFailed})
+		case f.idle == nil:
+			f.evictLocked(s)
+			out = append(out, eviction{s, telemetry.EvictCapacity})
+		default:
 			f.idle.Add(s.key, s) // may evict the oldest into f.evicted
 			epoch := s.idleEpoch
 			s.idleTimer = time.AfterFunc(f.opts.idleTimeout, func() { f.expire(s, epoch) })
 		}
 	}
-	out = append(out, f.evicted...)
+	for _, e := range f.evicted {
+		out = append(out, eviction{e, telemetry.EvictCapacity})
+	}
+	clear(f.evicted)
 	f.evicted = f.evicted[:0]
 	f.mu.Unlock()
 	for _, e := range out {
 		if logger.V(2) {
-			logger.Infof("connection to %q (tenant %q) evicted: %s", e.key.target, e.key.tenant, telemetry.EvictCapacity)
+			logger.Infof("connection to %q (tenant %q) evicted: %s", e.s.key.target, e.s.key.tenant, e.reason)
 		}
-		f.obs.PoolEvicted(e.key.target, telemetry.EvictCapacity)
-		f.startDrain(e.key.target, e.cur.Load(), telemetry.CloseEvicted)
+		f.obs.PoolEvicted(e.s.key.target, e.reason)
+		f.startDrain(e.s.key.target, e.s.cur.Load(), telemetry.CloseEvicted)
 	}
 }
 
@@ -92,9 +111,16 @@ func (f *Factory) evictLocked(s *shared) {
 }
 
 // replace gives s a fresh connection after its max age and drains the old.
+// An entry without handles is not replaced (a new handshake for a
+// connection nobody uses); its next period, once a Get took it back, is.
 func (f *Factory) replace(s *shared) {
 	f.mu.Lock()
 	if f.closed || s.dead.Load() {
+		f.mu.Unlock()
+		return
+	}
+	if s.refs == 0 {
+		s.ageTimer = time.AfterFunc(f.nextAge(), func() { f.replace(s) })
 		f.mu.Unlock()
 		return
 	}
@@ -112,8 +138,18 @@ func (f *Factory) replace(s *shared) {
 		// Warm the replacement so calls do not wait for its handshake.
 		cc.Connect()
 		ctx, cancel := context.WithTimeout(f.ctx, min(f.opts.drainTimeout, 10*time.Second))
-		waitState(ctx, cc)
+		st := waitState(ctx, cc, nil)
 		cancel()
+		// A replacement that could not connect does not replace a
+		// connection that works (the backend may refuse new connections
+		// while serving the open one): keep it and try next period.
+		if st != connectivity.Ready && s.cur.Load().cc.GetState() == connectivity.Ready {
+			if logger.V(2) {
+				logger.Infof("connection to %q (tenant %q): replacement not ready (%v), keeping the current one until next period", s.key.target, s.key.tenant, st)
+			}
+			cc.Close()
+			cc = nil
+		}
 	}
 
 	f.mu.Lock()
@@ -139,6 +175,38 @@ func (f *Factory) replace(s *shared) {
 		f.obs.ConnOpened(s.key.target)
 		f.startDrain(s.key.target, old, telemetry.CloseMaxAge)
 	}
+}
+
+// revive replaces generation g of s, whose *grpc.ClientConn was closed
+// behind the Factory's back (Conn.ClientConn().Close()), so the other
+// handles sharing it are not cut off for good. Calls that failed on g are
+// not retried: they may have reached the server.
+func (f *Factory) revive(s *shared, g *generation) {
+	s.reviveMu.Lock()
+	defer s.reviveMu.Unlock()
+	if s.cur.Load() != g || s.dead.Load() || g.retired.Load() {
+		return // already replaced, or the Factory closed it
+	}
+	cc, err := f.dial(s)
+	if err != nil { // the same options worked before; the next failing call tries again
+		s.recordErr(err)
+		return
+	}
+	f.mu.Lock()
+	if f.closed || s.dead.Load() || s.cur.Load() != g {
+		f.mu.Unlock()
+		cc.Close()
+		return
+	}
+	s.cur.Store(newGeneration(cc, time.Now()))
+	f.open.Add(1)
+	f.wg.Add(1) // for g's drain
+	f.mu.Unlock()
+	if logger.V(2) {
+		logger.Infof("connection to %q (tenant %q) was closed outside the Factory (Conn.ClientConn().Close()?); replaced", s.key.target, s.key.tenant)
+	}
+	f.obs.ConnOpened(s.key.target)
+	f.startDrain(s.key.target, g, telemetry.CloseExternal)
 }
 
 // startDrain retires g and closes it once its calls end or the drain

@@ -167,7 +167,11 @@ func WithMaxIdle(n int) Option {
 // (±10% jitter so a fleet does not reconnect at once), so long-lived
 // clients pick up new backends behind DNS or a load balancer. New calls
 // move to the new connection; the old one closes when its in-flight calls
-// and streams end (bounded by WithDrainTimeout). Default: never; d must
+// and streams end (bounded by WithDrainTimeout). A replacement that does
+// not become READY within min(WithDrainTimeout, 10s) does not replace a
+// connection that is READY: the current one stays until the next period.
+// A connection without handles (idle in the pool) is not replaced; it is
+// at the first period after a Get takes it back. Default: never; d must
 // be positive.
 func WithMaxConnectionAge(d time.Duration) Option {
 	return optionFunc(func(o *options) {
@@ -213,14 +217,34 @@ func WithServiceConfig(json string) Option {
 	})
 }
 
-// WithUnaryInterceptors chains interceptors, in order, on every connection.
+// WithUnaryInterceptors chains interceptors, in order, on every connection,
+// outside the interceptors of the service config's grpcreuse policy. A nil
+// interceptor fails New.
 func WithUnaryInterceptors(i ...grpc.UnaryClientInterceptor) Option {
-	return optionFunc(func(o *options) { o.unary = append(o.unary, i...) })
+	return optionFunc(func(o *options) {
+		for n, x := range i {
+			if x == nil {
+				o.fail("WithUnaryInterceptors: interceptor %d is nil", n)
+				return
+			}
+		}
+		o.unary = append(o.unary, i...)
+	})
 }
 
-// WithStreamInterceptors chains interceptors, in order, on every connection.
+// WithStreamInterceptors chains interceptors, in order, on every connection,
+// outside the interceptors of the service config's grpcreuse policy. A nil
+// interceptor fails New.
 func WithStreamInterceptors(i ...grpc.StreamClientInterceptor) Option {
-	return optionFunc(func(o *options) { o.stream = append(o.stream, i...) })
+	return optionFunc(func(o *options) {
+		for n, x := range i {
+			if x == nil {
+				o.fail("WithStreamInterceptors: interceptor %d is nil", n)
+				return
+			}
+		}
+		o.stream = append(o.stream, i...)
+	})
 }
 
 // WithDialOptions adds grpc.DialOptions to every connection, after the
@@ -228,7 +252,15 @@ func WithStreamInterceptors(i ...grpc.StreamClientInterceptor) Option {
 // config or a dialer here: use the Factory's options, which it needs to
 // know about for sharing and telemetry.
 func WithDialOptions(opts ...grpc.DialOption) Option {
-	return optionFunc(func(o *options) { o.dialOptions = append(o.dialOptions, opts...) })
+	return optionFunc(func(o *options) {
+		for n, x := range opts {
+			if x == nil { // grpc.NewClient would panic on it at the first Get
+				o.fail("WithDialOptions: option %d is nil", n)
+				return
+			}
+		}
+		o.dialOptions = append(o.dialOptions, opts...)
+	})
 }
 
 // WithDialer sets how TCP connections are made (addr is "host:port", or
@@ -292,7 +324,8 @@ func WithTracerProvider(tp trace.TracerProvider) Option {
 // WithPreconnect makes New start connecting to targets (with the
 // Factory's default credentials and service config, no tenant) so the
 // first Get finds a warm connection. The connections wait in the pool
-// like any connection without handles: the idle timeout applies.
+// like any connection without handles: the idle timeout applies, and New
+// fails if there are more distinct targets than WithMaxIdle keeps.
 func WithPreconnect(targets ...string) Option {
 	return optionFunc(func(o *options) { o.preconnect = append(o.preconnect, targets...) })
 }
@@ -337,7 +370,11 @@ func WithWarmUp() GetOption {
 func WithWaitForReady() GetOption { return WithWarmUp() }
 
 // WithTargetCredentials overrides the Factory's transport credentials for
-// this Get. Connections with different credentials are never shared.
+// this Get. Connections with different credentials are never shared, and
+// credentials are compared by identity: build them once and pass the same
+// value to every Get that should share a connection (a fresh
+// credentials.NewTLS(cfg) on each Get makes a new connection, and a new
+// TLS handshake, each time).
 func WithTargetCredentials(c credentials.TransportCredentials) GetOption {
 	return getOptionFunc(func(o *getOptions) {
 		if err := checkCreds(c); err != nil {

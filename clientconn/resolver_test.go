@@ -31,7 +31,7 @@ func TestWithResolversNeedsNoRegistration(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	for _, target := range []string{"grpcreuse-one:///svc", "grpcreuse-two:///svc", "grpcreuse-one:///svc"} {
-		c, err := f.Get(ctx, target, clientconn.WithWaitForReady())
+		c, err := f.Get(ctx, target, clientconn.WithWarmUp())
 		if err != nil {
 			t.Fatalf("Get(%q): %v", target, err)
 		}

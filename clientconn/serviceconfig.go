@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"slices"
+	"sync/atomic"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
@@ -24,6 +25,9 @@ type serviceConfig struct {
 	grpc   string
 	policy *interceptors.Policy // nil without a policy
 	refs   int                  // pool entries using it; guarded by Factory.mu
+	// checked says grpc accepted the gRPC part: checked by New for the
+	// default document, else by the first grpc.NewClient made with it.
+	checked atomic.Bool
 }
 
 // policyKey identifies the policy state of one tenant under one document.
@@ -49,18 +53,38 @@ type policyState struct {
 	refs     int // pool entries using it; guarded by Factory.mu
 }
 
-// parseServiceConfig splits and validates doc. It runs without locks.
-func parseServiceConfig(doc string) (*serviceConfig, error) {
+// parseServiceConfig splits doc and validates its policy, and with
+// checkGRPC its gRPC part (New does, so a bad default fails New). A
+// per-Get document's gRPC part is checked by the grpc.NewClient that
+// uses it (dial), which is the same parser: checking it first here cost a
+// second throwaway grpc.NewClient per new document. It runs without locks.
+func parseServiceConfig(doc string, checkGRPC bool) (*serviceConfig, error) {
 	grpcDoc, policy, err := interceptors.SplitServiceConfig(doc)
 	if err != nil {
 		return nil, fmt.Errorf("clientconn: service config: %w", err)
 	}
-	if grpcDoc != "" {
+	sc := &serviceConfig{doc: doc, grpc: grpcDoc, policy: policy}
+	if grpcDoc == "" {
+		sc.checked.Store(true)
+	} else if checkGRPC {
 		if err := checkGRPCServiceConfig(grpcDoc); err != nil {
 			return nil, fmt.Errorf("clientconn: service config: %w", err)
 		}
+		sc.checked.Store(true)
 	}
-	return &serviceConfig{doc: doc, grpc: grpcDoc, policy: policy}, nil
+	return sc, nil
+}
+
+// explainDialError turns grpc.NewClient's refusal of a document not yet
+// checked into the error naming its field and value.
+func (sc *serviceConfig) explainDialError(err error) error {
+	if sc.checked.Load() {
+		return nil
+	}
+	if cerr := checkGRPCServiceConfig(sc.grpc); cerr != nil {
+		return fmt.Errorf("clientconn: service config: %w", cerr)
+	}
+	return nil
 }
 
 // lookupServiceConfig returns the parsed doc: the Factory's if a live
@@ -73,7 +97,7 @@ func (f *Factory) lookupServiceConfig(doc string) (*serviceConfig, error) {
 	if ok {
 		return sc, nil
 	}
-	return parseServiceConfig(doc)
+	return parseServiceConfig(doc, false)
 }
 
 // newPolicyState builds the chain of sc's policy for tenant.

@@ -132,15 +132,24 @@ func (f *Factory) preconnect() error {
 		tls bool
 	}
 	keys := make([]pre, 0, len(f.opts.preconnect))
+	seen := make(map[key]bool, len(f.opts.preconnect))
 	for _, t := range f.opts.preconnect {
-		k, tls, err := f.keyFor(t, &getOptions{})
+		k, tls, _, err := f.keyFor(t, &getOptions{})
 		if err != nil {
 			return fmt.Errorf("clientconn: WithPreconnect: %w", err)
 		}
-		keys = append(keys, pre{k, tls})
+		if !seen[k] { // spellings of one target are one connection
+			seen[k] = true
+			keys = append(keys, pre{k, tls})
+		}
+	}
+	// The connections wait in the idle pool: one it cannot keep would be
+	// dialled and closed at once.
+	if len(keys) > f.opts.maxIdle {
+		return fmt.Errorf("clientconn: WithPreconnect: %d distinct targets, but WithMaxIdle is %d: the idle pool cannot keep them; raise WithMaxIdle", len(keys), f.opts.maxIdle)
 	}
 	for _, p := range keys {
-		c, err := f.get(p.k, p.tls)
+		c, err := f.get(p.k, p.tls, nil)
 		if err != nil {
 			return fmt.Errorf("clientconn: WithPreconnect: %w", err)
 		}

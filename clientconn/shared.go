@@ -6,7 +6,10 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/status"
 )
 
 // key identifies what may share one connection.
@@ -29,6 +32,12 @@ type shared struct {
 	dead atomic.Bool
 	// lastErr is the most recent dial or handshake error, for WithWarmUp.
 	lastErr atomic.Pointer[connError]
+	// lastAddr is the address last dialled, for plaintextProbe.
+	lastAddr atomic.Pointer[string]
+	// reviveMu serialises revive, so calls failing together on a
+	// connection closed behind the Factory's back make one replacement.
+	// Lock order: reviveMu, then Factory.mu.
+	reviveMu sync.Mutex
 
 	sc        *serviceConfig // its document, held while the entry lives
 	pol       *policyState   // its tenant's breakers and limiters; nil without a policy
@@ -92,6 +101,14 @@ type generation struct {
 
 func newGeneration(cc *grpc.ClientConn, now time.Time) *generation {
 	return &generation{cc: cc, born: now, drained: make(chan struct{})}
+}
+
+// closedBehindOurBack reports, for a call on g that failed with err, a
+// generation whose *grpc.ClientConn is shut down although the Factory has
+// not retired it: someone closed Conn.ClientConn(). grpc fails calls on a
+// closed ClientConn with codes.Canceled; other errors cost nothing here.
+func (g *generation) closedBehindOurBack(err error) bool {
+	return status.Code(err) == codes.Canceled && !g.retired.Load() && g.cc.GetState() == connectivity.Shutdown
 }
 
 // release ends one call on g.

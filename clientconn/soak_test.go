@@ -141,7 +141,7 @@ func TestSoak(t *testing.T) {
 		clientconn.WithDrainTimeout(5*time.Second))
 	defer f.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	c, err := f.Get(ctx, target, clientconn.WithWaitForReady())
+	c, err := f.Get(ctx, target, clientconn.WithWarmUp())
 	cancel()
 	if err != nil {
 		t.Fatal(err)

@@ -53,7 +53,7 @@ func TestCanonicalTarget(t *testing.T) {
 }
 
 func FuzzCanonicalTarget(f *testing.F) {
-	for _, s := range []string{"h:1", "dns:///h", "passthrough:///x", "[::1]:2", "unix:/a", "%", "dns://a/b"} {
+	for _, s := range []string{"h:1", "dns:///h", "passthrough:///x", "[::1]:2", "unix:/a", "%", "dns://a/b", "DNS:///H:1", "dns://8.8.8.8:53/h", "[fe80::1%25eth0]:1", "dns:[fe80::1%lo]:2", "Unix:/a"} {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, in string) {

@@ -121,6 +121,10 @@
 // same directory, then rename it over the old one (a Kubernetes Secret
 // volume does this for you). See docs/fleet-identity.md.
 //
+// Changes and refusals of key, certificate and bundle files, and
+// revocations, are logged through grpclog (component
+// "grpcreuse-credentials"): refusals as warnings, changes at verbosity 2.
+//
 // # Concurrency and goroutines
 //
 // Everything here is safe for concurrent use. A SessionCache starts no

@@ -8,9 +8,13 @@ import (
 	"io"
 	"io/fs"
 	"os"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"google.golang.org/grpc/grpclog"
 )
 
 // Bounds and defaults of the file readers behind TicketKeyRotator (with
@@ -60,6 +64,11 @@ type fileSpec struct {
 	path  string
 	limit int64
 }
+
+// logger reports file changes and refusals (component
+// "grpcreuse-credentials"): refusals at warning level, changes at
+// verbosity 2; never per handshake.
+var logger = grpclog.Component("grpcreuse-credentials")
 
 // snapshot is one consistent reading of a reloader's files.
 type snapshot struct {
@@ -385,8 +394,8 @@ type fileStats struct {
 func (r *fileReader) note(err error, changed bool) {
 	r.statsMu.Lock()
 	defer r.statsMu.Unlock()
+	r.logChange(err, changed)
 	r.stats.readings++
-	r.stats.err = err
 	switch {
 	case err != nil:
 		r.stats.failures++
@@ -397,6 +406,31 @@ func (r *fileReader) note(err error, changed bool) {
 		r.stats.changes++
 		r.stats.lastChange = time.Now()
 	}
+}
+
+// logChange logs what operators act on, once per change of state rather
+// than once per poll: a file taken anew, a file refused (and why), and a
+// file good again after a refusal. Never per call; never key material.
+// Called with statsMu held.
+func (r *fileReader) logChange(err error, changed bool) {
+	prev := r.stats.err
+	r.stats.err = err
+	switch {
+	case err != nil && (prev == nil || prev.Error() != err.Error()):
+		logger.Warningf("%v (keeping the last good contents)", err)
+	case err == nil && prev != nil:
+		logger.Infof("%s readable again", r.names())
+	case err == nil && changed && logger.V(2):
+		logger.Infof("%s changed; new contents in use", r.names())
+	}
+}
+
+func (r *fileReader) names() string {
+	names := make([]string, len(r.specs))
+	for i, s := range r.specs {
+		names[i] = strconv.Quote(s.path)
+	}
+	return strings.Join(names, " and ")
 }
 
 func (r *fileReader) status() FileStatus {

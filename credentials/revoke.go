@@ -82,6 +82,7 @@ func (r *TicketKeyRotator) Revoke() error {
 	r.err = err
 	r.keys.Store(&keySet{keys: keys, gen: old.gen + 1})
 	r.mu.Unlock()
+	logger.Infof("ticket keys revoked: %d dropped, none of their tickets resumes again", len(old.keys))
 	if err != nil && (prev == nil || prev.Error() != err.Error()) {
 		r.onError(err)
 	}

@@ -305,7 +305,14 @@ func (c *Chain) stream(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.Clie
 	// grpc calls OnFinish exactly once when the stream ends, including a
 	// failed establishment; an error from an interceptor further in never
 	// reaches grpc, so a streamer error also finishes (once).
+	finished := false
+	defer func() {
+		if !finished { // streamer panicked: a failure, so a probe is never stuck and the slot is freed
+			e.panicked()
+		}
+	}()
 	cs, err := streamer(ctx, desc, cc, method, append(opts[:len(opts):len(opts)], grpc.OnFinish(e.finish))...)
+	finished = true
 	if err != nil {
 		e.finish(err)
 		return nil, err
@@ -332,6 +339,17 @@ func (e *streamEnd) finish(err error) {
 	}
 	e.free(clientOutcome(e.ctx, err)) // a stream's lifetime is not a service time: AIMD sees its status only
 	reportBreaker(e.tok, e.ctx, err)
+}
+
+// panicked accounts a stream whose establishment panicked further in, as
+// the unary path does: the slot is freed without moving AIMD, and the
+// breaker counts a failure.
+func (e *streamEnd) panicked() {
+	if !e.done.CompareAndSwap(false, true) {
+		return
+	}
+	e.free(outcomeIgnored)
+	e.tok.Done(context.Background(), errPanicked)
 }
 
 func (e *streamEnd) free(o outcome) {
@@ -376,12 +394,18 @@ const maxMemoMethods = 1024
 
 // match returns the index of the methodConfig entry for method, or -1.
 func (r *router) match(method string) int {
-	if m := r.memo.Load(); m != nil {
+	m := r.memo.Load()
+	if m != nil {
 		if i, ok := (*m)[method]; ok {
 			return i
 		}
 	}
 	i := r.resolve(method)
+	if m != nil && len(*m) >= maxMemoMethods {
+		// Full (a flood of method names fills it for good): resolve is
+		// two map lookups, so route without the lock.
+		return i
+	}
 	r.memoMu.Lock()
 	defer r.memoMu.Unlock()
 	old := r.memo.Load()

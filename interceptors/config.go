@@ -1,6 +1,7 @@
 package interceptors
 
 import (
+	"encoding/json"
 	"maps"
 	"math"
 	"slices"
@@ -162,7 +163,7 @@ type ShedderConfig struct {
 	// shed. 0 sends neither. Default 20ms.
 	Pushback time.Duration
 	// LogInterval is how often, at most, a one-line summary of what was
-	// shed is logged (grpclog, warning level, component "grpcreuse.interceptors"); a
+	// shed is logged (grpclog, warning level, component "grpcreuse-interceptors"); a
 	// summary is written only after something was shed, lazily by the next
 	// request. 0 never logs. Default 10s.
 	LogInterval time.Duration
@@ -296,4 +297,23 @@ func (c ShedderConfig) Validate() error {
 		return bad("logInterval", durJSON(c.LogInterval), "must not be negative")
 	}
 	return nil
+}
+
+// MarshalJSON writes c as the "concurrencyLimit" object of the grpcreuse
+// service-config policy: every field under its JSON name, durations as
+// proto-JSON strings, so parsing the result gives c back.
+func (c LimiterConfig) MarshalJSON() ([]byte, error) {
+	return json.Marshal(struct {
+		Scope            string  `json:"scope"`
+		Algorithm        string  `json:"algorithm"`
+		Limit            int     `json:"limit"`
+		MinLimit         int     `json:"minLimit"`
+		MaxLimit         int     `json:"maxLimit"`
+		BackoffRatio     float64 `json:"backoffRatio"`
+		LatencyThreshold string  `json:"latencyThreshold"`
+		MaxQueued        int     `json:"maxQueued"`
+		MaxWait          string  `json:"maxWait"`
+		MaxKeys          int     `json:"maxKeys"`
+	}{c.Scope.String(), c.Algorithm.String(), c.Limit, c.MinLimit, c.MaxLimit, c.BackoffRatio,
+		duration.String(c.LatencyThreshold), c.MaxQueued, duration.String(c.MaxWait), c.MaxKeys})
 }

@@ -57,6 +57,6 @@
 //
 // The package has no init. Everything is safe for concurrent use. It
 // starts no goroutines. A limiter falling to its minimum AIMD limit is
-// logged through grpclog (component "grpcreuse.interceptors") at
+// logged through grpclog (component "grpcreuse-interceptors") at
 // verbosity 2.
 package interceptors

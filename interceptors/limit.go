@@ -39,7 +39,7 @@ const (
 	ReasonLimit = "limit"
 )
 
-var logger = grpclog.Component("grpcreuse.interceptors")
+var logger = grpclog.Component("grpcreuse-interceptors")
 
 // outcome is what a finished call tells an adaptive limit.
 type outcome uint8

@@ -248,6 +248,35 @@ func (p *Policy) Validate() error {
 	return nil
 }
 
+// MarshalJSON writes p as the value of the "grpcreuse" key, every field
+// under its JSON name, so ParsePolicy of the result gives p back (nil
+// marshals as null).
+func (p *Policy) MarshalJSON() ([]byte, error) {
+	if p == nil {
+		return []byte("null"), nil
+	}
+	type nameJ struct {
+		Service string `json:"service,omitempty"`
+		Method  string `json:"method,omitempty"`
+	}
+	type entryJ struct {
+		Name             []nameJ         `json:"name"`
+		CircuitBreaker   *breaker.Config `json:"circuitBreaker,omitempty"`
+		ConcurrencyLimit *LimiterConfig  `json:"concurrencyLimit,omitempty"`
+	}
+	out := struct {
+		MethodConfig []entryJ `json:"methodConfig"`
+	}{MethodConfig: make([]entryJ, 0, len(p.MethodConfig))}
+	for _, e := range p.MethodConfig {
+		names := make([]nameJ, 0, len(e.Name))
+		for _, n := range e.Name {
+			names = append(names, nameJ(n))
+		}
+		out.MethodConfig = append(out.MethodConfig, entryJ{names, e.CircuitBreaker, e.ConcurrencyLimit})
+	}
+	return json.Marshal(out)
+}
+
 func nameJSON(n MethodName) string {
 	b, _ := json.Marshal(struct {
 		Service string `json:"service,omitempty"`

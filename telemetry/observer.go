@@ -41,6 +41,9 @@ const (
 	// EvictCapacity: more connections without handles were kept than allowed;
 	// the least recently used one went.
 	EvictCapacity = "capacity"
+	// EvictWarmUpFailed: a WithWarmUp Get failed and no other handle used
+	// the connection, so it was not kept (it may never connect).
+	EvictWarmUpFailed = "warm_up_failed"
 )
 
 // Reasons passed to PoolObserver.ConnClosed.
@@ -51,6 +54,9 @@ const (
 	CloseMaxAge = "max_age"
 	// CloseShutdown: the Factory was closed.
 	CloseShutdown = "shutdown"
+	// CloseExternal: the connection was closed behind the Factory's back
+	// (Conn.ClientConn().Close()) and replaced.
+	CloseExternal = "closed_externally"
 )
 
 // HandshakeObserver receives one event per connection attempt phase: the

@@ -388,9 +388,9 @@ func unary(ctx context.Context, cc grpc.ClientConnInterface) error {
 
 // listScheme targets list their addresses: "benchlist:///a:1,b:2,c:3"
 // resolves to three endpoints, for plain grpc-go and the Factory alike.
+// The builder is handed to each client (grpc.WithResolvers,
+// clientconn.WithResolvers), never registered globally.
 const listScheme = "benchlist"
-
-func init() { resolver.Register(listBuilder{}) }
 
 func listTarget(addrs ...string) string { return listScheme + ":///" + strings.Join(addrs, ",") }
 

@@ -45,7 +45,7 @@ func runSlowBackend(ctx context.Context, e *env) (*result, error) {
 	creds := grpc.WithTransportCredentials(insecure.NewCredentials())
 
 	plain := func(lb string) (*grpc.ClientConn, error) {
-		return grpc.NewClient(target, creds, grpc.WithDefaultServiceConfig(`{"loadBalancingConfig":[`+lb+`]}`))
+		return grpc.NewClient(target, creds, grpc.WithResolvers(listBuilder{}), grpc.WithDefaultServiceConfig(`{"loadBalancingConfig":[`+lb+`]}`))
 	}
 	rr, err := plain(`{"round_robin":{}}`)
 	if err != nil {
@@ -57,7 +57,7 @@ func runSlowBackend(ctx context.Context, e *env) (*result, error) {
 		return nil, err
 	}
 	defer lr.Close()
-	f, err := clientconn.New(clientconn.WithTransportCredentials(insecure.NewCredentials()),
+	f, err := clientconn.New(clientconn.WithTransportCredentials(insecure.NewCredentials()), clientconn.WithResolvers(listBuilder{}),
 		clientconn.WithServiceConfig(`{"loadBalancingConfig":[{"`+balancer.Name+`":{"maxSubchannelsPerEndpoint":8,"targetStreamsPerSubchannel":64}}]}`))
 	if err != nil {
 		return nil, err

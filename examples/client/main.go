@@ -204,7 +204,7 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 		fmt.Fprintln(stdout)
 	}
 	cs := sessions.Stats()
-	fmt.Fprintf(stdout, "client: done; TLS session cache: %d hits, %d misses, %d sessions held\n", cs.Hits, cs.Misses, cs.Len)
+	fmt.Fprintf(stdout, "client: done; TLS session cache: %d offered, %d resumed, %d misses, %d sessions held\n", cs.Offered, cs.Resumed, cs.Misses, cs.Len)
 	return nil
 }
 

@@ -362,7 +362,7 @@ func TestBadConfigNACKed(t *testing.T) {
 		wantErr string
 	}{
 		{"zero subchannels", policyForms[0], map[string]any{"subchannelsPerEndpoint": 0}, `"subchannelsPerEndpoint" is 0`},
-		{"unknown field", policyForms[1], map[string]any{"subchannelPerEndpoint": 3}, `unknown field "subchannelPerEndpoint"`},
+		{"unknown field", policyForms[1], map[string]any{"subchannelPerEndpoint": 3}, `"subchannelPerEndpoint" is not a known field; did you mean "subchannelsPerEndpoint"?`},
 		{"bad choice count under WrrLocality", policyForms[3], map[string]any{"choiceCount": 1}, `"choiceCount" is 1`},
 		// A round_robin entry after ours is no silent way out of a bad config.
 		{"not a whole number, round_robin listed after", policyForms[2], map[string]any{"subchannelsPerEndpoint": 2.5}, `"subchannelsPerEndpoint" is 2.5`},

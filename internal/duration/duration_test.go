@@ -1,48 +1,9 @@
 package duration
 
 import (
-	"strings"
 	"testing"
 	"time"
 )
-
-func TestFromJSON(t *testing.T) {
-	tests := []struct {
-		name    string
-		raw     string
-		want    time.Duration
-		wantErr string
-	}{
-		{name: "absent", raw: "", want: 7 * time.Second},
-		{name: "null", raw: "null", want: 7 * time.Second},
-		{name: "seconds", raw: `"30s"`, want: 30 * time.Second},
-		{name: "fraction", raw: `"0.25s"`, want: 250 * time.Millisecond},
-		{name: "nanos", raw: `"0.000000001s"`, want: time.Nanosecond},
-		{name: "zero", raw: `"0s"`, want: 0},
-		{name: "negative", raw: `"-1.5s"`, want: -1500 * time.Millisecond},
-		{name: "number", raw: `30`, wantErr: `"f" is 30; must be a duration string`},
-		{name: "no unit", raw: `"30"`, wantErr: `"f" is "30"; must be a duration string`},
-		{name: "go syntax", raw: `"1m"`, wantErr: `"f" is "1m"`},
-		{name: "garbage", raw: `"abc"`, wantErr: `"f" is "abc"`},
-		{name: "object", raw: `{}`, wantErr: `"f" is {}`},
-		{name: "too big", raw: `"9999999999999s"`, wantErr: `"f" is "9999999999999s"`},
-		{name: "long value clipped", raw: `"` + strings.Repeat("9", 100) + `"`, wantErr: `…; must be`},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			got, err := FromJSON("f", []byte(tt.raw), 7*time.Second)
-			if tt.wantErr != "" {
-				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
-					t.Fatalf("FromJSON(%s) error = %v, want containing %q", tt.raw, err, tt.wantErr)
-				}
-				return
-			}
-			if err != nil || got != tt.want {
-				t.Fatalf("FromJSON(%s) = %v, %v; want %v", tt.raw, got, err, tt.want)
-			}
-		})
-	}
-}
 
 func TestString(t *testing.T) {
 	for d, want := range map[time.Duration]string{30 * time.Second: "30s", 250 * time.Millisecond: "0.250s", 0: "0s"} {
@@ -50,16 +11,4 @@ func TestString(t *testing.T) {
 			t.Errorf("String(%v) = %q, want %q", d, got, want)
 		}
 	}
-}
-
-func FuzzFromJSON(f *testing.F) {
-	for _, s := range []string{`"1s"`, `"0.5s"`, `"-3s"`, `1`, `"x"`, `null`, `"315576000000s"`} {
-		f.Add(s)
-	}
-	f.Fuzz(func(t *testing.T, raw string) {
-		d, err := FromJSON("f", []byte(raw), time.Second)
-		if err == nil && d != time.Second && !strings.HasPrefix(strings.TrimSpace(raw), `"`) {
-			t.Fatalf("FromJSON(%q) accepted a non-string: %v", raw, d)
-		}
-	})
 }

@@ -19,8 +19,6 @@ import (
 	"strconv"
 	"strings"
 	"time"
-
-	"github.com/grpcreuse/grpcreuse/internal/duration"
 )
 
 // Error is the one field error of every parser: Field is the member's path
@@ -239,7 +237,7 @@ func (o *Object) Duration(name string, dst *time.Duration) error {
 	if !ok {
 		return nil
 	}
-	d, err := duration.FromJSON(o.join(name), r, *dst)
+	d, err := ParseDuration(o.join(name), r, *dst)
 	if err != nil {
 		return err
 	}

@@ -4,7 +4,26 @@ import (
 	"html/template"
 	"strconv"
 	"time"
+	"unicode/utf8"
 )
+
+// maxDocHTML is how much of a service config document the HTML page shows
+// per connection: documents are per-Get input, and the page refreshes
+// every 2 s. The JSON form carries them whole.
+const maxDocHTML = 4096
+
+// clipDoc shortens a document to maxDocHTML bytes (on a character
+// boundary) and says how long it is.
+func clipDoc(doc string) string {
+	if len(doc) <= maxDocHTML {
+		return doc
+	}
+	cut := maxDocHTML
+	for cut > 0 && !utf8.RuneStart(doc[cut]) {
+		cut--
+	}
+	return doc[:cut] + " … (" + strconv.Itoa(len(doc)) + " bytes in all; ?format=json has the whole document)"
+}
 
 // page is the HTML form of a Snapshot. Class names are stable hooks for
 // tests and for operators' scrapers.
@@ -12,6 +31,7 @@ var page = template.Must(template.New("debug").Funcs(template.FuncMap{
 	"ms":  func(d Duration) string { return time.Duration(d).Round(10 * time.Microsecond).String() },
 	"age": func(d Duration) string { return time.Duration(d).Round(time.Second).String() },
 	"pct": func(f float64) string { return strconv.FormatFloat(f*100, 'f', 1, 64) + "%" },
+	"doc": clipDoc,
 	"ts": func(t time.Time) string {
 		if t.IsZero() {
 			return "—"
@@ -27,7 +47,7 @@ td,th{border:1px solid #ccc;padding:3px 8px;text-align:left;vertical-align:top}t
 <h1>grpcreuse</h1><p>Generated {{ts .Generated}}; refreshes every 2 s. <a href="?format=json">JSON</a></p>
 <h2 id="connections">Shared connections ({{len .Connections}})</h2>
 <table><tr><th>target</th><th>tenant</th><th>handles</th><th>state</th><th>age</th><th>in flight</th><th>service config</th></tr>
-{{range .Connections}}<tr class="connection"><td>{{.Target}}</td><td>{{.Tenant}}</td><td>{{.Handles}}</td><td>{{.State}}</td><td>{{age .Age}}</td><td>{{.InFlight}}</td><td class="service-config">{{if .ServiceConfig}}<code>{{.ServiceConfig}}</code>{{else}}—{{end}}</td></tr>
+{{range .Connections}}<tr class="connection"><td>{{.Target}}</td><td>{{.Tenant}}</td><td>{{.Handles}}</td><td>{{.State}}</td><td>{{age .Age}}</td><td>{{.InFlight}}</td><td class="service-config">{{if .ServiceConfig}}<code>{{doc .ServiceConfig}}</code>{{else}}—{{end}}</td></tr>
 {{else}}<tr><td colspan="7">none</td></tr>{{end}}</table>
 <h2 id="endpoints">Endpoints ({{len .Endpoints}})</h2>
 <table><tr><th>target</th><th>endpoint</th><th>state</th><th>connections</th><th>in flight</th><th>EWMA latency</th><th>calls OK</th><th>calls failed</th><th>calls shed</th><th>ejected</th></tr>
