@@ -21,8 +21,21 @@ type gradient struct {
 	start      atomic.Int64 // its start, Shedder.now
 	baselineNs atomic.Int64 // 0 until the first window
 
-	mu    sync.Mutex // guards limit; held only by the window's closer
+	mu    sync.Mutex // guards limit and served; held only by the window's closer
 	limit float64
+	// served is the concurrency the server is known to serve without
+	// queueing: the mean number of calls in service (Little's law: the
+	// window's summed service time over its length) of the busiest window
+	// whose latency stayed within the tolerance of the baseline. The
+	// limit never shrinks below it: when latency rises with no more than
+	// that in flight, the server's CPU was taken (by other processes, or
+	// by the load's own cost), not queued for, and fewer admitted calls
+	// would only leave capacity idle. The peak in flight cannot stand in
+	// for it: a burst admitted at once makes a high peak while the
+	// window's first calls still finish fast. It decays by 1/256 a window
+	// while it holds the limit up, so a server that really lost capacity
+	// is followed in the end (halved in about 180 windows).
+	served float64
 }
 
 func newGradient(c ShedderConfig) *gradient {
@@ -52,6 +65,7 @@ func (g *gradient) sample(took time.Duration, cut bool, now, n int64) (int64, bo
 		return 0, false
 	}
 	sum, cnt, peak := g.sum.Swap(0), g.n.Swap(0), g.peak.Swap(0)
+	inService := float64(sum) / float64(max(now-g.start.Load(), 1))
 	g.start.Store(now)
 	if cnt == 0 {
 		return 0, false
@@ -75,11 +89,20 @@ func (g *gradient) sample(took time.Duration, cut bool, now, n int64) (int64, bo
 	switch ratio := g.tolerance * b / avg; {
 	case ratio < 0.9:
 		// Shrink from what was in use, not from a limit far above it (a
-		// limit of 100 with 16 calls in flight says nothing).
-		g.limit = math.Max(math.Min(g.limit, float64(peak))*math.Max(ratio, 0.5), g.min)
+		// limit of 100 with 16 calls in flight says nothing), and not
+		// below served.
+		next := math.Min(g.limit, float64(peak)) * math.Max(ratio, 0.5)
+		if next < g.served {
+			next = g.served
+			g.served -= g.served / 256
+		}
+		g.limit = math.Max(next, g.min)
 	case ratio >= 1 && float64(peak) >= g.limit/2:
+		g.served = math.Max(g.served, inService)
 		g.limit = math.Min(g.limit+math.Max(1, math.Sqrt(g.limit)/4), g.max)
-	} // between: a dead band against timing noise, the limit holds
+	default: // a dead band against timing noise: the limit holds
+		g.served = math.Max(g.served, inService)
+	}
 	if math.Round(g.limit) == math.Round(old) {
 		return 0, false
 	}

@@ -119,12 +119,16 @@ type ShedderConfig struct {
 	// the mean handler time is compared with the baseline (the lowest
 	// window mean, which follows slower windows by 1/256 per window); above
 	// Tolerance × baseline the limit shrinks to the window's peak in-flight
-	// count times the ratio (at most halving), otherwise it grows by
-	// max(1, √limit/4) while at least half the limit is in use. It starts at
-	// Limit and stays within MinLimit and MaxLimit. Calls cut short by
-	// their caller's deadline or cancellation are used only when they
-	// still took at least the baseline, so short client deadlines cannot
-	// move it. Default false; requires Algorithm Fixed.
+	// count times the ratio (at most halving), but never below the
+	// concurrency the server served at baseline latency (the mean calls in
+	// service of its busiest window within the tolerance, decaying by
+	// 1/256 per window while it holds the limit up), so latency that rises
+	// from a starved CPU rather than from queueing does not shrink it;
+	// otherwise it grows by max(1, √limit/4) while at least half the limit
+	// is in use. It starts at Limit and stays within MinLimit and MaxLimit.
+	// Calls cut short by their caller's deadline or cancellation are used
+	// only when they still took at least the baseline, so short client
+	// deadlines cannot move it. Default false; requires Algorithm Fixed.
 	Adaptive bool
 	// Tolerance is how much slower than the baseline a window may be
 	// before the adaptive limit shrinks; at least 1. Default 1.25 (Envoy's

@@ -524,14 +524,24 @@ func (s *Shedder) UnaryServerInterceptor() grpc.UnaryServerInterceptor {
 		}()
 		resp, err := handler(ctx, req)
 		released = true
-		s.doneUnary(ctx, st, err, time.Since(start))
+		end := time.Now()
+		s.doneUnary(ctx, st, err, end.Sub(start), end)
 		return resp, err
 	}
 }
 
-// doneUnary measures an admitted unary call and releases its slot.
-func (s *Shedder) doneUnary(ctx context.Context, st *serviceTime, err error, took time.Duration) {
-	cut := ctx.Err() != nil // the caller's deadline or cancellation ended it
+// doneUnary measures an admitted unary call that ended at end and
+// releases its slot.
+func (s *Shedder) doneUnary(ctx context.Context, st *serviceTime, err error, took time.Duration, end time.Time) {
+	// The caller's deadline or cancellation ended it, or it ran past its
+	// deadline: on a starved CPU the deadline's timer fires late, and a
+	// call that outlived its caller must not teach the service time (an
+	// estimate above the deadlines callers send would shed their calls
+	// after the overload, until it decays).
+	cut := ctx.Err() != nil
+	if dl, ok := ctx.Deadline(); ok && !cut && !end.Before(dl) {
+		cut = true
+	}
 	if err == nil && !cut {
 		st.observe(took)
 	}

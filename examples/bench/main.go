@@ -23,7 +23,9 @@
 //	tls          full vs resumed handshakes (ECDSA P-256 / RSA-2048, TLS 1.3 / 1.2),
 //	             and the resumption rate of three backends behind one name
 //	chain        the client interceptor chain's cost per unary call (bufconn)
-//	overload     4× a server's capacity without and with load shedding
+//	overload     4× and 10× a server's capacity without and with load shedding, twice:
+//	             in-process, and isolated (the server in a child process pinned to
+//	             one CPU, the callers on another; Linux, 2 CPUs)
 package main
 
 import (
@@ -44,6 +46,9 @@ import (
 )
 
 func main() {
+	if spec := os.Getenv(overloadChildEnv); spec != "" { // the isolated overload scenario's server
+		os.Exit(overloadChild(spec))
+	}
 	var cfg config
 	var names string
 	flag.IntVar(&cfg.rounds, "rounds", 3, "rounds per scenario; the table shows medians over rounds")

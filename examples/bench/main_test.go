@@ -15,6 +15,16 @@ import (
 	"github.com/grpcreuse/grpcreuse/internal/leakcheck"
 )
 
+// TestMain lets the test binary be the isolated overload scenario's
+// server, as the bench binary is (the scenario re-executes its own
+// binary).
+func TestMain(m *testing.M) {
+	if spec := os.Getenv(overloadChildEnv); spec != "" {
+		os.Exit(overloadChild(spec))
+	}
+	os.Exit(m.Run())
+}
+
 // TestQuickRun runs every scenario once with -quick sizes and checks the
 // table: every scenario has its rows, every row has all seven cells and a
 // result, none is an error, the targets are counted, and the SVG chart is

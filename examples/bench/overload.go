@@ -4,16 +4,120 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
 
 	"github.com/grpcreuse/grpcreuse/interceptors"
 )
+
+// The overload scenario's server and callers.
+const (
+	overloadSlots    = 4                    // calls the server works on at once
+	overloadWork     = 2 * time.Millisecond // each call's work
+	overloadDeadline = 5 * time.Millisecond // the callers' deadline
+	overloadBackoff  = time.Millisecond     // a caller's wait after a failure
+)
+
+// overloadStats is what an overload server reports about itself.
+type overloadStats struct {
+	busy, works int64 // nanoseconds the slots spent working; calls worked on
+	inFlight    int64 // calls in the handler (waiting for a slot or working)
+	limit       int64 // the Shedder's in-flight limit; 0 without a Shedder
+	// calls the Shedder shed because their deadline was shorter than the
+	// method's recent service time, and at its in-flight limit
+	shedDeadline, shedLimit int64
+	// requests holding one of the Shedder's slots (admitted by its tap,
+	// perhaps not yet in the handler), and every shed so far
+	shedInFlight, shedTotal int64
+}
+
+// overloadTarget is an overload server, in this process or in a child.
+type overloadTarget interface {
+	addr() string
+	stats() (overloadStats, error)
+	stop()
+}
+
+// overloadServer is the overload scenario's server: overloadSlots slots,
+// overloadWork of work each, behind the side's admission (kind).
+type overloadServer struct {
+	b        *backend
+	shed     *interceptors.Shedder // nil for the sides without one
+	inFlight atomic.Int64
+	busy     atomic.Int64
+	works    atomic.Int64
+}
+
+// startLocalServer starts kind's server in this process.
+func startLocalServer(kind string) (*overloadServer, error) {
+	s := &overloadServer{}
+	cpu := make(chan struct{}, overloadSlots)
+	handler := func(context.Context) error {
+		s.inFlight.Add(1)
+		defer s.inFlight.Add(-1)
+		cpu <- struct{}{} // wait for a slot, as a busy server does
+		w0 := time.Now()
+		t := time.NewTimer(overloadWork)
+		<-t.C // the work, done whether or not the caller still waits
+		s.busy.Add(int64(time.Since(w0)))
+		s.works.Add(1)
+		<-cpu
+		return nil
+	}
+	var opts []grpc.ServerOption
+	switch kind {
+	case "none":
+	case "fixed", "adaptive":
+		cfg := interceptors.DefaultShedderConfig()
+		if kind == "fixed" {
+			cfg.Limit = overloadSlots
+		} else {
+			cfg.Adaptive = true
+		}
+		sh, err := interceptors.NewShedder(interceptors.WithShedderConfig(cfg))
+		if err != nil {
+			return nil, err
+		}
+		s.shed = sh
+		opts = append(opts, sh.ServerOptions()...)
+	case "failsafe", "failsafe-tuned":
+		opts = failsafeServerOptions(kind == "failsafe-tuned")
+	default:
+		return nil, fmt.Errorf("overload: unknown side %q", kind)
+	}
+	b, err := startBackend(nil, handler, opts...)
+	if err != nil {
+		return nil, err
+	}
+	s.b = b
+	return s, nil
+}
+
+func (s *overloadServer) addr() string { return s.b.addr }
+
+func (s *overloadServer) stats() (overloadStats, error) {
+	st := overloadStats{busy: s.busy.Load(), works: s.works.Load(), inFlight: s.inFlight.Load()}
+	if s.shed != nil {
+		snap := s.shed.Snapshot()
+		st.limit = int64(snap.Limit)
+		st.shedDeadline, st.shedLimit = snap.Shed[interceptors.ReasonDeadline], snap.Shed[interceptors.ReasonLimit]
+		st.shedInFlight = int64(snap.InFlight)
+		for _, n := range snap.Shed {
+			st.shedTotal += n
+		}
+	}
+	return st, nil
+}
+
+func (s *overloadServer) stop() { s.b.stop() }
 
 // runOverload: a server that can work on 4 calls at once, 2 ms each,
 // offered about 4× and 10× its capacity by 16 and 40 closed-loop callers
@@ -38,76 +142,56 @@ import (
 // state); one caller alone runs before the overload (the unloaded p99 and
 // work time) and after it (does the server admit calls again once the
 // overload is over?).
+//
+// Each side runs in two modes, in the same run. In-process, callers and
+// server share this process and both cores, as they always did: the
+// spinning callers delay the server's wake-ups, and that loss counts
+// against the Shedder. Isolated, the server runs in a child process (this
+// binary re-executed, see overload_isolated.go) pinned to one CPU with
+// GOMAXPROCS 1 and the callers are pinned to the other, as in a fleet,
+// where clients do not share the server's CPU; capacity is measured the
+// same way, on the child.
 func runOverload(ctx context.Context, e *env) (*result, error) {
-	const slots, work = 4, 2 * time.Millisecond
-	const deadline, backoff = 5 * time.Millisecond, time.Millisecond
-
-	type server struct {
-		b        *backend
-		cc       *grpc.ClientConn
-		inFlight atomic.Int64
-		busy     atomic.Int64 // nanoseconds the slots spent working
-		works    atomic.Int64 // calls worked on
-	}
+	// isolated runs the same sides with the server in a child process (see
+	// overload_isolated.go), or says why it cannot.
+	clientCPU, serverCPU, whyNot := isolatedCPUs()
 	// workTime starts a measurement: the function it returns reports the
 	// mean time the work took since workTime was called.
-	workTime := func(s *server) func() time.Duration {
-		busy0, works0 := s.busy.Load(), s.works.Load()
-		return func() time.Duration {
-			return time.Duration(s.busy.Load()-busy0) / time.Duration(max(s.works.Load()-works0, 1))
-		}
-	}
-	start := func(kind string) (*server, error) {
-		s := &server{}
-		cpu := make(chan struct{}, slots)
-		handler := func(context.Context) error {
-			s.inFlight.Add(1)
-			defer s.inFlight.Add(-1)
-			cpu <- struct{}{} // wait for a slot, as a busy server does
-			w0 := time.Now()
-			t := time.NewTimer(work)
-			<-t.C // the work, done whether or not the caller still waits
-			s.busy.Add(int64(time.Since(w0)))
-			s.works.Add(1)
-			<-cpu
-			return nil
-		}
-		var opts []grpc.ServerOption
-		switch kind {
-		case "fixed":
-			cfg := interceptors.DefaultShedderConfig()
-			cfg.Limit = slots
-			sh, err := interceptors.NewShedder(interceptors.WithShedderConfig(cfg))
-			if err != nil {
-				return nil, err
-			}
-			opts = append(opts, sh.ServerOptions()...)
-		case "adaptive":
-			cfg := interceptors.DefaultShedderConfig()
-			cfg.Adaptive = true
-			sh, err := interceptors.NewShedder(interceptors.WithShedderConfig(cfg))
-			if err != nil {
-				return nil, err
-			}
-			opts = append(opts, sh.ServerOptions()...)
-		case "failsafe", "failsafe-tuned":
-			opts = failsafeServerOptions(kind == "failsafe-tuned")
-		}
-		dopts := []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}
-		b, err := startBackend(nil, handler, opts...)
+	workTime := func(t overloadTarget) (func() (time.Duration, error), error) {
+		s0, err := t.stats()
 		if err != nil {
 			return nil, err
 		}
-		s.b = b
-		if s.cc, err = grpc.NewClient(b.addr, dopts...); err != nil {
-			b.stop()
-			return nil, err
+		return func() (time.Duration, error) {
+			s1, err := t.stats()
+			if err != nil {
+				return 0, err
+			}
+			return time.Duration(s1.busy-s0.busy) / time.Duration(max(s1.works-s0.works, 1)), nil
+		}, nil
+	}
+	start := func(kind string, isolated bool) (overloadTarget, *grpc.ClientConn, error) {
+		var t overloadTarget
+		var err error
+		if isolated {
+			t, err = startChildServer(kind, serverCPU)
+		} else {
+			t, err = startLocalServer(kind)
 		}
-		return s, nil
+		if err != nil {
+			return nil, nil, err
+		}
+		cc, err := grpc.NewClient(t.addr(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+		if err != nil {
+			t.stop()
+			return nil, nil, err
+		}
+		return t, cc, nil
 	}
 	// load runs n closed-loop callers for d and returns the latencies of
 	// the calls that succeeded and how many calls were made.
-	load := func(ctx context.Context, s *server, n int, d time.Duration) (ok []time.Duration, total int, elapsed time.Duration) {
+	load := func(ctx context.Context, cc *grpc.ClientConn, n int, d time.Duration) (ok []time.Duration, total int, elapsed time.Duration, fails map[codes.Code]int) {
+		fails = map[codes.Code]int{}
 		var mu sync.Mutex
 		var wg sync.WaitGroup
 		t0 := time.Now()
@@ -118,10 +202,11 @@ func runOverload(ctx context.Context, e *env) (*result, error) {
 				defer wg.Done()
 				var mine []time.Duration
 				calls := 0
+				myFails := map[codes.Code]int{}
 				for ctx.Err() == nil && time.Now().Before(stopAt) {
-					cctx, cancel := context.WithTimeout(ctx, deadline)
+					cctx, cancel := context.WithTimeout(ctx, overloadDeadline)
 					c0 := time.Now()
-					err := unary(cctx, s.cc)
+					err := unary(cctx, cc)
 					lat := time.Since(c0)
 					cancel()
 					calls++
@@ -129,65 +214,129 @@ func runOverload(ctx context.Context, e *env) (*result, error) {
 						mine = append(mine, lat)
 						continue
 					}
-					t := time.NewTimer(backoff) // the caller backs off after a failure
+					myFails[status.Code(err)]++
+					t := time.NewTimer(overloadBackoff) // the caller backs off after a failure
 					<-t.C
 				}
 				mu.Lock()
 				ok = append(ok, mine...)
 				total += calls
+				for c, k := range myFails {
+					fails[c] += k
+				}
 				mu.Unlock()
 			}()
 		}
 		wg.Wait()
-		return ok, total, time.Since(t0)
+		return ok, total, time.Since(t0), fails
 	}
-	// drain waits until the server finished the work queued by a run, so
-	// the next run does not inherit it.
-	drain := func(s *server) error {
+	// drain waits until the server is quiet after a run, so the next run
+	// does not inherit it: no call in the handler, none holding a
+	// Shedder's slot, and nothing worked on or shed between two polls 2 ms
+	// apart (the overload's last requests, sent before its callers
+	// stopped, may still be in the connection's buffers: until they are
+	// read, the overload is not over).
+	drain := func(t overloadTarget) error {
 		limit := time.Now().Add(e.maxDrive)
-		for s.inFlight.Load() > 0 {
+		var prev overloadStats
+		for i := 0; ; i++ {
+			st, err := t.stats()
+			if err != nil {
+				return err
+			}
+			if i > 0 && st.inFlight == 0 && st.shedInFlight == 0 && st.works == prev.works && st.shedTotal == prev.shedTotal {
+				return nil
+			}
 			if time.Now().After(limit) {
 				return errors.New("server still busy after the run")
 			}
-			time.Sleep(time.Millisecond)
+			prev = st
+			time.Sleep(2 * time.Millisecond) // polling the server for quiet, not synchronising with it
 		}
-		return nil
 	}
 	// measure runs one overload episode on a fresh server: warm-up (the
 	// connection, and the Shedder's service-time average), one caller
 	// alone (unloaded p99 and work time), the overload, the drain of what
 	// the server queued, and one caller alone again, to see whether the
-	// server admits calls once the overload is over.
-	measure := func(kind string, callers int) func(context.Context) (sample, error) {
-		return func(ctx context.Context) (sample, error) {
-			s, err := start(kind)
+	// server admits calls once the overload is over. Isolated, the callers
+	// run pinned to their own CPU with GOMAXPROCS 1 for the episode.
+	measure := func(kind string, callers int, isolated bool) func(context.Context) (sample, error) {
+		return func(ctx context.Context) (smp sample, err error) {
+			if isolated {
+				restore, err := pinProcess(clientCPU)
+				if err != nil {
+					return sample{}, err
+				}
+				prev := runtime.GOMAXPROCS(1)
+				defer func() { runtime.GOMAXPROCS(prev); restore() }()
+			}
+			t, cc, err := start(kind, isolated)
 			if err != nil {
 				return sample{}, err
 			}
-			defer func() { s.cc.Close(); s.b.stop() }()
-			load(ctx, s, 1, 50*time.Millisecond)
-			since := workTime(s)
-			idle, _, _ := load(ctx, s, 1, e.unloadedFor)
+			defer func() { cc.Close(); t.stop() }()
+			load(ctx, cc, 1, 50*time.Millisecond)
+			since, err := workTime(t)
+			if err != nil {
+				return sample{}, err
+			}
+			idle, _, _, _ := load(ctx, cc, 1, e.unloadedFor)
 			if len(idle) == 0 {
 				return sample{}, errors.New("no call succeeded unloaded")
 			}
-			unloadedWork := since()
-			_, idle99 := percentiles(idle)
-			since = workTime(s)
-			ok, total, elapsed := load(ctx, s, callers, e.overloadFor)
-			loadedWork := since()
-			if err := drain(s); err != nil {
+			unloadedWork, err := since()
+			if err != nil {
 				return sample{}, err
 			}
-			after, afterTotal, _ := load(ctx, s, 1, e.unloadedFor)
-			m := map[string]float64{
-				"goodput": float64(len(ok)) / elapsed.Seconds(),
-				"work":    float64(unloadedWork) / float64(time.Millisecond),
-				"loaded":  float64(loadedWork) / float64(time.Millisecond),
-				"okpct":   100 * float64(len(ok)) / float64(max(total, 1)),
-				"idle99":  idle99,
-				"after":   100 * float64(len(after)) / float64(max(afterTotal, 1)),
+			_, idle99 := percentiles(idle)
+			if since, err = workTime(t); err != nil {
+				return sample{}, err
 			}
+			w0, err := t.stats()
+			if err != nil {
+				return sample{}, err
+			}
+			ok, total, elapsed, _ := load(ctx, cc, callers, e.overloadFor)
+			loadedWork, err := since()
+			if err != nil {
+				return sample{}, err
+			}
+			st, err := t.stats()
+			if err != nil {
+				return sample{}, err
+			}
+			if err := drain(t); err != nil {
+				return sample{}, err
+			}
+			drained, err := t.stats()
+			if err != nil {
+				return sample{}, err
+			}
+			after, afterTotal, _, afterFails := load(ctx, cc, 1, e.unloadedFor)
+			end, err := t.stats()
+			if err != nil {
+				return sample{}, err
+			}
+			m := map[string]float64{
+				"goodput":    float64(len(ok)) / elapsed.Seconds(),
+				"work":       float64(unloadedWork) / float64(time.Millisecond),
+				"loaded":     float64(loadedWork) / float64(time.Millisecond),
+				"okpct":      100 * float64(len(ok)) / float64(max(total, 1)),
+				"idle99":     idle99,
+				"after":      100 * float64(len(after)) / float64(max(afterTotal, 1)),
+				"limit":      float64(st.limit), // the Shedder's limit at the overload's end
+				"limitAfter": float64(end.limit),
+				// calls the server worked on during the overload, per second
+				"workrate": float64(st.works-w0.works) / elapsed.Seconds(),
+			}
+			for c, k := range afterFails {
+				m["after "+c.String()] = float64(k)
+			}
+			m["after shed deadline"] = float64(end.shedDeadline - drained.shedDeadline)
+			m["after shed limit"] = float64(end.shedLimit - drained.shedLimit)
+			e.logf("overload %s, %d callers, isolated %v: goodput %.0f/s, server worked %.0f/s, limit at end %d; after: %d of %d OK, failures %v, shed for deadline %d, at the limit %d",
+				kind, callers, isolated, m["goodput"], m["workrate"], st.limit, len(after), afterTotal, afterFails,
+				end.shedDeadline-drained.shedDeadline, end.shedLimit-drained.shedLimit)
 			if len(ok) > 0 {
 				_, m["p99"] = percentiles(ok)
 			}
@@ -206,28 +355,63 @@ func runOverload(ctx context.Context, e *env) (*result, error) {
 		callers int
 		target  float64 // goodput, % of capacity
 	}{{"4×", 16, 90}, {"10×", 40, 85}}
+	modes := []struct {
+		prefix   string // of the side names
+		isolated bool
+		title    string
+	}{
+		{"", false, "6. Overload, in-process (clients and server share both cores): 4-slot server, 2 ms work, 16 (4×) and 40 (10×) callers, 5 ms deadlines"},
+		{"isolated ", true, fmt.Sprintf("6. Overload, isolated (server in a child process on CPU %d, GOMAXPROCS 1; callers on CPU %d): same server, sides and load", serverCPU, clientCPU)},
+	}
+	if whyNot != "" {
+		modes = modes[:1]
+	}
 	var sides []side
-	for _, l := range loads {
-		for _, k := range kinds {
-			sides = append(sides, side{name: l.label + " " + k.name, toolkit: k.kind == "fixed" || k.kind == "adaptive",
-				measure: measure(k.kind, l.callers)})
+	for _, md := range modes {
+		for _, l := range loads {
+			for _, k := range kinds {
+				sides = append(sides, side{name: md.prefix + l.label + " " + k.name, toolkit: k.kind == "fixed" || k.kind == "adaptive",
+					measure: measure(k.kind, l.callers, md.isolated)})
+			}
 		}
 	}
 	res, err := runRounds(ctx, e, sides)
 	if err != nil {
 		return nil, err
 	}
-	const title = "6. Overload: 4-slot server, 2 ms work, 16 (4×) and 40 (10×) callers, 5 ms deadlines"
+	var rows []row
+	for _, md := range modes {
+		rows = append(rows, overloadRows(res, md.title, md.prefix, kinds, loads)...)
+	}
+	if whyNot != "" {
+		rows = append(rows, row{"6. Overload, isolated", "server in a child process on its own CPU", "—", "not run: " + whyNot, "—", "—", "—"})
+	}
+	// The chart shows three of the in-process 4× sides: no shedding and
+	// the two Shedders (failsafe-go's defaults may admit no call at all,
+	// and the chart keeps a fixed count of sides).
+	chart := []side{sides[0], sides[1], sides[2]}
+	return &result{rows: rows, dists: distsOf("overload (admitted calls)", res, chart)}, nil
+}
+
+// overloadRows are one mode's rows: goodput, admitted p99, the work's
+// time and the calls OK after the overload, for each load.
+func overloadRows(res measurements, title, prefix string, kinds []struct{ kind, name string }, loads []struct {
+	label   string
+	callers int
+	target  float64
+}) []row {
 	// The unloaded work time is a property of the server, measured on
 	// every side's fresh one: capacity comes from its median over all
-	// sides and rounds.
+	// sides and rounds of this mode.
 	var works []float64
-	for _, sd := range sides {
-		for _, smp := range res[sd.name] {
-			works = append(works, smp.m["work"])
+	for _, l := range loads {
+		for _, k := range kinds {
+			for _, smp := range res[prefix+l.label+" "+k.name] {
+				works = append(works, smp.m["work"])
+			}
 		}
 	}
-	capacity := slots / (median(works) / 1000) // work is in ms
+	capacity := overloadSlots / (median(works) / 1000) // work is in ms
 	share := func(n string) float64 { return 100 * res.median(n, "goodput") / capacity }
 	goodput := func(n string) string {
 		return fmt.Sprintf("%s (%.0f%% of capacity, %.1f%% of calls OK)", fmtRate(res.median(n, "goodput")), share(n), res.median(n, "okpct"))
@@ -240,42 +424,72 @@ func runOverload(ctx context.Context, e *env) (*result, error) {
 	}
 	p99x := func(n string) float64 { return ratio(res.median(n, "p99"), res.median(n, "idle99")) }
 	p99ok := func(n string) bool { return len(res.latencies(n)) > 0 && p99x(n) <= 2 }
+	// sum adds metric m of side n over all rounds.
+	sum := func(n, m string) float64 {
+		t := 0.0
+		for _, smp := range res[n] {
+			t += smp.m[m]
+		}
+		return t
+	}
+	// afterFails lists the failed calls after the overload by code, over
+	// all rounds: a DeadlineExceeded there is a call the server admitted
+	// that did not finish in 5 ms (every side has them on a loaded
+	// machine), a ResourceExhausted a call it refused.
+	afterFails := func(n string) string {
+		var parts []string
+		for _, c := range []codes.Code{codes.DeadlineExceeded, codes.ResourceExhausted, codes.Unavailable} {
+			if k := sum(n, "after "+c.String()); k > 0 {
+				parts = append(parts, fmt.Sprintf("%s %.0f", c, k))
+			}
+		}
+		if len(parts) == 0 {
+			return ""
+		}
+		return " (failed: " + strings.Join(parts, ", ") + ")"
+	}
 	var rows []row
 	for _, l := range loads {
-		plain, fx, ad, fs := l.label+" "+kinds[0].name, l.label+" "+kinds[1].name, l.label+" "+kinds[2].name, l.label+" "+kinds[3].name
-		ft := l.label + " " + kinds[4].name
+		name := func(i int) string { return prefix + l.label + " " + kinds[i].name }
+		plain, fx, ad, fs, ft := name(0), name(1), name(2), name(3), name(4)
 		if res.median(ft, "goodput") > res.median(fs, "goodput") {
 			fs, ft = ft, fs // compare with failsafe-go's better side
 		}
+		short := func(n string) string { return strings.TrimPrefix(n, prefix+l.label+" ") }
 		rows = append(rows,
 			row{title, fmt.Sprintf("%s goodput (OK calls/s; capacity %s = 4 slots / %.2f ms measured work)", l.label, fmtRate(capacity), median(works)),
 				goodput(plain),
-				fmt.Sprintf("fixed 4: %s; adaptive: %s; %s: %s; %s: %s", goodput(fx), goodput(ad),
-					strings.TrimPrefix(fs, l.label+" "), goodput(fs), strings.TrimPrefix(ft, l.label+" "), goodput(ft)),
+				fmt.Sprintf("fixed 4: %s; adaptive: %s (limit at the end %.0f); %s: %s; %s: %s", goodput(fx), goodput(ad), res.median(ad, "limit"),
+					short(fs), goodput(fs), short(ft), goodput(ft)),
 				fmt.Sprintf("fixed %s, adaptive %s vs failsafe-go", fmtX(ratio(res.median(fx, "goodput"), res.median(fs, "goodput"))),
 					fmtX(ratio(res.median(ad, "goodput"), res.median(fs, "goodput")))),
 				fmt.Sprintf("≥ %.0f%% of capacity, ahead of failsafe-go", l.target),
-				verdict(share(fx) >= l.target && share(ad) >= l.target && res.median(ad, "goodput") >= res.median(fs, "goodput"),
+				verdict(share(fx) >= l.target && share(ad) >= l.target && res.median(ad, "goodput") >= res.median(fs, "goodput") &&
+					res.median(fx, "goodput") >= res.median(fs, "goodput"),
 					fmt.Sprintf("fixed %.0f%%, adaptive %.0f%%, failsafe-go %.0f%%", share(fx), share(ad), share(fs)))},
 			row{title, l.label + " admitted p99 (unloaded p99)", p99(plain),
 				fmt.Sprintf("fixed 4: %s; adaptive: %s; failsafe-go (better side): %s", p99(fx), p99(ad), p99(fs)),
 				fmt.Sprintf("%s; %s; %s unloaded", fmtX(p99x(fx)), fmtX(p99x(ad)), fmtX(p99x(fs))), "≤ 2× the unloaded p99 (Shedder)",
-				verdict(p99ok(fx) && p99ok(ad), "")},
-			row{title, l.label + " time the 2 ms work took: one caller alone → under the overload",
-				fmt.Sprintf("%.2f ms → %.2f ms", res.median(plain, "work"), res.median(plain, "loaded")),
-				fmt.Sprintf("fixed 4: %.2f → %.2f ms; adaptive: %.2f → %.2f ms; failsafe-go (better side): %.2f → %.2f ms",
-					res.median(fx, "work"), res.median(fx, "loaded"), res.median(ad, "work"), res.median(ad, "loaded"),
-					res.median(fs, "work"), res.median(fs, "loaded")),
+				verdict(p99ok(fx) && p99ok(ad), fmt.Sprintf("fixed %s, adaptive %s", fmtX(p99x(fx)), fmtX(p99x(ad))))},
+			row{title, l.label + " time the 2 ms work took: one caller alone → under the overload; calls worked on per second under it",
+				fmt.Sprintf("%.2f ms → %.2f ms; %s", res.median(plain, "work"), res.median(plain, "loaded"), fmtRate(res.median(plain, "workrate"))),
+				fmt.Sprintf("fixed 4: %.2f → %.2f ms, %s; adaptive: %.2f → %.2f ms, %s; failsafe-go (better side): %.2f → %.2f ms, %s",
+					res.median(fx, "work"), res.median(fx, "loaded"), fmtRate(res.median(fx, "workrate")),
+					res.median(ad, "work"), res.median(ad, "loaded"), fmtRate(res.median(ad, "workrate")),
+					res.median(fs, "work"), res.median(fs, "loaded"), fmtRate(res.median(fs, "workrate"))),
 				"—", "—", "—"},
 			row{title, l.label + " after the overload: unloaded calls OK (one caller)",
-				fmt.Sprintf("%.1f%%", res.median(plain, "after")),
-				fmt.Sprintf("fixed 4: %.1f%%; adaptive: %.1f%%; failsafe-go (better side): %.1f%%", res.median(fx, "after"), res.median(ad, "after"), res.median(fs, "after")),
-				"—", "100%", verdict(res.median(fx, "after") == 100 && res.median(ad, "after") == 100, "")},
+				fmt.Sprintf("%.1f%%%s", res.median(plain, "after"), afterFails(plain)),
+				fmt.Sprintf("fixed 4: %.1f%%%s; adaptive: %.1f%%%s (limit %.0f); failsafe-go (better side): %.1f%%%s", res.median(fx, "after"), afterFails(fx),
+					res.median(ad, "after"), afterFails(ad), res.median(ad, "limitAfter"), res.median(fs, "after"), afterFails(fs)),
+				"—", "100%", verdict(res.median(fx, "after") == 100 && res.median(ad, "after") == 100,
+					fmt.Sprintf("fixed %.1f%%, adaptive %.1f%%", res.median(fx, "after"), res.median(ad, "after")))},
+			row{title, l.label + " after the overload: unloaded calls refused (ResourceExhausted, all rounds)",
+				fmt.Sprintf("%.0f", sum(plain, "after ResourceExhausted")),
+				fmt.Sprintf("fixed 4: %.0f; adaptive: %.0f; failsafe-go (better side): %.0f", sum(fx, "after ResourceExhausted"),
+					sum(ad, "after ResourceExhausted"), sum(fs, "after ResourceExhausted")),
+				"—", "0 (Shedder)", verdict(sum(fx, "after ResourceExhausted") == 0 && sum(ad, "after ResourceExhausted") == 0, "")},
 		)
 	}
-	// The chart shows three of the 4× sides: no shedding and the two
-	// Shedders (failsafe-go's defaults may admit no call at all, and the
-	// chart keeps a fixed count of sides).
-	chart := []side{sides[0], sides[1], sides[2]}
-	return &result{rows: rows, dists: distsOf("overload (admitted calls)", res, chart)}, nil
+	return rows
 }

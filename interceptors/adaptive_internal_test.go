@@ -1,0 +1,122 @@
+package interceptors
+
+import (
+	"context"
+	"math"
+	"testing"
+	"time"
+)
+
+// TestGradientStarvationFloor drives the adaptive limit window by window
+// with made-up service times (no clock, no timing): a 4-slot server whose
+// work takes 2 ms, queueing beyond 4 in flight. An overload of 40 callers
+// shrinks the limit to about the slots, and a burst admitted at once (40
+// in flight while the first calls still end at the baseline) must not
+// lift it (the concurrency served is the calls in service, not the peak
+// in flight); then the work itself slows to
+// 4 ms with no more calls in flight (the CPU is taken): the limit must
+// stay at the concurrency the server served at baseline latency, and come
+// down only slowly if the slowness lasts (a server that really lost
+// capacity).
+func TestGradientStarvationFloor(t *testing.T) {
+	cfg := DefaultShedderConfig()
+	cfg.Adaptive = true
+	win := int64(cfg.Window)
+	for _, tc := range []struct {
+		name             string
+		slowWindows      int
+		wantMin, wantMax int64
+	}{
+		{"a short starvation keeps the served concurrency", 40, 4, 8},
+		{"a lasting one is followed down", 600, 1, 2},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			g := newGradient(cfg)
+			now := int64(0)
+			limit := int64(cfg.Limit)
+			// window is one window of n calls in flight on 4 slots whose
+			// work takes work: each call takes work × max(1, n/4), and
+			// min(n, 4)/work calls end per unit of time.
+			window := func(work time.Duration, n int64) {
+				now += win
+				took := time.Duration(float64(work) * math.Max(1, float64(n)/4))
+				calls := max(int(float64(min(n, 4))*float64(win)/float64(work)), cfg.MinSamples)
+				for range calls {
+					if l, moved := g.sample(took, false, now, n); moved {
+						limit = l
+					}
+				}
+			}
+			window(2*time.Millisecond, 1) // unloaded: the baseline
+			for range 40 {                // the overload: 40 callers
+				window(2*time.Millisecond, min(limit, 40))
+			}
+			// A burst admitted at once: a window with 40 in flight whose
+			// calls, the first to get a slot, end at the baseline (the
+			// first sample closes the window before).
+			for range 2 {
+				now += win
+				for range 50 {
+					if l, moved := g.sample(2*time.Millisecond, false, now, 40); moved {
+						limit = l
+					}
+				}
+			}
+			for range 40 {
+				window(2*time.Millisecond, min(limit, 40))
+			}
+			if limit < 4 || limit > 8 {
+				t.Fatalf("after the overload and a burst the limit is %d; want 4 to 8 (4 slots)", limit)
+			}
+			for range tc.slowWindows { // the work slows, in flight does not grow
+				window(4*time.Millisecond, min(limit, 40))
+			}
+			if limit < tc.wantMin || limit > tc.wantMax {
+				t.Errorf("after %d slow windows the limit is %d; want %d to %d", tc.slowWindows, limit, tc.wantMin, tc.wantMax)
+			}
+		})
+	}
+}
+
+// lateCtx is a context whose deadline has passed but whose timer has not
+// fired yet, as on a starved CPU.
+type lateCtx struct {
+	context.Context
+	dl time.Time
+}
+
+func (c lateCtx) Deadline() (time.Time, bool) { return c.dl, true }
+
+// TestDoneUnaryIgnoresCallsPastTheirDeadline: a call that ended after its
+// deadline (its context not yet done) does not measure the service time,
+// so an overload's late calls cannot raise the estimate above the
+// deadlines callers send and get their calls shed after it.
+func TestDoneUnaryIgnoresCallsPastTheirDeadline(t *testing.T) {
+	end := time.Now()
+	for _, tc := range []struct {
+		name        string
+		ctx         context.Context
+		wantSamples int64
+	}{
+		{"no deadline", context.Background(), 1},
+		{"ended before its deadline", lateCtx{context.Background(), end.Add(time.Millisecond)}, 1},
+		{"ended at its deadline", lateCtx{context.Background(), end}, 0},
+		{"ended after its deadline, timer not fired", lateCtx{context.Background(), end.Add(-time.Millisecond)}, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s, err := NewShedder()
+			if err != nil {
+				t.Fatal(err)
+			}
+			st := s.serviceTime("/pkg.S/M")
+			s.inflight.Add(1)
+			s.doneUnary(tc.ctx, st, nil, 7*time.Millisecond, end)
+			if got := st.samples.Load(); got != tc.wantSamples {
+				t.Errorf("samples = %d, want %d", got, tc.wantSamples)
+			}
+			if _, n := s.InFlight(); n != 0 {
+				t.Errorf("in flight = %d after the call, want 0", n)
+			}
+		})
+	}
+}
