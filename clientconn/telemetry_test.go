@@ -3,6 +3,7 @@ package clientconn_test
 import (
 	"context"
 	"crypto/tls"
+	"math"
 	"testing"
 	"time"
 
@@ -230,11 +231,18 @@ func TestMetricsAddNothingPerCall(t *testing.T) {
 		mustUnary(t, c)
 		client := testpb.NewTestServiceClient(c)
 		req := &testpb.SimpleRequest{}
-		return testing.AllocsPerRun(300, func() {
-			if _, err := client.UnaryCall(context.Background(), req); err != nil {
-				t.Fatal(err)
-			}
-		})
+		// AllocsPerRun counts every allocation in the process, so a
+		// goroutine another test left winding down can add to one
+		// measurement; the least of three is what a call costs.
+		least := math.Inf(1)
+		for range 3 {
+			least = min(least, testing.AllocsPerRun(300, func() {
+				if _, err := client.UnaryCall(context.Background(), req); err != nil {
+					t.Fatal(err)
+				}
+			}))
+		}
+		return least
 	}
 	base := allocs()
 	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(sdkmetric.NewManualReader()))
