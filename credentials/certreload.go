@@ -27,8 +27,7 @@ type CertificateReloader struct {
 
 	cert atomic.Pointer[tls.Certificate]
 
-	mu  sync.Mutex // serialises reloads; guards err
-	err error
+	mu sync.Mutex // serialises reloads, so an older reading never replaces a newer one
 
 	loop      *loop
 	closeOnce sync.Once
@@ -98,28 +97,22 @@ func (r *CertificateReloader) GetClientCertificate(*tls.CertificateRequestInfo) 
 // key from another generation: such a pair fails tls.X509KeyPair and is
 // not taken.
 func (r *CertificateReloader) Reload() error {
-	cert, changed, err := r.load()
-	r.files.note(err, changed)
 	r.mu.Lock()
-	prev := r.err
-	r.err = err
+	cert, changed, err := r.load()
 	if err == nil {
 		r.cert.Store(cert)
 	}
+	newErr := r.files.note(err, changed)
 	r.mu.Unlock()
-	if err != nil && (prev == nil || prev.Error() != err.Error()) {
-		r.onError(err)
+	if newErr {
+		r.onError(err) // user code: not under our lock
 	}
 	return err
 }
 
 // Err returns why the files were last not taken, or nil if the last
 // reading succeeded.
-func (r *CertificateReloader) Err() error {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return r.err
-}
+func (r *CertificateReloader) Err() error { return r.files.lastErr() }
 
 // Close stops the background goroutine and waits for it to exit; the last
 // good certificate stays available. Close is idempotent and returns nil.

@@ -391,9 +391,14 @@ type fileStats struct {
 // note records the outcome of one reading, after the owner parsed it:
 // err is why it was not taken (nil if it was), changed whether it replaced
 // the contents in use.
-func (r *fileReader) note(err error, changed bool) {
+// note records a reading's outcome for FileStatus and the log, and
+// reports whether err is a new error (not the one the last reading had),
+// for the owner's error handler: a file stuck bad is reported once.
+func (r *fileReader) note(err error, changed bool) (newErr bool) {
 	r.statsMu.Lock()
 	defer r.statsMu.Unlock()
+	prev := r.stats.err
+	newErr = err != nil && (prev == nil || prev.Error() != err.Error())
 	r.logChange(err, changed)
 	r.stats.readings++
 	switch {
@@ -406,6 +411,7 @@ func (r *fileReader) note(err error, changed bool) {
 		r.stats.changes++
 		r.stats.lastChange = time.Now()
 	}
+	return newErr
 }
 
 // logChange logs what operators act on, once per change of state rather
@@ -431,6 +437,13 @@ func (r *fileReader) names() string {
 		names[i] = strconv.Quote(s.path)
 	}
 	return strings.Join(names, " and ")
+}
+
+// lastErr is why the last reading was not taken, nil if it was.
+func (r *fileReader) lastErr() error {
+	r.statsMu.Lock()
+	defer r.statsMu.Unlock()
+	return r.stats.err
 }
 
 func (r *fileReader) status() FileStatus {

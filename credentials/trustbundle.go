@@ -44,8 +44,7 @@ type TrustBundle struct {
 
 	pool atomic.Pointer[x509.CertPool]
 
-	mu  sync.Mutex // serialises reloads; guards err
-	err error
+	mu sync.Mutex // serialises reloads, so an older reading never replaces a newer one
 
 	loop      *loop
 	closeOnce sync.Once
@@ -93,32 +92,26 @@ func (b *TrustBundle) Pool() *x509.CertPool { return b.pool.Load() }
 // Reload re-reads the file now. On failure it keeps the last good bundle
 // and returns (and reports, if the error is new) why.
 func (b *TrustBundle) Reload() error {
+	b.mu.Lock()
 	var pool *x509.CertPool
 	data, changed, err := b.files.read()
 	if err == nil {
 		pool, err = parseTrustBundle(b.file, data[0])
 	}
-	b.files.note(err, changed)
-	b.mu.Lock()
-	prev := b.err
-	b.err = err
 	if err == nil && !pool.Equal(b.pool.Load()) {
 		b.pool.Store(pool)
 	}
+	newErr := b.files.note(err, changed)
 	b.mu.Unlock()
-	if err != nil && (prev == nil || prev.Error() != err.Error()) {
-		b.onError(err)
+	if newErr {
+		b.onError(err) // user code: not under our lock
 	}
 	return err
 }
 
 // Err returns why the file was last not taken, or nil if the last reading
 // succeeded.
-func (b *TrustBundle) Err() error {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.err
-}
+func (b *TrustBundle) Err() error { return b.files.lastErr() }
 
 // Close stops the background goroutine and waits for it to exit; the last
 // good bundle stays in use. Close is idempotent and returns nil.
