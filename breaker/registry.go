@@ -326,7 +326,7 @@ func (b *Breaker) Allow() (Token, error) {
 	}
 	if err != nil {
 		b.rejections.Add(1)
-		b.reg.obs.BreakerRejected(b.key)
+		b.reg.obs.BreakerRejected(b.reg.tenant, b.key)
 		return Token{}, b.rejection(err)
 	}
 	t := Token{b: b, done: done}
@@ -493,7 +493,7 @@ func (b *Breaker) flush() {
 			if logger.V(2) {
 				logger.Infof("breaker %s: %v -> %v", b.label, t.from, t.to)
 			}
-			b.reg.obs.BreakerStateChanged(b.key, t.from.telemetry(), t.to.telemetry())
+			b.reg.obs.BreakerStateChanged(b.reg.tenant, b.key, t.from.telemetry(), t.to.telemetry())
 		}
 		b.mu.Lock()
 	}

@@ -30,7 +30,7 @@ type recorder struct {
 	onChange func() // runs inside BreakerStateChanged, to prove re-entrancy
 }
 
-func (r *recorder) BreakerStateChanged(key string, from, to telemetry.BreakerState) {
+func (r *recorder) BreakerStateChanged(_, key string, from, to telemetry.BreakerState) {
 	r.mu.Lock()
 	r.changes = append(r.changes, key+":"+from.String()+"->"+to.String())
 	f := r.onChange
@@ -40,7 +40,7 @@ func (r *recorder) BreakerStateChanged(key string, from, to telemetry.BreakerSta
 	}
 }
 
-func (r *recorder) BreakerRejected(string) {
+func (r *recorder) BreakerRejected(string, string) {
 	r.mu.Lock()
 	r.rejected++
 	r.mu.Unlock()

@@ -158,15 +158,19 @@ func (r *recorder) EndpointLoad(target, endpoint string, n int, latency time.Dur
 // alone showed a forgotten tenant's breaker as an untenanted row forever,
 // and used up the record budget the endpoints need.)
 
-func (r *recorder) BreakerStateChanged(key string, from, to telemetry.BreakerState) {
-	r.next.BreakerStateChanged(key, from, to)
+func (r *recorder) BreakerStateChanged(tenant, key string, from, to telemetry.BreakerState) {
+	r.next.BreakerStateChanged(tenant, key, from, to)
 }
 
-func (r *recorder) BreakerRejected(key string) { r.next.BreakerRejected(key) }
+func (r *recorder) BreakerRejected(tenant, key string) { r.next.BreakerRejected(tenant, key) }
 
-func (r *recorder) LimiterLimitChanged(key string, limit int) { r.next.LimiterLimitChanged(key, limit) }
+func (r *recorder) LimiterLimitChanged(tenant, key string, limit int) {
+	r.next.LimiterLimitChanged(tenant, key, limit)
+}
 
-func (r *recorder) LimiterRejected(key, reason string) { r.next.LimiterRejected(key, reason) }
+func (r *recorder) LimiterRejected(tenant, key, reason string) {
+	r.next.LimiterRejected(tenant, key, reason)
+}
 
 // handshakes summarises the handshake counters and recent durations.
 func (r *recorder) handshakes() debugpage.Handshakes {
@@ -274,17 +278,8 @@ func (f *Factory) policyRows() ([]debugpage.Breaker, []debugpage.Limiter) {
 // the debug snapshot, and nothing under the Factory's locks.
 func (f *Factory) gauges() opentelemetry.Gauges {
 	var g opentelemetry.Gauges
-	// LimiterGauge has no tenant yet: tenants' limiters of one key add up.
-	byKey := map[string]int{}
 	for _, l := range f.Policies().Limiters {
-		i, ok := byKey[l.Key]
-		if !ok {
-			i = len(g.Limiters)
-			byKey[l.Key] = i
-			g.Limiters = append(g.Limiters, opentelemetry.LimiterGauge{Key: l.Key})
-		}
-		g.Limiters[i].InFlight += l.InFlight
-		g.Limiters[i].Queued += l.Queued
+		g.Limiters = append(g.Limiters, opentelemetry.LimiterGauge{Tenant: l.Tenant, Key: l.Key, InFlight: l.InFlight, Queued: l.Queued})
 	}
 	if c := f.opts.sessions; c != nil {
 		g.SessionCaches = append(g.SessionCaches, opentelemetry.SessionCacheGauge{Name: "WithTLS", Size: c.Stats().Len})

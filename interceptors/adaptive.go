@@ -125,7 +125,7 @@ func (s *Shedder) aimd(drop bool, n int64) {
 			return
 		}
 		if s.limit.CompareAndSwap(old, next) {
-			s.obs.LimiterLimitChanged(ShedderKey, int(next))
+			s.obs.LimiterLimitChanged("", ShedderKey, int(next))
 			return
 		}
 	}

@@ -249,7 +249,7 @@ func (l *limiter) adapt(inflight int64, drop bool) {
 			if next == a.min && logger.V(2) { // a state change, not a per-call event: once per fall to the floor
 				logger.Infof("limiter %s: limit fell to its minimum %d after overload signals", l.label, next)
 			}
-			a.obs.LimiterLimitChanged(l.key, int(next))
+			a.obs.LimiterLimitChanged(a.tenant, l.key, int(next))
 			return
 		}
 	}
@@ -263,7 +263,7 @@ func (l *limiter) busy() bool {
 
 func (l *limiter) reject(reason string) error {
 	l.rejected.Add(1)
-	l.algo.obs.LimiterRejected(l.key, reason)
+	l.algo.obs.LimiterRejected(l.algo.tenant, l.key, reason)
 	lim := strconv.FormatInt(l.limit.Load(), 10)
 	msg := "interceptors: " + l.label + " is at its concurrency limit of " + lim
 	switch reason {

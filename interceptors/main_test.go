@@ -63,17 +63,17 @@ func (e *events) shedCount(k string) int {
 	return e.shed[k]
 }
 
-func (e *events) BreakerStateChanged(key string, from, to telemetry.BreakerState) {
+func (e *events) BreakerStateChanged(_, key string, from, to telemetry.BreakerState) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	e.states = append(e.states, from.String()+"->"+to.String())
 }
 
-func (e *events) BreakerRejected(string) { e.count("breaker") }
+func (e *events) BreakerRejected(string, string) { e.count("breaker") }
 
-func (e *events) LimiterRejected(_ string, reason string) { e.count(reason) }
+func (e *events) LimiterRejected(_, _ string, reason string) { e.count(reason) }
 
-func (e *events) LimiterLimitChanged(_ string, limit int) {
+func (e *events) LimiterLimitChanged(_, _ string, limit int) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	e.limits = append(e.limits, limit)

@@ -384,7 +384,7 @@ func (s *Shedder) criticality(header []string, method string) Criticality {
 func (s *Shedder) refuse(r reason, method string, st *serviceTime) error {
 	s.shed[r].Add(1)
 	name := r.String()
-	s.obs.LimiterRejected(method, name)
+	s.obs.LimiterRejected("", method, name)
 	if s.sobs != nil {
 		s.sobs.ServerShed(method, name)
 	}
@@ -550,7 +550,7 @@ func (s *Shedder) doneUnary(ctx context.Context, st *serviceTime, err error, too
 	case s.grad != nil:
 		if l, moved := s.grad.sample(took, cut, s.now(), n); moved {
 			s.limit.Store(l)
-			s.obs.LimiterLimitChanged(ShedderKey, int(l))
+			s.obs.LimiterLimitChanged("", ShedderKey, int(l))
 		}
 	case s.cfg.Algorithm == AIMD:
 		drop := (s.cfg.LatencyThreshold > 0 && took > s.cfg.LatencyThreshold) ||

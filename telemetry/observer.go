@@ -156,20 +156,22 @@ func (s BreakerState) String() string {
 	return "unknown"
 }
 
-// BreakerObserver receives circuit breaker events.
+// BreakerObserver receives circuit breaker events. Breakers are kept per
+// tenant: tenant is the one the breaker belongs to, "" for none.
 type BreakerObserver interface {
 	// BreakerStateChanged reports the breaker for key moving from one state to another.
-	BreakerStateChanged(key string, from, to BreakerState)
+	BreakerStateChanged(tenant, key string, from, to BreakerState)
 	// BreakerRejected reports a call failed fast by the open breaker for key.
-	BreakerRejected(key string)
+	BreakerRejected(tenant, key string)
 }
 
-// LimiterObserver receives concurrency limiter events, client and server side.
+// LimiterObserver receives concurrency limiter events, client and server
+// side. tenant is the client limiter's tenant, "" for none and on servers.
 type LimiterObserver interface {
 	// LimiterLimitChanged reports a new concurrency limit for key.
-	LimiterLimitChanged(key string, limit int)
+	LimiterLimitChanged(tenant, key string, limit int)
 	// LimiterRejected reports a call rejected (or shed) by the limiter for key.
-	LimiterRejected(key string, reason string)
+	LimiterRejected(tenant, key, reason string)
 }
 
 // ShedObserver receives server load-shedding events (interceptors.Shedder,
@@ -281,16 +283,16 @@ func (Nop) EndpointCalls(string, string, EndpointCalls) {}
 func (Nop) EndpointRemoved(string, string) {}
 
 // BreakerStateChanged does nothing.
-func (Nop) BreakerStateChanged(string, BreakerState, BreakerState) {}
+func (Nop) BreakerStateChanged(string, string, BreakerState, BreakerState) {}
 
 // BreakerRejected does nothing.
-func (Nop) BreakerRejected(string) {}
+func (Nop) BreakerRejected(string, string) {}
 
 // LimiterLimitChanged does nothing.
-func (Nop) LimiterLimitChanged(string, int) {}
+func (Nop) LimiterLimitChanged(string, string, int) {}
 
 // LimiterRejected does nothing.
-func (Nop) LimiterRejected(string, string) {}
+func (Nop) LimiterRejected(string, string, string) {}
 
 // ServerShed does nothing.
 func (Nop) ServerShed(string, string) {}

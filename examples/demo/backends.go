@@ -287,8 +287,8 @@ func (s *serverSide) debugServer() *debugpage.Server {
 // shedCounter counts the requests a Shedder sheds.
 type shedCounter struct{ n *atomic.Int64 }
 
-func (c shedCounter) LimiterLimitChanged(string, int) {}
-func (c shedCounter) LimiterRejected(_, _ string)     { c.n.Add(1) }
+func (c shedCounter) LimiterLimitChanged(string, string, int) {}
+func (c shedCounter) LimiterRejected(_, _, _ string)          { c.n.Add(1) }
 
 // trackingListener counts accepted TCP connections and keeps the live ones
 // so they can be dropped.

@@ -174,7 +174,7 @@ type Gauges struct {
 
 // LimiterGauge is one limiter's calls in flight and queued.
 type LimiterGauge struct {
-	Key              string
+	Tenant, Key      string // Tenant is "" for none
 	InFlight, Queued int
 }
 
@@ -198,7 +198,7 @@ func (t *Telemetry) ObserveGauges(read func() Gauges) (unregister func() error, 
 	reg, err := t.meter.RegisterCallback(func(_ context.Context, o metric.Observer) error {
 		g := read()
 		for _, l := range g.Limiters {
-			attrs := metric.WithAttributes(attribute.String(AttrLimiterKey, l.Key))
+			attrs := metric.WithAttributes(withTenant([]attribute.KeyValue{attribute.String(AttrLimiterKey, l.Key)}, l.Tenant)...)
 			o.ObserveInt64(inFlight, int64(l.InFlight), attrs)
 			o.ObserveInt64(queued, int64(l.Queued), attrs)
 		}
@@ -330,11 +330,20 @@ func (t *Telemetry) EndpointCalls(target, endpoint string, c telemetry.EndpointC
 	}
 }
 
+// withTenant appends the tenant attribute when there is a tenant, so a
+// Factory without tenants keeps the attribute sets it always had.
+func withTenant(kv []attribute.KeyValue, tenant string) []attribute.KeyValue {
+	if tenant == "" {
+		return kv
+	}
+	return append(kv, attribute.String(AttrTenant, tenant))
+}
+
 // BreakerStateChanged records a breaker transition.
-func (t *Telemetry) BreakerStateChanged(key string, from, to telemetry.BreakerState) {
+func (t *Telemetry) BreakerStateChanged(tenant, key string, from, to telemetry.BreakerState) {
 	ctx := context.Background()
-	t.breakerTransitions.Add(ctx, 1, metric.WithAttributes(attribute.String(AttrBreakerKey, key),
-		attribute.String(AttrFrom, from.String()), attribute.String(AttrTo, to.String())))
+	t.breakerTransitions.Add(ctx, 1, metric.WithAttributes(withTenant([]attribute.KeyValue{attribute.String(AttrBreakerKey, key),
+		attribute.String(AttrFrom, from.String()), attribute.String(AttrTo, to.String())}, tenant)...))
 	switch {
 	case to == telemetry.BreakerOpen && from != telemetry.BreakerOpen:
 		t.breakersOpen.Add(ctx, 1)
@@ -344,23 +353,24 @@ func (t *Telemetry) BreakerStateChanged(key string, from, to telemetry.BreakerSt
 }
 
 // BreakerRejected records a call failed fast. It is on the fail-fast path,
-// so its attribute set is built once per key.
-func (t *Telemetry) BreakerRejected(key string) {
-	t.breakerRejections.Add(context.Background(), 1, t.attrs.get("breaker", key, "", func() attribute.Set {
-		return attribute.NewSet(attribute.String(AttrBreakerKey, key))
+// so its attribute set is built once per tenant and key.
+func (t *Telemetry) BreakerRejected(tenant, key string) {
+	t.breakerRejections.Add(context.Background(), 1, t.attrs.getc("breaker", key, "", tenant, func() attribute.Set {
+		return attribute.NewSet(withTenant([]attribute.KeyValue{attribute.String(AttrBreakerKey, key)}, tenant)...)
 	})...)
 }
 
 // LimiterLimitChanged records a new limit.
-func (t *Telemetry) LimiterLimitChanged(key string, limit int) {
-	t.limiterLimit.Record(context.Background(), int64(limit), metric.WithAttributes(attribute.String(AttrLimiterKey, key)))
+func (t *Telemetry) LimiterLimitChanged(tenant, key string, limit int) {
+	t.limiterLimit.Record(context.Background(), int64(limit), metric.WithAttributes(
+		withTenant([]attribute.KeyValue{attribute.String(AttrLimiterKey, key)}, tenant)...))
 }
 
-// LimiterRejected records a rejected or shed call; built once per key and
-// reason, as it runs under overload.
-func (t *Telemetry) LimiterRejected(key, reason string) {
-	t.limiterRejections.Add(context.Background(), 1, t.attrs.get("limiter", key, reason, func() attribute.Set {
-		return attribute.NewSet(attribute.String(AttrLimiterKey, key), attribute.String(AttrReason, reason))
+// LimiterRejected records a rejected or shed call; built once per tenant,
+// key and reason, as it runs under overload.
+func (t *Telemetry) LimiterRejected(tenant, key, reason string) {
+	t.limiterRejections.Add(context.Background(), 1, t.attrs.getc("limiter", key, reason, tenant, func() attribute.Set {
+		return attribute.NewSet(withTenant([]attribute.KeyValue{attribute.String(AttrLimiterKey, key), attribute.String(AttrReason, reason)}, tenant)...)
 	})...)
 }
 
@@ -490,7 +500,7 @@ type attrCache struct {
 	m  map[attrKey][]metric.AddOption
 }
 
-type attrKey struct{ kind, a, b string }
+type attrKey struct{ kind, a, b, c string }
 
 const maxCached = 4096
 
@@ -498,7 +508,12 @@ const maxCached = 4096
 // built once, because a one-element variadic argument to an interface
 // method is allocated on every call.
 func (c *attrCache) get(kind, a, b string, build func() attribute.Set) []metric.AddOption {
-	k := attrKey{kind, a, b}
+	return c.getc(kind, a, b, "", build)
+}
+
+// getc is get with a third part of the key (the tenant).
+func (c *attrCache) getc(kind, a, b, d string, build func() attribute.Set) []metric.AddOption {
+	k := attrKey{kind, a, b, d}
 	c.mu.RLock()
 	o, ok := c.m[k]
 	c.mu.RUnlock()

@@ -79,11 +79,11 @@ func TestEveryObserverEventIsRecorded(t *testing.T) {
 	tel.EndpointLoad("dns:///a:1", "10.0.0.1:1", 7, time.Millisecond)
 	tel.EndpointState("dns:///a:1", "10.0.0.1:1", connectivity.Ready, 3)
 	tel.EndpointCalls("dns:///a:1", "10.0.0.1:1", telemetry.EndpointCalls{OK: 5})
-	tel.BreakerStateChanged("svc", telemetry.BreakerClosed, telemetry.BreakerOpen)
-	tel.BreakerRejected("svc")
-	tel.BreakerRejected("svc")
-	tel.LimiterLimitChanged("svc", 42)
-	tel.LimiterRejected("svc", "queue_full")
+	tel.BreakerStateChanged("", "svc", telemetry.BreakerClosed, telemetry.BreakerOpen)
+	tel.BreakerRejected("", "svc")
+	tel.BreakerRejected("", "svc")
+	tel.LimiterLimitChanged("", "svc", 42)
+	tel.LimiterRejected("", "svc", "queue_full")
 	tel.SessionCacheLookup("acme", false)
 	tel.SessionCacheEvicted("acme")
 	tel.SessionCacheResumption("acme", true)
@@ -159,14 +159,57 @@ func TestFrequentEventsDoNotAllocate(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	tel.BreakerRejected("svc")
-	tel.LimiterRejected("svc", "queue_full")
+	tel.BreakerRejected("", "svc")
+	tel.LimiterRejected("", "svc", "queue_full")
 	tel.PoolGet("t", true)
 	if n := testing.AllocsPerRun(100, func() {
-		tel.BreakerRejected("svc")
-		tel.LimiterRejected("svc", "queue_full")
+		tel.BreakerRejected("", "svc")
+		tel.LimiterRejected("", "svc", "queue_full")
 		tel.PoolGet("t", true)
 	}); n != 0 {
 		t.Errorf("allocations per event round = %v, want 0", n)
+	}
+}
+
+// TestTenantsAreSeparateSeries: breakers and limiters are kept per tenant,
+// so their instruments are too; one tenant's rejections never land in
+// another's series, and a tenant's fail-fast events still allocate nothing.
+func TestTenantsAreSeparateSeries(t *testing.T) {
+	reader := sdkmetric.NewManualReader()
+	tel, err := opentelemetry.New(opentelemetry.WithMeterProvider(sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tel.BreakerRejected("a", "svc")
+	tel.BreakerRejected("a", "svc")
+	tel.BreakerRejected("b", "svc")
+	tel.LimiterRejected("b", "svc", "limit")
+	var rm metricdata.ResourceMetrics
+	if err := reader.Collect(context.Background(), &rm); err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]int64{}
+	for _, sm := range rm.ScopeMetrics {
+		for _, m := range sm.Metrics {
+			if d, ok := m.Data.(metricdata.Sum[int64]); ok {
+				for _, p := range d.DataPoints {
+					tenant, _ := p.Attributes.Value(opentelemetry.AttrTenant)
+					got[m.Name+" "+tenant.AsString()] += p.Value
+				}
+			}
+		}
+	}
+	want := map[string]int64{
+		opentelemetry.MetricBreakerRejections + " a": 2,
+		opentelemetry.MetricBreakerRejections + " b": 1,
+		opentelemetry.MetricLimiterRejections + " b": 1,
+	}
+	for k, w := range want {
+		if got[k] != w {
+			t.Errorf("%s = %d, want %d (all: %v)", k, got[k], w, got)
+		}
+	}
+	if n := testing.AllocsPerRun(100, func() { tel.BreakerRejected("a", "svc"); tel.LimiterRejected("a", "svc", "limit") }); n != 0 {
+		t.Errorf("tenant fail-fast events allocate %.1f times", n)
 	}
 }
