@@ -309,6 +309,7 @@ func TestShedderTapReleasesExactlyOnce(t *testing.T) {
 		id := raw.start("/grpc.testing.TestService/UnaryCall", "", false)
 		raw.reset(id)
 	}
+	raw.sync() // every reset request has been through the tap: none can be admitted later
 	testutil.Eventually(t, 5*time.Second, func() bool { _, n := shed.InFlight(); return n == 0 }, "reset requests release their slots")
 	for i := range 20 {
 		err := cc.Invoke(context.Background(), "/grpc.testing.TestService/NoSuchMethod", &testpb.SimpleRequest{}, &testpb.SimpleResponse{})

@@ -75,6 +75,44 @@ func (c *rawH2) reset(id uint32) {
 	}
 }
 
+// sync returns once the server has read every frame sent before it: it
+// sends a PING and waits for its ack, which the server's transport writes
+// only after reading (and, for HEADERS, running the tap handle on) every
+// earlier frame of the connection.
+func (c *rawH2) sync() {
+	c.t.Helper()
+	data := [8]byte{'s', 'y', 'n', 'c', byte(c.next), byte(c.next >> 8)}
+	if err := c.fr.WritePing(false, data); err != nil {
+		c.t.Fatal(err)
+	}
+	_ = c.conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	for {
+		f, err := c.fr.ReadFrame()
+		if err != nil {
+			c.t.Fatalf("raw h2: %v", err)
+		}
+		switch f := f.(type) {
+		case *http2.SettingsFrame:
+			if !f.IsAck() {
+				_ = c.fr.WriteSettingsAck()
+			}
+		case *http2.PingFrame:
+			if f.IsAck() && f.Data == data {
+				return
+			}
+			if !f.IsAck() {
+				_ = c.fr.WritePing(true, f.Data)
+			}
+		case *http2.HeadersFrame:
+			if _, err := c.dec.DecodeFull(f.HeaderBlockFragment()); err != nil { // keep the table in step
+				c.t.Fatal(err)
+			}
+		case *http2.GoAwayFrame:
+			c.t.Fatalf("raw h2: GOAWAY %v", f.ErrCode)
+		}
+	}
+}
+
 // status reads frames until stream id ends with trailers and returns its
 // grpc-status and grpc-message.
 func (c *rawH2) status(id uint32) (int, string) {
