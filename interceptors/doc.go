@@ -31,11 +31,11 @@
 // codes.ResourceExhausted, a stable message, ErrorInfo/RetryInfo details
 // and (interceptor path) the grpc-retry-pushback-ms trailer; a request
 // that arrives after its deadline gets codes.DeadlineExceeded. It never
-// sheds grpc.health.v1.Health. docs/overload.md has the details. A
-// request the tap admits registers one context.AfterFunc on its stream
-// context, which frees its slot only if the request never reaches an
-// interceptor; the Shedder's summary log line (grpclog warning) is
-// written by the request path, not by a goroutine.
+// sheds grpc.health.v1.Health. docs/overload.md has the details. The tap
+// path only checks: the interceptors alone take and release slots, so a
+// stream reset before its handler holds nothing. The Shedder's summary
+// log line (grpclog warning) is written by the request path, not by a
+// goroutine.
 //
 // The policy: SplitServiceConfig takes a service config document with a
 // top-level "grpcreuse" object (see Policy), returns the rest for gRPC and

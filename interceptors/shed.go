@@ -330,21 +330,9 @@ func (s *Shedder) now() int64 { return int64(time.Since(s.epoch)) }
 // admitUnary decides on a unary request and takes its slot: ok, or the
 // reason to shed it.
 func (s *Shedder) admitUnary(ctx context.Context, st *serviceTime, crit Criticality) (reason, bool) {
-	if dl, ok := ctx.Deadline(); ok {
-		left := time.Until(dl)
-		if left <= 0 {
-			return rExpired, false
-		}
-		if st != nil && st.samples.Load() >= int64(s.cfg.MinSamples) && left < time.Duration(st.ewma.Load()) {
-			st.decay()
-			return rDeadline, false
-		}
-	}
-	limit := s.limit.Load()
-	r := rLimit
-	if crit == Sheddable {
-		limit = max(int64(float64(limit)*s.cfg.SheddableShare), 1)
-		r = rSheddable
+	r, limit, ok := s.checkUnary(ctx, st, crit)
+	if !ok {
+		return r, false
 	}
 	for {
 		n := s.inflight.Load()
@@ -357,6 +345,34 @@ func (s *Shedder) admitUnary(ctx context.Context, st *serviceTime, crit Critical
 	}
 }
 
+// checkUnary makes every decision of admitUnary but takes no slot: the
+// tap path's (the interceptor, which alone takes and releases slots, may
+// still shed a request the tap let through when the slots filled in
+// between). On success r is the reason a full limit would give and limit
+// the in-flight limit the request must fit under.
+func (s *Shedder) checkUnary(ctx context.Context, st *serviceTime, crit Criticality) (r reason, limit int64, ok bool) {
+	if dl, ok := ctx.Deadline(); ok {
+		left := time.Until(dl)
+		if left <= 0 {
+			return rExpired, 0, false
+		}
+		if st != nil && st.samples.Load() >= int64(s.cfg.MinSamples) && left < time.Duration(st.ewma.Load()) {
+			st.decay()
+			return rDeadline, 0, false
+		}
+	}
+	limit = s.limit.Load()
+	r = rLimit
+	if crit == Sheddable {
+		limit = max(int64(float64(limit)*s.cfg.SheddableShare), 1)
+		r = rSheddable
+	}
+	if s.inflight.Load() >= limit {
+		return r, limit, false
+	}
+	return r, limit, true
+}
+
 // admitStream decides on a stream and takes its slot.
 func (s *Shedder) admitStream(ctx context.Context) (reason, bool) {
 	if dl, ok := ctx.Deadline(); ok && time.Until(dl) <= 0 {
@@ -364,6 +380,17 @@ func (s *Shedder) admitStream(ctx context.Context) (reason, bool) {
 	}
 	if s.streams.Add(1) > int64(s.cfg.StreamLimit) {
 		s.streams.Add(-1)
+		return rStreamLimit, false
+	}
+	return 0, true
+}
+
+// checkStream is admitStream's decision without taking a stream slot.
+func (s *Shedder) checkStream(ctx context.Context) (reason, bool) {
+	if dl, ok := ctx.Deadline(); ok && time.Until(dl) <= 0 {
+		return rExpired, false
+	}
+	if s.streams.Load() >= int64(s.cfg.StreamLimit) {
 		return rStreamLimit, false
 	}
 	return 0, true
@@ -402,72 +429,17 @@ func (s *Shedder) refuseWithTrailer(r reason, method string, st *serviceTime, se
 	return s.refuse(r, method, st)
 }
 
-// ticket is a slot the tap path took for a request: the interceptor that
-// runs its handler takes it over and releases it; if the request never
-// reaches an interceptor (unknown method, the client reset the stream
-// before its message, a deadline that fired in between), the stream
-// context's end releases it. Exactly one of the two does.
-type ticket struct {
-	context.Context // the stream's: a ticket is the context the tap returns
-	s               *Shedder
-	stream          bool
-	state           atomic.Uint32 // ticketAdmitted → ticketTaken or ticketReleased
-	stop            func() bool
-}
-
-const (
-	ticketAdmitted uint32 = iota
-	ticketTaken
-	ticketReleased
-)
-
-type ticketKey struct{}
-
-// Value returns the ticket itself for ticketKey: one allocation carries
-// both the context and the ticket.
-func (t *ticket) Value(key any) any {
-	if key == (ticketKey{}) {
-		return t
-	}
-	return t.Context.Value(key)
-}
-
-func (t *ticket) abandon() {
-	if t.state.CompareAndSwap(ticketAdmitted, ticketReleased) {
-		if t.stream {
-			t.s.streams.Add(-1)
-		} else {
-			t.s.inflight.Add(-1)
-		}
-	}
-}
-
-// take hands the slot to the interceptor; false if the stream already
-// ended and the slot was released.
-func (t *ticket) take() bool {
-	if !t.state.CompareAndSwap(ticketAdmitted, ticketTaken) {
-		return false
-	}
-	t.stop()
-	return true
-}
-
-// ticketOf returns the tap's ticket for this Shedder in ctx.
-func (s *Shedder) ticketOf(ctx context.Context) *ticket {
-	if t, ok := ctx.Value(ticketKey{}).(*ticket); ok && t.s == s {
-		return t
-	}
-	return nil
-}
-
 // TapHandle is the Shedder's cheap admission path, a tap.ServerInHandle
 // for grpc.InTapHandle: it makes the interceptors' decisions before
 // grpc-go creates the stream, so a shed request costs no
 // stream, goroutine or message decoding. It runs in the connection's
-// reader goroutine and never blocks. The admitted request's slot is
-// released by the interceptors (which must be installed too; see
-// ServerOptions) or, if the request never reaches them, when its stream
-// ends. Requests for a method the interceptors have not yet seen pass to
+// reader goroutine, never blocks and takes no slot: it refuses what the
+// interceptors would refuse now, and the interceptors (which must be
+// installed too; see ServerOptions) alone take and release slots, so a
+// request that never reaches them (reset before its message) holds
+// nothing, and the tap adds no allocation to an admitted call. A request
+// the tap let through may still be shed by the interceptor, with the
+// pushback trailer, when the slots filled in between. Requests for a method the interceptors have not yet seen pass to
 // them (the tap cannot tell a stream from a unary call, nor a method the
 // server has from a made-up one). grpc-go's early answer carries the status and its details but no
 // trailers, so this path sends RetryInfo, not grpc-retry-pushback-ms.
@@ -482,17 +454,14 @@ func (s *Shedder) TapHandle(ctx context.Context, info *tap.Info) (context.Contex
 		// unknown (and it may not exist), so the interceptors decide.
 		return ctx, nil
 	}
-	stream := st.stream.Load()
-	if stream {
-		if r, ok := s.admitStream(ctx); !ok {
+	if st.stream.Load() {
+		if r, ok := s.checkStream(ctx); !ok {
 			return ctx, s.refuse(r, method, st)
 		}
-	} else if r, ok := s.admitUnary(ctx, st, s.criticality(info.Header[CriticalityHeader], method)); !ok {
+	} else if r, _, ok := s.checkUnary(ctx, st, s.criticality(info.Header[CriticalityHeader], method)); !ok {
 		return ctx, s.refuse(r, method, st)
 	}
-	t := &ticket{Context: ctx, s: s, stream: stream}
-	t.stop = context.AfterFunc(ctx, t.abandon)
-	return t, nil
+	return ctx, nil
 }
 
 // UnaryServerInterceptor returns the Shedder's unary server interceptor.
@@ -505,15 +474,9 @@ func (s *Shedder) UnaryServerInterceptor() grpc.UnaryServerInterceptor {
 			return handler(ctx, req)
 		}
 		st := s.serviceTime(method)
-		if t := s.ticketOf(ctx); t != nil {
-			if !t.take() { // the stream ended before its handler ran
-				return nil, status.FromContextError(ctx.Err()).Err()
-			}
-		} else {
-			crit := s.criticality(metadata.ValueFromIncomingContext(ctx, CriticalityHeader), method)
-			if r, ok := s.admitUnary(ctx, st, crit); !ok {
-				return nil, s.refuseWithTrailer(r, method, st, func(md metadata.MD) error { return grpc.SetTrailer(ctx, md) })
-			}
+		crit := s.criticality(metadata.ValueFromIncomingContext(ctx, CriticalityHeader), method)
+		if r, ok := s.admitUnary(ctx, st, crit); !ok {
+			return nil, s.refuseWithTrailer(r, method, st, func(md metadata.MD) error { return grpc.SetTrailer(ctx, md) })
 		}
 		start := time.Now()
 		released := false
@@ -578,17 +541,7 @@ func (s *Shedder) StreamServerInterceptor() grpc.StreamServerInterceptor {
 		if !st.stream.Load() {
 			st.stream.Store(true) // the tap counts its next requests as streams
 		}
-		if t := s.ticketOf(ctx); t != nil {
-			if !t.take() {
-				return status.FromContextError(ctx.Err()).Err()
-			}
-			if !t.stream { // the tap did not know yet that method streams
-				s.inflight.Add(-1)
-				if r, ok := s.admitStream(ctx); !ok {
-					return s.refuseWithTrailer(r, method, st, func(md metadata.MD) error { ss.SetTrailer(md); return nil })
-				}
-			}
-		} else if r, ok := s.admitStream(ctx); !ok {
+		if r, ok := s.admitStream(ctx); !ok {
 			return s.refuseWithTrailer(r, method, st, func(md metadata.MD) error { ss.SetTrailer(md); return nil })
 		}
 		defer s.streams.Add(-1)
