@@ -124,39 +124,8 @@ func (r *TicketKeyRotator) ServerConfig(base *tls.Config) (*tls.Config, error) {
 	if base.SessionTicketsDisabled {
 		return nil, errors.New("credentials: ServerConfig: tls.Config.SessionTicketsDisabled is true; ticket keys would never be used")
 	}
-	inner := base.GetConfigForClient
-	tmpl := base.Clone()
-	tmpl.GetConfigForClient = nil
-
-	type derived struct {
-		gen uint64
-		cfg *tls.Config
-	}
-	var cur atomic.Pointer[derived]
-	out := base.Clone()
-	out.GetConfigForClient = func(hello *tls.ClientHelloInfo) (*tls.Config, error) {
-		ks := r.keys.Load()
-		if inner != nil {
-			c, err := inner(hello)
-			if err != nil {
-				return nil, err
-			}
-			if c != nil {
-				c = c.Clone()
-				c.SetSessionTicketKeys(ks.keys)
-				return c, nil
-			}
-		}
-		if d := cur.Load(); d != nil && d.gen == ks.gen {
-			return d.cfg, nil
-		}
-		c := tmpl.Clone()
-		c.SetSessionTicketKeys(ks.keys)
-		cur.Store(&derived{gen: ks.gen, cfg: c})
-		return c, nil
-	}
-	out.SetSessionTicketKeys(r.keys.Load().keys)
-	return out, nil
+	// Each key set is a new *keySet, so the pointer changes with the keys.
+	return perHandshake(base, r.keys.Load, func(c *tls.Config, ks *keySet) { c.SetSessionTicketKeys(ks.keys) }), nil
 }
 
 // Rotate advances now instead of waiting for the next tick. With random

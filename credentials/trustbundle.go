@@ -149,39 +149,7 @@ func (b *TrustBundle) ServerConfig(base *tls.Config) (*tls.Config, error) {
 	if base.ClientCAs != nil {
 		return nil, errors.New("credentials: TrustBundle.ServerConfig: tls.Config.ClientCAs is set; the trust bundle replaces it, so leave it nil")
 	}
-	inner := base.GetConfigForClient
-	tmpl := base.Clone()
-	tmpl.GetConfigForClient = nil
-
-	type derived struct {
-		pool *x509.CertPool
-		cfg  *tls.Config
-	}
-	var cur atomic.Pointer[derived]
-	out := base.Clone()
-	out.ClientCAs = b.pool.Load()
-	out.GetConfigForClient = func(hello *tls.ClientHelloInfo) (*tls.Config, error) {
-		pool := b.pool.Load()
-		if inner != nil {
-			c, err := inner(hello)
-			if err != nil {
-				return nil, err
-			}
-			if c != nil {
-				c = c.Clone()
-				c.ClientCAs = pool
-				return c, nil
-			}
-		}
-		if d := cur.Load(); d != nil && d.pool == pool {
-			return d.cfg, nil
-		}
-		c := tmpl.Clone()
-		c.ClientCAs = pool
-		cur.Store(&derived{pool: pool, cfg: c})
-		return c, nil
-	}
-	return out, nil
+	return perHandshake(base, b.pool.Load, func(c *tls.Config, pool *x509.CertPool) { c.ClientCAs = pool }), nil
 }
 
 // WithTrustBundle makes NewTLS verify servers against b's current bundle:
