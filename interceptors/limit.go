@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"strconv"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -74,30 +73,14 @@ func newAlgo(c LimitConfig, maxQueued int, maxWait time.Duration, obs telemetry.
 // needsClock says whether release needs the call's start time.
 func (a *algo) needsClock() bool { return a.adaptive && a.latency > 0 }
 
-// limiter is one key's concurrency limit with a FIFO wait queue.
-//
-// The fast path is lock-free: with nobody waiting, acquire is a CAS on
-// inflight. mu guards the queue. The lost-wakeup argument: a waiter adds
-// itself to waiters (under mu) before its last look at inflight, and
-// release decrements inflight before it looks at waiters; so either the
-// waiter sees the freed slot or release sees the waiter and dispatches.
+// limiter is one key's concurrency limit with a FIFO wait queue (slots).
 type limiter struct {
+	slots
 	key   string
 	label string // quoted key, with the tenant: for messages
 	algo  *algo
 
-	limit    atomic.Int64
-	inflight atomic.Int64
-	waiters  atomic.Int64 // calls in the slow path (queued or about to be)
 	rejected atomic.Uint64
-
-	mu    sync.Mutex
-	queue []*waiter // guarded by mu; FIFO
-}
-
-type waiter struct {
-	ch      chan struct{}
-	granted bool // guarded by limiter.mu
 }
 
 func newLimiter(key string, a *algo) *limiter {
@@ -109,123 +92,44 @@ func newLimiter(key string, a *algo) *limiter {
 	return l
 }
 
-func (l *limiter) tryAcquire() bool {
-	for {
-		n := l.inflight.Load()
-		if n >= l.limit.Load() {
-			return false
-		}
-		if l.inflight.CompareAndSwap(n, n+1) {
-			return true
-		}
-	}
-}
-
 // acquire takes a slot, waiting in the queue if allowed. It returns nil,
 // a ResourceExhausted rejection, or the caller's cancellation.
 func (l *limiter) acquire(ctx context.Context) error {
-	if l.waiters.Load() == 0 && l.tryAcquire() {
+	if l.waiters.Load() == 0 && l.tryAcquire(l.limit.Load()) {
 		return nil
 	}
-	return l.acquireSlow(ctx)
-}
-
-func (l *limiter) acquireSlow(ctx context.Context) error {
 	a := l.algo
-	l.mu.Lock()
-	l.waiters.Add(1)
-	if len(l.queue) == 0 && l.tryAcquire() {
-		l.waiters.Add(-1)
-		l.mu.Unlock()
-		return nil
-	}
-	if len(l.queue) >= a.maxQueued {
-		l.waiters.Add(-1)
-		l.mu.Unlock()
-		return l.reject(ReasonQueueFull)
-	}
 	wait, reason := a.maxWait, ReasonMaxWait
 	if dl, ok := ctx.Deadline(); ok {
 		if left := time.Until(dl); left < wait {
 			wait, reason = left, ReasonDeadline
 		}
 	}
-	if wait <= 0 {
-		l.waiters.Add(-1)
-		l.mu.Unlock()
-		return l.reject(ReasonDeadline)
-	}
-	w := &waiter{ch: make(chan struct{}, 1)}
-	l.queue = append(l.queue, w)
-	l.mu.Unlock()
-
-	t := time.NewTimer(wait)
-	select {
-	case <-w.ch:
-		t.Stop()
+	switch l.slots.acquire(ctx, l.limit.Load(), a.maxQueued, wait) {
+	case waitGranted:
 		return nil
-	case <-t.C:
-	case <-ctx.Done():
-		t.Stop()
-		if ctx.Err() == context.DeadlineExceeded {
-			reason = ReasonDeadline
-		} else {
-			reason = ""
+	case waitFull:
+		return l.reject(ReasonQueueFull)
+	case waitDone:
+		if ctx.Err() != context.DeadlineExceeded {
+			return status.FromContextError(ctx.Err()).Err()
 		}
-	}
-	l.mu.Lock()
-	if w.granted {
-		l.mu.Unlock()
-		if ctx.Err() == nil {
-			return nil // the slot came as the wait ended: use it
-		}
-		l.release(outcomeIgnored, 0)
-	} else {
-		for i, q := range l.queue {
-			if q == w {
-				l.queue = append(l.queue[:i], l.queue[i+1:]...)
-				break
-			}
-		}
-		l.waiters.Add(-1)
-		l.mu.Unlock()
-	}
-	if reason == "" {
-		return status.FromContextError(ctx.Err()).Err()
+		reason = ReasonDeadline
 	}
 	return l.reject(reason)
-}
-
-// dispatch hands free slots to waiters in FIFO order.
-func (l *limiter) dispatch() {
-	l.mu.Lock()
-	for len(l.queue) > 0 && l.tryAcquire() {
-		w := l.queue[0]
-		l.queue[0] = nil
-		l.queue = l.queue[1:]
-		w.granted = true
-		l.waiters.Add(-1)
-		w.ch <- struct{}{}
-	}
-	if len(l.queue) == 0 {
-		l.queue = l.queue[:0:0] // let the backing array go
-	}
-	l.mu.Unlock()
 }
 
 // release frees a slot and, for AIMD, moves the limit by the call's
 // outcome and latency.
 func (l *limiter) release(o outcome, latency time.Duration) {
-	inflight := l.inflight.Add(-1) + 1
+	inflight := l.free()
 	if l.algo.adaptive && o != outcomeIgnored {
 		if l.algo.latency > 0 && latency > l.algo.latency {
 			o = outcomeDrop
 		}
 		l.adapt(inflight, o == outcomeDrop)
 	}
-	if l.waiters.Load() > 0 {
-		l.dispatch()
-	}
+	l.dispatchIfWaiting()
 }
 
 // adapt is AIMDLimit.update from Netflix concurrency-limits (see AIMD).

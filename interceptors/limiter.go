@@ -126,11 +126,8 @@ type LimiterStatus struct {
 }
 
 func (lim *limiter) status() LimiterStatus {
-	lim.mu.Lock()
-	q := len(lim.queue)
-	lim.mu.Unlock()
 	return LimiterStatus{Tenant: lim.algo.tenant, Key: lim.key, Limit: int(lim.limit.Load()),
-		InFlight: int(lim.inflight.Load()), Queued: q, Rejected: lim.rejected.Load()}
+		InFlight: int(lim.inflight.Load()), Queued: lim.queued(), Rejected: lim.rejected.Load()}
 }
 
 // Snapshot describes every key's limiter, in no particular order.
