@@ -113,7 +113,7 @@ func (g *gradient) sample(took time.Duration, cut bool, now, n int64) (int64, bo
 // calls in flight with it.
 func (s *Shedder) aimd(drop bool, n int64) {
 	for {
-		old := s.limit.Load()
+		old := s.slots.limit.Load()
 		next := old
 		switch {
 		case drop:
@@ -124,7 +124,7 @@ func (s *Shedder) aimd(drop bool, n int64) {
 		if next == old {
 			return
 		}
-		if s.limit.CompareAndSwap(old, next) {
+		if s.slots.limit.CompareAndSwap(old, next) {
 			s.obs.LimiterLimitChanged("", ShedderKey, int(next))
 			return
 		}

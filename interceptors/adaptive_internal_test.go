@@ -109,7 +109,7 @@ func TestDoneUnaryIgnoresCallsPastTheirDeadline(t *testing.T) {
 				t.Fatal(err)
 			}
 			st := s.serviceTime("/pkg.S/M")
-			s.inflight.Add(1)
+			s.slots.inflight.Add(1)
 			s.doneUnary(tc.ctx, st, nil, 7*time.Millisecond, end)
 			if got := st.samples.Load(); got != tc.wantSamples {
 				t.Errorf("samples = %d, want %d", got, tc.wantSamples)

@@ -157,6 +157,21 @@ type ShedderConfig struct {
 	// so critical work keeps the rest. Between 0 (exclusive) and 1.
 	// Default 0.75.
 	SheddableShare float64
+	// MaxWait is how long, at most, a critical unary request that finds
+	// a fixed in-flight limit in use waits for a slot instead of being
+	// shed at once. A slot freed while requests wait goes straight to one
+	// of them, the newest first, so the server's slots do not stand idle
+	// between one call's end and the next request's arrival. The wait
+	// bridges that moment; it is not a queue: it is at most the time in
+	// which one of the limit's slots frees on average at the method's
+	// recent service time (service time / limit), never so long that less
+	// than the service time would be left of the request's deadline, and
+	// at most as many requests wait as the limit. No request waits before
+	// its method's service time is measured (MinSamples), when it is
+	// Sheddable, or with an AIMD or Adaptive limit (they keep their own
+	// headroom above what the server serves at once). One whose wait ends
+	// without a slot is shed (ReasonLimit). 0 sheds at once. Default 50ms.
+	MaxWait time.Duration
 	// Pushback is the grpc-retry-pushback-ms trailer sent with a shed on
 	// the interceptor path (grpc-go clients with a retry policy wait this
 	// long before their next attempt) and the RetryInfo detail of every
@@ -172,7 +187,7 @@ type ShedderConfig struct {
 // DefaultShedderConfig returns the defaults documented on ShedderConfig.
 func DefaultShedderConfig() ShedderConfig {
 	return ShedderConfig{LimitConfig: DefaultLimitConfig(), Tolerance: 1.25, Window: 25 * time.Millisecond,
-		MinSamples: 10, StreamLimit: 1000, SheddableShare: 0.75, Pushback: 20 * time.Millisecond,
+		MinSamples: 10, StreamLimit: 1000, SheddableShare: 0.75, MaxWait: 50 * time.Millisecond, Pushback: 20 * time.Millisecond,
 		LogInterval: 10 * time.Second}
 }
 
@@ -289,6 +304,9 @@ func (c ShedderConfig) Validate() error {
 	}
 	if math.IsNaN(c.SheddableShare) || c.SheddableShare <= 0 || c.SheddableShare > 1 {
 		return bad("sheddableShare", strconv.FormatFloat(c.SheddableShare, 'g', -1, 64), "must be above 0 and at most 1")
+	}
+	if c.MaxWait < 0 || c.MaxWait > time.Hour {
+		return bad("maxWait", durJSON(c.MaxWait), "must be between \"0s\" and \"3600s\"")
 	}
 	if c.Pushback < 0 || c.Pushback > time.Hour {
 		return bad("pushback", durJSON(c.Pushback), "must be between \"0s\" and \"3600s\"")

@@ -1,4 +1,14 @@
 package interceptors
 
+import "time"
+
 // SetShedderLogf replaces where s writes its summary line (tests only).
 func SetShedderLogf(s *Shedder, f func(format string, args ...any)) { s.logf = f }
+
+// SetShedderServiceTime sets the service time s knows for method, as if
+// samples calls had measured d (tests only: it spares them real work).
+func SetShedderServiceTime(s *Shedder, method string, d time.Duration, samples int) {
+	st := s.serviceTime(method)
+	st.ewma.Store(int64(d))
+	st.samples.Store(int64(samples))
+}

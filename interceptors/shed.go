@@ -154,10 +154,9 @@ type Shedder struct {
 	sobs telemetry.ShedObserver // nil: obs does not implement it
 	crit map[string]Criticality // immutable copy of cfg.Criticality
 
-	limit    atomic.Int64 // unary in-flight limit
-	inflight atomic.Int64 // unary calls holding a slot
-	streams  atomic.Int64 // open streams
-	grad     *gradient    // nil unless cfg.Adaptive
+	slots   slots        // the unary in-flight limit, its slots and their LIFO wait queue
+	streams atomic.Int64 // open streams
+	grad    *gradient    // nil unless cfg.Adaptive
 
 	mu      sync.Mutex                              // serialises writers of methods
 	methods atomic.Pointer[map[string]*serviceTime] // copy on write
@@ -231,9 +230,10 @@ func NewShedder(opts ...ShedderOption) (*Shedder, error) {
 		return nil, err
 	}
 	s := &Shedder{cfg: o.cfg, obs: o.obs, crit: maps.Clone(o.cfg.Criticality), epoch: time.Now(), logf: logger.Warningf}
+	s.slots.lifo = true
 	s.cfg.Criticality = s.crit
 	s.sobs, _ = o.obs.(telemetry.ShedObserver)
-	s.limit.Store(int64(o.cfg.Limit))
+	s.slots.limit.Store(int64(o.cfg.Limit))
 	if o.cfg.Adaptive {
 		s.grad = newGradient(o.cfg)
 	}
@@ -248,14 +248,14 @@ func NewShedder(opts ...ShedderOption) (*Shedder, error) {
 // InFlight returns the current unary in-flight limit and how many unary
 // requests are in flight.
 func (s *Shedder) InFlight() (limit, inFlight int) {
-	return int(s.limit.Load()), int(s.inflight.Load())
+	return int(s.slots.limit.Load()), int(s.slots.inflight.Load())
 }
 
 // ShedderSnapshot is a Shedder's state, for a debug page.
 type ShedderSnapshot struct {
 	// Limit is the current unary in-flight limit; InFlight how many unary
-	// requests hold a slot.
-	Limit, InFlight int
+	// requests hold a slot; Queued how many wait for one (MaxWait).
+	Limit, InFlight, Queued int
 	// Streams is how many streams are open; StreamLimit how many may be.
 	Streams, StreamLimit int
 	// Adaptive says whether Limit follows the measured service time;
@@ -271,7 +271,7 @@ type ShedderSnapshot struct {
 
 // Snapshot returns the Shedder's current state.
 func (s *Shedder) Snapshot() ShedderSnapshot {
-	snap := ShedderSnapshot{Limit: int(s.limit.Load()), InFlight: int(s.inflight.Load()),
+	snap := ShedderSnapshot{Limit: int(s.slots.limit.Load()), InFlight: int(s.slots.inflight.Load()), Queued: s.slots.queued(),
 		Streams: int(s.streams.Load()), StreamLimit: s.cfg.StreamLimit, Adaptive: s.grad != nil,
 		Shed: make(map[string]int64, numReasons)}
 	if s.grad != nil {
@@ -327,50 +327,85 @@ func (s *Shedder) serviceTime(method string) *serviceTime {
 // now returns monotonic nanoseconds since the Shedder was made.
 func (s *Shedder) now() int64 { return int64(time.Since(s.epoch)) }
 
-// admitUnary decides on a unary request and takes its slot: ok, or the
-// reason to shed it.
-func (s *Shedder) admitUnary(ctx context.Context, st *serviceTime, crit Criticality) (reason, bool) {
-	r, limit, ok := s.checkUnary(ctx, st, crit)
+// admitUnary decides on a unary request and takes its slot, waiting for
+// one if waitFor allows: ok, or the reason to shed it. A request whose
+// caller gave up while it waited gets that error instead (err).
+func (s *Shedder) admitUnary(ctx context.Context, st *serviceTime, crit Criticality) (r reason, ok bool, err error) {
+	r, limit, wait, ok := s.checkUnary(ctx, st, crit)
 	if !ok {
-		return r, false
+		return r, false, nil
 	}
-	for {
-		n := s.inflight.Load()
-		if n >= limit {
-			return r, false
-		}
-		if s.inflight.CompareAndSwap(n, n+1) {
-			return 0, true
-		}
+	if s.slots.waiters.Load() == 0 && s.slots.tryAcquire(limit) {
+		return 0, true, nil
 	}
+	switch s.slots.acquire(ctx, limit, int(limit), wait) {
+	case waitGranted:
+		return 0, true, nil
+	case waitDone:
+		if ctx.Err() == context.DeadlineExceeded {
+			return rExpired, false, nil
+		}
+		return 0, false, status.FromContextError(ctx.Err()).Err()
+	}
+	return r, false, nil
 }
 
-// checkUnary makes every decision of admitUnary but takes no slot: the
-// tap path's (the interceptor, which alone takes and releases slots, may
-// still shed a request the tap let through when the slots filled in
-// between). On success r is the reason a full limit would give and limit
-// the in-flight limit the request must fit under.
-func (s *Shedder) checkUnary(ctx context.Context, st *serviceTime, crit Criticality) (r reason, limit int64, ok bool) {
+// checkUnary makes every decision of admitUnary but takes no slot and
+// does not wait: the tap path's (the interceptor, which alone takes and
+// releases slots, may still shed a request the tap let through when the
+// slots and the wait queue filled in between). On success r is the
+// reason a full limit would give, limit the in-flight limit the request
+// must fit under and wait how long it may wait for a slot (waitFor); a
+// request that finds the limit in use passes when it may wait and fewer
+// than limit requests wait.
+func (s *Shedder) checkUnary(ctx context.Context, st *serviceTime, crit Criticality) (r reason, limit int64, wait time.Duration, ok bool) {
+	left := time.Duration(-1) // no deadline
 	if dl, ok := ctx.Deadline(); ok {
-		left := time.Until(dl)
+		left = time.Until(dl)
 		if left <= 0 {
-			return rExpired, 0, false
+			return rExpired, 0, 0, false
 		}
 		if st != nil && st.samples.Load() >= int64(s.cfg.MinSamples) && left < time.Duration(st.ewma.Load()) {
 			st.decay()
-			return rDeadline, 0, false
+			return rDeadline, 0, 0, false
 		}
 	}
-	limit = s.limit.Load()
+	limit = s.slots.limit.Load()
 	r = rLimit
 	if crit == Sheddable {
 		limit = max(int64(float64(limit)*s.cfg.SheddableShare), 1)
 		r = rSheddable
 	}
-	if s.inflight.Load() >= limit {
-		return r, limit, false
+	wait = s.waitFor(st, crit, limit, left)
+	if s.slots.inflight.Load() >= limit && (wait <= 0 || s.slots.waiters.Load() >= limit) {
+		return r, limit, 0, false
 	}
-	return r, limit, true
+	return r, limit, wait, true
+}
+
+// waitFor is how long a request that finds the limit in use may wait for
+// a slot (left is its remaining deadline, negative without one). A wait
+// is there to bridge the moment between one call's end and the next
+// request's arrival, when a fixed limit's slot would stand idle, not to
+// queue: at most the time in which, at its method's measured service
+// time, one of the limit's slots frees on average (service time / limit),
+// at most MaxWait, and never so long that less than the service time
+// would be left of its deadline. Not at all when MaxWait is 0, with an
+// AIMD or Adaptive limit (they keep their own headroom above what the
+// server serves at once, which bridges that moment already; waiting
+// would only queue), for a Sheddable request (shed first), or before the
+// method's service time is measured (MinSamples).
+func (s *Shedder) waitFor(st *serviceTime, crit Criticality, limit int64, left time.Duration) time.Duration {
+	if s.cfg.MaxWait <= 0 || s.grad != nil || s.cfg.Algorithm != Fixed || crit == Sheddable || st == nil ||
+		st.samples.Load() < int64(s.cfg.MinSamples) {
+		return 0
+	}
+	svc := time.Duration(st.ewma.Load())
+	w := min(s.cfg.MaxWait, svc/time.Duration(max(limit, 1)))
+	if left >= 0 {
+		w = min(w, left-svc)
+	}
+	return w
 }
 
 // admitStream decides on a stream and takes its slot.
@@ -458,7 +493,7 @@ func (s *Shedder) TapHandle(ctx context.Context, info *tap.Info) (context.Contex
 		if r, ok := s.checkStream(ctx); !ok {
 			return ctx, s.refuse(r, method, st)
 		}
-	} else if r, _, ok := s.checkUnary(ctx, st, s.criticality(info.Header[CriticalityHeader], method)); !ok {
+	} else if r, _, _, ok := s.checkUnary(ctx, st, s.criticality(info.Header[CriticalityHeader], method)); !ok {
 		return ctx, s.refuse(r, method, st)
 	}
 	return ctx, nil
@@ -475,14 +510,17 @@ func (s *Shedder) UnaryServerInterceptor() grpc.UnaryServerInterceptor {
 		}
 		st := s.serviceTime(method)
 		crit := s.criticality(metadata.ValueFromIncomingContext(ctx, CriticalityHeader), method)
-		if r, ok := s.admitUnary(ctx, st, crit); !ok {
+		if r, ok, err := s.admitUnary(ctx, st, crit); err != nil {
+			return nil, err // its caller gave up while it waited for a slot
+		} else if !ok {
 			return nil, s.refuseWithTrailer(r, method, st, func(md metadata.MD) error { return grpc.SetTrailer(ctx, md) })
 		}
 		start := time.Now()
 		released := false
 		defer func() {
 			if !released { // handler panicked
-				s.inflight.Add(-1)
+				s.slots.free()
+				s.slots.dispatchIfWaiting()
 			}
 		}()
 		resp, err := handler(ctx, req)
@@ -508,11 +546,12 @@ func (s *Shedder) doneUnary(ctx context.Context, st *serviceTime, err error, too
 	if err == nil && !cut {
 		st.observe(took)
 	}
-	n := s.inflight.Add(-1) + 1
+	n := s.slots.free()
+	defer s.slots.dispatchIfWaiting() // after the limit moved
 	switch {
 	case s.grad != nil:
 		if l, moved := s.grad.sample(took, cut, s.now(), n); moved {
-			s.limit.Store(l)
+			s.slots.limit.Store(l)
 			s.obs.LimiterLimitChanged("", ShedderKey, int(l))
 		}
 	case s.cfg.Algorithm == AIMD:

@@ -44,7 +44,7 @@ func (s *Shedder) answer(r reason, st *serviceTime) error {
 	slot := &s.answers[r]
 	switch r {
 	case rLimit, rSheddable:
-		key = s.limit.Load()
+		key = s.slots.limit.Load()
 	case rDeadline:
 		key = st.ewma.Load() / int64(100*time.Microsecond)
 		slot = &st.ans
@@ -130,5 +130,5 @@ func (s *Shedder) maybeLog() {
 	}
 	s.nextLog.Store(now + int64(s.cfg.LogInterval))
 	s.logf("interceptors: shed %d requests in the last %v (by reason: %s); limit %d, %d in flight, %d streams open",
-		total, since.Round(time.Millisecond), b.String(), s.limit.Load(), s.inflight.Load(), s.streams.Load())
+		total, since.Round(time.Millisecond), b.String(), s.slots.limit.Load(), s.slots.inflight.Load(), s.streams.Load())
 }

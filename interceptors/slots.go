@@ -76,13 +76,13 @@ func (s *slots) acquire(ctx context.Context, limit int64, maxQueued int, wait ti
 		s.mu.Unlock()
 		return waitGranted
 	}
-	if len(s.queue) >= maxQueued || wait <= 0 {
+	if full := len(s.queue) >= maxQueued; full || wait <= 0 {
 		s.waiters.Add(-1)
 		s.mu.Unlock()
-		if wait <= 0 && len(s.queue) < maxQueued {
-			return waitTimedOut
+		if full {
+			return waitFull
 		}
-		return waitFull
+		return waitTimedOut
 	}
 	w := &waiter{ch: make(chan struct{}, 1)}
 	s.queue = append(s.queue, w)

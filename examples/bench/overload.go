@@ -130,13 +130,16 @@ func (s *overloadServer) stop() { s.b.stop() }
 // the server's own measured service time; and failsafe-go's adaptive
 // limiter (its defaults, its tap.ServerInHandle and interceptor).
 //
-// Capacity is measured, not assumed: the work is a 2 ms timer, and Go's
-// timers fire late (the runtime sleeps in whole milliseconds), so 4 slots
-// do 4 / (the work's measured time) calls/s, about 1.6k/s rather than the
-// nominal 2k/s. The work time is measured while one caller runs alone,
-// before the overload, so the overload's own cost is not excused: the
-// callers share this process, and under the overload the same timer fires
-// later still (the table shows both times).
+// Capacity is measured, not assumed: on the side without admission
+// control, 8 callers with no deadline keep the 4 slots busy (a slot never
+// waits for a request, and no call is worked on after its caller gave
+// up), and what the server does then is the most it can do. The work is
+// a 2 ms timer, and Go's timers fire late (the runtime sleeps in whole
+// milliseconds), later still with four of them running at once than with
+// one caller alone: the table shows the work's time both ways, and what
+// 4 slots would do at the one-caller time. The shed requests' cost is not
+// in the capacity (no request is shed while it is measured), so it counts
+// against the Shedder.
 //
 // Every round starts fresh servers (no side inherits an earlier episode's
 // state); one caller alone runs before the overload (the unloaded p99 and
@@ -188,9 +191,10 @@ func runOverload(ctx context.Context, e *env) (*result, error) {
 		}
 		return t, cc, nil
 	}
-	// load runs n closed-loop callers for d and returns the latencies of
-	// the calls that succeeded and how many calls were made.
-	load := func(ctx context.Context, cc *grpc.ClientConn, n int, d time.Duration) (ok []time.Duration, total int, elapsed time.Duration, fails map[codes.Code]int) {
+	// load runs n closed-loop callers for d, each call with deadline dl,
+	// and returns the latencies of the calls that succeeded and how many
+	// calls were made.
+	load := func(ctx context.Context, cc *grpc.ClientConn, n int, d, dl time.Duration) (ok []time.Duration, total int, elapsed time.Duration, fails map[codes.Code]int) {
 		fails = map[codes.Code]int{}
 		var mu sync.Mutex
 		var wg sync.WaitGroup
@@ -204,7 +208,7 @@ func runOverload(ctx context.Context, e *env) (*result, error) {
 				calls := 0
 				myFails := map[codes.Code]int{}
 				for ctx.Err() == nil && time.Now().Before(stopAt) {
-					cctx, cancel := context.WithTimeout(ctx, overloadDeadline)
+					cctx, cancel := context.WithTimeout(ctx, dl)
 					c0 := time.Now()
 					err := unary(cctx, cc)
 					lat := time.Since(c0)
@@ -275,12 +279,12 @@ func runOverload(ctx context.Context, e *env) (*result, error) {
 				return sample{}, err
 			}
 			defer func() { cc.Close(); t.stop() }()
-			load(ctx, cc, 1, 50*time.Millisecond)
+			load(ctx, cc, 1, 50*time.Millisecond, overloadDeadline)
 			since, err := workTime(t)
 			if err != nil {
 				return sample{}, err
 			}
-			idle, _, _, _ := load(ctx, cc, 1, e.unloadedFor)
+			idle, _, _, _ := load(ctx, cc, 1, e.unloadedFor, overloadDeadline)
 			if len(idle) == 0 {
 				return sample{}, errors.New("no call succeeded unloaded")
 			}
@@ -289,6 +293,27 @@ func runOverload(ctx context.Context, e *env) (*result, error) {
 				return sample{}, err
 			}
 			_, idle99 := percentiles(idle)
+			// Without admission control, the server's capacity: twice as
+			// many callers as slots and no deadline to miss, so a slot never
+			// waits for a request; what it does is the most this server
+			// can do, its timers firing as late as they do when all four
+			// slots work (see capacityOf).
+			var capacity, satWork float64
+			if kind == "none" {
+				if since, err = workTime(t); err != nil {
+					return sample{}, err
+				}
+				sat, _, satElapsed, _ := load(ctx, cc, 2*overloadSlots, e.unloadedFor, time.Second)
+				capacity = float64(len(sat)) / satElapsed.Seconds()
+				w, err := since()
+				if err != nil {
+					return sample{}, err
+				}
+				satWork = float64(w) / float64(time.Millisecond)
+				if err := drain(t); err != nil {
+					return sample{}, err
+				}
+			}
 			if since, err = workTime(t); err != nil {
 				return sample{}, err
 			}
@@ -296,7 +321,7 @@ func runOverload(ctx context.Context, e *env) (*result, error) {
 			if err != nil {
 				return sample{}, err
 			}
-			ok, total, elapsed, _ := load(ctx, cc, callers, e.overloadFor)
+			ok, total, elapsed, _ := load(ctx, cc, callers, e.overloadFor, overloadDeadline)
 			loadedWork, err := since()
 			if err != nil {
 				return sample{}, err
@@ -312,13 +337,15 @@ func runOverload(ctx context.Context, e *env) (*result, error) {
 			if err != nil {
 				return sample{}, err
 			}
-			after, afterTotal, _, afterFails := load(ctx, cc, 1, e.unloadedFor)
+			after, afterTotal, _, afterFails := load(ctx, cc, 1, e.unloadedFor, overloadDeadline)
 			end, err := t.stats()
 			if err != nil {
 				return sample{}, err
 			}
 			m := map[string]float64{
 				"goodput":    float64(len(ok)) / elapsed.Seconds(),
+				"capacity":   capacity, // 0 but for the side without admission control
+				"satwork":    satWork,
 				"work":       float64(unloadedWork) / float64(time.Millisecond),
 				"loaded":     float64(loadedWork) / float64(time.Millisecond),
 				"okpct":      100 * float64(len(ok)) / float64(max(total, 1)),
@@ -400,18 +427,28 @@ func overloadRows(res measurements, title, prefix string, kinds []struct{ kind, 
 	callers int
 	target  float64
 }) []row {
-	// The unloaded work time is a property of the server, measured on
-	// every side's fresh one: capacity comes from its median over all
-	// sides and rounds of this mode.
-	var works []float64
+	// Capacity is measured on the side without admission control, on
+	// every round's fresh server of this mode: 8 callers, no deadline to
+	// miss, so the 4 slots never wait for a request (the median over
+	// rounds and loads). The unloaded work time, measured on every side's
+	// server, is shown beside it: 4 slots / that time is what the slots
+	// would do if their timers fired as on an idle server, but with four
+	// timers running at once they fire later (the runtime sleeps in whole
+	// milliseconds), and no admission can win that back.
+	var works, caps, satWorks []float64
 	for _, l := range loads {
 		for _, k := range kinds {
 			for _, smp := range res[prefix+l.label+" "+k.name] {
 				works = append(works, smp.m["work"])
+				if k.kind == "none" {
+					caps, satWorks = append(caps, smp.m["capacity"]), append(satWorks, smp.m["satwork"])
+				}
 			}
 		}
 	}
-	capacity := overloadSlots / (median(works) / 1000) // work is in ms
+	capacity := median(caps)
+	capLabel := fmt.Sprintf("capacity %s measured: 8 callers, no deadline, no admission control, the 4 slots' work %.2f ms (one caller alone: %.2f ms, 4 slots / that = %s)",
+		fmtRate(capacity), median(satWorks), median(works), fmtRate(overloadSlots/(median(works)/1000)))
 	share := func(n string) float64 { return 100 * res.median(n, "goodput") / capacity }
 	goodput := func(n string) string {
 		return fmt.Sprintf("%s (%.0f%% of capacity, %.1f%% of calls OK)", fmtRate(res.median(n, "goodput")), share(n), res.median(n, "okpct"))
@@ -457,7 +494,7 @@ func overloadRows(res measurements, title, prefix string, kinds []struct{ kind, 
 		}
 		short := func(n string) string { return strings.TrimPrefix(n, prefix+l.label+" ") }
 		rows = append(rows,
-			row{title, fmt.Sprintf("%s goodput (OK calls/s; capacity %s = 4 slots / %.2f ms measured work)", l.label, fmtRate(capacity), median(works)),
+			row{title, fmt.Sprintf("%s goodput (OK calls/s; %s)", l.label, capLabel),
 				goodput(plain),
 				fmt.Sprintf("fixed 4: %s; adaptive: %s (limit at the end %.0f); %s: %s; %s: %s", goodput(fx), goodput(ad), res.median(ad, "limit"),
 					short(fs), goodput(fs), short(ft), goodput(ft)),

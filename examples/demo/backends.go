@@ -272,7 +272,7 @@ func (s *serverSide) debugServer() *debugpage.Server {
 			}
 		}
 		out.Shedders = append(out.Shedders, debugpage.Shedder{Name: backendNames[i] + " " + b.addr,
-			Limit: snap.Limit, InFlight: snap.InFlight, Shed: shed})
+			Limit: snap.Limit, InFlight: snap.InFlight, Queued: snap.Queued, Shed: shed})
 	}
 	if s.handshakes != nil {
 		for _, h := range s.handshakes.Snapshot() {

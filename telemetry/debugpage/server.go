@@ -12,6 +12,8 @@ type Shedder struct {
 	Name     string `json:"name"`
 	Limit    int    `json:"limit"`
 	InFlight int    `json:"inFlight"`
+	// Queued is how many requests wait for a slot.
+	Queued int `json:"queued"`
 	// Shed counts shed calls by reason since start.
 	Shed map[string]uint64 `json:"shed"`
 }

@@ -1,0 +1,51 @@
+package interceptors
+
+import (
+	"context"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// TestSlotsNoLostWakeup: many requests acquire and release a small limit
+// at once, with waits far longer than the test; every one gets a slot (a
+// lost wakeup would leave one waiting its whole 10 s, past the test's
+// bound), no more than the limit ever hold one, and nothing is left
+// queued or held. Both queue orders.
+func TestSlotsNoLostWakeup(t *testing.T) {
+	for _, lifo := range []bool{false, true} {
+		var s slots
+		s.lifo = lifo
+		s.limit.Store(3)
+		var held, peak atomic.Int64
+		var wg sync.WaitGroup
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		for range 32 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for range 200 {
+					if res := s.acquire(ctx, s.limit.Load(), 64, 10*time.Second); res != waitGranted {
+						t.Errorf("lifo %v: acquire = %d, want granted", lifo, res)
+						return
+					}
+					n := held.Add(1)
+					for p := peak.Load(); n > p && !peak.CompareAndSwap(p, n); p = peak.Load() {
+					}
+					held.Add(-1)
+					s.free()
+					s.dispatchIfWaiting()
+				}
+			}()
+		}
+		wg.Wait()
+		cancel()
+		if p := peak.Load(); p > 3 {
+			t.Errorf("lifo %v: %d held a slot at once, limit 3", lifo, p)
+		}
+		if n, q := s.inflight.Load(), s.queued(); n != 0 || q != 0 || s.waiters.Load() != 0 {
+			t.Errorf("lifo %v: after: %d in flight, %d queued, %d waiters, want none", lifo, n, q, s.waiters.Load())
+		}
+	}
+}
