@@ -166,7 +166,10 @@ type ShedderConfig struct {
 	// which one of the limit's slots frees on average at the method's
 	// recent service time (service time / limit), never so long that less
 	// than the service time would be left of the request's deadline, and
-	// at most as many requests wait as the limit. No request waits before
+	// one request waits at a time (within one wait one slot frees on
+	// average: a second waiter would only be shed later, and past the tap
+	// path's cheap rejection); the others are shed at once, by the tap
+	// when it is installed. No request waits before
 	// its method's service time is measured (MinSamples), when it is
 	// Sheddable, or with an AIMD or Adaptive limit (they keep their own
 	// headroom above what the server serves at once). One whose wait ends

@@ -5,7 +5,9 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	testpb "google.golang.org/grpc/interop/grpc_testing"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
@@ -18,7 +20,7 @@ const unaryMethod = "/grpc.testing.TestService/UnaryCall"
 // TestShedderWaitsForAFreedSlot: a critical request that finds the limit
 // in use on a measured method waits, and the slot freed by the call
 // ahead of it goes straight to it: it is served, not shed (MaxWait).
-// Only as many requests wait as the limit; one more is shed at once.
+// One request waits at a time; one more is shed at once.
 func TestShedderWaitsForAFreedSlot(t *testing.T) {
 	for _, path := range shedPaths {
 		t.Run(path.name, func(t *testing.T) {
@@ -32,7 +34,7 @@ func TestShedderWaitsForAFreedSlot(t *testing.T) {
 			testutil.Eventually(t, 5*time.Second, func() bool { return be.inflight.Load() == 1 }, "the first call holds the slot")
 			go func() { second <- unary(ctx, c) }()
 			testutil.Eventually(t, 5*time.Second, func() bool { return shed.Snapshot().Queued == 1 }, "the second call waits")
-			// The queue holds as many as the limit: a third is shed at once.
+			// One request waits at a time: a third is shed at once.
 			if err := unary(ctx, c); status.Code(err) != codes.ResourceExhausted || status.Convert(err).Message() != interceptors.MessageShedLimit {
 				t.Fatalf("third call with one waiting = %v, want ResourceExhausted %q", err, interceptors.MessageShedLimit)
 			}
@@ -139,6 +141,72 @@ func TestShedderWaitIsBounded(t *testing.T) {
 				t.Fatalf("first call = %v", err)
 			}
 			testutil.Eventually(t, 5*time.Second, func() bool { return shed.Snapshot().InFlight == 0 }, "no slot held")
+		})
+	}
+}
+
+// TestShedderTapShedsWhatCannotWaitUsefully: within one wait (at most
+// service time / limit) one slot frees on average, so a second request
+// waiting beside the first would only be shed later, after its wait, and
+// on the tap path only after grpc-go made its stream, goroutine and
+// message: at 4× overload every shed went that way (4 arrivals per wait
+// window, fewer than the limit's worth of waiters), and the tap, whose
+// cheap rejection is its reason to exist, shed none of them. While one
+// request waits, the next critical request at the limit is shed at once:
+// by the tap (no pushback trailer, which only the interceptor sets), and
+// by the interceptors alone without waiting.
+func TestShedderTapShedsWhatCannotWaitUsefully(t *testing.T) {
+	const limit = 4
+	for _, path := range shedPaths {
+		t.Run(path.name, func(t *testing.T) {
+			ev := &events{}
+			// Service time 1h: a request that waits would wait 15 minutes
+			// (1h / 4), far past the test's bounds.
+			shed := makeShedder(t, ev, func(c *interceptors.ShedderConfig) { c.Limit, c.MaxWait = limit, time.Hour })
+			interceptors.SetShedderServiceTime(shed, unaryMethod, time.Hour, 100)
+			be := startGated(t, path.opts(shed)...)
+			defer close(be.gate)
+			c := dial(t, be.Addr)
+			ctx := context.Background()
+			held := make(chan error, limit+1)
+			for range limit {
+				go func() { held <- unary(ctx, c) }()
+			}
+			testutil.Eventually(t, 5*time.Second, func() bool { return be.inflight.Load() == limit }, "the limit is in use")
+			waitCtx, cancelWait := context.WithCancel(ctx)
+			defer cancelWait()
+			go func() { held <- unary(waitCtx, c) }()
+			testutil.Eventually(t, 5*time.Second, func() bool { return shed.Snapshot().Queued == 1 }, "one request waits")
+			for i := range limit {
+				var trailer metadata.MD
+				done := make(chan error, 1)
+				go func() {
+					_, err := c.UnaryCall(ctx, &testpb.SimpleRequest{}, grpc.Trailer(&trailer))
+					done <- err
+				}()
+				select {
+				case err := <-done:
+					if status.Code(err) != codes.ResourceExhausted || status.Convert(err).Message() != interceptors.MessageShedLimit {
+						t.Fatalf("request %d while one waits = %v, want ResourceExhausted %q", i, err, interceptors.MessageShedLimit)
+					}
+				case <-time.After(5 * time.Second):
+					t.Fatalf("request %d while one waits: no answer within 5s (it waits: %d queued)", i, shed.Snapshot().Queued)
+				}
+				if path.name == "tap" && len(trailer[interceptors.PushbackTrailer]) != 0 {
+					t.Fatalf("request %d while one waits was shed by the interceptor (pushback trailer %v), not by the tap", i, trailer[interceptors.PushbackTrailer])
+				}
+			}
+			if q := shed.Snapshot().Queued; q != 1 {
+				t.Fatalf("%d queued, want the one request that waits", q)
+			}
+			if n := shed.Snapshot().Shed[interceptors.ReasonLimit]; n != limit || ev.shedCount(interceptors.ReasonLimit) != limit {
+				t.Fatalf("shed at the limit: snapshot %d, observer %d; want %d each", n, ev.shedCount(interceptors.ReasonLimit), limit)
+			}
+			cancelWait()
+			if err := <-held; status.Code(err) != codes.Canceled {
+				t.Fatalf("the waiting request, cancelled = %v, want Canceled", err)
+			}
+			testutil.Eventually(t, 5*time.Second, func() bool { return shed.Snapshot().Queued == 0 }, "nobody waits")
 		})
 	}
 }
