@@ -123,11 +123,12 @@ func TestLimiterWaitIsBounded(t *testing.T) {
 		cancel     bool
 		wantCode   codes.Code
 		wantReason string
+		wantMsg    string // the reason's part of the message
 		maxTook    time.Duration
 	}{
-		{name: "max wait", timeout: 10 * time.Second, wantCode: codes.ResourceExhausted, wantReason: interceptors.ReasonMaxWait, maxTook: time.Second},
-		{name: "deadline shorter than max wait", timeout: 5 * time.Millisecond, wantCode: codes.ResourceExhausted, wantReason: interceptors.ReasonDeadline, maxTook: 25 * time.Millisecond * 20},
-		{name: "deadline already passed", timeout: -time.Millisecond, wantCode: codes.ResourceExhausted, wantReason: interceptors.ReasonDeadline, maxTook: time.Second},
+		{name: "max wait", timeout: 10 * time.Second, wantCode: codes.ResourceExhausted, wantReason: interceptors.ReasonMaxWait, wantMsg: "; no slot freed within 30ms", maxTook: time.Second},
+		{name: "deadline shorter than max wait", timeout: 5 * time.Millisecond, wantCode: codes.ResourceExhausted, wantReason: interceptors.ReasonDeadline, wantMsg: "; the call's deadline leaves no time to wait for a slot", maxTook: 25 * time.Millisecond * 20},
+		{name: "deadline already passed", timeout: -time.Millisecond, wantCode: codes.ResourceExhausted, wantReason: interceptors.ReasonDeadline, wantMsg: "; the call's deadline leaves no time to wait for a slot", maxTook: time.Second},
 		{name: "caller cancels while queued", timeout: 10 * time.Second, cancel: true, wantCode: codes.Canceled, maxTook: time.Second},
 	}
 	for _, tt := range tests {
@@ -143,6 +144,12 @@ func TestLimiterWaitIsBounded(t *testing.T) {
 			took := time.Since(start)
 			if status.Code(err) != tt.wantCode {
 				t.Fatalf("call = %v, want %v", err, tt.wantCode)
+			}
+			if tt.wantMsg != "" {
+				want := `interceptors: "passthrough:///` + be.Addr + `" is at its concurrency limit of 1` + tt.wantMsg
+				if msg := status.Convert(err).Message(); msg != want || !errors.Is(err, interceptors.ErrLimited) {
+					t.Errorf("message %q (wrapping ErrLimited: %v), want %q", msg, errors.Is(err, interceptors.ErrLimited), want)
+				}
 			}
 			if took > tt.maxTook {
 				t.Errorf("call took %v, want at most %v", took, tt.maxTook)
