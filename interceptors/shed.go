@@ -155,6 +155,7 @@ type Shedder struct {
 	crit map[string]Criticality // immutable copy of cfg.Criticality
 
 	slots   slots        // the unary in-flight limit, its slots and their LIFO wait queue
+	passed  atomic.Int64 // requests the tap let through to wait, not yet at the interceptor (tapPass)
 	streams atomic.Int64 // open streams
 	grad    *gradient    // nil unless cfg.Adaptive
 
@@ -377,7 +378,7 @@ func (s *Shedder) checkUnary(ctx context.Context, st *serviceTime, crit Critical
 		r = rSheddable
 	}
 	wait = s.waitFor(st, crit, limit, left)
-	if s.slots.inflight.Load() >= limit && (wait <= 0 || s.slots.waiters.Load() >= maxWaiters) {
+	if s.slots.inflight.Load() >= limit && (wait <= 0 || s.slots.waiters.Load()+s.passed.Load() >= maxWaiters) {
 		return r, limit, 0, false
 	}
 	return r, limit, wait, true
@@ -503,10 +504,52 @@ func (s *Shedder) TapHandle(ctx context.Context, info *tap.Info) (context.Contex
 		if r, ok := s.checkStream(ctx); !ok {
 			return ctx, s.refuse(r, method, st)
 		}
-	} else if r, _, _, ok := s.checkUnary(ctx, st, s.criticality(info.Header[CriticalityHeader], method)); !ok {
+	} else if r, limit, wait, ok := s.checkUnary(ctx, st, s.criticality(info.Header[CriticalityHeader], method)); !ok {
 		return ctx, s.refuse(r, method, st)
+	} else if wait > 0 && s.slots.inflight.Load() >= limit {
+		// It passes only to wait: it counts as waiting from here, or every
+		// request at the limit whose message has not arrived yet (a slow
+		// upload, or a client that never sends it) would pass too, each
+		// holding a stream and a goroutine, which MaxWait 0 refuses here.
+		if s.passed.Add(1) > maxWaiters {
+			s.passed.Add(-1)
+			return ctx, s.refuse(r, method, st)
+		}
+		p := &tapPass{s: s}
+		p.stop = context.AfterFunc(ctx, p.release) // its stream ended before the interceptor
+		return context.WithValue(ctx, tapPassKey{}, p), nil
 	}
 	return ctx, nil
+}
+
+// tapPass is a request the tap let through at the limit, for it to wait
+// for a slot: it counts in Shedder.passed until it reaches the unary
+// interceptor or its stream ends without reaching it, whichever is first.
+type tapPass struct {
+	s    *Shedder
+	done atomic.Bool
+	stop func() bool
+}
+
+type tapPassKey struct{}
+
+func (p *tapPass) release() {
+	if p.done.CompareAndSwap(false, true) {
+		p.s.passed.Add(-1)
+	}
+}
+
+// arrived releases the tap's count of a request it let through to wait,
+// if it did, before the interceptor decides on it (it must not count
+// itself as a waiter ahead of it).
+func (s *Shedder) arrived(ctx context.Context) {
+	if s.passed.Load() == 0 { // the admitted path: no context lookup
+		return
+	}
+	if p, _ := ctx.Value(tapPassKey{}).(*tapPass); p != nil {
+		p.stop()
+		p.release()
+	}
 }
 
 // UnaryServerInterceptor returns the Shedder's unary server interceptor.
@@ -520,6 +563,7 @@ func (s *Shedder) UnaryServerInterceptor() grpc.UnaryServerInterceptor {
 		}
 		st := s.serviceTime(method)
 		crit := s.criticality(metadata.ValueFromIncomingContext(ctx, CriticalityHeader), method)
+		s.arrived(ctx)
 		if r, ok, err := s.admitUnary(ctx, st, crit); err != nil {
 			return nil, err // its caller gave up while it waited for a slot
 		} else if !ok {

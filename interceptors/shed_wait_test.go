@@ -210,3 +210,44 @@ func TestShedderTapShedsWhatCannotWaitUsefully(t *testing.T) {
 		})
 	}
 }
+
+// TestShedderTapBoundsRequestsPassedToWait: the tap lets a request at the
+// limit through only for it to wait, so it counts that request as waiting
+// from the tap on: a client that sends requests' headers but not their
+// messages (a hostile one, or a slow upload) at the limit used to get
+// every one past the tap (50 streams and handler goroutines, held until
+// it sends or resets), where with MaxWait 0 the tap refused them all.
+// Once such a request is reset, another may wait again.
+func TestShedderTapBoundsRequestsPassedToWait(t *testing.T) {
+	shed := makeShedder(t, &events{}, func(c *interceptors.ShedderConfig) { c.Limit, c.MaxWait = 1, 10*time.Second })
+	interceptors.SetShedderServiceTime(shed, unaryMethod, 10*time.Second, 100)
+	be := startGated(t, shed.ServerOptions()...)
+	c := dial(t, be.Addr)
+	held := make(chan error, 1)
+	go func() { held <- unary(context.Background(), c) }()
+	testutil.Eventually(t, 5*time.Second, func() bool { return be.inflight.Load() == 1 }, "the slot is held")
+	raw := dialRawH2(t, be.Addr)
+	first := raw.start(unaryMethod, "", false)
+	for range 49 {
+		raw.start(unaryMethod, "", false)
+	}
+	raw.sync() // the tap has seen all 50
+	if n := shed.Snapshot().Shed[interceptors.ReasonLimit]; n != 49 {
+		t.Fatalf("the tap shed %d of 50 header-only requests at the limit, want 49 (one may wait)", n)
+	}
+	raw.reset(first)
+	raw.sync()
+	testutil.Eventually(t, 5*time.Second, func() bool {
+		before := shed.Snapshot().Shed[interceptors.ReasonLimit]
+		id := raw.start(unaryMethod, "", false)
+		raw.sync()
+		passed := shed.Snapshot().Shed[interceptors.ReasonLimit] == before
+		raw.reset(id)
+		raw.sync()
+		return passed
+	}, "after the reset, a request may wait again")
+	close(be.gate)
+	if err := <-held; err != nil {
+		t.Fatal(err)
+	}
+}
