@@ -160,7 +160,7 @@ type ShedderConfig struct {
 	// MaxWait is how long, at most, a critical unary request that finds
 	// a fixed in-flight limit in use waits for a slot instead of being
 	// shed at once. A slot freed while requests wait goes straight to one
-	// of them, the newest first, so the server's slots do not stand idle
+	// of them, so the server's slots do not stand idle
 	// between one call's end and the next request's arrival. The wait
 	// bridges that moment; it is not a queue: it is at most the time in
 	// which one of the limit's slots frees on average at the method's

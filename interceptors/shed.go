@@ -154,7 +154,7 @@ type Shedder struct {
 	sobs telemetry.ShedObserver // nil: obs does not implement it
 	crit map[string]Criticality // immutable copy of cfg.Criticality
 
-	slots   slots        // the unary in-flight limit, its slots and their LIFO wait queue
+	slots   slots        // the unary in-flight limit, its slots and their wait (maxWaiters)
 	passed  atomic.Int64 // requests the tap let through to wait, not yet at the interceptor (tapPass)
 	streams atomic.Int64 // open streams
 	grad    *gradient    // nil unless cfg.Adaptive
@@ -231,7 +231,6 @@ func NewShedder(opts ...ShedderOption) (*Shedder, error) {
 		return nil, err
 	}
 	s := &Shedder{cfg: o.cfg, obs: o.obs, crit: maps.Clone(o.cfg.Criticality), epoch: time.Now(), logf: logger.Warningf}
-	s.slots.lifo = true
 	s.cfg.Criticality = s.crit
 	s.sobs, _ = o.obs.(telemetry.ShedObserver)
 	s.slots.limit.Store(int64(o.cfg.Limit))
@@ -601,7 +600,6 @@ func (s *Shedder) doneUnary(ctx context.Context, st *serviceTime, err error, too
 		st.observe(took)
 	}
 	n := s.slots.free()
-	defer s.slots.dispatchIfWaiting() // after the limit moved
 	switch {
 	case s.grad != nil:
 		if l, moved := s.grad.sample(took, cut, s.now(), n); moved {
@@ -615,6 +613,7 @@ func (s *Shedder) doneUnary(ctx context.Context, st *serviceTime, err error, too
 			s.aimd(drop, n)
 		}
 	}
+	s.slots.dispatchIfWaiting() // after the limit moved, before the log line's work
 	if s.cfg.LogInterval > 0 && s.nextLog.Load() != 0 {
 		s.maybeLog()
 	}

@@ -39,8 +39,14 @@ func TestShedCPUServer(t *testing.T) {
 	}
 	shed := makeShedder(t, telemetry.Nop{}, func(c *interceptors.ShedderConfig) { c.Limit, c.LogInterval = 1, 0 })
 	opts := shedPaths[0].opts(shed)
-	if mode == "interceptor" {
+	switch mode {
+	case "interceptor":
 		opts = shedPaths[1].opts(shed)
+	case "tap-waiting":
+		// A measured method (2 ms): at the limit one request at a time
+		// waits its 2 ms for a slot that never frees, then is shed by the
+		// interceptor; the others are shed by the tap.
+		interceptors.SetShedderServiceTime(shed, unaryMethod, 2*time.Millisecond, 100)
 	}
 	release := make(chan struct{})
 	be := testutil.StartBackend(t, testutil.BackendOptions{ServerOptions: opts,
@@ -66,11 +72,15 @@ func TestShedCPUServer(t *testing.T) {
 // BenchmarkShedCPU measures the server's CPU time per shed call on the
 // tap path and on the interceptor path, in one run: the server runs in a
 // child process, one call holds its only slot, and the benchmark's callers
-// (8 at a time over loopback) are all shed. Report: server-cpu-ns/shed.
+// (8 at a time over loopback) are all shed. The method's service time is
+// not measured, so no request waits for a slot (MaxWait), except on
+// "tap-waiting", where it is (2 ms): there one request at a time waits,
+// and is shed by the interceptor after its wait. Report:
+// server-cpu-ns/shed.
 //
 //	go test -run '^$' -bench BenchmarkShedCPU -benchtime 20000x -count 3 ./interceptors/
 func BenchmarkShedCPU(b *testing.B) {
-	for _, mode := range []string{"tap", "interceptor"} {
+	for _, mode := range []string{"tap", "tap-waiting", "interceptor"} {
 		b.Run(mode, func(b *testing.B) {
 			args := []string{"-test.run=^TestShedCPUServer$", "-test.count=1"}
 			if dir := os.Getenv("GRPCREUSE_SHED_CPU_PROFILE_DIR"); dir != "" { // pprof the server

@@ -24,12 +24,6 @@ type slots struct {
 	inflight atomic.Int64
 	waiters  atomic.Int64 // requests in the slow path (queued or about to be)
 
-	// lifo serves the newest waiter first (the Shedder: under a sustained
-	// overload the oldest waiters, with the least deadline left, are the
-	// ones that time out, as in Netflix concurrency-limits'
-	// LifoBlockingLimiter); otherwise the oldest (the client Limiter).
-	lifo bool
-
 	mu    sync.Mutex
 	queue []*waiter // guarded by mu; in arrival order
 }
@@ -131,25 +125,13 @@ func (s *slots) dispatchIfWaiting() {
 	}
 }
 
-// dispatch hands free slots to waiters, oldest or newest first.
+// dispatch hands free slots to waiters, oldest first.
 func (s *slots) dispatch() {
 	s.mu.Lock()
-	for len(s.queue) > 0 {
-		i := 0
-		if s.lifo {
-			i = len(s.queue) - 1
-		}
-		w := s.queue[i]
-		if !s.tryAcquire(s.limit.Load()) {
-			break
-		}
-		if s.lifo {
-			s.queue[i] = nil
-			s.queue = s.queue[:i]
-		} else {
-			s.queue[0] = nil
-			s.queue = s.queue[1:]
-		}
+	for len(s.queue) > 0 && s.tryAcquire(s.limit.Load()) {
+		w := s.queue[0]
+		s.queue[0] = nil
+		s.queue = s.queue[1:]
 		w.granted = true
 		s.waiters.Add(-1)
 		w.ch <- struct{}{}

@@ -12,11 +12,10 @@ import (
 // at once, with waits far longer than the test; every one gets a slot (a
 // lost wakeup would leave one waiting its whole 10 s, past the test's
 // bound), no more than the limit ever hold one, and nothing is left
-// queued or held. Both queue orders.
+// queued or held (in two rounds).
 func TestSlotsNoLostWakeup(t *testing.T) {
-	for _, lifo := range []bool{false, true} {
+	for round := range 2 {
 		var s slots
-		s.lifo = lifo
 		s.limit.Store(3)
 		var held, peak atomic.Int64
 		var wg sync.WaitGroup
@@ -27,7 +26,7 @@ func TestSlotsNoLostWakeup(t *testing.T) {
 				defer wg.Done()
 				for range 200 {
 					if res := s.acquire(ctx, s.limit.Load(), 64, 10*time.Second); res != waitGranted {
-						t.Errorf("lifo %v: acquire = %d, want granted", lifo, res)
+						t.Errorf("round %d: acquire = %d, want granted", round, res)
 						return
 					}
 					n := held.Add(1)
@@ -42,10 +41,10 @@ func TestSlotsNoLostWakeup(t *testing.T) {
 		wg.Wait()
 		cancel()
 		if p := peak.Load(); p > 3 {
-			t.Errorf("lifo %v: %d held a slot at once, limit 3", lifo, p)
+			t.Errorf("round %d: %d held a slot at once, limit 3", round, p)
 		}
 		if n, q := s.inflight.Load(), s.queued(); n != 0 || q != 0 || s.waiters.Load() != 0 {
-			t.Errorf("lifo %v: after: %d in flight, %d queued, %d waiters, want none", lifo, n, q, s.waiters.Load())
+			t.Errorf("round %d: after: %d in flight, %d queued, %d waiters, want none", round, n, q, s.waiters.Load())
 		}
 	}
 }
