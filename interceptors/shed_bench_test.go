@@ -15,9 +15,11 @@ import (
 	"testing"
 	"time"
 
+	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	testpb "google.golang.org/grpc/interop/grpc_testing"
+	grpcotel "google.golang.org/grpc/stats/opentelemetry"
 	"google.golang.org/grpc/status"
 
 	"github.com/grpcreuse/grpcreuse/interceptors"
@@ -38,8 +40,9 @@ func TestShedCPUServer(t *testing.T) {
 		t.Skip("the server half of BenchmarkShedCPU")
 	}
 	shed := makeShedder(t, telemetry.Nop{}, func(c *interceptors.ShedderConfig) { c.Limit, c.LogInterval = 1, 0 })
+	path, withOTel := strings.CutSuffix(mode, "+otel")
 	opts := shedPaths[0].opts(shed)
-	switch mode {
+	switch path {
 	case "interceptor":
 		opts = shedPaths[1].opts(shed)
 	case "tap-waiting":
@@ -47,6 +50,14 @@ func TestShedCPUServer(t *testing.T) {
 		// waits its 2 ms for a slot that never frees, then is shed by the
 		// interceptor; the others are shed by the tap.
 		interceptors.SetShedderServiceTime(shed, unaryMethod, 2*time.Millisecond, 100)
+	}
+	if withOTel {
+		// grpc-go's own OpenTelemetry metrics, as a production server has
+		// them: a stats handler and interceptors that see every stream the
+		// tap let through.
+		mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(sdkmetric.NewManualReader()))
+		defer func() { _ = mp.Shutdown(context.Background()) }()
+		opts = append(opts, grpcotel.ServerOption(grpcotel.Options{MetricsOptions: grpcotel.MetricsOptions{MeterProvider: mp}}))
 	}
 	release := make(chan struct{})
 	be := testutil.StartBackend(t, testutil.BackendOptions{ServerOptions: opts,
@@ -75,12 +86,14 @@ func TestShedCPUServer(t *testing.T) {
 // (8 at a time over loopback) are all shed. The method's service time is
 // not measured, so no request waits for a slot (MaxWait), except on
 // "tap-waiting", where it is (2 ms): there one request at a time waits,
-// and is shed by the interceptor after its wait. Report:
-// server-cpu-ns/shed.
+// and is shed by the interceptor after its wait. The "+otel" sides add
+// grpc-go's OpenTelemetry metrics (stats/opentelemetry) to the server, as
+// a production server has them: they see every stream the tap let
+// through, and none it shed. Report: server-cpu-ns/shed.
 //
 //	go test -run '^$' -bench BenchmarkShedCPU -benchtime 20000x -count 3 ./interceptors/
 func BenchmarkShedCPU(b *testing.B) {
-	for _, mode := range []string{"tap", "tap-waiting", "interceptor"} {
+	for _, mode := range []string{"tap", "tap-waiting", "interceptor", "tap+otel", "interceptor+otel"} {
 		b.Run(mode, func(b *testing.B) {
 			args := []string{"-test.run=^TestShedCPUServer$", "-test.count=1"}
 			if dir := os.Getenv("GRPCREUSE_SHED_CPU_PROFILE_DIR"); dir != "" { // pprof the server
