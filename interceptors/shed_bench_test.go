@@ -194,8 +194,10 @@ func BenchmarkShedCPU(b *testing.B) {
 // ResourceExhausted retryable) make per logical call against a shedding
 // server (4 slots, 2 ms work, 16 closed-loop callers for 1 s): with the
 // grpc-retry-pushback-ms trailer (interceptor path, Pushback 20ms),
-// without it (interceptor path, Pushback 0), and on the tap path (no
-// trailer: RetryInfo only, which grpc-go does not read).
+// without it (interceptor path, Pushback 0), and on the tap path: with
+// Pushback 20ms (first attempts shed by the tap with RetryInfo only, which
+// grpc-go does not read; retry attempts passed to the interceptor, whose
+// shed carries the trailer) and with Pushback 0 (every shed by the tap).
 //
 //	go test -run '^$' -bench BenchmarkShedRetryAmplification -benchtime 1x -count 3 ./interceptors/
 func BenchmarkShedRetryAmplification(b *testing.B) {
@@ -210,7 +212,8 @@ func BenchmarkShedRetryAmplification(b *testing.B) {
 	}{
 		{"interceptor/pushback-20ms", 20 * time.Millisecond, 1},
 		{"interceptor/no-pushback", 0, 1},
-		{"tap/no-trailer", 20 * time.Millisecond, 0},
+		{"tap/pushback-20ms-on-retries", 20 * time.Millisecond, 0},
+		{"tap/no-pushback", 0, 0},
 	} {
 		b.Run(side.name, func(b *testing.B) {
 			var attemptsPerCall, okPerSec float64

@@ -40,8 +40,8 @@ func dialRawH2(t testing.TB, addr string) *rawH2 {
 }
 
 // start sends the HEADERS of a call to method with the given grpc-timeout
-// ("" for none) and returns its stream id.
-func (c *rawH2) start(method, timeout string, endStream bool) uint32 {
+// ("" for none) and extra header fields, and returns its stream id.
+func (c *rawH2) start(method, timeout string, endStream bool, extra ...[2]string) uint32 {
 	c.t.Helper()
 	var buf bytes.Buffer
 	enc := hpack.NewEncoder(&buf)
@@ -51,6 +51,9 @@ func (c *rawH2) start(method, timeout string, endStream bool) uint32 {
 	}
 	if timeout != "" {
 		_ = enc.WriteField(hpack.HeaderField{Name: "grpc-timeout", Value: timeout})
+	}
+	for _, f := range extra {
+		_ = enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]})
 	}
 	id := c.next
 	c.next += 2

@@ -1,0 +1,103 @@
+package interceptors_test
+
+import (
+	"context"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	testpb "google.golang.org/grpc/interop/grpc_testing"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+
+	"github.com/grpcreuse/grpcreuse/interceptors"
+	"github.com/grpcreuse/grpcreuse/internal/testutil"
+)
+
+// TestShedderTapSendsPushbackToRetries: grpc-go's early answer (the tap
+// path) cannot carry the grpc-retry-pushback-ms trailer, so a client with
+// a retry policy would retry after its own short backoff. Its retry
+// attempts carry grpc-previous-rpc-attempts: the tap passes those to the
+// interceptor, whose shed carries the trailer. A first attempt, or a
+// client without a retry policy, is still shed by the tap.
+func TestShedderTapSendsPushbackToRetries(t *testing.T) {
+	shed := makeShedder(t, &events{}, func(c *interceptors.ShedderConfig) { c.Limit, c.MaxWait = 1, 0 })
+	be := startGated(t, shed.ServerOptions()...)
+	defer close(be.gate)
+	const sc = `{"methodConfig":[{"name":[{"service":"grpc.testing.TestService"}],"retryPolicy":{
+		"maxAttempts":2,"initialBackoff":"0.001s","maxBackoff":"0.001s","backoffMultiplier":1,
+		"retryableStatusCodes":["RESOURCE_EXHAUSTED"]}}]}`
+	retrying := testpb.NewTestServiceClient(dialConn(t, be.Addr, grpc.WithDefaultServiceConfig(sc)))
+	plain := dial(t, be.Addr)
+	ctx := context.Background()
+	held := make(chan error, 1)
+	go func() { held <- unary(ctx, plain) }()
+	testutil.Eventually(t, 5*time.Second, func() bool { return be.inflight.Load() == 1 }, "the slot is held")
+	// The interceptors have seen the method now: the tap decides on it.
+
+	var trailer metadata.MD
+	_, err := plain.UnaryCall(ctx, &testpb.SimpleRequest{}, grpc.Trailer(&trailer))
+	if status.Code(err) != codes.ResourceExhausted || trailer.Get(interceptors.PushbackTrailer) != nil {
+		t.Fatalf("first attempt, no retry policy = %v, trailer %v; want ResourceExhausted by the tap, no trailer", err, trailer)
+	}
+	before := shed.Snapshot().Shed[interceptors.ReasonLimit]
+	trailer = nil
+	_, err = retrying.UnaryCall(ctx, &testpb.SimpleRequest{}, grpc.Trailer(&trailer))
+	// grpc-go prefixes the last attempt's message ("max retries exhausted: ...").
+	if status.Code(err) != codes.ResourceExhausted || !strings.HasSuffix(status.Convert(err).Message(), interceptors.MessageShedLimit) {
+		t.Fatalf("retried call at the limit = %v, want ResourceExhausted ending %q", err, interceptors.MessageShedLimit)
+	}
+	if got := trailer.Get(interceptors.PushbackTrailer); !slices.Equal(got, []string{"20"}) {
+		t.Fatalf("pushback trailer of the retry attempt's shed = %q, want [20]", got)
+	}
+	if n := shed.Snapshot().Shed[interceptors.ReasonLimit] - before; n != 2 {
+		t.Fatalf("%d sheds for a call of 2 attempts, want 2 (each counted once)", n)
+	}
+}
+
+// TestShedderTapBoundsRetriesPassed: retry attempts pass the tap at the
+// limit only the limit's worth at once, so a client that sends
+// grpc-previous-rpc-attempts on requests whose message never comes cannot
+// pile up streams and goroutines past the tap; once one ends, another
+// may pass.
+func TestShedderTapBoundsRetriesPassed(t *testing.T) {
+	const limit = 2
+	shed := makeShedder(t, &events{}, func(c *interceptors.ShedderConfig) { c.Limit, c.MaxWait = limit, 0 })
+	be := startGated(t, shed.ServerOptions()...)
+	c := dial(t, be.Addr)
+	held := make(chan error, limit)
+	for range limit {
+		go func() { held <- unary(context.Background(), c) }()
+	}
+	testutil.Eventually(t, 5*time.Second, func() bool { return be.inflight.Load() == limit }, "the slots are held")
+	raw := dialRawH2(t, be.Addr)
+	retry := [2]string{"grpc-previous-rpc-attempts", "1"}
+	first := raw.start(unaryMethod, "", false, retry)
+	for range 9 {
+		raw.start(unaryMethod, "", false, retry)
+	}
+	raw.sync() // the tap has seen all 10
+	if n := shed.Snapshot().Shed[interceptors.ReasonLimit]; n != 10-limit {
+		t.Fatalf("the tap shed %d of 10 header-only retry attempts at the limit, want %d (the limit's worth pass)", n, 10-limit)
+	}
+	raw.reset(first)
+	raw.sync()
+	testutil.Eventually(t, 5*time.Second, func() bool {
+		before := shed.Snapshot().Shed[interceptors.ReasonLimit]
+		id := raw.start(unaryMethod, "", false, retry)
+		raw.sync()
+		passed := shed.Snapshot().Shed[interceptors.ReasonLimit] == before
+		raw.reset(id)
+		raw.sync()
+		return passed
+	}, "after the reset, a retry attempt may pass again")
+	close(be.gate)
+	for range limit {
+		if err := <-held; err != nil {
+			t.Fatal(err)
+		}
+	}
+}
