@@ -45,6 +45,7 @@ type config struct {
 	ticketRotation       time.Duration
 	maxInFlight          int
 	adaptive             bool
+	maxWait              time.Duration
 	work, workJitter     time.Duration
 	workSlots            int
 	shedLog              time.Duration
@@ -63,6 +64,7 @@ func parseFlags(args []string, stdout io.Writer) (config, error) {
 	fs.StringVar(&c.ticketKeyFile, "ticket-key-file", "", "session-ticket key file shared by replicas (one base64 32-byte key per line, first encrypts); default: random keys")
 	fs.DurationVar(&c.ticketRotation, "ticket-rotation", credentials.DefaultRotationInterval, "how often random ticket keys rotate (not with -ticket-key-file)")
 	fs.IntVar(&c.maxInFlight, "max-in-flight", 100, "calls in flight beyond which requests are shed with RESOURCE_EXHAUSTED (health checks are never shed)")
+	fs.DurationVar(&c.maxWait, "max-wait", interceptors.DefaultShedderConfig().MaxWait, "how long at most one request at a fixed limit waits for a slot about to free (bounded by the service time / limit); 0: shed at once")
 	fs.BoolVar(&c.adaptive, "adaptive", false, "adapt the in-flight limit to the server's own measured service time, starting at -max-in-flight")
 	fs.DurationVar(&c.work, "work", 0, "simulated work per UnaryCall (e.g. 2ms), so that a load test shows shedding")
 	fs.DurationVar(&c.workJitter, "work-jitter", 0, "random extra work per UnaryCall, uniform in [0, jitter)")
@@ -93,6 +95,8 @@ func parseFlags(args []string, stdout io.Writer) (config, error) {
 		return c, fmt.Errorf("-ticket-rotation is %v; must be positive", c.ticketRotation)
 	case c.maxInFlight < 1:
 		return c, fmt.Errorf("-max-in-flight is %d; must be at least 1", c.maxInFlight)
+	case c.maxWait < 0:
+		return c, fmt.Errorf("-max-wait is %v; must not be negative", c.maxWait)
 	case c.work < 0 || c.workJitter < 0:
 		return c, fmt.Errorf("-work is %v and -work-jitter %v; neither may be negative", c.work, c.workJitter)
 	case c.workSlots < 0:
@@ -169,6 +173,7 @@ func Run(ctx context.Context, args []string, stdout io.Writer, ready func(addr s
 	shedCfg := interceptors.DefaultShedderConfig()
 	shedCfg.Limit = cfg.maxInFlight
 	shedCfg.Adaptive = cfg.adaptive
+	shedCfg.MaxWait = cfg.maxWait
 	shedCfg.MaxLimit = max(shedCfg.MaxLimit, cfg.maxInFlight)
 	shedCfg.LogInterval = cfg.shedLog
 	shedder, err := interceptors.NewShedder(interceptors.WithShedderConfig(shedCfg))

@@ -42,6 +42,7 @@ func TestFlagErrors(t *testing.T) {
 		{"bad key file", []string{"-ticket-key-file", badKeys, "-ca-out", filepath.Join(dir, "ca.pem")}, "line 1"},
 		{"rotation", []string{"-ticket-rotation", "0s"}, "-ticket-rotation is 0s; must be positive"},
 		{"max in flight", []string{"-max-in-flight", "0"}, "-max-in-flight is 0; must be at least 1"},
+		{"max wait", []string{"-max-wait", "-1ms"}, "-max-wait is -1ms; must not be negative"},
 		{"streams", []string{"-max-concurrent-streams", "0"}, "-max-concurrent-streams is 0"},
 		{"grace", []string{"-grace", "0s"}, "-grace is 0s; must be positive"},
 		{"not a number", []string{"-max-in-flight", "many"}, `invalid value "many" for flag -max-in-flight`},
