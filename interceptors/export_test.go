@@ -12,3 +12,9 @@ func SetShedderServiceTime(s *Shedder, method string, d time.Duration, samples i
 	st.ewma.Store(int64(d))
 	st.samples.Store(int64(samples))
 }
+
+// ShedderPasses returns how many requests the tap let through at the
+// limit are still on their way to the unary interceptor: to wait for a
+// slot, and retry attempts (tests only: a count that never returns to 0
+// is a leak).
+func ShedderPasses(s *Shedder) (waiting, retries int64) { return s.passed.Load(), s.retries.Load() }

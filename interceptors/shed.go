@@ -290,7 +290,8 @@ func (s *Shedder) Snapshot() ShedderSnapshot {
 // path (grpc.InTapHandle(s.TapHandle)) and the unary and stream
 // interceptors (chained first, so they time the whole handler chain). A
 // server takes one InTapHandle: if yours has another, call TapHandle from
-// it and add the interceptors yourself.
+// it last, return what it returns, and add the interceptors yourself (see
+// TapHandle).
 func (s *Shedder) ServerOptions() []grpc.ServerOption {
 	return []grpc.ServerOption{
 		grpc.InTapHandle(s.TapHandle),
@@ -500,6 +501,15 @@ func (s *Shedder) refuseWithTrailer(r reason, method string, st *serviceTime, se
 // that their shed carries the trailer their client's retry policy reads.
 // One request at a time the tap lets through at the limit to wait for a
 // slot (MaxWait).
+//
+// Those two passes are counted from TapHandle until the request reaches
+// the unary interceptor or its stream ends, and grpc-go neither starts
+// nor ends (cancels) a stream that a tap refused: a tap that calls
+// TapHandle must call it after its own checks, as its last step, and
+// return the context it returns. Refusing a request after TapHandle let
+// it through would leave its pass counted forever (a few such requests
+// turn the passes off for good); dropping the returned context keeps it
+// counted for the whole call.
 func (s *Shedder) TapHandle(ctx context.Context, info *tap.Info) (context.Context, error) {
 	method := info.FullMethodName
 	if strings.HasPrefix(method, healthPrefix) {
