@@ -19,6 +19,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	testpb "google.golang.org/grpc/interop/grpc_testing"
+	"google.golang.org/grpc/metadata"
 	grpcotel "google.golang.org/grpc/stats/opentelemetry"
 	"google.golang.org/grpc/status"
 
@@ -93,7 +94,7 @@ func TestShedCPUServer(t *testing.T) {
 //
 //	go test -run '^$' -bench BenchmarkShedCPU -benchtime 20000x -count 3 ./interceptors/
 func BenchmarkShedCPU(b *testing.B) {
-	for _, mode := range []string{"tap", "tap-waiting", "interceptor", "tap+otel", "interceptor+otel"} {
+	for _, mode := range []string{"tap", "tap-waiting", "tap-retries", "interceptor", "tap+otel", "interceptor+otel"} {
 		b.Run(mode, func(b *testing.B) {
 			args := []string{"-test.run=^TestShedCPUServer$", "-test.count=1"}
 			if dir := os.Getenv("GRPCREUSE_SHED_CPU_PROFILE_DIR"); dir != "" { // pprof the server
@@ -162,6 +163,10 @@ func BenchmarkShedCPU(b *testing.B) {
 				}
 				return n
 			}
+			callCtx := context.Background()
+			if mode == "tap-retries" { // every request claims to be a retry attempt
+				callCtx = metadata.AppendToOutgoingContext(callCtx, "grpc-previous-rpc-attempts", "1")
+			}
 			var next atomic.Int64
 			var wrong atomic.Int64
 			b.ResetTimer()
@@ -172,7 +177,7 @@ func BenchmarkShedCPU(b *testing.B) {
 				go func() {
 					defer wg.Done()
 					for next.Add(1) <= int64(b.N) {
-						if err := unary(context.Background(), c); err == nil || !strings.Contains(status.Convert(err).Message(), "in-flight limit") {
+						if err := unary(callCtx, c); err == nil || !strings.Contains(status.Convert(err).Message(), "in-flight limit") {
 							wrong.Add(1)
 						}
 					}
