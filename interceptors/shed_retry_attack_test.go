@@ -148,3 +148,41 @@ func TestShedderRetryPassWithComposedTap(t *testing.T) {
 	raw.reset(id)
 	wantNoPasses(t, shed, "after the reset")
 }
+
+// TestShedderRetryPassOnlyWithPushback: with Pushback 0 there is no
+// trailer to send, so the tap sheds retry attempts at the limit itself;
+// with it, whatever the header's value (grpc-go sends a count, a hostile
+// client anything), at most the limit's worth pass.
+func TestShedderRetryPassOnlyWithPushback(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		pushback time.Duration
+		values   []string
+		want     int64
+	}{
+		{"no pushback", 0, []string{"1"}, 0},
+		{"garbage values", 20 * time.Millisecond, []string{"abc", "-1", "0", "99999999999999999999999"}, 2},
+		{"repeated", 20 * time.Millisecond, []string{"1", "1"}, 2},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			shed := makeShedder(t, &events{}, func(c *interceptors.ShedderConfig) { c.Limit, c.MaxWait, c.Pushback = 2, 0, tc.pushback })
+			be := startGated(t, shed.ServerOptions()...)
+			holdSlots(t, be, 2)
+			raw := dialRawH2(t, be.Addr)
+			for range 4 {
+				var extra [][2]string
+				for _, v := range tc.values {
+					extra = append(extra, [2]string{"grpc-previous-rpc-attempts", v})
+				}
+				raw.start(unaryMethod, "", false, extra...)
+			}
+			raw.sync()
+			if _, r := interceptors.ShedderPasses(shed); r != tc.want {
+				t.Fatalf("retry attempts passed = %d, want %d", r, tc.want)
+			}
+			if got := shed.Snapshot().Shed[interceptors.ReasonLimit]; got != 4-tc.want {
+				t.Fatalf("the tap shed %d of 4, want %d", got, 4-tc.want)
+			}
+		})
+	}
+}
