@@ -525,32 +525,36 @@ func (s *Shedder) TapHandle(ctx context.Context, info *tap.Info) (context.Contex
 		if r, ok := s.checkStream(ctx); !ok {
 			return ctx, s.refuse(r, method, st)
 		}
-	} else if r, limit, wait, ok := s.checkUnary(ctx, st, s.criticality(info.Header[CriticalityHeader], method)); !ok {
-		if s.pushback != nil && (r == rLimit || r == rSheddable) && len(info.Header[previousAttemptsHeader]) > 0 {
-			// A retry attempt of a client with a retry policy: the tap's
-			// answer cannot carry the pushback trailer that policy reads, so
-			// the interceptor sheds it (or admits it, if a slot freed), and
-			// the client waits Pushback before its next attempt instead of
-			// its own, shorter backoff. At most limit such requests pass at
-			// once: a client that sends the header on every request costs
-			// the server at most the interceptor path's CPU, as without a
-			// tap, and cannot pile up streams whose message never comes.
-			if pass, ok := s.pass(ctx, &s.retries, limit); ok {
-				return pass, nil
-			}
-		}
-		return ctx, s.refuse(r, method, st)
-	} else if wait > 0 && s.slots.inflight.Load() >= limit {
+		return ctx, nil
+	}
+	r, limit, wait, ok := s.checkUnary(ctx, st, s.criticality(info.Header[CriticalityHeader], method))
+	if ok && wait > 0 && s.slots.inflight.Load() >= limit {
 		// It passes only to wait: it counts as waiting from here, or every
 		// request at the limit whose message has not arrived yet (a slow
 		// upload, or a client that never sends it) would pass too, each
 		// holding a stream and a goroutine, which MaxWait 0 refuses here.
-		if pass, ok := s.pass(ctx, &s.passed, maxWaiters); ok {
+		if pass, passed := s.pass(ctx, &s.passed, maxWaiters); passed {
 			return pass, nil
 		}
-		return ctx, s.refuse(r, method, st)
+		ok = false // another request took the wait in between: shed, as at the limit
 	}
-	return ctx, nil
+	if ok {
+		return ctx, nil
+	}
+	if s.pushback != nil && (r == rLimit || r == rSheddable) && len(info.Header[previousAttemptsHeader]) > 0 {
+		// A retry attempt of a client with a retry policy: the tap's answer
+		// cannot carry the pushback trailer that policy reads, so the
+		// interceptor sheds it (or admits it, if a slot freed), and the
+		// client waits Pushback before its next attempt instead of its own,
+		// shorter backoff. At most limit such requests pass at once: a
+		// client that sends the header on every request costs the server at
+		// most the interceptor path's CPU, as without a tap, and cannot pile
+		// up streams whose message never comes.
+		if pass, passed := s.pass(ctx, &s.retries, limit); passed {
+			return pass, nil
+		}
+	}
+	return ctx, s.refuse(r, method, st)
 }
 
 // previousAttemptsHeader is the header grpc clients with a retry policy
@@ -679,6 +683,10 @@ func (s *Shedder) StreamServerInterceptor() grpc.StreamServerInterceptor {
 			return handler(srv, ss)
 		}
 		ctx := ss.Context()
+		// The tap may have taken this stream for a unary call (its method
+		// entry was made, but not yet marked a stream) and let it through
+		// at the limit: release that count now, not at the stream's end.
+		s.arrived(ctx)
 		st := s.serviceTime(method)
 		if !st.stream.Load() {
 			st.stream.Store(true) // the tap counts its next requests as streams

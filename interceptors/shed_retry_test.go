@@ -101,3 +101,36 @@ func TestShedderTapBoundsRetriesPassed(t *testing.T) {
 		}
 	}
 }
+
+// TestShedderStreamTakenForUnaryReleasesItsPass: between a streaming
+// method's entry being made and its being marked a stream, the tap takes
+// its requests for unary calls; a retry attempt among them, at the unary
+// limit, passes counted. The stream interceptor releases that count when
+// the stream starts, not when it ends, so a long-lived stream does not
+// hold one of the limit's retry passes for its whole life.
+func TestShedderStreamTakenForUnaryReleasesItsPass(t *testing.T) {
+	shed := makeShedder(t, &events{}, func(c *interceptors.ShedderConfig) { c.Limit, c.MaxWait = 1, 0 })
+	// The window: an entry for the streaming method, not yet marked a stream.
+	interceptors.SetShedderServiceTime(shed, "/grpc.testing.TestService/FullDuplexCall", time.Millisecond, 100)
+	be := startGated(t, shed.ServerOptions()...)
+	defer close(be.gate)
+	c := dial(t, be.Addr)
+	held := make(chan error, 1)
+	go func() { held <- unary(context.Background(), c) }()
+	testutil.Eventually(t, 5*time.Second, func() bool { return be.inflight.Load() == 1 }, "the unary slot is held")
+	ctx, cancel := context.WithCancel(metadata.AppendToOutgoingContext(context.Background(), "grpc-previous-rpc-attempts", "1"))
+	defer cancel()
+	s, err := c.FullDuplexCall(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Send(&testpb.StreamingOutputCallRequest{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Recv(); err != nil {
+		t.Fatalf("stream = %v, want served", err)
+	}
+	if waiting, retries := interceptors.ShedderPasses(shed); waiting != 0 || retries != 0 {
+		t.Fatalf("while the stream is open: %d wait and %d retry passes counted, want 0", waiting, retries)
+	}
+}
