@@ -73,6 +73,11 @@ func TestShedCPUServer(t *testing.T) {
 	fmt.Printf("addr %s\n", be.Addr)
 	in := bufio.NewScanner(os.Stdin)
 	for in.Scan() {
+		if in.Text() == "inflight" {
+			_, n := shed.InFlight()
+			fmt.Printf("inflight %d\n", n)
+			continue
+		}
 		var ru syscall.Rusage
 		if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
 			t.Fatal(err)
@@ -136,23 +141,38 @@ func BenchmarkShedCPU(b *testing.B) {
 			}
 			defer cc.Close()
 			c := testpb.NewTestServiceClient(cc)
+			// One call takes the only slot and holds it. No other call is
+			// made until the server says a call holds it: a probe made
+			// earlier could take the slot itself (its handler ends only when
+			// its deadline does), free it after the probes stopped, and let
+			// a measured call, which has no deadline, take it for good.
 			hold, cancel := context.WithCancel(context.Background())
 			defer cancel()
-			go func() { // takes the only slot, and keeps trying until it has it
-				for hold.Err() == nil {
-					_ = unary(hold, c)
+			go func() { _ = unary(hold, c) }()
+			inflight := func() int64 {
+				fmt.Fprintln(stdin, "inflight")
+				n, err := strconv.ParseInt(read("inflight"), 10, 64)
+				if err != nil {
+					b.Fatal(err)
 				}
-			}()
+				return n
+			}
 			deadline := time.Now().Add(10 * time.Second)
-			for { // until calls are shed (the slot is held and the method known)
-				ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+			for inflight() != 1 {
+				if time.Now().After(deadline) {
+					b.Fatal("the holding call does not hold the slot")
+				}
+				time.Sleep(time.Millisecond) // polling the child, not synchronising with it
+			}
+			for { // until calls are shed (the method is known to the tap)
+				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 				err := unary(ctx, c)
 				cancel()
 				if err != nil && strings.Contains(err.Error(), "in-flight limit") {
 					break
 				}
 				if time.Now().After(deadline) {
-					b.Fatal("calls are not shed")
+					b.Fatalf("calls are not shed: %v", err)
 				}
 			}
 			cpu := func() int64 {
