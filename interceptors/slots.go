@@ -87,6 +87,11 @@ func (s *slots) acquire(ctx context.Context, limit int64, maxQueued int, wait ti
 	select {
 	case <-w.ch:
 		t.Stop()
+		if ctx.Err() != nil { // granted as the caller left: give it back
+			s.free()
+			s.dispatchIfWaiting()
+			return waitDone
+		}
 		return waitGranted
 	case <-t.C:
 	case <-ctx.Done():
