@@ -96,16 +96,23 @@ func newLimiter(key string, a *algo) *limiter {
 // a ResourceExhausted rejection, or the caller's cancellation.
 func (l *limiter) acquire(ctx context.Context) error {
 	if l.waiters.Load() == 0 && l.tryAcquire(l.limit.Load()) {
+		// The fast path, here and not only in slots.acquire: building the
+		// wait closure on every call cost 370 → 530 ns a call in
+		// BenchmarkInterceptorPass/breaker+limiter/parallel.
 		return nil
 	}
 	a := l.algo
-	wait, reason := a.maxWait, ReasonMaxWait
-	if dl, ok := ctx.Deadline(); ok {
-		if left := time.Until(dl); left < wait {
-			wait, reason = left, ReasonDeadline
+	reason := ReasonMaxWait
+	res := l.slots.acquire(ctx, l.limit.Load(), a.maxQueued, func() time.Duration {
+		if dl, ok := ctx.Deadline(); ok {
+			if left := time.Until(dl); left < a.maxWait {
+				reason = ReasonDeadline
+				return left
+			}
 		}
-	}
-	switch l.slots.acquire(ctx, l.limit.Load(), a.maxQueued, wait) {
+		return a.maxWait
+	})
+	switch res {
 	case waitGranted:
 		return nil
 	case waitFull:

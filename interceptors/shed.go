@@ -335,14 +335,14 @@ func (s *Shedder) now() int64 { return int64(time.Since(s.epoch)) }
 // one if waitFor allows: ok, or the reason to shed it. A request whose
 // caller gave up while it waited gets that error instead (err).
 func (s *Shedder) admitUnary(ctx context.Context, st *serviceTime, crit Criticality) (r reason, ok bool, err error) {
-	r, limit, wait, ok := s.checkUnary(ctx, st, crit)
+	r, limit, _, ok := s.checkUnary(ctx, st, crit)
 	if !ok {
 		return r, false, nil
 	}
 	if s.slots.waiters.Load() == 0 && s.slots.tryAcquire(limit) {
-		return 0, true, nil
+		return 0, true, nil // the fast path without the wait closure, as in limiter.acquire
 	}
-	switch s.slots.acquire(ctx, limit, maxWaiters, wait) {
+	switch s.slots.acquire(ctx, limit, maxWaiters, func() time.Duration { return s.waitFor(ctx, st, crit, limit) }) {
 	case waitGranted:
 		return 0, true, nil
 	case waitDone:
@@ -357,15 +357,15 @@ func (s *Shedder) admitUnary(ctx context.Context, st *serviceTime, crit Critical
 // checkUnary makes every decision of admitUnary but takes no slot and
 // does not wait: the tap path's (the interceptor, which alone takes and
 // releases slots, may still shed a request the tap let through when the
-// slots and the wait queue filled in between). On success r is the
-// reason a full limit would give, limit the in-flight limit the request
-// must fit under and wait how long it may wait for a slot (waitFor); a
-// request that finds the limit in use passes when it may wait and nobody
-// waits yet (maxWaiters).
+// slots and the wait filled in between). On success r is the reason a
+// full limit would give and limit the in-flight limit the request must
+// fit under; a request that finds the limit in use passes only when it
+// may wait (waitFor) and nobody waits yet (maxWaiters), and wait is then
+// how long. wait is computed only at the limit: the admitted path pays
+// nothing for it.
 func (s *Shedder) checkUnary(ctx context.Context, st *serviceTime, crit Criticality) (r reason, limit int64, wait time.Duration, ok bool) {
-	left := time.Duration(-1) // no deadline
 	if dl, ok := ctx.Deadline(); ok {
-		left = time.Until(dl)
+		left := time.Until(dl)
 		if left <= 0 {
 			return rExpired, 0, 0, false
 		}
@@ -380,8 +380,10 @@ func (s *Shedder) checkUnary(ctx context.Context, st *serviceTime, crit Critical
 		limit = max(int64(float64(limit)*s.cfg.SheddableShare), 1)
 		r = rSheddable
 	}
-	wait = s.waitFor(st, crit, limit, left)
-	if s.slots.inflight.Load() >= limit && (wait <= 0 || s.slots.waiters.Load()+s.passed.Load() >= maxWaiters) {
+	if s.slots.inflight.Load() < limit {
+		return r, limit, 0, true
+	}
+	if wait = s.waitFor(ctx, st, crit, limit); wait <= 0 || s.slots.waiters.Load()+s.passed.Load() >= maxWaiters {
 		return r, limit, 0, false
 	}
 	return r, limit, wait, true
@@ -398,7 +400,7 @@ func (s *Shedder) checkUnary(ctx context.Context, st *serviceTime, crit Critical
 const maxWaiters = 1
 
 // waitFor is how long a request that finds the limit in use may wait for
-// a slot (left is its remaining deadline, negative without one). A wait
+// a slot. A wait
 // is there to bridge the moment between one call's end and the next
 // request's arrival, when a fixed limit's slot would stand idle, not to
 // queue: at most the time in which, at its method's measured service
@@ -409,15 +411,15 @@ const maxWaiters = 1
 // server serves at once, which bridges that moment already; waiting
 // would only queue), for a Sheddable request (shed first), or before the
 // method's service time is measured (MinSamples).
-func (s *Shedder) waitFor(st *serviceTime, crit Criticality, limit int64, left time.Duration) time.Duration {
+func (s *Shedder) waitFor(ctx context.Context, st *serviceTime, crit Criticality, limit int64) time.Duration {
 	if s.cfg.MaxWait <= 0 || s.grad != nil || s.cfg.Algorithm != Fixed || crit == Sheddable || st == nil ||
 		st.samples.Load() < int64(s.cfg.MinSamples) {
 		return 0
 	}
 	svc := time.Duration(st.ewma.Load())
 	w := min(s.cfg.MaxWait, svc/time.Duration(max(limit, 1)))
-	if left >= 0 {
-		w = min(w, left-svc)
+	if dl, ok := ctx.Deadline(); ok {
+		w = min(w, time.Until(dl)-svc)
 	}
 	return w
 }
@@ -528,7 +530,7 @@ func (s *Shedder) TapHandle(ctx context.Context, info *tap.Info) (context.Contex
 		return ctx, nil
 	}
 	r, limit, wait, ok := s.checkUnary(ctx, st, s.criticality(info.Header[CriticalityHeader], method))
-	if ok && wait > 0 && s.slots.inflight.Load() >= limit {
+	if ok && wait > 0 { // it passes only to wait
 		// It passes only to wait: it counts as waiting from here, or every
 		// request at the limit whose message has not arrived yet (a slow
 		// upload, or a client that never sends it) would pass too, each
@@ -626,8 +628,7 @@ func (s *Shedder) UnaryServerInterceptor() grpc.UnaryServerInterceptor {
 		released := false
 		defer func() {
 			if !released { // handler panicked
-				s.slots.free()
-				s.slots.dispatchIfWaiting()
+				s.slots.release()
 			}
 		}()
 		resp, err := handler(ctx, req)

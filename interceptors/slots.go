@@ -56,13 +56,16 @@ func (s *slots) tryAcquire(limit int64) bool {
 	}
 }
 
-// acquire takes a slot under limit at once, or waits up to wait for one
-// (under the current limit) behind at most maxQueued others. A slot that arrives as ctx ends is
+// acquire takes a slot under limit at once, or waits for one (under the
+// current limit) behind at most maxQueued others, for as long as wait
+// says: wait is called only when the request must wait, so the lock-free
+// fast path computes nothing for it. A slot that arrives as ctx ends is
 // given back: the caller holds a slot exactly when it gets waitGranted.
-func (s *slots) acquire(ctx context.Context, limit int64, maxQueued int, wait time.Duration) waitResult {
+func (s *slots) acquire(ctx context.Context, limit int64, maxQueued int, wait func() time.Duration) waitResult {
 	if s.waiters.Load() == 0 && s.tryAcquire(limit) {
 		return waitGranted
 	}
+	d := wait()
 	s.mu.Lock()
 	s.waiters.Add(1)
 	if len(s.queue) == 0 && s.tryAcquire(limit) {
@@ -70,7 +73,7 @@ func (s *slots) acquire(ctx context.Context, limit int64, maxQueued int, wait ti
 		s.mu.Unlock()
 		return waitGranted
 	}
-	if full := len(s.queue) >= maxQueued; full || wait <= 0 {
+	if full := len(s.queue) >= maxQueued; full || d <= 0 {
 		s.waiters.Add(-1)
 		s.mu.Unlock()
 		if full {
@@ -82,14 +85,13 @@ func (s *slots) acquire(ctx context.Context, limit int64, maxQueued int, wait ti
 	s.queue = append(s.queue, w)
 	s.mu.Unlock()
 
-	t := time.NewTimer(wait)
+	t := time.NewTimer(d)
 	res := waitTimedOut
 	select {
 	case <-w.ch:
 		t.Stop()
 		if ctx.Err() != nil { // granted as the caller left: give it back
-			s.free()
-			s.dispatchIfWaiting()
+			s.release()
 			return waitDone
 		}
 		return waitGranted
@@ -104,8 +106,7 @@ func (s *slots) acquire(ctx context.Context, limit int64, maxQueued int, wait ti
 		if ctx.Err() == nil {
 			return waitGranted // the slot came as the wait ended: use it
 		}
-		s.free()
-		s.dispatchIfWaiting()
+		s.release()
 		return waitDone
 	}
 	for i, q := range s.queue {
@@ -122,6 +123,12 @@ func (s *slots) acquire(ctx context.Context, limit int64, maxQueued int, wait ti
 // free gives a slot back and returns how many were in use with it; call
 // dispatchIfWaiting after it (after moving the limit, if it moves).
 func (s *slots) free() int64 { return s.inflight.Add(-1) + 1 }
+
+// release gives a slot back and hands it on to a waiter, if one waits.
+func (s *slots) release() {
+	s.free()
+	s.dispatchIfWaiting()
+}
 
 // dispatchIfWaiting hands free slots to waiters, if any wait.
 func (s *slots) dispatchIfWaiting() {

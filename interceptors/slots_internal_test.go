@@ -25,7 +25,7 @@ func TestSlotsNoLostWakeup(t *testing.T) {
 			go func() {
 				defer wg.Done()
 				for range 200 {
-					if res := s.acquire(ctx, s.limit.Load(), 64, 10*time.Second); res != waitGranted {
+					if res := s.acquire(ctx, s.limit.Load(), 64, func() time.Duration { return 10 * time.Second }); res != waitGranted {
 						t.Errorf("round %d: acquire = %d, want granted", round, res)
 						return
 					}
