@@ -5,7 +5,6 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"sync/atomic"
 
@@ -41,25 +40,15 @@ var _ tls.ClientSessionCache = (*svidSessions)(nil)
 // Certificates, GetClientCertificate, RootCAs or VerifyPeerCertificate
 // (each would conflict with or bypass the SPIFFE checks).
 func ClientConfig(base *tls.Config, svid x509svid.Source, bundle x509bundle.Source, authorize tlsconfig.Authorizer) (*tls.Config, error) {
-	if err := checkArgs("ClientConfig", svid, bundle, authorize); err != nil {
+	cfg, err := prepare("ClientConfig", base, svid, bundle, authorize, func(b *tls.Config) []conflict {
+		return []conflict{
+			{len(b.Certificates) != 0, "Certificates", "; the SVID source supplies the client certificate"},
+			{b.GetClientCertificate != nil, "GetClientCertificate", "; the SVID source supplies the client certificate"},
+			{b.RootCAs != nil, "RootCAs", "; the bundle source verifies the server"},
+		}
+	})
+	if err != nil {
 		return nil, err
-	}
-	cfg := &tls.Config{}
-	if base != nil {
-		cfg = base.Clone()
-	}
-	switch {
-	case len(cfg.Certificates) != 0:
-		return nil, errors.New("spiffe: ClientConfig: tls.Config.Certificates is set; the SVID source supplies the client certificate")
-	case cfg.GetClientCertificate != nil:
-		return nil, errors.New("spiffe: ClientConfig: tls.Config.GetClientCertificate is set; the SVID source supplies the client certificate")
-	case cfg.RootCAs != nil:
-		return nil, errors.New("spiffe: ClientConfig: tls.Config.RootCAs is set; the bundle source verifies the server")
-	case cfg.VerifyPeerCertificate != nil:
-		return nil, errors.New("spiffe: ClientConfig: tls.Config.VerifyPeerCertificate is set, but crypto/tls skips it on resumed handshakes; use VerifyConnection")
-	}
-	if cfg.MinVersion < tls.VersionTLS12 {
-		cfg.MinVersion = tls.VersionTLS12
 	}
 	cfg.GetClientCertificate = tlsconfig.GetClientCertificate(svid)
 	cfg.InsecureSkipVerify = true // replaced by the SPIFFE check in VerifyConnection
@@ -97,27 +86,16 @@ func ClientConfig(base *tls.Config, svid x509svid.Source, bundle x509bundle.Sour
 // GetConfigForClient (a config returned by the latter would carry its own
 // VerifyConnection and could bypass the SPIFFE check).
 func ServerConfig(base *tls.Config, svid x509svid.Source, bundle x509bundle.Source, authorize tlsconfig.Authorizer) (*tls.Config, error) {
-	if err := checkArgs("ServerConfig", svid, bundle, authorize); err != nil {
+	cfg, err := prepare("ServerConfig", base, svid, bundle, authorize, func(b *tls.Config) []conflict {
+		return []conflict{
+			{len(b.Certificates) != 0, "Certificates", "; the SVID source supplies the server certificate"},
+			{b.GetCertificate != nil, "GetCertificate", "; the SVID source supplies the server certificate"},
+			{b.ClientCAs != nil, "ClientCAs", "; the bundle source verifies clients"},
+			{b.GetConfigForClient != nil, "GetConfigForClient", "; apply it (for example TicketKeyRotator.ServerConfig) to the result instead"},
+		}
+	})
+	if err != nil {
 		return nil, err
-	}
-	cfg := &tls.Config{}
-	if base != nil {
-		cfg = base.Clone()
-	}
-	switch {
-	case len(cfg.Certificates) != 0:
-		return nil, errors.New("spiffe: ServerConfig: tls.Config.Certificates is set; the SVID source supplies the server certificate")
-	case cfg.GetCertificate != nil:
-		return nil, errors.New("spiffe: ServerConfig: tls.Config.GetCertificate is set; the SVID source supplies the server certificate")
-	case cfg.ClientCAs != nil:
-		return nil, errors.New("spiffe: ServerConfig: tls.Config.ClientCAs is set; the bundle source verifies clients")
-	case cfg.VerifyPeerCertificate != nil:
-		return nil, errors.New("spiffe: ServerConfig: tls.Config.VerifyPeerCertificate is set, but crypto/tls skips it on resumed handshakes; use VerifyConnection")
-	case cfg.GetConfigForClient != nil:
-		return nil, errors.New("spiffe: ServerConfig: tls.Config.GetConfigForClient is set; apply it (for example TicketKeyRotator.ServerConfig) to the result instead")
-	}
-	if cfg.MinVersion < tls.VersionTLS12 {
-		cfg.MinVersion = tls.VersionTLS12
 	}
 	cfg.GetCertificate = tlsconfig.GetCertificate(svid)
 	cfg.ClientAuth = tls.RequireAnyClientCert
@@ -125,16 +103,40 @@ func ServerConfig(base *tls.Config, svid x509svid.Source, bundle x509bundle.Sour
 	return cfg, nil
 }
 
-func checkArgs(fn string, svid x509svid.Source, bundle x509bundle.Source, authorize tlsconfig.Authorizer) error {
+// conflict is a field of the base config that the SPIFFE config would
+// override or bypass: set says base sets it, why (with its leading
+// punctuation) what to do instead.
+type conflict struct {
+	set        bool
+	field, why string
+}
+
+// prepare checks fn's arguments and returns a copy of base (nil means an
+// empty config) with MinVersion at least TLS 1.2, or an error naming the
+// first of conflicts(base) that base sets. VerifyPeerCertificate always
+// conflicts: crypto/tls skips it on resumed handshakes.
+func prepare(fn string, base *tls.Config, svid x509svid.Source, bundle x509bundle.Source, authorize tlsconfig.Authorizer,
+	conflicts func(*tls.Config) []conflict) (*tls.Config, error) {
 	switch {
 	case svid == nil:
-		return fmt.Errorf("spiffe: %s: the X509-SVID source is nil", fn)
+		return nil, fmt.Errorf("spiffe: %s: the X509-SVID source is nil", fn)
 	case bundle == nil:
-		return fmt.Errorf("spiffe: %s: the X.509 bundle source is nil", fn)
+		return nil, fmt.Errorf("spiffe: %s: the X.509 bundle source is nil", fn)
 	case authorize == nil:
-		return fmt.Errorf("spiffe: %s: the authorizer is nil; pass one of tlsconfig.AuthorizeID, AuthorizeMemberOf, ... (AuthorizeAny to allow every ID of the bundle's trust domains)", fn)
+		return nil, fmt.Errorf("spiffe: %s: the authorizer is nil; pass one of tlsconfig.AuthorizeID, AuthorizeMemberOf, ... (AuthorizeAny to allow every ID of the bundle's trust domains)", fn)
 	}
-	return nil
+	cfg := &tls.Config{}
+	if base != nil {
+		cfg = base.Clone()
+	}
+	for _, c := range append(conflicts(cfg), conflict{cfg.VerifyPeerCertificate != nil, "VerifyPeerCertificate",
+		", but crypto/tls skips it on resumed handshakes; use VerifyConnection"}) {
+		if c.set {
+			return nil, fmt.Errorf("spiffe: %s: tls.Config.%s is set%s", fn, c.field, c.why)
+		}
+	}
+	cfg.MinVersion = max(cfg.MinVersion, tls.VersionTLS12)
+	return cfg, nil
 }
 
 // verifyConnection verifies the peer's X509-SVID against the bundle source
