@@ -58,47 +58,65 @@ func TestShedderTapSendsPushbackToRetries(t *testing.T) {
 	}
 }
 
-// TestShedderTapBoundsRetriesPassed: retry attempts pass the tap at the
-// limit only the limit's worth at once, so a client that sends
-// grpc-previous-rpc-attempts on requests whose message never comes cannot
-// pile up streams and goroutines past the tap; once one ends, another
-// may pass.
-func TestShedderTapBoundsRetriesPassed(t *testing.T) {
-	const limit = 2
-	shed := makeShedder(t, &events{}, func(c *interceptors.ShedderConfig) { c.Limit, c.MaxWait = limit, 0 })
-	be := startGated(t, shed.ServerOptions()...)
-	c := dial(t, be.Addr)
-	held := make(chan error, limit)
-	for range limit {
-		go func() { held <- unary(context.Background(), c) }()
-	}
-	testutil.Eventually(t, 5*time.Second, func() bool { return be.inflight.Load() == limit }, "the slots are held")
-	raw := dialRawH2(t, be.Addr)
-	retry := [2]string{"grpc-previous-rpc-attempts", "1"}
-	first := raw.start(unaryMethod, "", false, retry)
-	for range 9 {
-		raw.start(unaryMethod, "", false, retry)
-	}
-	raw.sync() // the tap has seen all 10
-	if n := shed.Snapshot().Shed[interceptors.ReasonLimit]; n != 10-limit {
-		t.Fatalf("the tap shed %d of 10 header-only retry attempts at the limit, want %d (the limit's worth pass)", n, 10-limit)
-	}
-	raw.reset(first)
-	raw.sync()
-	testutil.Eventually(t, 5*time.Second, func() bool {
-		before := shed.Snapshot().Shed[interceptors.ReasonLimit]
-		id := raw.start(unaryMethod, "", false, retry)
-		raw.sync()
-		passed := shed.Snapshot().Shed[interceptors.ReasonLimit] == before
-		raw.reset(id)
-		raw.sync()
-		return passed
-	}, "after the reset, a retry attempt may pass again")
-	close(be.gate)
-	for range limit {
-		if err := <-held; err != nil {
-			t.Fatal(err)
-		}
+// TestShedderTapBoundsRequestsItPasses: the tap lets requests through at
+// the limit in two cases, and counts each from the tap on, until it
+// reaches the interceptor or its stream ends, so that a client sending
+// headers but never their messages (a hostile one, or a slow upload)
+// cannot pile up streams and goroutines past the tap:
+//   - one request at a time, to wait for a slot (MaxWait): 50 header-only
+//     requests at the limit all used to pass, where MaxWait 0 refused them;
+//   - retry attempts (grpc-previous-rpc-attempts), the limit's worth at once.
+//
+// Once a passed request's stream ends, another may pass.
+func TestShedderTapBoundsRequestsItPasses(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		limit   int
+		maxWait time.Duration
+		header  [][2]string
+		passes  int // how many of the requests pass at once
+	}{
+		{"wait", 1, 10 * time.Second, nil, 1},
+		{"retry", 2, 0, [][2]string{{"grpc-previous-rpc-attempts", "1"}}, 2},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			shed := makeShedder(t, &events{}, func(c *interceptors.ShedderConfig) { c.Limit, c.MaxWait = tc.limit, tc.maxWait })
+			interceptors.SetShedderServiceTime(shed, unaryMethod, 10*time.Second, 100)
+			be := startGated(t, shed.ServerOptions()...)
+			c := dial(t, be.Addr)
+			held := make(chan error, tc.limit)
+			for range tc.limit {
+				go func() { held <- unary(context.Background(), c) }()
+			}
+			testutil.Eventually(t, 5*time.Second, func() bool { return be.inflight.Load() == int64(tc.limit) }, "the slots are held")
+			raw := dialRawH2(t, be.Addr)
+			const n = 50
+			first := raw.start(unaryMethod, "", false, tc.header...)
+			for range n - 1 {
+				raw.start(unaryMethod, "", false, tc.header...)
+			}
+			raw.sync() // the tap has seen all n
+			if got := shed.Snapshot().Shed[interceptors.ReasonLimit]; got != int64(n-tc.passes) {
+				t.Fatalf("the tap shed %d of %d header-only requests at the limit, want %d (%d pass)", got, n, n-tc.passes, tc.passes)
+			}
+			raw.reset(first)
+			raw.sync()
+			testutil.Eventually(t, 5*time.Second, func() bool {
+				before := shed.Snapshot().Shed[interceptors.ReasonLimit]
+				id := raw.start(unaryMethod, "", false, tc.header...)
+				raw.sync()
+				passed := shed.Snapshot().Shed[interceptors.ReasonLimit] == before
+				raw.reset(id)
+				raw.sync()
+				return passed
+			}, "after the reset, a request may pass again")
+			close(be.gate)
+			for range tc.limit {
+				if err := <-held; err != nil {
+					t.Fatal(err)
+				}
+			}
+		})
 	}
 }
 
