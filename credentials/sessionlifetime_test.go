@@ -187,52 +187,69 @@ func serialOf(t testing.TB, certPEM []byte) string {
 // the old certificate.
 func TestClientCertRotationDropsOldSessions(t *testing.T) {
 	pki := testutil.NewPKI(t, testutil.ECDSAP256)
-	for _, tv := range tlsVersions {
-		t.Run(tv.name, func(t *testing.T) {
-			var slog serverLog
-			scfg := serverConfig(t, pki, &slog)
-			scfg.ClientAuth = tls.RequireAndVerifyClientCert
-			scfg.ClientCAs = pki.Pool
-			b := testutil.StartBackend(t, testutil.BackendOptions{TLS: scfg})
+	for _, how := range []struct {
+		name string
+		// creds gives cache to NewTLS: as WithSessionCache, or (a careless
+		// operator, issue 13 item 6) as tls.Config.ClientSessionCache, which
+		// NewTLS used to treat as a foreign cache, offering sessions made
+		// with the old certificate on every resumed connection.
+		creds func(cfg *tls.Config, cache *credentials.SessionCache) (grpccreds.TransportCredentials, error)
+	}{
+		{"WithSessionCache", func(cfg *tls.Config, cache *credentials.SessionCache) (grpccreds.TransportCredentials, error) {
+			return credentials.NewTLS(cfg, credentials.WithSessionCache(cache))
+		}},
+		{"ClientSessionCache", func(cfg *tls.Config, cache *credentials.SessionCache) (grpccreds.TransportCredentials, error) {
+			cfg.ClientSessionCache = cache
+			return credentials.NewTLS(cfg)
+		}},
+	} {
+		for _, tv := range tlsVersions {
+			t.Run(how.name+"/"+tv.name, func(t *testing.T) {
+				var slog serverLog
+				scfg := serverConfig(t, pki, &slog)
+				scfg.ClientAuth = tls.RequireAndVerifyClientCert
+				scfg.ClientCAs = pki.Pool
+				b := testutil.StartBackend(t, testutil.BackendOptions{TLS: scfg})
 
-			cert1, key1 := pki.LeafPEM(t)
-			cert2, key2 := pki.LeafPEM(t)
-			dir := t.TempDir()
-			certFile, keyFile := writeCertPair(t, dir, cert1, key1)
-			reloader, err := credentials.NewCertificateReloader(certFile, keyFile, credentials.WithTickChannel(make(chan time.Time)))
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { reloader.Close() })
-			cache, err := credentials.NewSessionCache()
-			if err != nil {
-				t.Fatal(err)
-			}
-			cfg := clientConfig(pki, tv.v)
-			cfg.GetClientCertificate = reloader.GetClientCertificate
-			creds, err := credentials.NewTLS(cfg, credentials.WithSessionCache(cache))
-			if err != nil {
-				t.Fatal(err)
-			}
-			callOnce(t, creds, b.Addr, "") // full, cert1
-			callOnce(t, creds, b.Addr, "") // resumed, cert1
-			writeCertPair(t, dir, cert2, key2)
-			if err := reloader.Reload(); err != nil {
-				t.Fatal(err)
-			}
-			callOnce(t, creds, b.Addr, "") // full, cert2
-			callOnce(t, creds, b.Addr, "") // resumed, cert2
-			s1, s2 := serialOf(t, cert1), serialOf(t, cert2)
-			if got, want := slog.clientSerials(), []string{s1, s1, s2, s2}; !slices.Equal(got, want) {
-				t.Errorf("server saw client certificates %v; want %v (cert1 %s, cert2 %s)", got, want, s1, s2)
-			}
-			if got, want := slog.handshakes(), []bool{false, true, false, true}; !slices.Equal(got, want) {
-				t.Errorf("server saw DidResume %v; want %v", got, want)
-			}
-			if st := cache.Stats(); st.Invalidated != 1 || st.Resumed != 2 {
-				t.Errorf("Stats() = %+v; want the stale session invalidated once and 2 resumed", st)
-			}
-		})
+				cert1, key1 := pki.LeafPEM(t)
+				cert2, key2 := pki.LeafPEM(t)
+				dir := t.TempDir()
+				certFile, keyFile := writeCertPair(t, dir, cert1, key1)
+				reloader, err := credentials.NewCertificateReloader(certFile, keyFile, credentials.WithTickChannel(make(chan time.Time)))
+				if err != nil {
+					t.Fatal(err)
+				}
+				t.Cleanup(func() { reloader.Close() })
+				cache, err := credentials.NewSessionCache()
+				if err != nil {
+					t.Fatal(err)
+				}
+				cfg := clientConfig(pki, tv.v)
+				cfg.GetClientCertificate = reloader.GetClientCertificate
+				creds, err := how.creds(cfg, cache)
+				if err != nil {
+					t.Fatal(err)
+				}
+				callOnce(t, creds, b.Addr, "") // full, cert1
+				callOnce(t, creds, b.Addr, "") // resumed, cert1
+				writeCertPair(t, dir, cert2, key2)
+				if err := reloader.Reload(); err != nil {
+					t.Fatal(err)
+				}
+				callOnce(t, creds, b.Addr, "") // full, cert2
+				callOnce(t, creds, b.Addr, "") // resumed, cert2
+				s1, s2 := serialOf(t, cert1), serialOf(t, cert2)
+				if got, want := slog.clientSerials(), []string{s1, s1, s2, s2}; !slices.Equal(got, want) {
+					t.Errorf("server saw client certificates %v; want %v (cert1 %s, cert2 %s)", got, want, s1, s2)
+				}
+				if got, want := slog.handshakes(), []bool{false, true, false, true}; !slices.Equal(got, want) {
+					t.Errorf("server saw DidResume %v; want %v", got, want)
+				}
+				if st := cache.Stats(); st.Invalidated != 1 || st.Resumed != 2 {
+					t.Errorf("Stats() = %+v; want the stale session invalidated once and 2 resumed, whichever way the cache was given", st)
+				}
+			})
+		}
 	}
 }
 
