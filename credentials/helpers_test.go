@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -319,4 +320,54 @@ func rawHandshake(creds grpccreds.TransportCredentials, addr, authority string) 
 	}
 	ti, ok := credentials.GRPCTLSInfo(ai)
 	return ok && ti.State.DidResume, nil
+}
+
+// callLoop makes calls with creds to addr, one after the other, in the
+// background until stopped or until one fails.
+type callLoop struct {
+	t    *testing.T
+	ok   atomic.Int64 // calls that succeeded
+	stop chan struct{}
+	errs chan error
+	wg   sync.WaitGroup
+}
+
+func startCalling(t *testing.T, creds grpccreds.TransportCredentials, addr string) *callLoop {
+	l := &callLoop{t: t, stop: make(chan struct{}), errs: make(chan error, 1)}
+	l.wg.Add(1)
+	go func() {
+		defer l.wg.Done()
+		for {
+			select {
+			case <-l.stop:
+				return
+			default:
+			}
+			if _, err := tryCall(creds, addr, ""); err != nil {
+				l.errs <- err
+				return
+			}
+			l.ok.Add(1)
+		}
+	}()
+	return l
+}
+
+// progress waits up to limit for n more calls to succeed (or one to fail).
+func (l *callLoop) progress(n int64, limit time.Duration, what string) {
+	l.t.Helper()
+	before := l.ok.Load()
+	testutil.Eventually(l.t, limit, func() bool { return l.ok.Load() >= before+n || len(l.errs) > 0 }, "no calls completed after "+what)
+}
+
+// end stops the calls and returns the first failure, if a call failed.
+func (l *callLoop) end() error {
+	close(l.stop)
+	l.wg.Wait()
+	select {
+	case err := <-l.errs:
+		return err
+	default:
+		return nil
+	}
 }

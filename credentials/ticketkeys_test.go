@@ -94,48 +94,20 @@ func TestRotationFailsNoCall(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			var (
-				ok   atomic.Int64
-				stop = make(chan struct{})
-				errs = make(chan error, 1)
-				wg   sync.WaitGroup
-			)
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				for {
-					select {
-					case <-stop:
-						return
-					default:
-					}
-					if _, err := tryCall(creds, b.Addr, ""); err != nil {
-						errs <- err
-						return
-					}
-					ok.Add(1)
-				}
-			}()
+			calls := startCalling(t, creds, b.Addr)
 			for i := range 10 {
 				if err := rot.Rotate(); err != nil {
 					t.Fatal(err)
 				}
-				before := ok.Load()
-				testutil.Eventually(t, 10*time.Second, func() bool {
-					return ok.Load() >= before+2 || len(errs) > 0
-				}, fmt.Sprintf("no calls completed after rotation %d", i+1))
+				calls.progress(2, 10*time.Second, fmt.Sprintf("rotation %d", i+1))
 			}
-			close(stop)
-			wg.Wait()
-			select {
-			case err := <-errs:
+			if err := calls.end(); err != nil {
 				t.Fatalf("a call failed during rotations: %v", err)
-			default:
 			}
 			hs := slog.handshakes()
 			full := len(hs) - countTrue(hs)
 			if full < 2 || countTrue(hs) == 0 {
-				t.Fatalf("server saw %d full and %d resumed handshakes in %d calls; want both kinds", full, countTrue(hs), ok.Load())
+				t.Fatalf("server saw %d full and %d resumed handshakes in %d calls; want both kinds", full, countTrue(hs), calls.ok.Load())
 			}
 		})
 	}

@@ -5,7 +5,6 @@ import (
 	"crypto/tls"
 	"path/filepath"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -96,34 +95,8 @@ func TestTrustBundleCARotationFailsNoCall(t *testing.T) {
 				t.Fatal(err)
 			}
 
-			var (
-				ok   atomic.Int64
-				stop = make(chan struct{})
-				errs = make(chan error, 1)
-				wg   sync.WaitGroup
-			)
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				for {
-					select {
-					case <-stop:
-						return
-					default:
-					}
-					if _, err := tryCall(creds, srv.Addr, ""); err != nil {
-						errs <- err
-						return
-					}
-					ok.Add(1)
-				}
-			}()
-			progress := func(step string) {
-				t.Helper()
-				before := ok.Load()
-				testutil.Eventually(t, hangLimit, func() bool { return ok.Load() >= before+3 || len(errs) > 0 },
-					"no calls completed after "+step)
-			}
+			calls := startCalling(t, creds, srv.Addr)
+			progress := func(step string) { t.Helper(); calls.progress(3, hangLimit, step) }
 			progress("start")
 
 			// Peers that stay on CA1, with sessions made while CA1 is trusted.
@@ -164,12 +137,8 @@ func TestTrustBundleCARotationFailsNoCall(t *testing.T) {
 			mark := len(slog.handshakes())
 			progress("dropping CA1")
 			progress("dropping CA1 (resumed again)")
-			close(stop)
-			wg.Wait()
-			select {
-			case err := <-errs:
-				t.Fatalf("a call failed during the CA rotation (after %d good calls): %v", ok.Load(), err)
-			default:
+			if err := calls.end(); err != nil {
+				t.Fatalf("a call failed during the CA rotation (after %d good calls): %v", calls.ok.Load(), err)
 			}
 			hs := slog.handshakes()
 			if after := hs[mark:]; countTrue(after) == 0 {
