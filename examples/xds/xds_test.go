@@ -134,6 +134,29 @@ func get(ctx context.Context, t *testing.T, f *clientconn.Factory) *clientconn.C
 	return conn
 }
 
+// startHoldingBackend starts one backend whose calls with the payload
+// "hold" signal held and then wait until gate is closed (or their context
+// ends); other calls answer at once.
+func startHoldingBackend(t *testing.T) (bs []*testutil.Backend, held <-chan struct{}, gate chan struct{}) {
+	t.Helper()
+	gate = make(chan struct{})
+	h := make(chan struct{}, 1)
+	bs = startBackends(t, 1, testutil.BackendOptions{
+		Unary: func(ctx context.Context, req *testpb.SimpleRequest) (*testpb.SimpleResponse, error) {
+			if string(req.GetPayload().GetBody()) == "hold" {
+				h <- struct{}{}
+				select {
+				case <-gate:
+				case <-ctx.Done():
+					return nil, ctx.Err()
+				}
+			}
+			return &testpb.SimpleResponse{}, nil
+		},
+	})
+	return bs, h, gate
+}
+
 func startBackends(t *testing.T, n int, opts testutil.BackendOptions) []*testutil.Backend {
 	t.Helper()
 	bs := make([]*testutil.Backend, n)
@@ -448,21 +471,7 @@ func TestBreakerBesideXDS(t *testing.T) {
 // (Cluster.circuit_breakers max_requests 1) fail UNAVAILABLE without
 // reaching a backend, and do not open the grpcreuse breaker.
 func TestXDSDropsDoNotOpenBreaker(t *testing.T) {
-	gate := make(chan struct{})
-	held := make(chan struct{}, 1)
-	bs := startBackends(t, 1, testutil.BackendOptions{
-		Unary: func(ctx context.Context, req *testpb.SimpleRequest) (*testpb.SimpleResponse, error) {
-			if string(req.GetPayload().GetBody()) == "hold" {
-				held <- struct{}{}
-				select {
-				case <-gate:
-				case <-ctx.Done():
-					return nil, ctx.Err()
-				}
-			}
-			return &testpb.SimpleResponse{}, nil
-		},
-	})
+	bs, held, gate := startHoldingBackend(t)
 	cp := startControlPlane(t)
 	f := newFactory(t, cp, clientconn.WithServiceConfig(breakerPolicy))
 	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
@@ -697,21 +706,7 @@ func TestOutlierDetectionThroughLeaves(t *testing.T) {
 // to an xDS target: with one call in flight and a limit of 1 (no queue),
 // the next call fails RESOURCE_EXHAUSTED on the client.
 func TestLimiterBesideXDS(t *testing.T) {
-	gate := make(chan struct{})
-	held := make(chan struct{}, 1)
-	bs := startBackends(t, 1, testutil.BackendOptions{
-		Unary: func(ctx context.Context, req *testpb.SimpleRequest) (*testpb.SimpleResponse, error) {
-			if string(req.GetPayload().GetBody()) == "hold" {
-				held <- struct{}{}
-				select {
-				case <-gate:
-				case <-ctx.Done():
-					return nil, ctx.Err()
-				}
-			}
-			return &testpb.SimpleResponse{}, nil
-		},
-	})
+	bs, held, gate := startHoldingBackend(t)
 	cp := startControlPlane(t)
 	f := newFactory(t, cp, clientconn.WithServiceConfig(`{"grpcreuse": {"methodConfig": [
 		{"name": [{}], "concurrencyLimit": {"limit": 1, "maxQueued": 0}}]}}`))
