@@ -6,8 +6,6 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
-	"sync"
-	"sync/atomic"
 	"time"
 )
 
@@ -21,16 +19,7 @@ import (
 // Its methods are safe for concurrent use. It starts one goroutine,
 // stopped by Close.
 type CertificateReloader struct {
-	certFile, keyFile string
-	files             *fileReader
-	onError           func(error)
-
-	cert atomic.Pointer[tls.Certificate]
-
-	mu sync.Mutex // serialises reloads, so an older reading never replaces a newer one
-
-	loop      *loop
-	closeOnce sync.Once
+	w *watched[tls.Certificate]
 }
 
 // NewCertificateReloader loads certFile and keyFile (PEM, as for
@@ -54,36 +43,25 @@ func NewCertificateReloader(certFile, keyFile string, opts ...CertificateReloade
 	if o.pollInterval <= 0 {
 		return nil, fmt.Errorf("credentials: WithPollInterval is %v; must be positive", o.pollInterval)
 	}
-	files, err := newFileReader(o,
+	w, err := newWatched(o, func(data [][]byte) (*tls.Certificate, error) { return parseKeyPair(certFile, keyFile, data) }, nil,
 		fileSpec{kind: "certificate file", path: certFile, limit: maxCertFileSize},
 		fileSpec{kind: "key file", path: keyFile, limit: maxCertFileSize})
 	if err != nil {
 		return nil, err
 	}
-	data, err := files.readInitial()
-	if err != nil {
-		return nil, err
-	}
-	cert, err := parseKeyPair(certFile, keyFile, data)
-	if err != nil {
-		return nil, err
-	}
-	r := &CertificateReloader{certFile: certFile, keyFile: keyFile, files: files, onError: o.onError}
-	r.cert.Store(cert)
-	r.loop = startLoop(o.newTicker(o.pollInterval), func() { _ = r.Reload() })
-	return r, nil
+	return &CertificateReloader{w: w}, nil
 }
 
 // GetCertificate returns the current certificate; use it as
 // tls.Config.GetCertificate on servers.
 func (r *CertificateReloader) GetCertificate(*tls.ClientHelloInfo) (*tls.Certificate, error) {
-	return r.cert.Load(), nil
+	return r.w.val.Load(), nil
 }
 
 // GetClientCertificate returns the current certificate; use it as
 // tls.Config.GetClientCertificate on mTLS clients.
 func (r *CertificateReloader) GetClientCertificate(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
-	return r.cert.Load(), nil
+	return r.w.val.Load(), nil
 }
 
 // Reload re-reads the files now. On failure it keeps the last good
@@ -96,41 +74,17 @@ func (r *CertificateReloader) GetClientCertificate(*tls.CertificateRequestInfo) 
 // taken only if both readings agree. A certificate is never served with a
 // key from another generation: such a pair fails tls.X509KeyPair and is
 // not taken.
-func (r *CertificateReloader) Reload() error {
-	r.mu.Lock()
-	cert, changed, err := r.load()
-	if err == nil {
-		r.cert.Store(cert)
-	}
-	newErr := r.files.note(err, changed)
-	r.mu.Unlock()
-	if newErr {
-		r.onError(err) // user code: not under our lock
-	}
-	return err
-}
+func (r *CertificateReloader) Reload() error { return r.w.reload() }
 
 // Err returns why the files were last not taken, or nil if the last
 // reading succeeded.
-func (r *CertificateReloader) Err() error { return r.files.lastErr() }
+func (r *CertificateReloader) Err() error { return r.w.files.lastErr() }
 
 // Close stops the background goroutine and waits for it to exit; the last
 // good certificate stays available. Close is idempotent and returns nil.
 func (r *CertificateReloader) Close() error {
-	r.closeOnce.Do(func() {
-		r.files.close() // interrupts a reading stuck on a hung mount
-		r.loop.stop()
-	})
+	r.w.close()
 	return nil
-}
-
-func (r *CertificateReloader) load() (*tls.Certificate, bool, error) {
-	data, changed, err := r.files.read()
-	if err != nil {
-		return nil, false, err
-	}
-	cert, err := parseKeyPair(r.certFile, r.keyFile, data)
-	return cert, changed, err
 }
 
 func parseKeyPair(certFile, keyFile string, data [][]byte) (*tls.Certificate, error) {

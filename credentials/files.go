@@ -464,10 +464,10 @@ func (r *fileReader) status() FileStatus {
 }
 
 // FileStatus reports how the certificate and key files have been read.
-func (r *CertificateReloader) FileStatus() FileStatus { return r.files.status() }
+func (r *CertificateReloader) FileStatus() FileStatus { return r.w.files.status() }
 
 // FileStatus reports how the bundle file has been read.
-func (b *TrustBundle) FileStatus() FileStatus { return b.files.status() }
+func (b *TrustBundle) FileStatus() FileStatus { return b.w.files.status() }
 
 // FileStatus reports how the key file has been read; with random keys
 // (no WithTicketKeyFile) it is the zero FileStatus.

@@ -7,8 +7,6 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
-	"sync"
-	"sync/atomic"
 	"time"
 )
 
@@ -38,16 +36,7 @@ func (f reloadOptionFunc) applyTrustBundle(o *reloadOptions) { f(o) }
 // Its methods are safe for concurrent use. It starts one goroutine,
 // stopped by Close.
 type TrustBundle struct {
-	file    string
-	files   *fileReader
-	onError func(error)
-
-	pool atomic.Pointer[x509.CertPool]
-
-	mu sync.Mutex // serialises reloads, so an older reading never replaces a newer one
-
-	loop      *loop
-	closeOnce sync.Once
+	w *watched[x509.CertPool]
 }
 
 // NewTrustBundle loads file (PEM, one or more CERTIFICATE blocks and
@@ -67,59 +56,31 @@ func NewTrustBundle(file string, opts ...TrustBundleOption) (*TrustBundle, error
 	if o.pollInterval <= 0 {
 		return nil, fmt.Errorf("credentials: WithPollInterval is %v; must be positive", o.pollInterval)
 	}
-	files, err := newFileReader(o, fileSpec{kind: "trust bundle file", path: file, limit: maxBundleFileSize})
+	w, err := newWatched(o, func(data [][]byte) (*x509.CertPool, error) { return parseTrustBundle(file, data[0]) },
+		(*x509.CertPool).Equal, // an unchanged bundle keeps its pool
+		fileSpec{kind: "trust bundle file", path: file, limit: maxBundleFileSize})
 	if err != nil {
 		return nil, err
 	}
-	data, err := files.readInitial()
-	if err != nil {
-		return nil, err
-	}
-	pool, err := parseTrustBundle(file, data[0])
-	if err != nil {
-		return nil, err
-	}
-	b := &TrustBundle{file: file, files: files, onError: o.onError}
-	b.pool.Store(pool)
-	b.loop = startLoop(o.newTicker(o.pollInterval), func() { _ = b.Reload() })
-	return b, nil
+	return &TrustBundle{w: w}, nil
 }
 
 // Pool returns the current CA certificates. The pool is shared: do not
 // modify it. A later reload replaces it; it never changes in place.
-func (b *TrustBundle) Pool() *x509.CertPool { return b.pool.Load() }
+func (b *TrustBundle) Pool() *x509.CertPool { return b.w.val.Load() }
 
 // Reload re-reads the file now. On failure it keeps the last good bundle
 // and returns (and reports, if the error is new) why.
-func (b *TrustBundle) Reload() error {
-	b.mu.Lock()
-	var pool *x509.CertPool
-	data, changed, err := b.files.read()
-	if err == nil {
-		pool, err = parseTrustBundle(b.file, data[0])
-	}
-	if err == nil && !pool.Equal(b.pool.Load()) {
-		b.pool.Store(pool)
-	}
-	newErr := b.files.note(err, changed)
-	b.mu.Unlock()
-	if newErr {
-		b.onError(err) // user code: not under our lock
-	}
-	return err
-}
+func (b *TrustBundle) Reload() error { return b.w.reload() }
 
 // Err returns why the file was last not taken, or nil if the last reading
 // succeeded.
-func (b *TrustBundle) Err() error { return b.files.lastErr() }
+func (b *TrustBundle) Err() error { return b.w.files.lastErr() }
 
 // Close stops the background goroutine and waits for it to exit; the last
 // good bundle stays in use. Close is idempotent and returns nil.
 func (b *TrustBundle) Close() error {
-	b.closeOnce.Do(func() {
-		b.files.close()
-		b.loop.stop()
-	})
+	b.w.close()
 	return nil
 }
 
@@ -149,7 +110,7 @@ func (b *TrustBundle) ServerConfig(base *tls.Config) (*tls.Config, error) {
 	if base.ClientCAs != nil {
 		return nil, errors.New("credentials: TrustBundle.ServerConfig: tls.Config.ClientCAs is set; the trust bundle replaces it, so leave it nil")
 	}
-	return perHandshake(base, b.pool.Load, func(c *tls.Config, pool *x509.CertPool) { c.ClientCAs = pool }), nil
+	return perHandshake(base, b.w.val.Load, func(c *tls.Config, pool *x509.CertPool) { c.ClientCAs = pool }), nil
 }
 
 // WithTrustBundle makes NewTLS verify servers against b's current bundle:
