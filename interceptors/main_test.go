@@ -33,6 +33,24 @@ func dialConn(t testing.TB, addr string, opts ...grpc.DialOption) *grpc.ClientCo
 	return cc
 }
 
+// streamOnce opens a FullDuplexCall, sends one message and receives its
+// answer; it fails the test, saying what the stream was, if any step
+// fails, and returns the open stream.
+func streamOnce(t testing.TB, ctx context.Context, c testpb.TestServiceClient, what string) testpb.TestService_FullDuplexCallClient {
+	t.Helper()
+	s, err := c.FullDuplexCall(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Send(&testpb.StreamingOutputCallRequest{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Recv(); err != nil {
+		t.Fatalf("%s = %v, want admitted", what, err)
+	}
+	return s
+}
+
 func unary(ctx context.Context, c testpb.TestServiceClient) error {
 	_, err := c.UnaryCall(ctx, &testpb.SimpleRequest{})
 	return err

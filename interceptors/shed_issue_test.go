@@ -107,16 +107,7 @@ func TestIssue13IdleStreamsDoNotStarveUnaryCalls(t *testing.T) {
 			ctx, cancel := context.WithCancel(context.Background())
 			defer cancel()
 			for range 4 { // idle, no deadline
-				s, err := c.FullDuplexCall(ctx)
-				if err != nil {
-					t.Fatal(err)
-				}
-				if err := s.Send(&testpb.StreamingOutputCallRequest{}); err != nil {
-					t.Fatal(err)
-				}
-				if _, err := s.Recv(); err != nil {
-					t.Fatalf("stream: %v", err)
-				}
+				streamOnce(t, ctx, c, "stream")
 			}
 			for i := range 40 {
 				if err := unary(context.Background(), c); err != nil {
@@ -142,16 +133,7 @@ func TestIssue13IdleStreamsDoNotStarveUnaryCalls(t *testing.T) {
 			}
 			sctx, scancel := context.WithTimeout(context.Background(), 2*time.Second)
 			defer scancel()
-			s, err := c.FullDuplexCall(sctx)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := s.Send(&testpb.StreamingOutputCallRequest{}); err != nil {
-				t.Fatal(err)
-			}
-			if _, err := s.Recv(); err != nil {
-				t.Fatalf("stream with a deadline after long-lived streams = %v, want admitted", err)
-			}
+			_ = streamOnce(t, sctx, c, "stream with a deadline after long-lived streams")
 		})
 	}
 }

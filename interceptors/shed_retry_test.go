@@ -138,16 +138,7 @@ func TestShedderStreamTakenForUnaryReleasesItsPass(t *testing.T) {
 	testutil.Eventually(t, 5*time.Second, func() bool { return be.inflight.Load() == 1 }, "the unary slot is held")
 	ctx, cancel := context.WithCancel(metadata.AppendToOutgoingContext(context.Background(), "grpc-previous-rpc-attempts", "1"))
 	defer cancel()
-	s, err := c.FullDuplexCall(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := s.Send(&testpb.StreamingOutputCallRequest{}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := s.Recv(); err != nil {
-		t.Fatalf("stream = %v, want served", err)
-	}
+	_ = streamOnce(t, ctx, c, "stream")
 	if waiting, retries := interceptors.ShedderPasses(shed); waiting != 0 || retries != 0 {
 		t.Fatalf("while the stream is open: %d wait and %d retry passes counted, want 0", waiting, retries)
 	}

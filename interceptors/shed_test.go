@@ -111,16 +111,7 @@ func TestShedderInFlightLimit(t *testing.T) {
 				}
 			}
 			// Streams have their own limit: one opens and works at the unary limit.
-			s, err := c.FullDuplexCall(ctx)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := s.Send(&testpb.StreamingOutputCallRequest{}); err != nil {
-				t.Fatal(err)
-			}
-			if _, err := s.Recv(); err != nil {
-				t.Fatalf("stream at the unary limit = %v, want admitted", err)
-			}
+			s := streamOnce(t, ctx, c, "stream at the unary limit")
 			_ = s.CloseSend()
 			if _, err := s.Recv(); err != io.EOF {
 				t.Fatalf("stream end = %v", err)
