@@ -16,8 +16,6 @@ import (
 
 	"google.golang.org/grpc"
 	grpccreds "google.golang.org/grpc/credentials"
-	testpb "google.golang.org/grpc/interop/grpc_testing"
-	"google.golang.org/grpc/peer"
 
 	"github.com/grpcreuse/grpcreuse/credentials"
 	"github.com/grpcreuse/grpcreuse/internal/testutil"
@@ -118,23 +116,10 @@ func callOnce(t testing.TB, creds grpccreds.TransportCredentials, addr, authorit
 
 // tryCall is callOnce that returns its error, for use off the test goroutine.
 func tryCall(creds grpccreds.TransportCredentials, addr, authority string, extra ...grpc.DialOption) (grpccreds.AuthInfo, error) {
-	opts := []grpc.DialOption{grpc.WithTransportCredentials(creds)}
 	if authority != "" {
-		opts = append(opts, grpc.WithAuthority(authority))
+		extra = append([]grpc.DialOption{grpc.WithAuthority(authority)}, extra...)
 	}
-	opts = append(opts, extra...)
-	cc, err := grpc.NewClient("passthrough:///"+addr, opts...)
-	if err != nil {
-		return nil, err
-	}
-	defer cc.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	var p peer.Peer
-	if _, err := testpb.NewTestServiceClient(cc).UnaryCall(ctx, &testpb.SimpleRequest{}, grpc.Peer(&p)); err != nil {
-		return nil, err
-	}
-	return p.AuthInfo, nil
+	return testutil.CallTLS(creds, addr, extra...)
 }
 
 // resumed reports whether a client connection resumed, from either

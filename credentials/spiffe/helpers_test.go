@@ -1,7 +1,6 @@
 package spiffe_test
 
 import (
-	"context"
 	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -20,10 +19,9 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
-	"google.golang.org/grpc"
 	grpccreds "google.golang.org/grpc/credentials"
-	testpb "google.golang.org/grpc/interop/grpc_testing"
-	"google.golang.org/grpc/peer"
+
+	"github.com/grpcreuse/grpcreuse/internal/testutil"
 )
 
 // testCA mints X509-SVIDs for one trust domain, as SPIRE would.
@@ -175,19 +173,7 @@ func (w *witness) last(t testing.TB) handshake {
 	return all[len(all)-1]
 }
 
-// tryCall opens a new gRPC client to addr, makes one unary call, closes
-// the client and returns the connection's AuthInfo.
+// tryCall makes one call on a new client: one handshake (testutil.CallTLS).
 func tryCall(creds grpccreds.TransportCredentials, addr string) (grpccreds.AuthInfo, error) {
-	cc, err := grpc.NewClient("passthrough:///"+addr, grpc.WithTransportCredentials(creds))
-	if err != nil {
-		return nil, err
-	}
-	defer cc.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	var p peer.Peer
-	if _, err := testpb.NewTestServiceClient(cc).UnaryCall(ctx, &testpb.SimpleRequest{}, grpc.Peer(&p)); err != nil {
-		return nil, err
-	}
-	return p.AuthInfo, nil
+	return testutil.CallTLS(creds, addr)
 }
