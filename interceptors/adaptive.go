@@ -55,17 +55,18 @@ func (g *gradient) sample(took time.Duration, cut bool, now, n int64) (int64, bo
 	}
 	for p := g.peak.Load(); n > p && !g.peak.CompareAndSwap(p, n); p = g.peak.Load() {
 	}
-	g.sum.Add(int64(took))
+	sum := g.sum.Add(int64(took))
 	cnt := g.n.Add(1)
-	if cnt < g.minSamples || now-g.start.Load() < g.window || !g.mu.TryLock() {
+	if cnt < g.minSamples || now-g.start.Load() < g.window && !g.queued(sum, cnt, base) || !g.mu.TryLock() {
 		return 0, false
 	}
 	defer g.mu.Unlock()
-	if now-g.start.Load() < g.window { // another request just closed it
-		return 0, false
+	if cnt = g.n.Load(); cnt < g.minSamples || now-g.start.Load() < g.window && !g.queued(g.sum.Load(), cnt, base) {
+		return 0, false // another request just closed it
 	}
 	sum, cnt, peak := g.sum.Swap(0), g.n.Swap(0), g.peak.Swap(0)
-	inService := float64(sum) / float64(max(now-g.start.Load(), 1))
+	elapsed := float64(max(now-g.start.Load(), 1))
+	inService := float64(sum) / elapsed
 	g.start.Store(now)
 	if cnt == 0 {
 		return 0, false
@@ -92,6 +93,13 @@ func (g *gradient) sample(took time.Duration, cut bool, now, n int64) (int64, bo
 		// limit of 100 with 16 calls in flight says nothing), and not
 		// below served.
 		next := math.Min(g.limit, float64(peak)) * math.Max(ratio, 0.5)
+		// Nor below the calls the server kept in service at the window's
+		// throughput had each taken the baseline (Little's law on the
+		// calls that ended): its real concurrency, whatever the queue in
+		// front of it. Right after a shrink, the calls admitted under the
+		// old limit still end late, and without this floor each early
+		// window would halve the limit again for the same queue.
+		next = math.Max(next, math.Min(g.limit, float64(cnt)*b/elapsed))
 		if next < g.served {
 			next = g.served
 			g.served -= g.served / 256
@@ -107,6 +115,25 @@ func (g *gradient) sample(took time.Duration, cut bool, now, n int64) (int64, bo
 		return 0, false
 	}
 	return int64(math.Round(g.limit)), true
+}
+
+// earlyRatio is how far below 1 the window's gradient (tolerance ×
+// baseline / mean) must fall for the window to close before its time:
+// its calls queued so clearly (their mean a third above what the
+// tolerance allows) that waiting out the window would only admit more
+// calls into the queue. At an overload's onset the limit is still where
+// the quiet traffic left it (Limit, 100 by default), every caller is
+// admitted at once, and in one window of queueing all their deadlines
+// pass; closing at MinSamples calls instead moves the limit in a few
+// milliseconds. Timing noise does not reach this far (a window that is
+// merely above the tolerance waits for its time), so only a real queue
+// moves the limit sooner.
+const earlyRatio = 0.75
+
+// queued reports whether the window's cnt calls, sum nanoseconds in all,
+// queued clearly enough to close it early (see earlyRatio).
+func (g *gradient) queued(sum, cnt, base int64) bool {
+	return base > 0 && g.tolerance*float64(base)*float64(cnt) < earlyRatio*float64(sum)
 }
 
 // aimd moves a Shedder's AIMD limit after one measured call; n is the

@@ -124,7 +124,9 @@ type ShedderConfig struct {
 	// service of its busiest window within the tolerance, decaying by
 	// 1/256 per window while it holds the limit up), so latency that rises
 	// from a starved CPU rather than from queueing does not shrink it;
-	// otherwise it grows by max(1, √limit/4) while at least half the limit
+	// nor below the window's throughput times the baseline (Little's law:
+	// the concurrency the server kept in service, whatever queued before
+	// it); otherwise it grows by max(1, √limit/4) while at least half the limit
 	// is in use. It starts at Limit and stays within MinLimit and MaxLimit.
 	// Calls cut short by their caller's deadline or cancellation are used
 	// only when they still took at least the baseline, so short client
@@ -135,7 +137,10 @@ type ShedderConfig struct {
 	// adaptive-concurrency buffer of 25%).
 	Tolerance float64
 	// Window is how often the adaptive limit moves (at least MinSamples
-	// calls measured, and this long). Default 25ms.
+	// calls measured, and this long; as soon as MinSamples calls were
+	// measured when their mean is over Tolerance × baseline / 0.75, a
+	// queue that waiting out the window would only lengthen, as at an
+	// overload's onset). Default 25ms.
 	Window time.Duration
 	// MinSamples is how many successful calls of a method must be measured
 	// before requests whose remaining deadline is shorter than its recent
