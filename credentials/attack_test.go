@@ -2,7 +2,6 @@ package credentials_test
 
 import (
 	"bytes"
-	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -11,7 +10,6 @@ import (
 	"crypto/x509/pkix"
 	"encoding/pem"
 	"fmt"
-	"maps"
 	"math"
 	"math/big"
 	"net"
@@ -262,8 +260,7 @@ func TestTinySharedCacheUnderConcurrencyNeverCrossesClients(t *testing.T) {
 				scfg := serverConfig(t, pki, nil)
 				scfg.ClientAuth = tls.RequireAndVerifyClientCert
 				scfg.ClientCAs = pki.Pool
-				scfg.NextProtos = []string{"h2"} // grpc's client handshake insists on ALPN
-				srv := startCertServer(t, scfg)
+				srv := testutil.StartTLSServer(t, scfg) // records each client's certificate
 				cache, err := credentials.NewSessionCache(credentials.WithCapacity(capacity))
 				if err != nil {
 					t.Fatal(err)
@@ -294,13 +291,13 @@ func TestTinySharedCacheUnderConcurrencyNeverCrossesClients(t *testing.T) {
 					go func() {
 						defer wg.Done()
 						for range rounds {
-							local, err := srv.handshake(creds)
+							local, _, err := testutil.HandshakeTLS(creds, srv.Addr, "localhost")
 							if err != nil {
 								errs <- err
 								return
 							}
 							mu.Lock()
-							want[local] = serial
+							want[local.String()] = serial
 							mu.Unlock()
 						}
 					}()
@@ -323,7 +320,7 @@ func TestTinySharedCacheUnderConcurrencyNeverCrossesClients(t *testing.T) {
 						case 1:
 							cache.PurgeTenant("tenant-1")
 						case 2:
-							cache.PurgeServer(srv.addr)
+							cache.PurgeServer(srv.Addr)
 						}
 						runtime.Gosched()
 					}
@@ -335,7 +332,11 @@ func TestTinySharedCacheUnderConcurrencyNeverCrossesClients(t *testing.T) {
 				for err := range errs {
 					t.Fatal(err)
 				}
-				got, resumedN := srv.seen()
+				got := map[string]string{} // client address -> the certificate the server accepted
+				for _, h := range srv.Handshakes() {
+					got[h.Remote] = h.PeerSerial
+				}
+				resumedN, _ := srv.Counts()
 				for local, serial := range want {
 					if got[local] != serial {
 						t.Fatalf("connection from %s was accepted with client certificate %q; its credentials hold %q", local, got[local], serial)
@@ -348,95 +349,6 @@ func TestTinySharedCacheUnderConcurrencyNeverCrossesClients(t *testing.T) {
 			})
 		}
 	}
-}
-
-// certServer is a raw TLS server that records, per client address, the
-// serial of the client certificate of the session it accepted.
-type certServer struct {
-	addr string
-	mu   sync.Mutex
-	by   map[string]string
-	res  int
-}
-
-func startCertServer(t *testing.T, cfg *tls.Config) *certServer {
-	t.Helper()
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	s := &certServer{addr: lis.Addr().String(), by: map[string]string{}}
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			raw, err := lis.Accept()
-			if err != nil {
-				return
-			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer raw.Close()
-				conn := tls.Server(raw, cfg)
-				if err := conn.Handshake(); err != nil {
-					return
-				}
-				cs := conn.ConnectionState()
-				serial := ""
-				if len(cs.PeerCertificates) > 0 {
-					serial = cs.PeerCertificates[0].SerialNumber.String()
-				}
-				s.mu.Lock()
-				s.by[raw.RemoteAddr().String()] = serial
-				if cs.DidResume {
-					s.res++
-				}
-				s.mu.Unlock()
-				if _, err := conn.Write([]byte{1}); err != nil {
-					return
-				}
-				var buf [16]byte
-				for {
-					if _, err := conn.Read(buf[:]); err != nil {
-						return
-					}
-				}
-			}()
-		}
-	}()
-	t.Cleanup(func() { lis.Close(); wg.Wait() })
-	return s
-}
-
-// handshake connects with creds, reads the server's byte (so TLS 1.3
-// tickets arrive) and closes; it returns the client's local address.
-func (s *certServer) handshake(creds grpccreds.TransportCredentials) (string, error) {
-	raw, err := net.Dial("tcp", s.addr)
-	if err != nil {
-		return "", err
-	}
-	local := raw.LocalAddr().String()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	conn, _, err := creds.ClientHandshake(ctx, "localhost", raw)
-	if err != nil {
-		raw.Close()
-		return "", err
-	}
-	defer conn.Close()
-	var b [1]byte
-	if _, err := conn.Read(b[:]); err != nil {
-		return "", err
-	}
-	return local, nil
-}
-
-func (s *certServer) seen() (map[string]string, int) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return maps.Clone(s.by), s.res
 }
 
 // A plain view (ForTenant, as tls.Config.ClientSessionCache of grpc's own
@@ -493,7 +405,7 @@ func TestPlainViewResumptionRacingPurgeOverTLS(t *testing.T) {
 	pki := testutil.NewPKI(t, testutil.ECDSAP256)
 	for _, tv := range tlsVersions {
 		t.Run(tv.name, func(t *testing.T) {
-			srv := startRawServer(t, serverConfig(t, pki, nil))
+			srv := testutil.StartTLSServer(t, serverConfig(t, pki, nil))
 			cache, err := credentials.NewSessionCache()
 			if err != nil {
 				t.Fatal(err)
@@ -505,7 +417,7 @@ func TestPlainViewResumptionRacingPurgeOverTLS(t *testing.T) {
 			var got []bool
 			for i := range 3 {
 				racing.armed.Store(i == 1) // the second handshake races a purge
-				r, err := rawHandshake(creds, srv.addr, "localhost")
+				r, err := rawHandshake(creds, srv.Addr, "localhost")
 				if err != nil {
 					t.Fatal(err)
 				}

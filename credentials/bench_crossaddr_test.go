@@ -52,7 +52,7 @@ func benchmarkAcrossReplicas(b *testing.B, pki *testutil.PKI, version uint16) {
 			for i := range addrs {
 				cfg := serverConfig(b, pki, nil, "backend.test")
 				cfg.SetSessionTicketKeys([][32]byte{key})
-				addrs[i] = startRawServer(b, cfg).addr
+				addrs[i] = testutil.StartTLSServer(b, cfg).Addr
 			}
 			newCreds := func(kind string) grpccreds.TransportCredentials {
 				cfg := clientConfig(pki, version)

@@ -46,7 +46,7 @@ func BenchmarkHandshake(b *testing.B) {
 }
 
 func benchmarkHandshakes(b *testing.B, pki *testutil.PKI, version uint16) {
-	srv := startRawServer(b, serverConfig(b, pki, nil))
+	srv := testutil.StartTLSServer(b, serverConfig(b, pki, nil))
 	newCreds := func(kind string) grpccreds.TransportCredentials {
 		cfg := clientConfig(pki, version)
 		switch kind {
@@ -71,7 +71,7 @@ func benchmarkHandshakes(b *testing.B, pki *testutil.PKI, version uint16) {
 		b.Run(kind, func(b *testing.B) {
 			creds := newCreds(kind)
 			wantResumed := kind == "resumed" || kind == "resumed_grpc"
-			if _, err := rawHandshake(creds, srv.addr, "127.0.0.1"); err != nil { // warm the cache
+			if _, err := rawHandshake(creds, srv.Addr, "127.0.0.1"); err != nil { // warm the cache
 				b.Fatal(err)
 			}
 			b.ReportAllocs()
@@ -79,7 +79,7 @@ func benchmarkHandshakes(b *testing.B, pki *testutil.PKI, version uint16) {
 			b.ResetTimer()
 			start := time.Now()
 			for range b.N {
-				res, err := rawHandshake(creds, srv.addr, "127.0.0.1")
+				res, err := rawHandshake(creds, srv.Addr, "127.0.0.1")
 				if err != nil {
 					b.Fatal(err)
 				}
@@ -110,11 +110,11 @@ func benchmarkHandshakes(b *testing.B, pki *testutil.PKI, version uint16) {
 
 // threeBackends starts three servers for one name, each with its own
 // ticket keys.
-func threeBackends(tb testing.TB, pki *testutil.PKI) []*rawServer {
+func threeBackends(tb testing.TB, pki *testutil.PKI) []*testutil.TLSServer {
 	tb.Helper()
-	s := make([]*rawServer, 3)
+	s := make([]*testutil.TLSServer, 3)
 	for i := range s {
-		s[i] = startRawServer(tb, serverConfig(tb, pki, nil, "backend.test"))
+		s[i] = testutil.StartTLSServer(tb, serverConfig(tb, pki, nil, "backend.test"))
 	}
 	return s
 }
@@ -123,10 +123,10 @@ func threeBackends(tb testing.TB, pki *testutil.PKI) []*rawServer {
 // both caches see the same sequence), after one warm-up connection to each
 // backend in order. It returns how many of the n resumed, and how many
 // would resume with a cache holding only the last session per server name.
-func resumptionRun(tb testing.TB, creds grpccreds.TransportCredentials, backends []*rawServer, n int) (resumed, lastNameOnly int) {
+func resumptionRun(tb testing.TB, creds grpccreds.TransportCredentials, backends []*testutil.TLSServer, n int) (resumed, lastNameOnly int) {
 	tb.Helper()
 	for _, s := range backends {
-		if _, err := rawHandshake(creds, s.addr, "backend.test:443"); err != nil {
+		if _, err := rawHandshake(creds, s.Addr, "backend.test:443"); err != nil {
 			tb.Fatal(err)
 		}
 	}
@@ -134,7 +134,7 @@ func resumptionRun(tb testing.TB, creds grpccreds.TransportCredentials, backends
 	prev := len(backends) - 1
 	for range n {
 		i := rng.IntN(len(backends))
-		ok, err := rawHandshake(creds, backends[i].addr, "backend.test:443")
+		ok, err := rawHandshake(creds, backends[i].Addr, "backend.test:443")
 		if err != nil {
 			tb.Fatal(err)
 		}
@@ -158,10 +158,10 @@ func TestResumptionRateThreeBackends(t *testing.T) {
 	pki := testutil.NewPKI(t, testutil.ECDSAP256)
 	for _, tv := range tlsVersions {
 		t.Run(tv.name, func(t *testing.T) {
-			serverResumed := func(bs []*rawServer) int {
+			serverResumed := func(bs []*testutil.TLSServer) int {
 				sum := 0
 				for _, s := range bs {
-					r, _ := s.counts()
+					r, _ := s.Counts()
 					sum += r
 				}
 				return sum

@@ -43,7 +43,9 @@ func NewCertificateReloader(certFile, keyFile string, opts ...CertificateReloade
 	if o.pollInterval <= 0 {
 		return nil, fmt.Errorf("credentials: WithPollInterval is %v; must be positive", o.pollInterval)
 	}
-	w, err := newWatched(o, func(data [][]byte) (*tls.Certificate, error) { return parseKeyPair(certFile, keyFile, data) }, nil,
+	w, err := newWatched(o, func(data [][]byte, _ *tls.Certificate) (*tls.Certificate, error) {
+		return parseKeyPair(certFile, keyFile, data)
+	}, nil,
 		fileSpec{kind: "certificate file", path: certFile, limit: maxCertFileSize},
 		fileSpec{kind: "key file", path: keyFile, limit: maxCertFileSize})
 	if err != nil {

@@ -24,7 +24,7 @@ func (chanTicker) Stop()                 {}
 
 // TicketKeys returns the rotator's current keys and their generation.
 func TicketKeys(r *TicketKeyRotator) (keys [][32]byte, gen uint64) {
-	ks := r.keys.Load()
+	ks := r.current()
 	return ks.keys, ks.gen
 }
 

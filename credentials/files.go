@@ -472,8 +472,8 @@ func (b *TrustBundle) FileStatus() FileStatus { return b.w.files.status() }
 // FileStatus reports how the key file has been read; with random keys
 // (no WithTicketKeyFile) it is the zero FileStatus.
 func (r *TicketKeyRotator) FileStatus() FileStatus {
-	if r.files == nil {
+	if r.w == nil {
 		return FileStatus{}
 	}
-	return r.files.status()
+	return r.w.files.status()
 }

@@ -216,91 +216,11 @@ type vipConn struct {
 
 func (c vipConn) RemoteAddr() net.Addr { return c.remote }
 
-// rawServer is a loopback TLS server without gRPC on top, for handshake
-// benchmarks: for every connection it runs grpc's server handshake, writes
-// one byte (so TLS 1.3 clients read their session ticket), and waits for
-// the client to close.
-type rawServer struct {
-	addr    string
-	lis     net.Listener
-	wg      sync.WaitGroup
-	mu      sync.Mutex
-	resumed int
-	total   int
-}
-
-func startRawServer(tb testing.TB, cfg *tls.Config) *rawServer {
-	tb.Helper()
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		tb.Fatal(err)
-	}
-	creds := grpccreds.NewTLS(cfg)
-	s := &rawServer{addr: lis.Addr().String(), lis: lis}
-	s.wg.Add(1)
-	go func() {
-		defer s.wg.Done()
-		for {
-			raw, err := lis.Accept()
-			if err != nil {
-				return
-			}
-			s.wg.Add(1)
-			go func() {
-				defer s.wg.Done()
-				defer raw.Close()
-				conn, ai, err := creds.ServerHandshake(raw)
-				if err != nil {
-					return
-				}
-				defer conn.Close()
-				ti, _ := ai.(grpccreds.TLSInfo)
-				s.mu.Lock()
-				s.total++
-				if ti.State.DidResume {
-					s.resumed++
-				}
-				s.mu.Unlock()
-				if _, err := conn.Write([]byte{1}); err != nil {
-					return
-				}
-				var buf [64]byte
-				for {
-					if _, err := conn.Read(buf[:]); err != nil {
-						return
-					}
-				}
-			}()
-		}
-	}()
-	tb.Cleanup(func() { lis.Close(); s.wg.Wait() })
-	return s
-}
-
-func (s *rawServer) counts() (resumed, total int) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.resumed, s.total
-}
-
-// rawHandshake dials addr, runs creds' client handshake for authority,
-// reads the server's byte and closes; it reports whether the session
-// resumed.
+// rawHandshake runs one handshake with creds to addr for authority
+// (testutil.HandshakeTLS) and reports whether the session resumed.
 func rawHandshake(creds grpccreds.TransportCredentials, addr, authority string) (bool, error) {
-	raw, err := net.Dial("tcp", addr)
+	_, ai, err := testutil.HandshakeTLS(creds, addr, authority)
 	if err != nil {
-		return false, err
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	conn, ai, err := creds.ClientHandshake(ctx, authority, raw)
-	if err != nil {
-		raw.Close()
-		return false, err
-	}
-	defer conn.Close()
-	var b [1]byte
-	if _, err := conn.Read(b[:]); err != nil {
 		return false, err
 	}
 	ti, ok := credentials.GRPCTLSInfo(ai)

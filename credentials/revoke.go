@@ -55,42 +55,41 @@ func (rk *revokedKeys) has(k [32]byte) bool {
 // The error returned is that of reading the file, nil with random keys;
 // the keys are revoked in any case. Revoke may be called after Close.
 func (r *TicketKeyRotator) Revoke() error {
-	var (
-		fileKeys [][32]byte
-		err      error
-	)
-	if r.fromFile {
-		var changed bool
-		fileKeys, changed, err = r.readTicketKeyFile()
-		r.files.note(err, changed)
+	if r.w == nil {
+		r.mu.Lock()
+		old := r.keys.Load()
+		r.keys.Store(&keySet{keys: [][32]byte{newTicketKey()}, gen: old.gen + 1})
+		r.mu.Unlock()
+		logRevoked(len(old.keys))
+		return nil
 	}
-	r.mu.Lock()
-	old := r.keys.Load()
-	for _, k := range old.keys {
-		r.revoked.add(k)
-	}
-	keys := [][32]byte{newTicketKey()}
-	if r.fromFile {
+	// A reading of the file, as Rotate's, whose keys replace every key in
+	// use even when it fails: then with a fresh local key.
+	var dropped int
+	err := r.w.update(func(data [][]byte, err error, old *keySet) (*keySet, error) {
+		dropped = len(old.keys)
+		for _, k := range old.keys {
+			r.revoked.add(k)
+		}
+		next := &keySet{keys: [][32]byte{newTicketKey()}, gen: old.gen + 1}
 		if err == nil {
-			var fresh [][32]byte
-			if fresh, err = r.withoutRevokedLocked(fileKeys); err == nil {
-				keys = fresh
+			var fresh *keySet
+			if fresh, err = r.parseKeyFile(data, old); err == nil {
+				next = fresh
 			}
 		}
-	}
-	prev := r.err
-	r.err = err
-	r.keys.Store(&keySet{keys: keys, gen: old.gen + 1})
-	r.mu.Unlock()
-	logger.Infof("ticket keys revoked: %d dropped, none of their tickets resumes again", len(old.keys))
-	if err != nil && (prev == nil || prev.Error() != err.Error()) {
-		r.onError(err)
-	}
+		return next, err
+	})
+	logRevoked(dropped)
 	return err
 }
 
+func logRevoked(n int) {
+	logger.Infof("ticket keys revoked: %d dropped, none of their tickets resumes again", n)
+}
+
 // withoutRevokedLocked returns keys without the revoked ones, or an error
-// if none is left.
+// if none is left. Called with r.w.mu held (from parseKeyFile).
 func (r *TicketKeyRotator) withoutRevokedLocked(keys [][32]byte) ([][32]byte, error) {
 	if len(r.revoked.order) == 0 {
 		return keys, nil

@@ -300,3 +300,32 @@ func TestRevokeWithKeyFile(t *testing.T) {
 		})
 	}
 }
+
+// FileStatus promises Err "the same as the reloader's Err" and counts a
+// file whose contents were not taken as a failure, not a change. After
+// Revoke, a key file holding only revoked keys is not taken: the
+// rotator's Err said so, but FileStatus reported the reading as good and,
+// when the file had just changed to those keys, as a change taken into use.
+func TestKeyFileStatusAgreesWithErrAfterRevoke(t *testing.T) {
+	k1, k2 := newTicketKey(t), newTicketKey(t)
+	path := writeFile(t, "ticket.keys", keyFile(k1, k2))
+	rot := newRotator(t, credentials.WithTicketKeyFile(path), credentials.WithTickChannel(make(chan time.Time)), credentials.NoSettle())
+	check := func(step string, wantFailures, wantChanges uint64) {
+		t.Helper()
+		st := rot.FileStatus()
+		if err := rot.Err(); err == nil || st.Err == nil || st.Err.Error() != err.Error() {
+			t.Errorf("%s: FileStatus().Err = %v, Err() = %v; want both the revoked-keys error", step, st.Err, err)
+		}
+		if st.Failures != wantFailures || st.Changes != wantChanges {
+			t.Errorf("%s: FileStatus() counts %d failures, %d changes; want %d, %d", step, st.Failures, st.Changes, wantFailures, wantChanges)
+		}
+	}
+	_ = rot.Revoke() // k1 and k2 revoked; the file holds nothing else
+	check("Revoke", 1, 0)
+	testutil.WriteFileAtomic(t, path, keyFile(k2)) // changed, but only to a revoked key
+	_ = rot.Rotate()
+	check("Rotate", 2, 0)
+	if keys, _ := credentials.TicketKeys(rot); len(keys) != 1 || keys[0] == k1 || keys[0] == k2 {
+		t.Fatal("a revoked key is in use")
+	}
+}

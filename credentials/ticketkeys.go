@@ -31,17 +31,18 @@ const (
 type TicketKeyRotator struct {
 	previousKeys int
 	keyFile      string
-	fromFile     bool
-	files        *fileReader // reads keyFile; nil with random keys
-	onError      func(error)
 
+	// With WithTicketKeyFile, w reads the file (as for CertificateReloader
+	// and TrustBundle), holds the keys and polls; its lock serialises
+	// readings and Revoke.
+	w       *watched[keySet] // nil with random keys
+	revoked revokedKeys      // keys dropped by Revoke, refused from the key file; guarded by w.mu
+
+	// With random keys.
 	keys atomic.Pointer[keySet]
+	mu   sync.Mutex // serialises rotations and Revoke
+	loop *loop      // rotates every rotation interval
 
-	mu      sync.Mutex // serialises rotations, reloads and Revoke; guards err and revoked
-	err     error
-	revoked revokedKeys // keys dropped by Revoke, refused from the key file
-
-	loop      *loop
 	closeOnce sync.Once
 }
 
@@ -80,34 +81,49 @@ func NewTicketKeyRotator(opts ...TicketKeyOption) (*TicketKeyRotator, error) {
 	if o.pollInterval <= 0 {
 		return nil, fmt.Errorf("credentials: WithPollInterval is %v; must be positive", o.pollInterval)
 	}
-	r := &TicketKeyRotator{
-		previousKeys: o.previousKeys,
-		keyFile:      o.keyFile,
-		fromFile:     o.keyFileSet,
-		onError:      o.onError,
-	}
-	period := o.interval
-	if r.fromFile {
-		files, err := newFileReader(o.reloadOptions, fileSpec{kind: "ticket key file", path: r.keyFile, limit: maxKeyFileSize})
-		if err != nil {
-			return nil, err
-		}
-		r.files = files
-		data, err := files.readInitial()
-		if err != nil {
-			return nil, err
-		}
-		keys, err := parseTicketKeyFile(r.keyFile, data[0])
-		if err != nil {
-			return nil, err
-		}
-		r.keys.Store(&keySet{keys: keys, gen: 1})
-		period = o.pollInterval
-	} else {
+	r := &TicketKeyRotator{previousKeys: o.previousKeys, keyFile: o.keyFile}
+	if !o.keyFileSet {
 		r.keys.Store(&keySet{keys: [][32]byte{newTicketKey()}, gen: 1})
+		r.loop = startLoop(o.newTicker(o.interval), func() { _ = r.Rotate() })
+		return r, nil
 	}
-	r.loop = startLoop(o.newTicker(period), func() { _ = r.Rotate() })
+	w, err := newWatched(o.reloadOptions, r.parseKeyFile,
+		func(a, b *keySet) bool { return slices.Equal(a.keys, b.keys) }, // unchanged keys keep their generation
+		fileSpec{kind: "ticket key file", path: r.keyFile, limit: maxKeyFileSize})
+	if err != nil {
+		return nil, err
+	}
+	r.w = w
 	return r, nil
+}
+
+// current returns the keys in use.
+func (r *TicketKeyRotator) current() *keySet {
+	if r.w != nil {
+		return r.w.val.Load()
+	}
+	return r.keys.Load()
+}
+
+// parseKeyFile makes the next key set from the key file's contents (see
+// watched.parse; it runs under r.w.mu): the file's keys without the
+// revoked ones, one generation after old.
+func (r *TicketKeyRotator) parseKeyFile(data [][]byte, old *keySet) (*keySet, error) {
+	keys, err := parseTicketKeyFile(r.keyFile, data[0])
+	if err != nil {
+		return nil, err
+	}
+	if keys, err = r.withoutRevokedLocked(keys); err != nil {
+		return nil, err
+	}
+	return &keySet{keys: keys, gen: nextGen(old)}, nil
+}
+
+func nextGen(old *keySet) uint64 {
+	if old == nil {
+		return 1
+	}
+	return old.gen + 1
 }
 
 // ServerConfig returns a copy of base whose handshakes use the rotator's
@@ -125,7 +141,7 @@ func (r *TicketKeyRotator) ServerConfig(base *tls.Config) (*tls.Config, error) {
 		return nil, errors.New("credentials: ServerConfig: tls.Config.SessionTicketsDisabled is true; ticket keys would never be used")
 	}
 	// Each key set is a new *keySet, so the pointer changes with the keys.
-	return perHandshake(base, r.keys.Load, func(c *tls.Config, ks *keySet) { c.SetSessionTicketKeys(ks.keys) }), nil
+	return perHandshake(base, r.current, func(c *tls.Config, ks *keySet) { c.SetSessionTicketKeys(ks.keys) }), nil
 }
 
 // Rotate advances now instead of waiting for the next tick. With random
@@ -134,45 +150,28 @@ func (r *TicketKeyRotator) ServerConfig(base *tls.Config) (*tls.Config, error) {
 // to WithErrorHandler) why the file was not taken. The background
 // goroutine calls it on every tick; calling it after Close is allowed.
 func (r *TicketKeyRotator) Rotate() error {
-	if !r.fromFile {
-		r.mu.Lock()
-		old := r.keys.Load()
-		n := min(len(old.keys), r.previousKeys)
-		keys := make([][32]byte, 0, n+1)
-		keys = append(keys, newTicketKey())
-		keys = append(keys, old.keys[:n]...)
-		r.keys.Store(&keySet{keys: keys, gen: old.gen + 1})
-		r.mu.Unlock()
-		return nil
+	if r.w != nil {
+		return r.w.reload()
 	}
-
-	keys, changed, err := r.readTicketKeyFile()
-	r.files.note(err, changed)
 	r.mu.Lock()
-	if err == nil {
-		keys, err = r.withoutRevokedLocked(keys)
-	}
-	prev := r.err
-	r.err = err
-	if err == nil {
-		if old := r.keys.Load(); !slices.Equal(old.keys, keys) {
-			r.keys.Store(&keySet{keys: keys, gen: old.gen + 1})
-		}
-	}
-	r.mu.Unlock()
-	if err != nil && (prev == nil || prev.Error() != err.Error()) {
-		r.onError(err)
-	}
-	return err
+	defer r.mu.Unlock()
+	old := r.keys.Load()
+	n := min(len(old.keys), r.previousKeys)
+	keys := make([][32]byte, 0, n+1)
+	keys = append(keys, newTicketKey())
+	keys = append(keys, old.keys[:n]...)
+	r.keys.Store(&keySet{keys: keys, gen: old.gen + 1})
+	return nil
 }
 
 // Err returns why the key file was last not taken, or nil if its last
 // reading succeeded (always nil with random keys). The message never
 // contains key material.
 func (r *TicketKeyRotator) Err() error {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return r.err
+	if r.w == nil {
+		return nil
+	}
+	return r.w.files.lastErr()
 }
 
 // Close stops the background goroutine and waits for it to exit. Configs
@@ -180,8 +179,9 @@ func (r *TicketKeyRotator) Err() error {
 // and always returns nil.
 func (r *TicketKeyRotator) Close() error {
 	r.closeOnce.Do(func() {
-		if r.files != nil {
-			r.files.close() // interrupts a reading stuck on a hung mount
+		if r.w != nil {
+			r.w.close() // interrupts a reading stuck on a hung mount
+			return
 		}
 		r.loop.stop()
 	})
@@ -192,17 +192,6 @@ func newTicketKey() [32]byte {
 	var k [32]byte
 	_, _ = rand.Read(k[:]) // crypto/rand.Read never fails; it crashes the program instead.
 	return k
-}
-
-// readTicketKeyFile reads and parses the key file through the bounded,
-// tear-free reader (see fileReader); its errors name the file.
-func (r *TicketKeyRotator) readTicketKeyFile() (keys [][32]byte, changed bool, err error) {
-	data, changed, err := r.files.read()
-	if err != nil {
-		return nil, false, err
-	}
-	keys, err = parseTicketKeyFile(r.keyFile, data[0])
-	return keys, changed, err
 }
 
 func parseTicketKeyFile(path string, data []byte) ([][32]byte, error) {

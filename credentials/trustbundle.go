@@ -56,7 +56,7 @@ func NewTrustBundle(file string, opts ...TrustBundleOption) (*TrustBundle, error
 	if o.pollInterval <= 0 {
 		return nil, fmt.Errorf("credentials: WithPollInterval is %v; must be positive", o.pollInterval)
 	}
-	w, err := newWatched(o, func(data [][]byte) (*x509.CertPool, error) { return parseTrustBundle(file, data[0]) },
+	w, err := newWatched(o, func(data [][]byte, _ *x509.CertPool) (*x509.CertPool, error) { return parseTrustBundle(file, data[0]) },
 		(*x509.CertPool).Equal, // an unchanged bundle keeps its pool
 		fileSpec{kind: "trust bundle file", path: file, limit: maxBundleFileSize})
 	if err != nil {

@@ -1,13 +1,10 @@
 package spiffe_test
 
 import (
-	"context"
 	"crypto/tls"
 	"fmt"
 	"net"
-	"sync"
 	"testing"
-	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
@@ -15,6 +12,7 @@ import (
 
 	"github.com/grpcreuse/grpcreuse/credentials"
 	"github.com/grpcreuse/grpcreuse/credentials/spiffe"
+	"github.com/grpcreuse/grpcreuse/internal/testutil"
 )
 
 // BenchmarkSPIFFEHandshake compares, in one run over loopback TLS 1.3, a
@@ -33,7 +31,7 @@ func BenchmarkSPIFFEHandshake(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	addr := startHandshakeServer(b, scfg)
+	addr := testutil.StartTLSServer(b, scfg).Addr
 
 	ours := func(disableTickets bool) grpccreds.TransportCredentials {
 		cfg, err := spiffe.ClientConfig(&tls.Config{SessionTicketsDisabled: disableTickets}, clientSrc, ca.bundle(), allowServer)
@@ -85,66 +83,20 @@ func BenchmarkSPIFFEHandshake(b *testing.B) {
 	}
 }
 
-// credsHandshake makes one client handshake with creds and checks that it
-// resumed (or not) as the row claims.
+// credsHandshake makes one client handshake with creds
+// (testutil.HandshakeTLS) and checks that it resumed (or not) as the row
+// claims.
 func credsHandshake(addr string, creds grpccreds.TransportCredentials, wantResumed bool) func() error {
 	first := true
 	return func() error {
-		raw, err := net.Dial("tcp", addr)
+		_, ai, err := testutil.HandshakeTLS(creds, addr, "backend")
 		if err != nil {
 			return err
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		conn, ai, err := creds.ClientHandshake(ctx, "backend", raw)
-		if err != nil {
-			raw.Close()
-			return err
-		}
-		defer conn.Close()
 		if ti, _ := credentials.GRPCTLSInfo(ai); !first && ti.State.DidResume != wantResumed {
 			return fmt.Errorf("handshake resumed = %v; want %v", ti.State.DidResume, wantResumed)
 		}
 		first = false
-		var one [1]byte
-		_, err = conn.Read(one[:]) // the server's byte; TLS 1.3 tickets arrive before it
-		return err
+		return nil
 	}
-}
-
-// startHandshakeServer accepts TLS connections with cfg, writes one byte
-// on each and waits for the client to close.
-func startHandshakeServer(tb testing.TB, cfg *tls.Config) string {
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		tb.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			raw, err := lis.Accept()
-			if err != nil {
-				return
-			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				c := tls.Server(raw, cfg)
-				defer c.Close()
-				if _, err := c.Write([]byte{1}); err != nil {
-					return
-				}
-				var buf [16]byte
-				for {
-					if _, err := c.Read(buf[:]); err != nil {
-						return
-					}
-				}
-			}()
-		}
-	}()
-	tb.Cleanup(func() { lis.Close(); wg.Wait() })
-	return lis.Addr().String()
 }
