@@ -335,3 +335,57 @@ func ExampleShedderConfig_Validate() {
 	// interceptors: "sheddableShare" is 1.5; must be above 0 and at most 1
 	// sheddableShare 1.5
 }
+
+// A grpc-go client with a retry policy for RESOURCE_EXHAUSTED backs off
+// by the pushback trailer. On the tap path (ServerOptions) the first
+// attempt is shed by the tap, without the trailer; retry attempts
+// (grpc-previous-rpc-attempts) pass to the interceptor, which sheds them
+// with it.
+func ExampleShedder_retryPushback() {
+	cfg := interceptors.DefaultShedderConfig()
+	cfg.Limit, cfg.LogInterval = 1, 0
+	shed, err := interceptors.NewShedder(interceptors.WithShedderConfig(cfg))
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	srv := grpc.NewServer(shed.ServerOptions()...)
+	svc := newGatedService(1)
+	testpb.RegisterTestServiceServer(srv, svc)
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(lis) }()
+	defer func() { srv.Stop(); <-served }()
+
+	const retryPolicy = `{"methodConfig": [{"name": [{"service": "grpc.testing.TestService"}],
+	  "retryPolicy": {"maxAttempts": 3, "initialBackoff": "0.005s", "maxBackoff": "0.05s",
+	                  "backoffMultiplier": 2, "retryableStatusCodes": ["RESOURCE_EXHAUSTED"]}}]}`
+	cc, err := grpc.NewClient("passthrough:///"+lis.Addr().String(),
+		grpc.WithTransportCredentials(insecure.NewCredentials()), grpc.WithDefaultServiceConfig(retryPolicy))
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	defer cc.Close()
+	c := testpb.NewTestServiceClient(cc)
+	first := make(chan error, 1)
+	go func() { _, err := c.UnaryCall(context.Background(), &testpb.SimpleRequest{}); first <- err }()
+	<-svc.started // the only slot stays in use for all three attempts
+
+	var trailer metadata.MD
+	_, err = c.UnaryCall(context.Background(), &testpb.SimpleRequest{}, grpc.Trailer(&trailer))
+	fmt.Println(status.Code(err))
+	fmt.Println("last attempt's pushback ms:", trailer.Get(interceptors.PushbackTrailer))
+	fmt.Println("attempts shed:", shed.Snapshot().Shed[interceptors.ReasonLimit])
+	close(svc.release)
+	fmt.Println("first call:", <-first)
+	// Output:
+	// ResourceExhausted
+	// last attempt's pushback ms: [20]
+	// attempts shed: 3
+	// first call: <nil>
+}
