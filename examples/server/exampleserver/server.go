@@ -103,6 +103,11 @@ func parseFlags(args []string, stdout io.Writer) (config, error) {
 		return c, errors.New("-ticket-rotation is for random keys; with -ticket-key-file the fleet rotates the file")
 	case c.ticketRotation <= 0:
 		return c, fmt.Errorf("-ticket-rotation is %v; must be positive", c.ticketRotation)
+	case c.ticketRotation < time.Second:
+		// The rotator takes any positive interval, but below a second it
+		// rotates keys about as fast as it can, and no ticket outlives
+		// a few rotations: clients would never resume.
+		return c, fmt.Errorf("-ticket-rotation is %v; must be at least 1s", c.ticketRotation)
 	case c.maxInFlight < 1:
 		return c, fmt.Errorf("-max-in-flight is %d; must be at least 1", c.maxInFlight)
 	case c.maxWait < 0:

@@ -51,6 +51,7 @@ func TestFlagErrors(t *testing.T) {
 		{"streams", []string{"-max-concurrent-streams", "0"}, "-max-concurrent-streams is 0"},
 		{"grace", []string{"-grace", "0s"}, "-grace is 0s; must be positive"},
 		{"negative grace", []string{"-grace", "-1s"}, "-grace is -1s; must be positive"},
+		{"rotation below a second", []string{"-ticket-rotation", "1ns"}, "-ticket-rotation is 1ns; must be at least 1s"},
 		{"negative rotation", []string{"-ticket-rotation", "-1h"}, "-ticket-rotation is -1h0m0s; must be positive"},
 		{"negative work", []string{"-work", "-1ms"}, "-work is -1ms; must not be negative"},
 		{"negative jitter", []string{"-work", "2ms", "-work-jitter", "-1ms"}, "-work-jitter is -1ms; must not be negative"},
