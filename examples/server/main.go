@@ -7,9 +7,11 @@
 //   - load shedding (interceptors.NewShedder, on the tap path): beyond
 //     -max-in-flight calls (fixed, or -adaptive), or when a call's deadline
 //     is shorter than the method's recent service time, requests fail at
-//     once with ResourceExhausted; -work, -work-jitter and -work-slots
-//     give UnaryCall simulated work so that a load test (ghz, see
-//     docs/overload.md) shows shedding;
+//     once with ResourceExhausted; -criticality sets methods' default
+//     criticality (sheddable requests may use -sheddable-share of the
+//     limit); -work, -work-jitter and -work-slots give UnaryCall
+//     simulated work so that a load test (ghz, see docs/overload.md)
+//     shows shedding;
 //   - the health service and server reflection;
 //   - graceful stop on SIGINT and SIGTERM.
 //

@@ -16,6 +16,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -49,8 +50,11 @@ type config struct {
 	work, workJitter     time.Duration
 	workSlots            int
 	shedLog              time.Duration
+	criticality          map[string]interceptors.Criticality
+	sheddableShare       float64
 	maxConcurrentStreams uint
 	grace                time.Duration
+	shed                 interceptors.ShedderConfig // built from the flags above, validated
 }
 
 func parseFlags(args []string, stdout io.Writer) (config, error) {
@@ -67,9 +71,15 @@ func parseFlags(args []string, stdout io.Writer) (config, error) {
 	fs.DurationVar(&c.maxWait, "max-wait", interceptors.DefaultShedderConfig().MaxWait, "how long at most one request at a fixed limit waits for a slot about to free (bounded by the service time / limit); 0: shed at once")
 	fs.BoolVar(&c.adaptive, "adaptive", false, "adapt the in-flight limit to the server's own measured service time, starting at -max-in-flight")
 	fs.DurationVar(&c.work, "work", 0, "simulated work per UnaryCall (e.g. 2ms), so that a load test shows shedding")
-	fs.DurationVar(&c.workJitter, "work-jitter", 0, "random extra work per UnaryCall, uniform in [0, jitter)")
+	fs.DurationVar(&c.workJitter, "work-jitter", 0, "random extra work per UnaryCall, added to -work: uniform in [0, jitter), so it may exceed -work")
 	fs.IntVar(&c.workSlots, "work-slots", 0, "how many UnaryCalls can work at once (a CPU with that many cores); others wait for a slot; 0: no bound")
 	fs.DurationVar(&c.shedLog, "shed-log", 10*time.Second, "how often at most a line summarising shed requests is logged (grpclog warning; set GRPC_GO_LOG_SEVERITY_LEVEL=warning to see it); 0: never")
+	fs.Func("criticality", "per-method default criticality of requests without the "+interceptors.CriticalityHeader+" header, comma-separated method=critical|sheddable, the method as /pkg.Service/Method or /pkg.Service/ (e.g. /grpc.testing.TestService/UnaryCall=sheddable); default: all critical", func(v string) error {
+		m, err := parseCriticality(v)
+		c.criticality = m
+		return err
+	})
+	fs.Float64Var(&c.sheddableShare, "sheddable-share", interceptors.DefaultShedderConfig().SheddableShare, "share of the in-flight limit that sheddable requests may use, above 0 and at most 1")
 	fs.UintVar(&c.maxConcurrentStreams, "max-concurrent-streams", 100, "HTTP/2 MaxConcurrentStreams per connection")
 	fs.DurationVar(&c.grace, "grace", 10*time.Second, "how long a graceful stop waits for calls in flight")
 	if err := fs.Parse(args); err != nil {
@@ -93,14 +103,25 @@ func parseFlags(args []string, stdout io.Writer) (config, error) {
 		return c, errors.New("-ticket-rotation is for random keys; with -ticket-key-file the fleet rotates the file")
 	case c.ticketRotation <= 0:
 		return c, fmt.Errorf("-ticket-rotation is %v; must be positive", c.ticketRotation)
+	case c.ticketRotation < time.Second:
+		// The rotator takes any positive interval, but below a second it
+		// rotates keys about as fast as it can, and no ticket outlives
+		// a few rotations: clients would never resume.
+		return c, fmt.Errorf("-ticket-rotation is %v; must be at least 1s", c.ticketRotation)
 	case c.maxInFlight < 1:
 		return c, fmt.Errorf("-max-in-flight is %d; must be at least 1", c.maxInFlight)
 	case c.maxWait < 0:
 		return c, fmt.Errorf("-max-wait is %v; must not be negative", c.maxWait)
-	case c.work < 0 || c.workJitter < 0:
-		return c, fmt.Errorf("-work is %v and -work-jitter %v; neither may be negative", c.work, c.workJitter)
+	case c.maxWait > 0 && c.adaptive && set["max-wait"]:
+		return c, fmt.Errorf("-max-wait is %v; an -adaptive limit never waits for a slot (give -max-wait only with a fixed limit)", c.maxWait)
+	case c.work < 0:
+		return c, fmt.Errorf("-work is %v; must not be negative", c.work)
+	case c.workJitter < 0:
+		return c, fmt.Errorf("-work-jitter is %v; must not be negative", c.workJitter)
 	case c.workSlots < 0:
-		return c, fmt.Errorf("-work-slots is %d; must not be negative", c.workSlots)
+		return c, fmt.Errorf("-work-slots is %d; must not be negative (0: no bound)", c.workSlots)
+	case c.workSlots > 0 && c.work == 0 && c.workJitter == 0:
+		return c, fmt.Errorf("-work-slots is %d, but there is no work to bound: give -work or -work-jitter too", c.workSlots)
 	case c.shedLog < 0:
 		return c, fmt.Errorf("-shed-log is %v; must not be negative", c.shedLog)
 	case c.maxConcurrentStreams < 1 || c.maxConcurrentStreams > 1<<31-1:
@@ -108,7 +129,74 @@ func parseFlags(args []string, stdout io.Writer) (config, error) {
 	case c.grace <= 0:
 		return c, fmt.Errorf("-grace is %v; must be positive", c.grace)
 	}
+
+	// The Shedder's config, validated here so that a bad value is reported
+	// under the flag that gave it.
+	c.shed = interceptors.DefaultShedderConfig()
+	c.shed.Limit = c.maxInFlight
+	c.shed.Adaptive = c.adaptive
+	c.shed.MaxWait = c.maxWait
+	c.shed.MaxLimit = max(c.shed.MaxLimit, c.maxInFlight)
+	c.shed.LogInterval = c.shedLog
+	c.shed.Criticality = c.criticality
+	c.shed.SheddableShare = c.sheddableShare
+	if err := c.shed.Validate(); err != nil {
+		return c, fmt.Errorf("%s: %w", shedFlag(err), err)
+	}
 	return c, nil
+}
+
+// shedFlag names the flag behind the ShedderConfig field that err
+// (from Validate) is about.
+func shedFlag(err error) string {
+	var ce *interceptors.ConfigError
+	if !errors.As(err, &ce) {
+		return "shedder config"
+	}
+	switch ce.Field {
+	case "limit", "minLimit", "maxLimit":
+		return "-max-in-flight"
+	case "maxWait":
+		return "-max-wait"
+	case "logInterval":
+		return "-shed-log"
+	case "criticality":
+		return "-criticality"
+	case "sheddableShare":
+		return "-sheddable-share"
+	}
+	return "shedder config (" + ce.Field + ")"
+}
+
+// parseCriticality parses -criticality: comma-separated
+// method=critical|sheddable entries. The method keys are checked by
+// ShedderConfig.Validate.
+func parseCriticality(v string) (map[string]interceptors.Criticality, error) {
+	m := map[string]interceptors.Criticality{}
+	if strings.TrimSpace(v) == "" {
+		return m, nil
+	}
+	for entry := range strings.SplitSeq(v, ",") {
+		entry = strings.TrimSpace(entry)
+		method, name, ok := strings.Cut(entry, "=")
+		if !ok || method == "" {
+			return nil, fmt.Errorf("%q is not method=critical or method=sheddable", entry)
+		}
+		var c interceptors.Criticality
+		switch name {
+		case interceptors.Critical.String():
+			c = interceptors.Critical
+		case interceptors.Sheddable.String():
+			c = interceptors.Sheddable
+		default:
+			return nil, fmt.Errorf("criticality %q (of %s) is neither %q nor %q", name, method, interceptors.Critical, interceptors.Sheddable)
+		}
+		if _, dup := m[method]; dup {
+			return nil, fmt.Errorf("%s is given twice", method)
+		}
+		m[method] = c
+	}
+	return m, nil
 }
 
 // Run parses args as the server's flags, serves until ctx is done and then
@@ -170,15 +258,10 @@ func Run(ctx context.Context, args []string, stdout io.Writer, ready func(addr s
 	// before grpc-go builds the stream, and the interceptors): a fixed or
 	// adaptive in-flight limit, plus requests whose deadline is shorter
 	// than the method's recent service time.
-	shedCfg := interceptors.DefaultShedderConfig()
-	shedCfg.Limit = cfg.maxInFlight
-	shedCfg.Adaptive = cfg.adaptive
-	shedCfg.MaxWait = cfg.maxWait
-	shedCfg.MaxLimit = max(shedCfg.MaxLimit, cfg.maxInFlight)
-	shedCfg.LogInterval = cfg.shedLog
-	shedder, err := interceptors.NewShedder(interceptors.WithShedderConfig(shedCfg))
+	// (cfg.shed was validated with the flags.)
+	shedder, err := interceptors.NewShedder(interceptors.WithShedderConfig(cfg.shed))
 	if err != nil {
-		return fmt.Errorf("-max-in-flight: %w", err)
+		return fmt.Errorf("%s: %w", shedFlag(err), err)
 	}
 
 	opts := append(clientconn.KeepaliveDefault().ServerOptions(), // accepts the clients' KeepaliveDefault pings
@@ -218,6 +301,9 @@ func Run(ctx context.Context, args []string, stdout io.Writer, ready func(addr s
 		mode = "an adaptive limit starting at"
 	}
 	fmt.Fprintf(stdout, "server: shedding beyond %s %d calls in flight (tap path); stop with Ctrl-C\n", mode, cfg.maxInFlight)
+	if len(cfg.criticality) > 0 {
+		fmt.Fprintf(stdout, "server: default criticality %v; sheddable requests may use %v of the limit\n", cfg.criticality, cfg.sheddableShare)
+	}
 	if cfg.work > 0 || cfg.workJitter > 0 {
 		fmt.Fprintf(stdout, "server: UnaryCall works %v + [0, %v) (slots: %d, 0 = unbounded)\n", cfg.work, cfg.workJitter, cfg.workSlots)
 	}

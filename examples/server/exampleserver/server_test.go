@@ -7,6 +7,9 @@ import (
 	"crypto/x509"
 	"errors"
 	"flag"
+	"fmt"
+	"io"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -20,6 +23,8 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	testpb "google.golang.org/grpc/interop/grpc_testing"
 	reflectionpb "google.golang.org/grpc/reflection/grpc_reflection_v1"
+
+	"github.com/grpcreuse/grpcreuse/interceptors"
 )
 
 // TestFlagErrors: every bad flag is an error naming it, never a panic, and
@@ -45,6 +50,27 @@ func TestFlagErrors(t *testing.T) {
 		{"max wait", []string{"-max-wait", "-1ms"}, "-max-wait is -1ms; must not be negative"},
 		{"streams", []string{"-max-concurrent-streams", "0"}, "-max-concurrent-streams is 0"},
 		{"grace", []string{"-grace", "0s"}, "-grace is 0s; must be positive"},
+		{"negative grace", []string{"-grace", "-1s"}, "-grace is -1s; must be positive"},
+		{"rotation below a second", []string{"-ticket-rotation", "1ns"}, "-ticket-rotation is 1ns; must be at least 1s"},
+		{"negative rotation", []string{"-ticket-rotation", "-1h"}, "-ticket-rotation is -1h0m0s; must be positive"},
+		{"negative work", []string{"-work", "-1ms"}, "-work is -1ms; must not be negative"},
+		{"negative jitter", []string{"-work", "2ms", "-work-jitter", "-1ms"}, "-work-jitter is -1ms; must not be negative"},
+		{"negative work slots", []string{"-work", "2ms", "-work-slots", "-1"}, "-work-slots is -1; must not be negative"},
+		{"work slots without work", []string{"-work-slots", "4"}, "-work-slots is 4, but there is no work to bound"},
+		{"negative shed log", []string{"-shed-log", "-1s"}, "-shed-log is -1s; must not be negative"},
+		{"duration without unit", []string{"-work", "2"}, `invalid value "2" for flag -work`},
+		{"negative streams", []string{"-max-concurrent-streams", "-1"}, `invalid value "-1" for flag -max-concurrent-streams`},
+		{"max in flight too large", []string{"-max-in-flight", "2000000000"}, `-max-in-flight: interceptors: "limit" is 2000000000; must be between 1 and`},
+		{"max wait too long", []string{"-max-wait", "2h"}, `-max-wait: interceptors: "maxWait" is "7200s"; must be between "0s" and "3600s"`},
+		{"max wait with adaptive", []string{"-adaptive", "-max-wait", "10ms"}, "-max-wait is 10ms; an -adaptive limit never waits"},
+		{"unknown criticality", []string{"-criticality", "/grpc.testing.TestService/UnaryCall=low"}, `invalid value "/grpc.testing.TestService/UnaryCall=low" for flag -criticality: criticality "low" (of /grpc.testing.TestService/UnaryCall) is neither "critical" nor "sheddable"`},
+		{"criticality upper case", []string{"-criticality", "/grpc.testing.TestService/=Sheddable"}, `criticality "Sheddable" (of /grpc.testing.TestService/) is neither`},
+		{"criticality without name", []string{"-criticality", "/grpc.testing.TestService/UnaryCall"}, `"/grpc.testing.TestService/UnaryCall" is not method=critical or method=sheddable`},
+		{"criticality twice", []string{"-criticality", "/a.B/C=critical,/a.B/C=sheddable"}, `for flag -criticality: /a.B/C is given twice`},
+		{"criticality bad method", []string{"-criticality", "grpc.testing.TestService/UnaryCall=sheddable"}, `-criticality: interceptors: "criticality" is "grpc.testing.TestService/UnaryCall"; keys must be`},
+		{"sheddable share zero", []string{"-sheddable-share", "0"}, `-sheddable-share: interceptors: "sheddableShare" is 0; must be above 0 and at most 1`},
+		{"sheddable share above 1", []string{"-sheddable-share", "1.5"}, `-sheddable-share: interceptors: "sheddableShare" is 1.5`},
+		{"sheddable share NaN", []string{"-sheddable-share", "NaN"}, `-sheddable-share: interceptors: "sheddableShare" is NaN`},
 		{"not a number", []string{"-max-in-flight", "many"}, `invalid value "many" for flag -max-in-flight`},
 		{"argument", []string{"extra"}, `unexpected argument "extra"`},
 		{"bad address", []string{"-addr", "127.0.0.1:99999", "-ca-out", filepath.Join(dir, "ca.pem")}, "-addr: "},
@@ -65,6 +91,71 @@ func TestFlagErrors(t *testing.T) {
 	var out bytes.Buffer
 	if err := Run(context.Background(), []string{"-h"}, &out, nil); !errors.Is(err, flag.ErrHelp) || !strings.Contains(out.String(), "-ticket-key-file") {
 		t.Errorf("Run(-h) = %v with output %q; want flag.ErrHelp and the usage", err, &out)
+	}
+}
+
+// TestFlagsAccepted: values that look odd but mean something are taken
+// as documented, and reach the Shedder's config.
+func TestFlagsAccepted(t *testing.T) {
+	tests := []struct {
+		name  string
+		args  []string
+		check func(config) string
+	}{
+		{"jitter above work (it is added to it)", []string{"-work", "1ms", "-work-jitter", "5ms"}, func(c config) string {
+			if c.work != time.Millisecond || c.workJitter != 5*time.Millisecond {
+				return "work and jitter not taken"
+			}
+			return ""
+		}},
+		{"jitter alone", []string{"-work-jitter", "1ms", "-work-slots", "2"}, func(c config) string {
+			if c.workSlots != 2 {
+				return "work slots not taken"
+			}
+			return ""
+		}},
+		{"no bound on work slots", []string{"-work", "2ms", "-work-slots", "0"}, func(c config) string {
+			if c.workSlots != 0 {
+				return "work slots not 0"
+			}
+			return ""
+		}},
+		{"max wait 0", []string{"-max-wait", "0s"}, func(c config) string {
+			if c.shed.MaxWait != 0 {
+				return "MaxWait not 0"
+			}
+			return ""
+		}},
+		{"adaptive above the default max limit", []string{"-adaptive", "-max-in-flight", "5000"}, func(c config) string {
+			if !c.shed.Adaptive || c.shed.Limit != 5000 || c.shed.MaxLimit != 5000 {
+				return "adaptive limit not taken"
+			}
+			return ""
+		}},
+		{"criticality", []string{"-criticality", "/grpc.testing.TestService/=sheddable, /grpc.testing.TestService/EmptyCall=critical", "-sheddable-share", "0.5"}, func(c config) string {
+			want := map[string]interceptors.Criticality{"/grpc.testing.TestService/": interceptors.Sheddable, "/grpc.testing.TestService/EmptyCall": interceptors.Critical}
+			if !maps.Equal(c.shed.Criticality, want) || c.shed.SheddableShare != 0.5 {
+				return fmt.Sprintf("Criticality %v, SheddableShare %v; want %v, 0.5", c.shed.Criticality, c.shed.SheddableShare, want)
+			}
+			return ""
+		}},
+		{"empty criticality", []string{"-criticality", ""}, func(c config) string {
+			if len(c.shed.Criticality) != 0 {
+				return "criticality not empty"
+			}
+			return ""
+		}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := parseFlags(tc.args, io.Discard)
+			if err != nil {
+				t.Fatalf("parseFlags(%q) = %v", tc.args, err)
+			}
+			if msg := tc.check(c); msg != "" {
+				t.Errorf("parseFlags(%q): %s", tc.args, msg)
+			}
+		})
 	}
 }
 
