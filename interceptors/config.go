@@ -31,7 +31,7 @@ const (
 type Algorithm int
 
 const (
-	// Fixed keeps the limit at LimiterConfig.Limit. The default.
+	// Fixed keeps the limit at LimitConfig.Limit. The default.
 	Fixed Algorithm = iota
 	// AIMD adapts the limit: additive increase by one after a success
 	// while at least half the limit is in use, multiplicative decrease by
@@ -183,7 +183,8 @@ type ShedderConfig struct {
 	// Pushback is the grpc-retry-pushback-ms trailer sent with a shed on
 	// the interceptor path (grpc-go clients with a retry policy wait this
 	// long before their next attempt) and the RetryInfo detail of every
-	// shed. 0 sends neither. Default 20ms.
+	// shed. The trailer carries whole milliseconds (at least 1: 1.5ms is
+	// sent as 1), RetryInfo the exact value. 0 sends neither. Default 20ms.
 	Pushback time.Duration
 	// LogInterval is how often, at most, a one-line summary of what was
 	// shed is logged (grpclog, warning level, component "grpcreuse-interceptors"); a

@@ -2,6 +2,7 @@ package interceptors
 
 import (
 	"context"
+	"fmt"
 	"strconv"
 	"strings"
 
@@ -40,6 +41,27 @@ func (c Criticality) String() string {
 		return "sheddable"
 	}
 	return "Criticality(" + strconv.Itoa(int(c)) + ")"
+}
+
+// MarshalText returns the header's spelling (String), so that a
+// Criticality reads and writes as "critical" or "sheddable" in JSON, YAML
+// or flag.TextVar; it fails for a value that is neither.
+func (c Criticality) MarshalText() ([]byte, error) {
+	if c != Critical && c != Sheddable {
+		return nil, fmt.Errorf("interceptors: criticality %d is neither Critical nor Sheddable", int(c))
+	}
+	return []byte(c.String()), nil
+}
+
+// UnmarshalText sets c from "critical" or "sheddable", spelled as the
+// header spells them; anything else is an error naming the value.
+func (c *Criticality) UnmarshalText(b []byte) error {
+	v, ok := parseCriticality(string(b))
+	if !ok {
+		return fmt.Errorf("interceptors: criticality %q is neither %q nor %q", b, Critical, Sheddable)
+	}
+	*c = v
+	return nil
 }
 
 // WithCriticality returns ctx with outgoing metadata that marks a client's

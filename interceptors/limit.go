@@ -19,8 +19,13 @@ import (
 // error returned to the caller has code codes.ResourceExhausted.
 var ErrLimited = errors.New("interceptors: concurrency limit reached")
 
-// ErrShed is the cause of every request a Shedder sheds; the status sent
-// to the client has code codes.ResourceExhausted.
+// ErrShed is what the error of a request a Shedder shed unwraps to on the
+// server (errors.Is), for an interceptor chained outside the Shedder's; a
+// request shed by the tap reaches no interceptor, and one that arrived
+// after its deadline unwraps to context.DeadlineExceeded instead. The
+// client gets only the status: ResourceExhausted (DeadlineExceeded for an
+// expired request), one of the Message* texts, and the ErrorInfo and
+// RetryInfo details; errors.Is(err, ErrShed) is false there.
 var ErrShed = errors.New("interceptors: request shed")
 
 // Reasons passed to telemetry.LimiterObserver.LimiterRejected.

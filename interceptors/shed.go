@@ -75,7 +75,8 @@ const PushbackTrailer = "grpc-retry-pushback-ms"
 
 // ErrorInfoDomain is the domain of the errdetails.ErrorInfo a shed
 // carries; its Reason is one of the ErrorInfoReason* values and its
-// Metadata holds the numbers ("limit", "serviceTimeMs", "streamLimit").
+// Metadata holds the numbers ("limit", "sheddableLimit", "serviceTimeMs",
+// "streamLimit").
 const ErrorInfoDomain = "grpcreuse.github.io"
 
 // ErrorInfo reasons of sheds, one per shed reason.
@@ -218,7 +219,8 @@ func (s *serviceTime) observe(d time.Duration) {
 }
 
 // NewShedder returns a Shedder (defaults: DefaultShedderConfig,
-// telemetry.Nop) or a *ConfigError.
+// telemetry.Nop), or an error naming the field and value of an invalid
+// configuration, which wraps a *ConfigError (errors.As).
 func NewShedder(opts ...ShedderOption) (*Shedder, error) {
 	o := shedderOptions{cfg: DefaultShedderConfig(), obs: telemetry.Nop{}}
 	for i, opt := range opts {
@@ -261,10 +263,10 @@ type ShedderSnapshot struct {
 	Limit, InFlight, Queued int
 	// Streams is how many streams are open; StreamLimit how many may be.
 	Streams, StreamLimit int
-	// Adaptive says whether Limit follows the measured service time;
-	// Baseline is then the service time it compares with (0 until
-	// measured).
+	// Adaptive says whether Limit follows the measured service time.
 	Adaptive bool
+	// Baseline is, with Adaptive, the service time the limit compares
+	// each window with (0 until measured, and without Adaptive).
 	Baseline time.Duration
 	// Shed counts the requests shed since the Shedder was made, by reason
 	// (ReasonLimit, ReasonDeadline, ReasonSheddable, ReasonExpired,
@@ -291,7 +293,10 @@ func (s *Shedder) Snapshot() ShedderSnapshot {
 // interceptors (chained first, so they time the whole handler chain). A
 // server takes one InTapHandle: if yours has another, call TapHandle from
 // it last, return what it returns, and add the interceptors yourself (see
-// TapHandle).
+// TapHandle): grpc.NewServer panics when given two InTapHandle options.
+// Pass the options before your own (grpc.NewServer(append(
+// shed.ServerOptions(), opts...)...)), so that the Shedder's interceptors
+// are outermost.
 func (s *Shedder) ServerOptions() []grpc.ServerOption {
 	return []grpc.ServerOption{
 		grpc.InTapHandle(s.TapHandle),

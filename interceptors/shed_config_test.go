@@ -1,7 +1,9 @@
 package interceptors_test
 
 import (
+	"encoding/json"
 	"math"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -57,5 +59,34 @@ func TestShedderConfigValidate(t *testing.T) {
 				t.Fatalf("NewShedder = %v, want an error containing %s", err, tc.wantErr)
 			}
 		})
+	}
+}
+
+// TestCriticalityText: a Criticality reads and writes as the header
+// spells it, and anything else is an error naming the value.
+func TestCriticalityText(t *testing.T) {
+	for _, c := range []interceptors.Criticality{interceptors.Critical, interceptors.Sheddable} {
+		b, err := c.MarshalText()
+		if err != nil || string(b) != c.String() {
+			t.Fatalf("%v.MarshalText() = %q, %v; want %q", c, b, err, c.String())
+		}
+		var back interceptors.Criticality = 7
+		if err := back.UnmarshalText(b); err != nil || back != c {
+			t.Fatalf("UnmarshalText(%q) = %v, %v; want %v", b, back, err, c)
+		}
+	}
+	for _, v := range []string{"", "Critical", "SHEDDABLE", " sheddable", "batch"} {
+		c := interceptors.Sheddable
+		err := c.UnmarshalText([]byte(v))
+		if err == nil || !strings.Contains(err.Error(), strconv.Quote(v)) || c != interceptors.Sheddable {
+			t.Errorf("UnmarshalText(%q): %v, left %v; want an error naming %q and c unchanged", v, err, c, v)
+		}
+	}
+	if _, err := interceptors.Criticality(5).MarshalText(); err == nil || !strings.Contains(err.Error(), "5") {
+		t.Errorf("Criticality(5).MarshalText(): %v; want an error naming 5", err)
+	}
+	var m map[string]interceptors.Criticality
+	if err := json.Unmarshal([]byte(`{"/pkg.S/M":"sheddable"}`), &m); err != nil || m["/pkg.S/M"] != interceptors.Sheddable {
+		t.Errorf("JSON map: %v, %v", m, err)
 	}
 }

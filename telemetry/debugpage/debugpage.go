@@ -43,7 +43,10 @@ type Snapshot struct {
 	Limiters      []Limiter      `json:"limiters"`
 	SessionCaches []SessionCache `json:"sessionCaches"`
 	Handshakes    Handshakes     `json:"handshakes"`
-	// Server is the server half, when the page serves one (NewServerSection).
+	// Server is the server half (load shedders, server handshakes), when
+	// the process serves too: fill it from interceptors.Shedder.Snapshot
+	// and credentials.ServerHandshakeRecorder.Snapshot, as examples/demo
+	// does. Nil leaves it off the page.
 	Server *Server `json:"server,omitempty"`
 }
 

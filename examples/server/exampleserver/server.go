@@ -183,13 +183,8 @@ func parseCriticality(v string) (map[string]interceptors.Criticality, error) {
 			return nil, fmt.Errorf("%q is not method=critical or method=sheddable", entry)
 		}
 		var c interceptors.Criticality
-		switch name {
-		case interceptors.Critical.String():
-			c = interceptors.Critical
-		case interceptors.Sheddable.String():
-			c = interceptors.Sheddable
-		default:
-			return nil, fmt.Errorf("criticality %q (of %s) is neither %q nor %q", name, method, interceptors.Critical, interceptors.Sheddable)
+		if err := c.UnmarshalText([]byte(name)); err != nil {
+			return nil, fmt.Errorf("%s: %w", method, err)
 		}
 		if _, dup := m[method]; dup {
 			return nil, fmt.Errorf("%s is given twice", method)
