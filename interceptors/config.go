@@ -139,7 +139,9 @@ type ShedderConfig struct {
 	Window time.Duration
 	// MinSamples is how many successful calls of a method must be measured
 	// before requests whose remaining deadline is shorter than its recent
-	// service time are shed. Default 10.
+	// service time (the time under which one in ten of its recent
+	// successful calls ended: not the mean, which a few slow calls raise
+	// above what most calls take) are shed. Default 10.
 	MinSamples int
 	// StreamLimit is how many streams (client-, server- or bidi-streaming
 	// calls) may be open at once, counted apart from unary calls: a

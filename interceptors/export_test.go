@@ -10,6 +10,7 @@ func SetShedderLogf(s *Shedder, f func(format string, args ...any)) { s.logf = f
 func SetShedderServiceTime(s *Shedder, method string, d time.Duration, samples int) {
 	st := s.serviceTime(method)
 	st.ewma.Store(int64(d))
+	st.low.Store(int64(d))
 	st.samples.Store(int64(samples))
 }
 

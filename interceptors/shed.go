@@ -127,9 +127,10 @@ func (r reason) String() string {
 //   - a Sheddable request (CriticalityHeader, or the method's default)
 //     once SheddableShare of that limit is in use, ResourceExhausted;
 //   - a unary request whose remaining deadline is shorter than its
-//     method's recent service time (an EWMA of successful calls, once
-//     MinSamples are measured), ResourceExhausted: it would time out
-//     anyway, after using capacity that others need;
+//     method's recent service time (the time under which one in ten of its
+//     recent successful calls ended, once MinSamples are measured),
+//     ResourceExhausted: it would time out anyway, after using capacity
+//     that others need;
 //   - a stream beyond StreamLimit, ResourceExhausted (streams are counted
 //     apart from unary calls: their lifetime is the client's to choose);
 //   - a request whose deadline has already passed, DeadlineExceeded.
@@ -178,26 +179,42 @@ type Shedder struct {
 	logf     func(format string, args ...any) // logger.Warningf; tests replace it
 }
 
-// serviceTime is what a Shedder knows of one method: its recent service
-// time (an EWMA with weight 1/8 of successful unary calls), whether it is
+// serviceTime is what a Shedder knows of one method from its successful
+// unary calls: their mean service time (an EWMA with weight 1/8), the
+// time under which one in ten of them ended (low), whether the method is
 // a stream, and its cached deadline answer.
+//
+// The deadline shed compares a request's remaining deadline with low, not
+// with the mean: it sheds a request that would time out anyway, and a
+// deadline below the mean is not one. A method behind a cache answers hits
+// at once and misses slowly; a few misses raise its mean far above the
+// hits, and a shed on the mean refused every caller whose deadline fits a
+// hit, on an idle server that served them all without the Shedder
+// (TestShedderDeadlineShedOnlyForHopelessDeadlines). The mean stays the
+// measure of how often a slot frees (waitFor).
 type serviceTime struct {
 	ewma    atomic.Int64 // nanoseconds
+	low     atomic.Int64 // nanoseconds; the 10th percentile, estimated
 	samples atomic.Int64
 	stream  atomic.Bool
 	ans     atomic.Pointer[answer]
 }
 
-// decay lowers the estimate by 1/64 after a request was shed for it. Only
-// admitted, successful requests measure the service time, so without this
-// an estimate inflated by an overload would shed every request whose
-// deadline is below it forever, and never be measured again: a method
-// shed for every request now sees its estimate fall until requests get
-// through and re-measure it (about 44 sheds halve it).
+// decay lowers the estimates by 1/64 after a request was shed for its
+// deadline. Only admitted, successful requests measure the service time,
+// so without this an estimate inflated by an overload would shed every
+// request whose deadline is below it forever, and never be measured
+// again: a method shed for every request now sees its estimate fall until
+// requests get through and re-measure it (about 44 sheds halve it).
 func (s *serviceTime) decay() {
+	decay64(&s.low)
+	decay64(&s.ewma)
+}
+
+func decay64(v *atomic.Int64) {
 	for {
-		old := s.ewma.Load()
-		if s.ewma.CompareAndSwap(old, old-old/64) {
+		old := v.Load()
+		if v.CompareAndSwap(old, old-old/64) {
 			return
 		}
 	}
@@ -206,12 +223,31 @@ func (s *serviceTime) decay() {
 func (s *serviceTime) observe(d time.Duration) {
 	if s.samples.Add(1) == 1 {
 		s.ewma.Store(int64(d))
+		s.low.Store(int64(d))
 		return
 	}
 	for {
 		old := s.ewma.Load()
 		next := old + (int64(d)-old)/8
 		if s.ewma.CompareAndSwap(old, next) {
+			break
+		}
+	}
+	// A stochastic estimate of the 10th percentile: up by 1/64 of itself
+	// after a slower call, down by 9/64 after a faster one, so it settles
+	// where one call in ten is faster (the steps balance when nine in ten
+	// are slower). The steps are relative, so one very slow call moves it
+	// no more than one slightly slow call does, as a mean would.
+	for {
+		old := s.low.Load()
+		next := old
+		switch {
+		case int64(d) > old:
+			next = old + max(old/64, 1)
+		case int64(d) < old:
+			next = max(old-max(old*9/64, 1), int64(d))
+		}
+		if next == old || s.low.CompareAndSwap(old, next) {
 			return
 		}
 	}
@@ -369,7 +405,7 @@ func (s *Shedder) checkUnary(ctx context.Context, st *serviceTime, crit Critical
 		if left <= 0 {
 			return rExpired, 0, 0, false
 		}
-		if st != nil && st.samples.Load() >= int64(s.cfg.MinSamples) && left < time.Duration(st.ewma.Load()) {
+		if st != nil && st.samples.Load() >= int64(s.cfg.MinSamples) && left < time.Duration(st.low.Load()) {
 			st.decay()
 			return rDeadline, 0, 0, false
 		}
