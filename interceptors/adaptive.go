@@ -10,18 +10,26 @@ import (
 // gradient is the Shedder's adaptive in-flight limit, driven only by the
 // server's own measured service time. Samples go into atomics; the one
 // request that ends a window (TryLock) moves the limit.
+//
+// The limit is one for all methods, but the baseline is per method
+// (serviceTime.gBase): a window's mean is compared with the mean its mix
+// of methods would have at their baselines. With one baseline for all, a
+// server whose methods differ (a fast one, and a slow one) took a window
+// with a few more slow calls for queueing, and a mix that moved without
+// any queueing drove the limit down to MinLimit on a server that was
+// never overloaded (TestGradientMixedMethods).
 type gradient struct {
 	tolerance  float64
 	window     int64 // nanoseconds
 	minSamples int64
 	min, max   float64
 
-	sum, n     atomic.Int64 // the current window: total nanoseconds, samples
+	n          atomic.Int64 // samples in the current window, all methods
 	peak       atomic.Int64 // the most calls in flight seen in it
 	start      atomic.Int64 // its start, Shedder.now
-	baselineNs atomic.Int64 // 0 until the first window
+	baselineNs atomic.Int64 // the last window's mix at baseline; 0 until the first window
 
-	mu    sync.Mutex // guards limit and served; held only by the window's closer
+	mu    sync.Mutex // guards limit, served and closing; held only by the window's closer
 	limit float64
 	// served is the concurrency the server is known to serve without
 	// queueing: the mean number of calls in service (Little's law: the
@@ -35,7 +43,18 @@ type gradient struct {
 	// window's first calls still finish fast. It decays by 1/256 a window
 	// while it holds the limit up, so a server that really lost capacity
 	// is followed in the end (halved in about 180 windows).
-	served float64
+	served  float64
+	closing []methodWindow // scratch for the closer
+
+	regMu   sync.Mutex     // guards tracked; taken after mu
+	tracked []*serviceTime // every method sampled once, append-only
+}
+
+// methodWindow is one method's share of a closing window.
+type methodWindow struct {
+	st   *serviceTime
+	n    int64
+	mean float64
 }
 
 func newGradient(c ShedderConfig) *gradient {
@@ -43,19 +62,26 @@ func newGradient(c ShedderConfig) *gradient {
 		min: float64(c.MinLimit), max: float64(c.MaxLimit), limit: float64(c.Limit)}
 }
 
-// sample records one admitted call that took took with n calls in flight
-// (itself included); cut says its caller's deadline or cancellation ended
-// it. A cut call is used only if it still took at least the baseline: a
-// client's short deadline can say the server is slow only when it is.
-// It returns the new limit when the window closed and the limit moved.
-func (g *gradient) sample(took time.Duration, cut bool, now, n int64) (int64, bool) {
-	base := g.baselineNs.Load()
+// sample records one admitted call of method st that took took with n
+// calls in flight (itself included); cut says its caller's deadline or
+// cancellation ended it. A cut call is used only if it still took at
+// least its method's baseline: a client's short deadline can say the
+// server is slow only when it is. It returns the new limit when the
+// window closed and the limit moved.
+func (g *gradient) sample(st *serviceTime, took time.Duration, cut bool, now, n int64) (int64, bool) {
+	base := st.gBase.Load()
 	if cut && (base == 0 || int64(took) < base) {
 		return 0, false
 	}
+	if !st.gTracked.Load() && st.gTracked.CompareAndSwap(false, true) {
+		g.regMu.Lock()
+		g.tracked = append(g.tracked, st)
+		g.regMu.Unlock()
+	}
 	for p := g.peak.Load(); n > p && !g.peak.CompareAndSwap(p, n); p = g.peak.Load() {
 	}
-	g.sum.Add(int64(took))
+	st.gSum.Add(int64(took))
+	st.gN.Add(1)
 	cnt := g.n.Add(1)
 	if cnt < g.minSamples || now-g.start.Load() < g.window || !g.mu.TryLock() {
 		return 0, false
@@ -64,26 +90,65 @@ func (g *gradient) sample(took time.Duration, cut bool, now, n int64) (int64, bo
 	if now-g.start.Load() < g.window { // another request just closed it
 		return 0, false
 	}
-	sum, cnt, peak := g.sum.Swap(0), g.n.Swap(0), g.peak.Swap(0)
-	inService := float64(sum) / float64(max(now-g.start.Load(), 1))
+	g.regMu.Lock()
+	tracked := g.tracked[:len(g.tracked):len(g.tracked)]
+	g.regMu.Unlock()
+	g.n.Store(0)
+	peak := g.peak.Swap(0)
+	// The window, method by method: its mean, and the mean of its mix at
+	// the methods' baselines (a method measured for the first time is its
+	// own baseline).
+	var sum, atBase float64
+	cnt = 0
+	g.closing = g.closing[:0]
+	for _, m := range tracked {
+		mn := m.gN.Swap(0)
+		if mn == 0 {
+			continue
+		}
+		mean := float64(m.gSum.Swap(0)) / float64(mn)
+		b := float64(m.gBase.Load())
+		if b == 0 {
+			b = mean
+		}
+		sum += mean * float64(mn)
+		atBase += b * float64(mn)
+		cnt += mn
+		g.closing = append(g.closing, methodWindow{m, mn, mean})
+	}
+	inService := sum / float64(max(now-g.start.Load(), 1))
 	g.start.Store(now)
 	if cnt == 0 {
 		return 0, false
 	}
-	avg := float64(sum) / float64(cnt)
-	b := float64(base)
-	switch {
-	case base == 0 || avg < b:
-		b = avg
-	case g.tolerance*b/avg >= 0.9:
-		b += (avg - b) / 256 // follow a slower backend, slowly
-	default:
-		// A queueing window (the limit is about to shrink) says little
-		// about the work itself: follow it 16 times slower still, so an
-		// overload does not raise the baseline, yet a backend that really
-		// got slower is followed in the end.
-		b += (avg - b) / 4096
+	avg, b := sum/float64(cnt), atBase/float64(cnt)
+	// Each method's baseline: the lowest window mean (a window with fewer
+	// than MinSamples of its calls moves it only that share of the way
+	// down, so one fast call is not a baseline); it follows slower windows
+	// by 1/256 a window, and queueing windows (the limit is about to
+	// shrink) 16 times slower still: they say little about the work
+	// itself, so an overload does not raise the baseline, yet a backend
+	// that really got slower is followed in the end.
+	follow := 1.0 / 256
+	if avg > b && g.tolerance*b/avg < 0.9 {
+		follow = 1.0 / 4096
 	}
+	atBase = 0
+	for _, w := range g.closing {
+		mb := float64(w.st.gBase.Load())
+		switch {
+		case mb == 0:
+			mb = w.mean
+		case w.mean < mb:
+			mb += (w.mean - mb) * math.Min(1, float64(w.n)/float64(g.minSamples))
+		default:
+			mb += (w.mean - mb) * follow
+		}
+		w.st.gBase.Store(max(int64(mb), 1))
+		atBase += mb * float64(w.n)
+	}
+	clear(g.closing) // drop the pointers until the next window
+	b = atBase / float64(cnt)
 	g.baselineNs.Store(max(int64(b), 1))
 	old := g.limit
 	switch ratio := g.tolerance * b / avg; {

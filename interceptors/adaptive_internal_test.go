@@ -32,6 +32,7 @@ func TestGradientStarvationFloor(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			g := newGradient(cfg)
+			st := &serviceTime{}
 			now := int64(0)
 			limit := int64(cfg.Limit)
 			// window is one window of n calls in flight on 4 slots whose
@@ -42,7 +43,7 @@ func TestGradientStarvationFloor(t *testing.T) {
 				took := time.Duration(float64(work) * math.Max(1, float64(n)/4))
 				calls := max(int(float64(min(n, 4))*float64(win)/float64(work)), cfg.MinSamples)
 				for range calls {
-					if l, moved := g.sample(took, false, now, n); moved {
+					if l, moved := g.sample(st, took, false, now, n); moved {
 						limit = l
 					}
 				}
@@ -57,7 +58,7 @@ func TestGradientStarvationFloor(t *testing.T) {
 			for range 2 {
 				now += win
 				for range 50 {
-					if l, moved := g.sample(2*time.Millisecond, false, now, 40); moved {
+					if l, moved := g.sample(st, 2*time.Millisecond, false, now, 40); moved {
 						limit = l
 					}
 				}
@@ -118,5 +119,52 @@ func TestDoneUnaryIgnoresCallsPastTheirDeadline(t *testing.T) {
 				t.Errorf("in flight = %d after the call, want 0", n)
 			}
 		})
+	}
+}
+
+// TestGradientMixedMethods: the adaptive limit is one for all methods, and
+// their service times differ by far more than any queueing. A server with
+// a fast method (100 µs) and a slow one (20 ms), never queueing (each call
+// takes its own time whatever else runs), serves windows of only fast
+// calls, then windows with a few slow calls among them. The mix changed,
+// not the server: the limit must not shrink. A real overload of the same
+// mix (every call 4× slower, 40 in flight) must still shrink it.
+func TestGradientMixedMethods(t *testing.T) {
+	cfg := DefaultShedderConfig()
+	cfg.Adaptive = true
+	win := int64(cfg.Window)
+	g := newGradient(cfg)
+	now := int64(0)
+	limit := int64(cfg.Limit)
+	const fast, slow = 100 * time.Microsecond, 20 * time.Millisecond
+	fastM, slowM := &serviceTime{}, &serviceTime{}
+	// window is one window of nFast fast and nSlow slow calls, each slowed
+	// by factor, n in flight.
+	window := func(nFast, nSlow int, factor float64, n int64) {
+		now += win
+		for i := range nFast + nSlow {
+			st, took := fastM, fast
+			if nSlow > 0 && i%((nFast+nSlow)/nSlow) == 0 {
+				st, took = slowM, slow
+			}
+			if l, moved := g.sample(st, time.Duration(float64(took)*factor), false, now, min(n, limit)); moved {
+				limit = l
+			}
+		}
+	}
+	for range 5 {
+		window(200, 0, 1, 1)
+	}
+	for range 200 { // 10 slow calls of 20 ms in 25 ms windows: 8 in flight
+		window(200, 10, 1, 9)
+	}
+	if limit < int64(cfg.Limit) {
+		t.Fatalf("after 200 windows of the same server with a few slow calls among the fast ones, the limit is %d; want it kept at %d (nothing queued)", limit, cfg.Limit)
+	}
+	for range 40 { // the same mix, overloaded: every call 4× slower, 40 in flight
+		window(200, 10, 4, 40)
+	}
+	if limit >= 40 {
+		t.Errorf("after 40 overloaded windows of the same mix the limit is %d; want below the 40 in flight", limit)
 	}
 }

@@ -116,8 +116,11 @@ type ShedderConfig struct {
 	// Adaptive makes the unary in-flight limit follow the server's own
 	// measured service time (a latency gradient in the spirit of Envoy's
 	// adaptive-concurrency filter and Netflix's Gradient2): each Window,
-	// the mean handler time is compared with the baseline (the lowest
-	// window mean, which follows slower windows by 1/256 per window); above
+	// the mean handler time is compared with the baseline: the mean the
+	// window's mix of methods would have at each method's baseline (its
+	// lowest window mean, which follows slower windows by 1/256 per
+	// window), so a mix that moves toward a slower method is not taken for
+	// queueing; above
 	// Tolerance × baseline the limit shrinks to the window's peak in-flight
 	// count times the ratio (at most halving), but never below the
 	// concurrency the server served at baseline latency (the mean calls in
@@ -127,7 +130,7 @@ type ShedderConfig struct {
 	// otherwise it grows by max(1, √limit/4) while at least half the limit
 	// is in use. It starts at Limit and stays within MinLimit and MaxLimit.
 	// Calls cut short by their caller's deadline or cancellation are used
-	// only when they still took at least the baseline, so short client
+	// only when they still took at least their method's baseline, so short client
 	// deadlines cannot move it. Default false; requires Algorithm Fixed.
 	Adaptive bool
 	// Tolerance is how much slower than the baseline a window may be

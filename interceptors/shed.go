@@ -198,6 +198,12 @@ type serviceTime struct {
 	samples atomic.Int64
 	stream  atomic.Bool
 	ans     atomic.Pointer[answer]
+
+	// The adaptive limit's share (gradient): this method's calls in the
+	// current window, their summed time, its baseline (nanoseconds, 0
+	// until its first window), and whether the gradient tracks it.
+	gSum, gN, gBase atomic.Int64
+	gTracked        atomic.Bool
 }
 
 // decay lowers the estimates by 1/64 after a request was shed for its
@@ -298,7 +304,8 @@ type ShedderSnapshot struct {
 	// Streams is how many streams are open; StreamLimit how many may be.
 	Streams, StreamLimit int
 	// Adaptive says whether Limit follows the measured service time;
-	// Baseline is then the service time it compares with (0 until
+	// Baseline is then the service time it compared the last window with:
+	// that window's mix of methods at each one's baseline (0 until
 	// measured).
 	Adaptive bool
 	Baseline time.Duration
@@ -693,7 +700,7 @@ func (s *Shedder) doneUnary(ctx context.Context, st *serviceTime, err error, too
 	n := s.slots.free()
 	switch {
 	case s.grad != nil:
-		if l, moved := s.grad.sample(took, cut, s.now(), n); moved {
+		if l, moved := s.grad.sample(st, took, cut, s.now(), n); moved {
 			s.slots.limit.Store(l)
 			s.obs.LimiterLimitChanged("", ShedderKey, int(l))
 		}
