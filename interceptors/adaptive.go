@@ -18,11 +18,24 @@ import (
 // with a few more slow calls for queueing, and a mix that moved without
 // any queueing drove the limit down to MinLimit on a server that was
 // never overloaded (TestGradientMixedMethods).
+//
+// Every probeInterval, and first of all when it starts, it re-measures
+// the baselines at low concurrency (probeConcurrency calls in flight, as
+// Envoy's adaptive-concurrency filter measures its minRTT): a baseline
+// learnt only from what the server happened to serve can be a queue's
+// latency. A Shedder started into an overload (a deploy at peak, a crash
+// loop) took its first window's queueing for the work itself, and never
+// shed; a backend that got slower for good (a dependency) was followed
+// only 1/4096 a window, and the limit held a tenth of what the server
+// served for minutes (TestGradientConverges).
 type gradient struct {
 	tolerance  float64
 	window     int64 // nanoseconds
 	minSamples int64
 	min, max   float64
+
+	probing    atomic.Bool  // written under mu
+	probeLimit atomic.Int64 // the limit while probing; written under mu
 
 	n          atomic.Int64 // samples in the current window, all methods
 	peak       atomic.Int64 // the most calls in flight seen in it
@@ -43,8 +56,9 @@ type gradient struct {
 	// window's first calls still finish fast. It decays by 1/256 a window
 	// while it holds the limit up, so a server that really lost capacity
 	// is followed in the end (halved in about 180 windows).
-	served  float64
-	closing []methodWindow // scratch for the closer
+	served    float64
+	closing   []methodWindow // scratch for the closer
+	nextProbe int64          // Shedder.now of the next probe
 
 	regMu   sync.Mutex     // guards tracked; taken after mu
 	tracked []*serviceTime // every method sampled once, append-only
@@ -57,9 +71,39 @@ type methodWindow struct {
 	mean float64
 }
 
+// probeInterval is how often the adaptive limit re-measures its
+// baselines (Envoy's default min_rtt_calc_params interval).
+const probeInterval = int64(60 * time.Second)
+
+// probeConcurrency is how many calls may be in flight while it does
+// (Envoy's default min_concurrency), if the limit is higher, and at least
+// MinLimit.
+const probeConcurrency = 3
+
 func newGradient(c ShedderConfig) *gradient {
-	return &gradient{tolerance: c.Tolerance, window: int64(c.Window), minSamples: int64(c.MinSamples),
+	g := &gradient{tolerance: c.Tolerance, window: int64(c.Window), minSamples: int64(c.MinSamples),
 		min: float64(c.MinLimit), max: float64(c.MaxLimit), limit: float64(c.Limit)}
+	g.startProbe() // the first window measures the baselines
+	return g
+}
+
+// startProbe lowers the limit in force to the probe's; under mu, or
+// before the gradient is shared.
+func (g *gradient) startProbe() int64 {
+	l := max(min(probeConcurrency, int64(math.Round(g.limit))), int64(g.min))
+	g.probeLimit.Store(l)
+	g.probing.Store(true)
+	return l
+}
+
+// current returns the limit in force: the probe's while it probes.
+func (g *gradient) current() int64 {
+	if g.probing.Load() {
+		return g.probeLimit.Load()
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return int64(math.Round(g.limit))
 }
 
 // sample records one admitted call of method st that took took with n
@@ -73,6 +117,10 @@ func (g *gradient) sample(st *serviceTime, took time.Duration, cut bool, now, n 
 	if cut && (base == 0 || int64(took) < base) {
 		return 0, false
 	}
+	probing := g.probing.Load()
+	if probing && (n > g.probeLimit.Load() || now-int64(took) < g.start.Load()) {
+		return 0, false // admitted before the probe: not at its concurrency
+	}
 	if !st.gTracked.Load() && st.gTracked.CompareAndSwap(false, true) {
 		g.regMu.Lock()
 		g.tracked = append(g.tracked, st)
@@ -83,11 +131,18 @@ func (g *gradient) sample(st *serviceTime, took time.Duration, cut bool, now, n 
 	st.gSum.Add(int64(took))
 	st.gN.Add(1)
 	cnt := g.n.Add(1)
-	if cnt < g.minSamples || now-g.start.Load() < g.window || !g.mu.TryLock() {
+	// A probe waits for MinSamples calls only so long: at its low
+	// concurrency, slow calls would keep the limit at the probe's for
+	// their whole number.
+	need := g.minSamples
+	if probing && now-g.start.Load() >= 8*g.window {
+		need = 1
+	}
+	if cnt < need || now-g.start.Load() < g.window || !g.mu.TryLock() {
 		return 0, false
 	}
 	defer g.mu.Unlock()
-	if now-g.start.Load() < g.window { // another request just closed it
+	if now-g.start.Load() < g.window || probing != g.probing.Load() { // another request just closed it
 		return 0, false
 	}
 	g.regMu.Lock()
@@ -122,6 +177,20 @@ func (g *gradient) sample(st *serviceTime, took time.Duration, cut bool, now, n 
 		return 0, false
 	}
 	avg, b := sum/float64(cnt), atBase/float64(cnt)
+	if probing {
+		// The probe's window: each method's baseline is its mean here, up
+		// or down; the limit is back to what it was.
+		atBase = 0
+		for _, w := range g.closing {
+			w.st.gBase.Store(max(int64(w.mean), 1))
+			atBase += w.mean * float64(w.n)
+		}
+		clear(g.closing)
+		g.baselineNs.Store(max(int64(atBase/float64(cnt)), 1))
+		g.probing.Store(false)
+		g.nextProbe = now + probeInterval
+		return int64(math.Round(g.limit)), true
+	}
 	// Each method's baseline: the lowest window mean (a window with fewer
 	// than MinSamples of its calls moves it only that share of the way
 	// down, so one fast call is not a baseline); it follows slower windows
@@ -167,6 +236,9 @@ func (g *gradient) sample(st *serviceTime, took time.Duration, cut bool, now, n 
 		g.limit = math.Min(g.limit+math.Max(1, math.Sqrt(g.limit)/4), g.max)
 	default: // a dead band against timing noise: the limit holds
 		g.served = math.Max(g.served, inService)
+	}
+	if now >= g.nextProbe {
+		return g.startProbe(), true
 	}
 	if math.Round(g.limit) == math.Round(old) {
 		return 0, false

@@ -34,7 +34,7 @@ func TestGradientStarvationFloor(t *testing.T) {
 			g := newGradient(cfg)
 			st := &serviceTime{}
 			now := int64(0)
-			limit := int64(cfg.Limit)
+			limit := g.current()
 			// window is one window of n calls in flight on 4 slots whose
 			// work takes work: each call takes work × max(1, n/4), and
 			// min(n, 4)/work calls end per unit of time.
@@ -135,7 +135,7 @@ func TestGradientMixedMethods(t *testing.T) {
 	win := int64(cfg.Window)
 	g := newGradient(cfg)
 	now := int64(0)
-	limit := int64(cfg.Limit)
+	limit := g.current()
 	const fast, slow = 100 * time.Microsecond, 20 * time.Millisecond
 	fastM, slowM := &serviceTime{}, &serviceTime{}
 	// window is one window of nFast fast and nSlow slow calls, each slowed
@@ -167,4 +167,111 @@ func TestGradientMixedMethods(t *testing.T) {
 	if limit >= 40 {
 		t.Errorf("after 40 overloaded windows of the same mix the limit is %d; want below the 40 in flight", limit)
 	}
+}
+
+// TestGradientConverges drives the adaptive limit of a 4-slot server
+// (2 ms of work, queueing beyond 4 in flight) with made-up windows, as
+// TestGradientStarvationFloor does: from a starting limit far too low
+// or far too high it must settle near the slots, and after the work got
+// 10× slower for a while it must come back to the slots within a
+// bounded number of windows once the work is fast again.
+func TestGradientConverges(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		start   int
+		callers int64
+		slow    int  // windows of 10× slower work before the fast ones
+		idle    bool // the first window has one call in flight
+	}{
+		{"from 1", 1, 8, 0, false},
+		{"from 1000", 1000, 40, 0, true},
+		{"from 1000 under overload", 1000, 40, 0, false},
+		{"after 10x slower work", 100, 40, 200, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := DefaultShedderConfig()
+			cfg.Adaptive, cfg.Limit, cfg.MaxLimit = true, tc.start, 1000
+			win := int64(cfg.Window)
+			g := newGradient(cfg)
+			st := &serviceTime{}
+			now, limit := int64(0), g.current()
+			callers := int64(1)
+			window := func(work time.Duration) {
+				now += win
+				n := min(limit, callers)
+				took := time.Duration(float64(work) * math.Max(1, float64(n)/4))
+				calls := max(int(float64(min(n, 4))*float64(win)/float64(work)), cfg.MinSamples)
+				for range calls {
+					if l, moved := g.sample(st, took, false, now, n); moved {
+						limit = l
+					}
+				}
+			}
+			if !tc.idle {
+				callers = tc.callers
+			}
+			window(2 * time.Millisecond)
+			callers = tc.callers
+			for range tc.slow {
+				window(20 * time.Millisecond)
+			}
+			settled := -1
+			for i := range 200 {
+				window(2 * time.Millisecond)
+				if limit >= 4 && limit <= 10 && settled < 0 {
+					settled = i
+				}
+			}
+			if settled < 0 || limit < 4 || limit > 10 {
+				t.Fatalf("after 200 windows of fast work the limit is %d (first within 4 to 10 after %d windows); want it settled at 4 to 10 (4 slots)", limit, settled)
+			}
+			t.Logf("within 4 to 10 after %d windows; limit %d", settled+1, limit)
+		})
+	}
+}
+
+// TestGradientFollowsASlowerBackend: a server whose calls wait on a
+// dependency (no queueing at any concurrency) at 2,500 calls/s: 5 in
+// flight at 2 ms. The dependency gets 10× slower for good, so the same
+// calls need 50 in flight. The gradient takes the first slow windows for
+// queueing and shrinks the limit, as it should not know better; but
+// within a probe interval it must have re-measured the work and let the
+// limit grow back to what the calls need, instead of holding a tenth of
+// it for minutes while its baseline follows 1/4096 a window.
+func TestGradientFollowsASlowerBackend(t *testing.T) {
+	cfg := DefaultShedderConfig()
+	cfg.Adaptive = true
+	win := int64(cfg.Window)
+	g := newGradient(cfg)
+	st := &serviceTime{}
+	now, limit := int64(0), g.current()
+	const rate = 2500.0 // calls per second offered
+	window := func(work time.Duration) int64 {
+		now += win
+		n := min(limit, int64(rate*work.Seconds()))
+		for range max(int(float64(n)*float64(win)/float64(work)), cfg.MinSamples) {
+			if l, moved := g.sample(st, work, false, now, n); moved {
+				limit = l
+			}
+		}
+		return n
+	}
+	for range 40 {
+		window(2 * time.Millisecond)
+	}
+	lowest, back := limit, -1
+	windows := int(probeInterval/win) + 100
+	for i := range windows {
+		n := window(20 * time.Millisecond)
+		lowest = min(lowest, limit)
+		if n < 50 {
+			back = -1
+		} else if back < 0 {
+			back = i + 1
+		}
+	}
+	if back < 0 || lowest >= 50 {
+		t.Fatalf("after %d windows of a 10× slower backend the limit is %d (lowest %d); want it shrunk, then back to the 50 in flight the calls need", windows, limit, lowest)
+	}
+	t.Logf("the limit shrank to %d, and let all 50 calls in for good from window %d of the slower backend", lowest, back)
 }

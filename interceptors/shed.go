@@ -281,6 +281,7 @@ func NewShedder(opts ...ShedderOption) (*Shedder, error) {
 	s.slots.limit.Store(int64(o.cfg.Limit))
 	if o.cfg.Adaptive {
 		s.grad = newGradient(o.cfg)
+		s.slots.limit.Store(s.grad.current()) // it starts with a probe
 	}
 	if o.cfg.Pushback > 0 {
 		s.pushback = metadata.Pairs(PushbackTrailer, strconv.FormatInt(max(o.cfg.Pushback.Milliseconds(), 1), 10))
@@ -298,8 +299,10 @@ func (s *Shedder) InFlight() (limit, inFlight int) {
 
 // ShedderSnapshot is a Shedder's state, for a debug page.
 type ShedderSnapshot struct {
-	// Limit is the current unary in-flight limit; InFlight how many unary
-	// requests hold a slot; Queued how many wait for one (MaxWait).
+	// Limit is the current unary in-flight limit (an adaptive one's probe
+	// concurrency while it probes, see ShedderConfig.Adaptive); InFlight
+	// how many unary requests hold a slot; Queued how many wait for one
+	// (MaxWait).
 	Limit, InFlight, Queued int
 	// Streams is how many streams are open; StreamLimit how many may be.
 	Streams, StreamLimit int
