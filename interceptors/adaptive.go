@@ -19,8 +19,9 @@ import (
 // any queueing drove the limit down to MinLimit on a server that was
 // never overloaded (TestGradientMixedMethods).
 //
-// Every probeInterval, and first of all when it starts, it re-measures
-// the baselines at low concurrency (probeConcurrency calls in flight, as
+// Every probeInterval, and after its first window if that one ran with
+// more calls in flight than a probe allows, it re-measures the baselines
+// at low concurrency (probeConcurrency calls in flight, as
 // Envoy's adaptive-concurrency filter measures its minRTT): a baseline
 // learnt only from what the server happened to serve can be a queue's
 // latency. A Shedder started into an overload (a deploy at peak, a crash
@@ -83,27 +84,20 @@ const probeConcurrency = 3
 func newGradient(c ShedderConfig) *gradient {
 	g := &gradient{tolerance: c.Tolerance, window: int64(c.Window), minSamples: int64(c.MinSamples),
 		min: float64(c.MinLimit), max: float64(c.MaxLimit), limit: float64(c.Limit)}
-	g.startProbe() // the first window measures the baselines
 	return g
 }
 
-// startProbe lowers the limit in force to the probe's; under mu, or
-// before the gradient is shared.
+// probeAt is the probe's concurrency at the current limit; under mu.
+func (g *gradient) probeAt() int64 {
+	return max(min(probeConcurrency, int64(math.Round(g.limit))), int64(g.min))
+}
+
+// startProbe lowers the limit in force to the probe's; under mu.
 func (g *gradient) startProbe() int64 {
-	l := max(min(probeConcurrency, int64(math.Round(g.limit))), int64(g.min))
+	l := g.probeAt()
 	g.probeLimit.Store(l)
 	g.probing.Store(true)
 	return l
-}
-
-// current returns the limit in force: the probe's while it probes.
-func (g *gradient) current() int64 {
-	if g.probing.Load() {
-		return g.probeLimit.Load()
-	}
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	return int64(math.Round(g.limit))
 }
 
 // sample records one admitted call of method st that took took with n
@@ -236,6 +230,12 @@ func (g *gradient) sample(st *serviceTime, took time.Duration, cut bool, now, n 
 		g.limit = math.Min(g.limit+math.Max(1, math.Sqrt(g.limit)/4), g.max)
 	default: // a dead band against timing noise: the limit holds
 		g.served = math.Max(g.served, inService)
+	}
+	if g.nextProbe == 0 && peak <= g.probeAt() {
+		// The first window ran at no more than the probe's concurrency:
+		// it measured the baselines as a probe would, and a server that
+		// starts idle sheds nothing to probe.
+		g.nextProbe = now + probeInterval
 	}
 	if now >= g.nextProbe {
 		return g.startProbe(), true

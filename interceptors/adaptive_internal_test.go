@@ -34,7 +34,7 @@ func TestGradientStarvationFloor(t *testing.T) {
 			g := newGradient(cfg)
 			st := &serviceTime{}
 			now := int64(0)
-			limit := g.current()
+			limit := int64(cfg.Limit)
 			// window is one window of n calls in flight on 4 slots whose
 			// work takes work: each call takes work × max(1, n/4), and
 			// min(n, 4)/work calls end per unit of time.
@@ -135,7 +135,7 @@ func TestGradientMixedMethods(t *testing.T) {
 	win := int64(cfg.Window)
 	g := newGradient(cfg)
 	now := int64(0)
-	limit := g.current()
+	limit := int64(cfg.Limit)
 	const fast, slow = 100 * time.Microsecond, 20 * time.Millisecond
 	fastM, slowM := &serviceTime{}, &serviceTime{}
 	// window is one window of nFast fast and nSlow slow calls, each slowed
@@ -194,7 +194,7 @@ func TestGradientConverges(t *testing.T) {
 			win := int64(cfg.Window)
 			g := newGradient(cfg)
 			st := &serviceTime{}
-			now, limit := int64(0), g.current()
+			now, limit := int64(0), int64(cfg.Limit)
 			callers := int64(1)
 			window := func(work time.Duration) {
 				now += win
@@ -244,7 +244,7 @@ func TestGradientFollowsASlowerBackend(t *testing.T) {
 	win := int64(cfg.Window)
 	g := newGradient(cfg)
 	st := &serviceTime{}
-	now, limit := int64(0), g.current()
+	now, limit := int64(0), int64(cfg.Limit)
 	const rate = 2500.0 // calls per second offered
 	window := func(work time.Duration) int64 {
 		now += win

@@ -129,13 +129,14 @@ type ShedderConfig struct {
 	// from a starved CPU rather than from queueing does not shrink it;
 	// otherwise it grows by max(1, √limit/4) while at least half the limit
 	// is in use. It starts at Limit and stays within MinLimit and MaxLimit.
-	// When it starts, and every 60s, it re-measures the baselines in one
-	// probe window at low concurrency (3 calls in flight, or the limit if
-	// lower, at least MinLimit: Envoy's minRTT measurement), so that a
-	// Shedder started into an overload does not take the queue's latency
-	// for the work's, and a backend that got slower for good is followed
-	// within a minute; the probe lasts a Window with MinSamples calls
-	// (at most 8 Windows), and sheds what exceeds its concurrency.
+	// Every 60s, and after its first window if more than 3 calls were in
+	// flight in it, it re-measures the baselines in one probe window at
+	// low concurrency (3 calls in flight, or the limit if lower, at least
+	// MinLimit: Envoy's minRTT measurement), so that a Shedder started
+	// into an overload does not take the queue's latency for the work's,
+	// and a backend that got slower for good is followed within a
+	// minute; the probe lasts a Window with MinSamples calls (at most 8
+	// Windows), and sheds what exceeds its concurrency.
 	// Calls cut short by their caller's deadline or cancellation are used
 	// only when they still took at least their method's baseline, so short client
 	// deadlines cannot move it. Default false; requires Algorithm Fixed.

@@ -281,7 +281,6 @@ func NewShedder(opts ...ShedderOption) (*Shedder, error) {
 	s.slots.limit.Store(int64(o.cfg.Limit))
 	if o.cfg.Adaptive {
 		s.grad = newGradient(o.cfg)
-		s.slots.limit.Store(s.grad.current()) // it starts with a probe
 	}
 	if o.cfg.Pushback > 0 {
 		s.pushback = metadata.Pairs(PushbackTrailer, strconv.FormatInt(max(o.cfg.Pushback.Milliseconds(), 1), 10))
