@@ -11,6 +11,7 @@ import (
 	testpb "google.golang.org/grpc/interop/grpc_testing"
 	"google.golang.org/grpc/status"
 
+	"github.com/grpcreuse/grpcreuse/interceptors"
 	"github.com/grpcreuse/grpcreuse/internal/testutil"
 )
 
@@ -78,6 +79,67 @@ func TestShedderDeadlineShedOnlyForHopelessDeadlines(t *testing.T) {
 			}
 			if got[codes.OK] != 10 {
 				t.Errorf("10 hits with a 60ms deadline on an idle server: %v, want all OK as on a plain grpc-go server", got)
+			}
+		})
+	}
+}
+
+// TestShedderDrainsWaitersAndServesAgain: a server stopping while a call
+// holds the only slot and another waits for it (MaxWait), and the same
+// Shedder on a second server afterwards. GracefulStop lets both finish
+// (the freed slot goes to the waiter, as on a running server: nothing is
+// lost in a drain); Stop ends both; either way nothing stays in flight,
+// queued or passed by the tap, and the Shedder serves on the next server
+// as if new.
+func TestShedderDrainsWaitersAndServesAgain(t *testing.T) {
+	for _, graceful := range []bool{true, false} {
+		name := map[bool]string{true: "GracefulStop", false: "Stop"}[graceful]
+		t.Run(name, func(t *testing.T) {
+			shed := makeShedder(t, &events{}, func(c *interceptors.ShedderConfig) { c.Limit, c.MaxWait = 1, 10*time.Second })
+			interceptors.SetShedderServiceTime(shed, unaryMethod, 10*time.Second, 100)
+			be := startGated(t, shed.ServerOptions()...)
+			c := dial(t, be.Addr)
+			first, second := make(chan error, 1), make(chan error, 1)
+			go func() { first <- unary(context.Background(), c) }()
+			testutil.Eventually(t, 5*time.Second, func() bool { return be.inflight.Load() == 1 }, "the first call holds the slot")
+			go func() { second <- unary(context.Background(), c) }()
+			testutil.Eventually(t, 5*time.Second, func() bool { return shed.Snapshot().Queued == 1 }, "the second call waits")
+			stopped := make(chan struct{})
+			go func() {
+				defer close(stopped)
+				if graceful {
+					be.Server.GracefulStop()
+				} else {
+					be.Server.Stop()
+				}
+			}()
+			if graceful {
+				close(be.gate) // the first call ends; its slot goes to the waiter, which then runs
+				for name, ch := range map[string]chan error{"holding call": first, "waiting call": second} {
+					if err := <-ch; err != nil {
+						t.Errorf("%s during GracefulStop = %v, want OK", name, err)
+					}
+				}
+			} else {
+				for name, ch := range map[string]chan error{"holding call": first, "waiting call": second} {
+					if err := <-ch; status.Code(err) == codes.OK {
+						t.Errorf("%s during Stop = OK, want it ended", name)
+					}
+				}
+				close(be.gate)
+			}
+			<-stopped
+			wantNoPasses(t, shed, name)
+			if snap := shed.Snapshot(); snap.InFlight != 0 || snap.Queued != 0 {
+				t.Fatalf("after %s: %+v, want nothing in flight or queued", name, snap)
+			}
+			next := startGated(t, shed.ServerOptions()...)
+			close(next.gate)
+			nc := dial(t, next.Addr)
+			for range 3 {
+				if err := unary(context.Background(), nc); err != nil {
+					t.Fatalf("the same Shedder on the next server = %v", err)
+				}
 			}
 		})
 	}
