@@ -195,6 +195,7 @@ type Shedder struct {
 type serviceTime struct {
 	ewma    atomic.Int64 // nanoseconds
 	low     atomic.Int64 // nanoseconds; the 10th percentile, estimated
+	streak  atomic.Int64 // deadline sheds since the last measured call
 	samples atomic.Int64
 	stream  atomic.Bool
 	ans     atomic.Pointer[answer]
@@ -206,27 +207,38 @@ type serviceTime struct {
 	gTracked        atomic.Bool
 }
 
-// decay lowers the estimates by 1/64 after a request was shed for its
-// deadline. Only admitted, successful requests measure the service time,
-// so without this an estimate inflated by an overload would shed every
-// request whose deadline is below it forever, and never be measured
-// again: a method shed for every request now sees its estimate fall until
-// requests get through and re-measure it (about 44 sheds halve it).
+// decay lowers the estimates after a request was shed for its deadline.
+// Only admitted, successful requests measure the service time, so without
+// this an estimate inflated by an overload (or a method that got faster)
+// would shed every request whose deadline is below it forever, and never
+// be measured again. How much it lowers them grows with the sheds in a
+// row since the method's last measured call (streak): k/512 of them at
+// the k-th, at most 1/8. Sheds between measured calls keep the estimate
+// (the calls measured say it holds); a long row says it is stale: a
+// method shed for every request sees it halve in 27 sheds, fall 10× in
+// 49 and 100× in 69. At 1/64 a shed whatever the row, 150 callers of a
+// method 100× faster than its estimate, with deadlines a tenth of it,
+// were refused before one got through
+// (TestShedderDeadlineShedRecoversFromA100xSpeedUp).
 func (s *serviceTime) decay() {
-	decay64(&s.low)
-	decay64(&s.ewma)
+	k := min(s.streak.Add(1), 64)
+	decayBy(&s.low, k)
+	decayBy(&s.ewma, k)
 }
 
-func decay64(v *atomic.Int64) {
+func decayBy(v *atomic.Int64, k int64) {
 	for {
 		old := v.Load()
-		if v.CompareAndSwap(old, old-old/64) {
+		if v.CompareAndSwap(old, old-old/512*k) {
 			return
 		}
 	}
 }
 
 func (s *serviceTime) observe(d time.Duration) {
+	if s.streak.Load() != 0 {
+		s.streak.Store(0)
+	}
 	if s.samples.Add(1) == 1 {
 		s.ewma.Store(int64(d))
 		s.low.Store(int64(d))

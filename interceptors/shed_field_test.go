@@ -144,3 +144,41 @@ func TestShedderDrainsWaitersAndServesAgain(t *testing.T) {
 		})
 	}
 }
+
+// TestShedderDeadlineShedRecoversFromA100xSpeedUp: a method measured at
+// 200 ms gets 100× faster (a cache warmed, a dependency back), and its
+// callers send 20 ms deadlines, which the plain server now serves every
+// time. Only admitted calls measure the method, so the shed estimate came
+// down only by 1/64 a shed: about 150 of those callers were refused, one
+// after the other, before one got through. Sheds in a row with no call
+// measured in between say the estimate is stale, and it now comes down
+// faster the longer the row.
+func TestShedderDeadlineShedRecoversFromA100xSpeedUp(t *testing.T) {
+	shed := makeShedder(t, &events{}, nil)
+	interceptors.SetShedderServiceTime(shed, unaryMethod, 200*time.Millisecond, 100)
+	be := testutil.StartBackend(t, testutil.BackendOptions{ServerOptions: shed.ServerOptions(),
+		Unary: working(func() time.Duration { return 2 * time.Millisecond })})
+	c := dial(t, be.Addr)
+	const most = 60
+	for i := 1; i <= most; i++ {
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+		err := unary(ctx, c)
+		cancel()
+		if err == nil {
+			t.Logf("served after %d calls shed", i-1)
+			for range 20 { // and it stays served
+				ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+				err := unary(ctx, c)
+				cancel()
+				if status.Code(err) == codes.ResourceExhausted {
+					t.Fatalf("shed again after it recovered: %v", err)
+				}
+			}
+			return
+		}
+		if status.Convert(err).Message() != interceptors.MessageShedDeadline {
+			t.Fatalf("call %d = %v, want served or shed for its deadline", i, err)
+		}
+	}
+	t.Fatalf("%d calls with a 20 ms deadline to a method now 2 ms were all shed on its 200 ms estimate", most)
+}
