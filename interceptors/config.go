@@ -109,8 +109,11 @@ type ShedderConfig struct {
 	// grpc.health.v1.Health together); beyond it requests are shed. With
 	// Algorithm AIMD the Shedder counts as a drop only what the server
 	// itself measured: a handler that ran longer than LatencyThreshold, or
-	// that answered ResourceExhausted itself while its caller still
-	// waited. A caller's deadline or cancellation never moves the limit.
+	// that answered with a shed (ResourceExhausted from a Shedder or
+	// Limiter further in: its error, or its ErrorInfo) while its caller
+	// still waited; other ResourceExhausted answers, such as a caller's
+	// quota, are not the server's load. A caller's deadline or
+	// cancellation never moves the limit.
 	// Ignored when Adaptive is set, except Limit, MinLimit and MaxLimit.
 	LimitConfig
 	// Adaptive makes the unary in-flight limit follow the server's own

@@ -3,9 +3,11 @@ package interceptors_test
 import (
 	"context"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	testpb "google.golang.org/grpc/interop/grpc_testing"
@@ -181,4 +183,92 @@ func TestShedderDeadlineShedRecoversFromA100xSpeedUp(t *testing.T) {
 		}
 	}
 	t.Fatalf("%d calls with a 20 ms deadline to a method now 2 ms were all shed on its 200 ms estimate", most)
+}
+
+// TestShedderAIMDQuotaAnswersAreNotOverload: RESOURCE_EXHAUSTED is also
+// gRPC's code for a caller over its quota (a per-user rate limit answered
+// at once). An AIMD Shedder took every such answer from the handler for a
+// sign of overload and cut its limit by BackoffRatio each time: 30 of them
+// took a limit of 10 to 1, and the server then shed 7 of 8 calls that the
+// plain server ran at once. Only a handler's answer that is itself a
+// shed (a Shedder or Limiter further in, its ErrorInfo or its error) says
+// the server is overloaded, and still cuts the limit.
+func TestShedderAIMDQuotaAnswersAreNotOverload(t *testing.T) {
+	quota := status.Error(codes.ResourceExhausted, "quota exceeded for this user")
+	downstream, _ := status.New(codes.ResourceExhausted, interceptors.MessageShedLimit).WithDetails(
+		&errdetails.ErrorInfo{Domain: interceptors.ErrorInfoDomain, Reason: interceptors.ErrorInfoReasonLimit})
+	for _, tc := range []struct {
+		side     string
+		answer   error // of the 30 calls before the 8
+		wantShed bool
+	}{
+		{"plain grpc-go", quota, false},
+		{"shedder aimd", quota, false},
+		{"shedder aimd, a shed further in", downstream.Err(), true},
+	} {
+		side := tc.side
+		t.Run(side, func(t *testing.T) {
+			var opts []grpc.ServerOption
+			var shed *interceptors.Shedder
+			if side != "plain grpc-go" {
+				shed = makeShedder(t, &events{}, func(c *interceptors.ShedderConfig) {
+					c.Algorithm, c.Limit, c.MinLimit, c.MaxLimit = interceptors.AIMD, 10, 1, 10
+				})
+				opts = shed.ServerOptions()
+			}
+			gate := make(chan struct{})
+			var running atomic.Int64
+			be := testutil.StartBackend(t, testutil.BackendOptions{ServerOptions: opts,
+				Unary: func(ctx context.Context, req *testpb.SimpleRequest) (*testpb.SimpleResponse, error) {
+					if req.GetResponseSize() == 2 {
+						return nil, tc.answer
+					}
+					running.Add(1)
+					defer running.Add(-1)
+					select {
+					case <-gate:
+						return &testpb.SimpleResponse{}, nil
+					case <-ctx.Done():
+						return nil, status.FromContextError(ctx.Err()).Err()
+					}
+				}})
+			c := dial(t, be.Addr)
+			for range 30 {
+				if _, err := c.UnaryCall(context.Background(), &testpb.SimpleRequest{ResponseSize: 2}); status.Code(err) != codes.ResourceExhausted {
+					t.Fatalf("over-quota call = %v", err)
+				}
+			}
+			results := make(chan error, 8)
+			for range 8 {
+				go func() { results <- unary(context.Background(), c) }()
+			}
+			shedCalls := 0
+			testutil.Eventually(t, 5*time.Second, func() bool {
+				for {
+					select {
+					case err := <-results:
+						if status.Code(err) != codes.ResourceExhausted {
+							t.Fatalf("call = %v before the gate opened", err)
+						}
+						shedCalls++
+					default:
+						return running.Load()+int64(shedCalls) == 8
+					}
+				}
+			}, "every call running or shed")
+			close(gate)
+			for range 8 - shedCalls {
+				if err := <-results; err != nil {
+					t.Fatal(err)
+				}
+			}
+			if tc.wantShed != (shedCalls > 0) {
+				l := 0
+				if shed != nil {
+					l, _ = shed.InFlight()
+				}
+				t.Fatalf("%d of 8 calls shed after 30 answers %v (limit now %d); want shed: %v (the plain server ran all 8)", shedCalls, tc.answer, l, tc.wantShed)
+			}
+		})
+	}
 }
