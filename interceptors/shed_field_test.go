@@ -36,11 +36,11 @@ func cacheLike(slow time.Duration) func(context.Context, *testpb.SimpleRequest) 
 }
 
 // TestShedderDeadlineShedOnlyForHopelessDeadlines: one method, mostly
-// cache hits (no work) and a few misses (300 ms), called one at a time.
-// Callers with a 60 ms deadline get hits, and the plain server serves
+// cache hits (no work) and a few misses (500 ms), called one at a time.
+// Callers with a 100 ms deadline get hits, and the plain server serves
 // every one of them. The deadline shed compared their deadline with the
 // method's mean service time, which three misses had raised to about
-// 100 ms, and shed all of them on a server that had nothing else to do:
+// 165 ms, and shed all of them on a server that had nothing else to do:
 // a deadline shorter than the mean is not one that would time out
 // anyway. The default config, on both paths.
 func TestShedderDeadlineShedOnlyForHopelessDeadlines(t *testing.T) {
@@ -56,7 +56,7 @@ func TestShedderDeadlineShedOnlyForHopelessDeadlines(t *testing.T) {
 	}
 	for _, side := range sides {
 		t.Run(side.name, func(t *testing.T) {
-			be := testutil.StartBackend(t, testutil.BackendOptions{ServerOptions: side.opts(), Unary: cacheLike(300 * time.Millisecond)})
+			be := testutil.StartBackend(t, testutil.BackendOptions{ServerOptions: side.opts(), Unary: cacheLike(500 * time.Millisecond)})
 			c := dial(t, be.Addr)
 			for range 10 { // hits: the service time is measured (MinSamples)
 				if err := unary(context.Background(), c); err != nil {
@@ -74,13 +74,13 @@ func TestShedderDeadlineShedOnlyForHopelessDeadlines(t *testing.T) {
 			wg.Wait()
 			got := map[codes.Code]int{}
 			for range 10 {
-				ctx, cancel := context.WithTimeout(context.Background(), 60*time.Millisecond)
+				ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
 				err := unary(ctx, c)
 				cancel()
 				got[status.Code(err)]++
 			}
 			if got[codes.OK] != 10 {
-				t.Errorf("10 hits with a 60ms deadline on an idle server: %v, want all OK as on a plain grpc-go server", got)
+				t.Errorf("10 hits with a 100ms deadline on an idle server: %v, want all OK as on a plain grpc-go server", got)
 			}
 		})
 	}
@@ -166,8 +166,8 @@ func TestShedderDeadlineShedRecoversFromA100xSpeedUp(t *testing.T) {
 		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
 		err := unary(ctx, c)
 		cancel()
-		if err == nil {
-			t.Logf("served after %d calls shed", i-1)
+		if status.Code(err) != codes.ResourceExhausted { // admitted (late, on a loaded machine, is admitted too)
+			t.Logf("admitted after %d calls shed: %v", i-1, err)
 			for range 20 { // and it stays served
 				ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
 				err := unary(ctx, c)
