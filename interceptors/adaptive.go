@@ -21,14 +21,15 @@ import (
 //
 // Every probeInterval, and after its first window if that one ran with
 // more calls in flight than a probe allows, it re-measures the baselines
-// at low concurrency (probeConcurrency calls in flight, as
-// Envoy's adaptive-concurrency filter measures its minRTT): a baseline
-// learnt only from what the server happened to serve can be a queue's
-// latency. A Shedder started into an overload (a deploy at peak, a crash
-// loop) took its first window's queueing for the work itself, and never
-// shed; a backend that got slower for good (a dependency) was followed
-// only 1/4096 a window, and the limit held a tenth of what the server
-// served for minutes (TestGradientConverges).
+// at low concurrency (probeConcurrency calls in flight, as Envoy's
+// adaptive-concurrency filter measures its minRTT): a baseline learnt
+// only from what the server happened to serve can be a queue's latency.
+// A Shedder started into an overload (a deploy at peak, a crash loop)
+// took its first window's queueing for the work itself, and never shed
+// (TestGradientConverges); after a backend got slower for good (a
+// dependency), the baseline followed only 1/4096 a window, and the limit
+// fell to 1 and stayed there while the calls needed 50
+// (TestGradientFollowsASlowerBackend).
 type gradient struct {
 	tolerance  float64
 	window     int64 // nanoseconds
@@ -82,9 +83,8 @@ const probeInterval = int64(60 * time.Second)
 const probeConcurrency = 3
 
 func newGradient(c ShedderConfig) *gradient {
-	g := &gradient{tolerance: c.Tolerance, window: int64(c.Window), minSamples: int64(c.MinSamples),
+	return &gradient{tolerance: c.Tolerance, window: int64(c.Window), minSamples: int64(c.MinSamples),
 		min: float64(c.MinLimit), max: float64(c.MaxLimit), limit: float64(c.Limit)}
-	return g
 }
 
 // probeAt is the probe's concurrency at the current limit; under mu.
