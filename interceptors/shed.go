@@ -214,8 +214,8 @@ type serviceTime struct {
 // would shed every request whose deadline is below it forever, and never
 // be measured again. How much it lowers them grows with the sheds in a
 // row since the method's last measured call (streak): k/512 of them at
-// the k-th, at most 1/8. Sheds between measured calls keep the estimate
-// (the calls measured say it holds); a long row says it is stale: a
+// the k-th, at most 1/8. Sheds between measured calls barely move the
+// estimate (the calls measured say it holds); a long row says it is stale: a
 // method shed for every request sees it halve in 27 sheds, fall 10× in
 // 49 and 100× in 69. At 1/64 a shed whatever the row, 150 callers of a
 // method 100× faster than its estimate, with deadlines a tenth of it,
@@ -255,8 +255,8 @@ func (s *serviceTime) observe(d time.Duration) {
 	// A stochastic estimate of the 10th percentile: up by 1/64 of itself
 	// after a slower call, down by 9/64 after a faster one, so it settles
 	// where one call in ten is faster (the steps balance when nine in ten
-	// are slower). The steps are relative, so one very slow call moves it
-	// no more than one slightly slow call does, as a mean would.
+	// are slower). The steps are relative: a very slow call moves it no
+	// more than a slightly slow one, where a mean moves by the difference.
 	for {
 		old := s.low.Load()
 		next := old
