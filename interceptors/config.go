@@ -179,9 +179,10 @@ type ShedderConfig struct {
 	// of them, so the server's slots do not stand idle
 	// between one call's end and the next request's arrival. The wait
 	// bridges that moment; it is not a queue: it is at most the time in
-	// which one of the limit's slots frees on average at the method's
-	// recent service time (service time / limit), never so long that less
-	// than the service time would be left of the request's deadline, and
+	// which one of the limit's slots frees on average at the recent
+	// service time of the calls served, all methods (service time /
+	// limit), never so long that less than its method's service time
+	// would be left of the request's deadline, and
 	// one request waits at a time (within one wait one slot frees on
 	// average: a second waiter would only be shed later, and past the tap
 	// path's cheap rejection); the others are shed at once, by the tap

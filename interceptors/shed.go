@@ -172,6 +172,8 @@ type Shedder struct {
 	answers  [numReasons]atomic.Pointer[answer] // by reason, for the current numbers
 	pushback metadata.MD                        // nil when cfg.Pushback is 0
 
+	served atomic.Int64 // nanoseconds: mean service time of successful unary calls, all methods (EWMA, 1/8)
+
 	epoch    time.Time    // for monotonic nanoseconds
 	nextLog  atomic.Int64 // nanoseconds since epoch
 	logMu    sync.Mutex   // guards logged, loggedAt
@@ -461,10 +463,13 @@ const maxWaiters = 1
 // a slot. A wait
 // is there to bridge the moment between one call's end and the next
 // request's arrival, when a fixed limit's slot would stand idle, not to
-// queue: at most the time in which, at its method's measured service
-// time, one of the limit's slots frees on average (service time / limit),
-// at most MaxWait, and never so long that less than the service time
-// would be left of its deadline. Not at all when MaxWait is 0, with an
+// queue: at most the time in which, at the measured service time of the
+// calls the server serves (all methods), one of the limit's slots frees
+// on average (service time / limit; with the waiting request's method's
+// instead, a fast method's request behind slow calls was shed at once:
+// TestShedderWaitFollowsTheCallsHoldingTheSlots), at most MaxWait, and
+// never so long that less than its own method's service time would be
+// left of its deadline. Not at all when MaxWait is 0, with an
 // AIMD or Adaptive limit (they keep their own headroom above what the
 // server serves at once, which bridges that moment already; waiting
 // would only queue), for a Sheddable request (shed first), or before the
@@ -474,8 +479,17 @@ func (s *Shedder) waitFor(ctx context.Context, st *serviceTime, crit Criticality
 		st.samples.Load() < int64(s.cfg.MinSamples) {
 		return 0
 	}
+	// One of the limit's slots frees on average every (mean service time
+	// of the calls the server serves) / limit, whichever method's request
+	// waits: the calls holding the slots set it, and by Little's law their
+	// mean is the mean over the calls that end. The request's own method
+	// bounds the wait by its deadline.
 	svc := time.Duration(st.ewma.Load())
-	w := min(s.cfg.MaxWait, svc/time.Duration(max(limit, 1)))
+	all := time.Duration(s.served.Load())
+	if all == 0 {
+		all = svc
+	}
+	w := min(s.cfg.MaxWait, all/time.Duration(max(limit, 1)))
 	if dl, ok := ctx.Deadline(); ok {
 		w = min(w, time.Until(dl)-svc)
 	}
@@ -711,6 +725,14 @@ func (s *Shedder) doneUnary(ctx context.Context, st *serviceTime, err error, too
 	}
 	if err == nil && !cut {
 		st.observe(took)
+		// A racy load and store, not a CAS loop: an update lost between
+		// two calls ending at once costs an EWMA nothing, and the admitted
+		// path takes no retry on a line every call writes.
+		if old := s.served.Load(); old == 0 {
+			s.served.Store(int64(took))
+		} else {
+			s.served.Store(old + (int64(took)-old)/8)
+		}
 	}
 	n := s.slots.free()
 	switch {

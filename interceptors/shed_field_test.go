@@ -272,3 +272,40 @@ func TestShedderAIMDQuotaAnswersAreNotOverload(t *testing.T) {
 		})
 	}
 }
+
+// TestShedderWaitFollowsTheCallsHoldingTheSlots: a wait for a slot lasts
+// at most the time in which one of the limit's slots frees on average,
+// and that depends on the calls that hold them, not on the waiting
+// request's method. A fast method's request (measured at 1 µs) that found
+// the only slot held by a slow method's call (10 s) waited 1 µs and was
+// shed, though the slot was about to free; a slow method's request behind
+// fast calls waited far longer than one would take to end.
+func TestShedderWaitFollowsTheCallsHoldingTheSlots(t *testing.T) {
+	const emptyMethod = "/grpc.testing.TestService/EmptyCall"
+	shed := makeShedder(t, &events{}, func(c *interceptors.ShedderConfig) { c.Limit, c.MaxWait = 1, 10*time.Second })
+	interceptors.SetShedderServiceTime(shed, unaryMethod, 10*time.Second, 100)
+	interceptors.SetShedderServiceTime(shed, emptyMethod, time.Microsecond, 100)
+	interceptors.SetShedderServedTime(shed, 10*time.Second) // the calls served so far: the slow ones
+	be := startGated(t, shed.ServerOptions()...)
+	c := dial(t, be.Addr)
+	held := make(chan error, 1)
+	go func() { held <- unary(context.Background(), c) }()
+	testutil.Eventually(t, 5*time.Second, func() bool { return be.inflight.Load() == 1 }, "a slow call holds the only slot")
+	waited := make(chan error, 1)
+	go func() { _, err := c.EmptyCall(context.Background(), &testpb.Empty{}); waited <- err }()
+	testutil.Eventually(t, 5*time.Second, func() bool {
+		select {
+		case err := <-waited:
+			t.Fatalf("the fast request ended before the slot freed: %v", err)
+		default:
+		}
+		return shed.Snapshot().Queued == 1
+	}, "the fast request waits for the slot")
+	be.gate <- struct{}{}
+	if err := <-held; err != nil {
+		t.Fatal(err)
+	}
+	if err := <-waited; err != nil {
+		t.Fatalf("the fast request, given the freed slot = %v, want OK", err)
+	}
+}
