@@ -113,7 +113,7 @@ func (g *gradient) sample(st *serviceTime, took time.Duration, cut bool, now, n 
 	}
 	probing := g.probing.Load()
 	if probing && (n > g.probeLimit.Load() || now-int64(took) < g.start.Load()) {
-		return 0, false // admitted before the probe: not at its concurrency
+		return g.abandonStaleProbe(now) // admitted before the probe: not at its concurrency
 	}
 	if !st.gTracked.Load() && st.gTracked.CompareAndSwap(false, true) {
 		g.regMu.Lock()
@@ -266,4 +266,26 @@ func (s *Shedder) aimd(drop bool, n int64) {
 			return
 		}
 	}
+}
+
+// abandonStaleProbe gives up a probe that has measured no call in 8
+// windows: calls admitted before it (long ones) still hold more slots
+// than it allows, so it admits nothing, sheds every request and learns
+// nothing for as long as they run (TestGradientAbandonsAProbeLongCallsBlock).
+// The limit is back and the baselines stay, until the next probe. Called
+// when an old call ends during the probe, and when the Shedder sheds at
+// the probe's limit.
+func (g *gradient) abandonStaleProbe(now int64) (int64, bool) {
+	if !g.probing.Load() || now-g.start.Load() < 8*g.window || !g.mu.TryLock() {
+		return 0, false
+	}
+	defer g.mu.Unlock()
+	if !g.probing.Load() || g.n.Load() > 0 { // the next call measured closes it
+		return 0, false
+	}
+	g.probing.Store(false)
+	g.nextProbe = now + probeInterval
+	g.start.Store(now)
+	g.peak.Store(0)
+	return int64(math.Round(g.limit)), true
 }

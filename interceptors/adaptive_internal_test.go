@@ -275,3 +275,43 @@ func TestGradientFollowsASlowerBackend(t *testing.T) {
 	}
 	t.Logf("the limit shrank to %d, and let all 50 calls in for good from window %d of the slower backend", lowest, back)
 }
+
+// TestGradientAbandonsAProbeLongCallsBlock: a probe lowers the limit to 3
+// and measures only calls admitted under it; with 50 long calls (10 s)
+// admitted before it, none is admitted until they end, so the probe shed
+// every request for their whole length. It gives up after 8 windows,
+// whether the next event is a shed at its limit or an old call ending:
+// the limit is back, and the next probe comes a probe interval later.
+func TestGradientAbandonsAProbeLongCallsBlock(t *testing.T) {
+	for _, via := range []string{"shed at the probe's limit", "an old call ending"} {
+		t.Run(via, func(t *testing.T) {
+			cfg := DefaultShedderConfig()
+			cfg.Adaptive = true
+			win := int64(cfg.Window)
+			g := newGradient(cfg)
+			st := &serviceTime{}
+			for i := range cfg.MinSamples { // a first window of 50 in flight
+				g.sample(st, time.Millisecond, false, win*int64(i)/int64(cfg.MinSamples), 50)
+			}
+			if l, moved := g.sample(st, time.Millisecond, false, win, 50); !moved || l != probeConcurrency {
+				t.Fatalf("after a first window with 50 in flight: limit %d (moved %v), want the probe's %d", l, moved, probeConcurrency)
+			}
+			before := int64(math.Round(g.limit)) // the limit the probe stands in for
+			end := func(now int64) (int64, bool) {
+				if via == "an old call ending" {
+					return g.sample(st, 10*time.Second, false, now, 49)
+				}
+				return g.abandonStaleProbe(now)
+			}
+			if _, moved := end(win + 7*win); moved {
+				t.Fatal("the probe was given up before 8 windows")
+			}
+			if l, moved := end(win + 8*win); !moved || l != before {
+				t.Fatalf("after 8 windows without a call at the probe's concurrency: limit %d (moved %v), want %d back", l, moved, before)
+			}
+			if g.probing.Load() || g.nextProbe != win+8*win+probeInterval {
+				t.Errorf("probing %v, next probe at %d; want done, next at %d", g.probing.Load(), g.nextProbe, win+8*win+probeInterval)
+			}
+		})
+	}
+}

@@ -443,10 +443,24 @@ func (s *Shedder) checkUnary(ctx context.Context, st *serviceTime, crit Critical
 	if s.slots.inflight.Load() < limit {
 		return r, limit, 0, true
 	}
+	if s.grad != nil && s.grad.probing.Load() {
+		s.abandonStaleProbe()
+	}
 	if wait = s.waitFor(ctx, st, crit, limit); wait <= 0 || s.slots.waiters.Load()+s.passed.Load() >= maxWaiters {
 		return r, limit, 0, false
 	}
 	return r, limit, wait, true
+}
+
+// abandonStaleProbe gives up the adaptive limit's probe if it is stale
+// (gradient.abandonStaleProbe): a shed at its limit is the one event
+// while long calls admitted before it hold the slots. The request at
+// hand is still shed; the next one finds the limit back.
+func (s *Shedder) abandonStaleProbe() {
+	if l, moved := s.grad.abandonStaleProbe(s.now()); moved {
+		s.slots.limit.Store(l)
+		s.obs.LimiterLimitChanged("", ShedderKey, int(l))
+	}
 }
 
 // maxWaiters is how many requests may wait for a slot at once. A wait
