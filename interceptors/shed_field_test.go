@@ -17,10 +17,10 @@ import (
 	"github.com/grpcreuse/grpcreuse/internal/testutil"
 )
 
-// Tests of situations the field meets and no earlier test named: each runs
-// the same calls against a plain grpc-go server and one with a Shedder,
-// and the Shedder, when the server is not overloaded, must not fail a call
-// the plain server serves.
+// Tests of situations the field meets and no earlier test named. Where a
+// plain grpc-go server would serve the calls, they run against one beside
+// the Shedder: when the server is not overloaded, the Shedder must not
+// fail a call the plain server serves.
 
 // cacheLike answers at once, or after slow when the request asks for a
 // miss (ResponseSize 1): a method whose service time has two modes, as one
