@@ -1,6 +1,7 @@
 package interceptors
 
 import (
+	"cmp"
 	"math"
 	"sync"
 	"sync/atomic"
@@ -10,18 +11,43 @@ import (
 // gradient is the Shedder's adaptive in-flight limit, driven only by the
 // server's own measured service time. Samples go into atomics; the one
 // request that ends a window (TryLock) moves the limit.
+//
+// The limit is one for all methods, but the baseline is per method
+// (serviceTime.gBase): a window's mean is compared with the mean its mix
+// of methods would have at their baselines. With one baseline for all, a
+// server whose methods differ (a fast one, and a slow one) took a window
+// with a few more slow calls for queueing, and a mix that moved without
+// any queueing drove the limit down to MinLimit on a server that was
+// never overloaded (TestGradientMixedMethods).
+//
+// Every probeInterval, and after its first window if that one ran with
+// more calls in flight than a probe allows, it re-measures the baselines
+// at low concurrency (probeConcurrency calls in flight, as Envoy's
+// adaptive-concurrency filter measures its minRTT): a baseline learnt
+// only from what the server happened to serve can be a queue's latency.
+// A Shedder started into an overload (a deploy at peak, a crash loop)
+// took its first window's queueing for the work itself, and never shed
+// (TestGradientConverges); after a backend got slower for good (a
+// dependency), the baseline followed only 1/4096 a window, and the limit
+// fell to 1 and stayed there while the calls needed 50
+// (TestGradientFollowsASlowerBackend).
 type gradient struct {
 	tolerance  float64
 	window     int64 // nanoseconds
 	minSamples int64
 	min, max   float64
 
-	sum, n     atomic.Int64 // the current window: total nanoseconds, samples
+	probing    atomic.Bool  // written under mu
+	probeLimit atomic.Int64 // the limit while probing; written under mu
+
+	n          atomic.Int64 // samples in the current window, all methods
+	sum        atomic.Int64 // their nanoseconds
+	atBase     atomic.Int64 // their methods' baselines, summed: what they would have taken at baseline
 	peak       atomic.Int64 // the most calls in flight seen in it
 	start      atomic.Int64 // its start, Shedder.now
-	baselineNs atomic.Int64 // 0 until the first window
+	baselineNs atomic.Int64 // the last window's mix at baseline; 0 until the first window
 
-	mu    sync.Mutex // guards limit and served; held only by the window's closer
+	mu    sync.Mutex // guards limit, served and closing; held only by the window's closer
 	limit float64
 	// served is the concurrency the server is known to serve without
 	// queueing: the mean number of calls in service (Little's law: the
@@ -35,56 +61,165 @@ type gradient struct {
 	// window's first calls still finish fast. It decays by 1/256 a window
 	// while it holds the limit up, so a server that really lost capacity
 	// is followed in the end (halved in about 180 windows).
-	served float64
+	served    float64
+	closing   []methodWindow // scratch for the closer
+	nextProbe int64          // Shedder.now of the next probe
+
+	regMu   sync.Mutex     // guards tracked; taken after mu
+	tracked []*serviceTime // every method sampled once, append-only
 }
+
+// methodWindow is one method's share of a closing window.
+type methodWindow struct {
+	st   *serviceTime
+	n    int64
+	mean float64
+}
+
+// probeInterval is how often the adaptive limit re-measures its
+// baselines (Envoy's default min_rtt_calc_params interval).
+const probeInterval = int64(60 * time.Second)
+
+// probeConcurrency is how many calls may be in flight while it does
+// (Envoy's default min_concurrency), if the limit is higher, and at least
+// MinLimit.
+const probeConcurrency = 3
 
 func newGradient(c ShedderConfig) *gradient {
 	return &gradient{tolerance: c.Tolerance, window: int64(c.Window), minSamples: int64(c.MinSamples),
 		min: float64(c.MinLimit), max: float64(c.MaxLimit), limit: float64(c.Limit)}
 }
 
-// sample records one admitted call that took took with n calls in flight
-// (itself included); cut says its caller's deadline or cancellation ended
-// it. A cut call is used only if it still took at least the baseline: a
-// client's short deadline can say the server is slow only when it is.
-// It returns the new limit when the window closed and the limit moved.
-func (g *gradient) sample(took time.Duration, cut bool, now, n int64) (int64, bool) {
-	base := g.baselineNs.Load()
+// probeAt is the probe's concurrency at the current limit; under mu.
+func (g *gradient) probeAt() int64 {
+	return max(min(probeConcurrency, int64(math.Round(g.limit))), int64(g.min))
+}
+
+// startProbe lowers the limit in force to the probe's; under mu.
+func (g *gradient) startProbe() int64 {
+	l := g.probeAt()
+	g.probeLimit.Store(l)
+	g.probing.Store(true)
+	return l
+}
+
+// sample records one admitted call of method st that took took with n
+// calls in flight (itself included); cut says its caller's deadline or
+// cancellation ended it. A cut call is used only if it still took at
+// least its method's baseline: a client's short deadline can say the
+// server is slow only when it is. It returns the new limit when the
+// window closed and the limit moved.
+func (g *gradient) sample(st *serviceTime, took time.Duration, cut bool, now, n int64) (int64, bool) {
+	base := st.gBase.Load()
 	if cut && (base == 0 || int64(took) < base) {
 		return 0, false
 	}
+	probing := g.probing.Load()
+	if probing && (n > g.probeLimit.Load() || now-int64(took) < g.start.Load()) {
+		return g.abandonStaleProbe(now) // admitted before the probe: not at its concurrency
+	}
+	if !st.gTracked.Load() && st.gTracked.CompareAndSwap(false, true) {
+		g.regMu.Lock()
+		g.tracked = append(g.tracked, st)
+		g.regMu.Unlock()
+	}
 	for p := g.peak.Load(); n > p && !g.peak.CompareAndSwap(p, n); p = g.peak.Load() {
 	}
-	sum := g.sum.Add(int64(took))
+	st.gSum.Add(int64(took))
+	st.gN.Add(1)
 	cnt := g.n.Add(1)
-	if cnt < g.minSamples || now-g.start.Load() < g.window && !g.queued(sum, cnt, base) || !g.mu.TryLock() {
+	wsum, wbase := g.sum.Add(int64(took)), g.atBase.Add(cmp.Or(base, int64(took)))
+	// A probe waits for MinSamples calls only so long: at its low
+	// concurrency, slow calls would keep the limit at the probe's for
+	// their whole number.
+	need := g.minSamples
+	if probing && now-g.start.Load() >= 8*g.window {
+		need = 1
+	}
+	if cnt < need || now-g.start.Load() < g.window && !g.queued(probing, wsum, wbase) || !g.mu.TryLock() {
 		return 0, false
 	}
 	defer g.mu.Unlock()
-	if cnt = g.n.Load(); cnt < g.minSamples || now-g.start.Load() < g.window && !g.queued(g.sum.Load(), cnt, base) {
+	if g.n.Load() < need || probing != g.probing.Load() ||
+		now-g.start.Load() < g.window && !g.queued(probing, g.sum.Load(), g.atBase.Load()) {
 		return 0, false // another request just closed it
 	}
-	sum, cnt, peak := g.sum.Swap(0), g.n.Swap(0), g.peak.Swap(0)
+	g.regMu.Lock()
+	tracked := g.tracked[:len(g.tracked):len(g.tracked)]
+	g.regMu.Unlock()
+	g.n.Store(0)
+	g.sum.Store(0)
+	g.atBase.Store(0)
+	peak := g.peak.Swap(0)
+	// The window, method by method: its mean, and the mean of its mix at
+	// the methods' baselines (a method measured for the first time is its
+	// own baseline).
+	var sum, atBase float64
+	cnt = 0
+	g.closing = g.closing[:0]
+	for _, m := range tracked {
+		mn := m.gN.Swap(0)
+		if mn == 0 {
+			continue
+		}
+		mean := float64(m.gSum.Swap(0)) / float64(mn)
+		b := float64(m.gBase.Load())
+		if b == 0 {
+			b = mean
+		}
+		sum += mean * float64(mn)
+		atBase += b * float64(mn)
+		cnt += mn
+		g.closing = append(g.closing, methodWindow{m, mn, mean})
+	}
 	elapsed := float64(max(now-g.start.Load(), 1))
-	inService := float64(sum) / elapsed
+	inService := sum / elapsed
 	g.start.Store(now)
 	if cnt == 0 {
 		return 0, false
 	}
-	avg := float64(sum) / float64(cnt)
-	b := float64(base)
-	switch {
-	case base == 0 || avg < b:
-		b = avg
-	case g.tolerance*b/avg >= 0.9:
-		b += (avg - b) / 256 // follow a slower backend, slowly
-	default:
-		// A queueing window (the limit is about to shrink) says little
-		// about the work itself: follow it 16 times slower still, so an
-		// overload does not raise the baseline, yet a backend that really
-		// got slower is followed in the end.
-		b += (avg - b) / 4096
+	avg, b := sum/float64(cnt), atBase/float64(cnt)
+	if probing {
+		// The probe's window: each method's baseline is its mean here, up
+		// or down; the limit is back to what it was.
+		atBase = 0
+		for _, w := range g.closing {
+			w.st.gBase.Store(max(int64(w.mean), 1))
+			atBase += w.mean * float64(w.n)
+		}
+		clear(g.closing)
+		g.baselineNs.Store(max(int64(atBase/float64(cnt)), 1))
+		g.probing.Store(false)
+		g.nextProbe = now + probeInterval
+		return int64(math.Round(g.limit)), true
 	}
+	// Each method's baseline: the lowest window mean (a window with fewer
+	// than MinSamples of its calls moves it only that share of the way
+	// down, so one fast call is not a baseline); it follows slower windows
+	// by 1/256 a window, and queueing windows (the limit is about to
+	// shrink) 16 times slower still: they say little about the work
+	// itself, so an overload does not raise the baseline, yet a backend
+	// that really got slower is followed in the end.
+	follow := 1.0 / 256
+	if avg > b && g.tolerance*b/avg < 0.9 {
+		follow = 1.0 / 4096
+	}
+	atBase = 0
+	for _, w := range g.closing {
+		mb := float64(w.st.gBase.Load())
+		switch {
+		case mb == 0:
+			mb = w.mean
+		case w.mean < mb:
+			mb += (w.mean - mb) * math.Min(1, float64(w.n)/float64(g.minSamples))
+		default:
+			mb += (w.mean - mb) * follow
+		}
+		w.st.gBase.Store(max(int64(mb), 1))
+		atBase += mb * float64(w.n)
+	}
+	clear(g.closing) // drop the pointers until the next window
+	b = atBase / float64(cnt)
 	g.baselineNs.Store(max(int64(b), 1))
 	old := g.limit
 	switch ratio := g.tolerance * b / avg; {
@@ -94,11 +229,11 @@ func (g *gradient) sample(took time.Duration, cut bool, now, n int64) (int64, bo
 		// below served.
 		next := math.Min(g.limit, float64(peak)) * math.Max(ratio, 0.5)
 		// Nor below the calls the server kept in service at the window's
-		// throughput had each taken the baseline (Little's law on the
+		// throughput had each taken its baseline (Little's law on the
 		// calls that ended): its real concurrency, whatever the queue in
 		// front of it. Right after a shrink, the calls admitted under the
 		// old limit still end late, and without this floor each early
-		// window would halve the limit again for the same queue.
+		// window (queued) would halve the limit again for the same queue.
 		next = math.Max(next, math.Min(g.limit, float64(cnt)*b/elapsed))
 		if next < g.served {
 			next = g.served
@@ -110,6 +245,15 @@ func (g *gradient) sample(took time.Duration, cut bool, now, n int64) (int64, bo
 		g.limit = math.Min(g.limit+math.Max(1, math.Sqrt(g.limit)/4), g.max)
 	default: // a dead band against timing noise: the limit holds
 		g.served = math.Max(g.served, inService)
+	}
+	if g.nextProbe == 0 && peak <= g.probeAt() {
+		// The first window ran at no more than the probe's concurrency:
+		// it measured the baselines as a probe would, and a server that
+		// starts idle sheds nothing to probe.
+		g.nextProbe = now + probeInterval
+	}
+	if now >= g.nextProbe {
+		return g.startProbe(), true
 	}
 	if math.Round(g.limit) == math.Round(old) {
 		return 0, false
@@ -125,15 +269,17 @@ func (g *gradient) sample(took time.Duration, cut bool, now, n int64) (int64, bo
 // the quiet traffic left it (Limit, 100 by default), every caller is
 // admitted at once, and in one window of queueing all their deadlines
 // pass; closing at MinSamples calls instead moves the limit in a few
-// milliseconds. Timing noise does not reach this far (a window that is
-// merely above the tolerance waits for its time), so only a real queue
-// moves the limit sooner.
+// milliseconds (TestGradientOverloadOnset). Timing noise does not reach
+// this far (a window that is merely above the tolerance waits for its
+// time), so only a real queue moves the limit sooner.
 const earlyRatio = 0.75
 
-// queued reports whether the window's cnt calls, sum nanoseconds in all,
-// queued clearly enough to close it early (see earlyRatio).
-func (g *gradient) queued(sum, cnt, base int64) bool {
-	return base > 0 && g.tolerance*float64(base)*float64(cnt) < earlyRatio*float64(sum)
+// queued reports whether the window's calls, sum nanoseconds in all and
+// atBase at their methods' baselines, queued clearly enough to close it
+// early (see earlyRatio). A probe's window is never closed early: it
+// measures the baselines.
+func (g *gradient) queued(probing bool, sum, atBase int64) bool {
+	return !probing && g.tolerance*float64(atBase) < earlyRatio*float64(sum)
 }
 
 // aimd moves a Shedder's AIMD limit after one measured call; n is the
@@ -156,4 +302,26 @@ func (s *Shedder) aimd(drop bool, n int64) {
 			return
 		}
 	}
+}
+
+// abandonStaleProbe gives up a probe that has measured no call in 8
+// windows: calls admitted before it (long ones) still hold more slots
+// than it allows, so it admits nothing, sheds every request and learns
+// nothing for as long as they run (TestGradientAbandonsAProbeLongCallsBlock).
+// The limit is back and the baselines stay, until the next probe. Called
+// when an old call ends during the probe, and when the Shedder sheds at
+// the probe's limit.
+func (g *gradient) abandonStaleProbe(now int64) (int64, bool) {
+	if !g.probing.Load() || now-g.start.Load() < 8*g.window || !g.mu.TryLock() {
+		return 0, false
+	}
+	defer g.mu.Unlock()
+	if !g.probing.Load() || g.n.Load() > 0 { // the next call measured closes it
+		return 0, false
+	}
+	g.probing.Store(false)
+	g.nextProbe = now + probeInterval
+	g.start.Store(now)
+	g.peak.Store(0)
+	return int64(math.Round(g.limit)), true
 }

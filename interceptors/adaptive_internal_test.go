@@ -32,6 +32,7 @@ func TestGradientStarvationFloor(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			g := newGradient(cfg)
+			st := &serviceTime{}
 			now := int64(0)
 			limit := int64(cfg.Limit)
 			// window is one window of n calls in flight on 4 slots whose
@@ -42,7 +43,7 @@ func TestGradientStarvationFloor(t *testing.T) {
 				took := time.Duration(float64(work) * math.Max(1, float64(n)/4))
 				calls := max(int(float64(min(n, 4))*float64(win)/float64(work)), cfg.MinSamples)
 				for range calls {
-					if l, moved := g.sample(took, false, now, n); moved {
+					if l, moved := g.sample(st, took, false, now, n); moved {
 						limit = l
 					}
 				}
@@ -57,7 +58,7 @@ func TestGradientStarvationFloor(t *testing.T) {
 			for range 2 {
 				now += win
 				for range 50 {
-					if l, moved := g.sample(2*time.Millisecond, false, now, 40); moved {
+					if l, moved := g.sample(st, 2*time.Millisecond, false, now, 40); moved {
 						limit = l
 					}
 				}
@@ -116,6 +117,200 @@ func TestDoneUnaryIgnoresCallsPastTheirDeadline(t *testing.T) {
 			}
 			if _, n := s.InFlight(); n != 0 {
 				t.Errorf("in flight = %d after the call, want 0", n)
+			}
+		})
+	}
+}
+
+// TestGradientMixedMethods: the adaptive limit is one for all methods, and
+// their service times differ by far more than any queueing. A server with
+// a fast method (100 µs) and a slow one (20 ms), never queueing (each call
+// takes its own time whatever else runs), serves windows of only fast
+// calls, then windows with a few slow calls among them. The mix changed,
+// not the server: the limit must not shrink. A real overload of the same
+// mix (every call 4× slower, 40 in flight) must still shrink it.
+func TestGradientMixedMethods(t *testing.T) {
+	cfg := DefaultShedderConfig()
+	cfg.Adaptive = true
+	win := int64(cfg.Window)
+	g := newGradient(cfg)
+	now := int64(0)
+	limit := int64(cfg.Limit)
+	const fast, slow = 100 * time.Microsecond, 20 * time.Millisecond
+	fastM, slowM := &serviceTime{}, &serviceTime{}
+	// window is one window of nFast fast and nSlow slow calls, each slowed
+	// by factor, n in flight.
+	window := func(nFast, nSlow int, factor float64, n int64) {
+		now += win
+		for i := range nFast + nSlow {
+			st, took := fastM, fast
+			if nSlow > 0 && i%((nFast+nSlow)/nSlow) == 0 {
+				st, took = slowM, slow
+			}
+			if l, moved := g.sample(st, time.Duration(float64(took)*factor), false, now, min(n, limit)); moved {
+				limit = l
+			}
+		}
+	}
+	for range 5 {
+		window(200, 0, 1, 1)
+	}
+	for range 200 { // 10 slow calls of 20 ms in 25 ms windows: 8 in flight
+		window(200, 10, 1, 9)
+	}
+	if limit < int64(cfg.Limit) {
+		t.Fatalf("after 200 windows of the same server with a few slow calls among the fast ones, the limit is %d; want it kept at %d (nothing queued)", limit, cfg.Limit)
+	}
+	for range 40 { // the same mix, overloaded: every call 4× slower, 40 in flight
+		window(200, 10, 4, 40)
+	}
+	if limit >= 40 {
+		t.Errorf("after 40 overloaded windows of the same mix the limit is %d; want below the 40 in flight", limit)
+	}
+}
+
+// TestGradientConverges drives the adaptive limit of a 4-slot server
+// (2 ms of work, queueing beyond 4 in flight) with made-up windows, as
+// TestGradientStarvationFloor does: from a starting limit far too low
+// or far too high it must settle near the slots, and after the work got
+// 10× slower for a while it must come back to the slots within a
+// bounded number of windows once the work is fast again.
+func TestGradientConverges(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		start   int
+		callers int64
+		slow    int  // windows of 10× slower work before the fast ones
+		idle    bool // the first window has one call in flight
+	}{
+		{"from 1", 1, 8, 0, false},
+		{"from 1000", 1000, 40, 0, true},
+		{"from 1000 under overload", 1000, 40, 0, false},
+		{"after 10x slower work", 100, 40, 200, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := DefaultShedderConfig()
+			cfg.Adaptive, cfg.Limit, cfg.MaxLimit = true, tc.start, 1000
+			win := int64(cfg.Window)
+			g := newGradient(cfg)
+			st := &serviceTime{}
+			now, limit := int64(0), int64(cfg.Limit)
+			callers := int64(1)
+			window := func(work time.Duration) {
+				now += win
+				n := min(limit, callers)
+				took := time.Duration(float64(work) * math.Max(1, float64(n)/4))
+				calls := max(int(float64(min(n, 4))*float64(win)/float64(work)), cfg.MinSamples)
+				for range calls {
+					if l, moved := g.sample(st, took, false, now, n); moved {
+						limit = l
+					}
+				}
+			}
+			if !tc.idle {
+				callers = tc.callers
+			}
+			window(2 * time.Millisecond)
+			callers = tc.callers
+			for range tc.slow {
+				window(20 * time.Millisecond)
+			}
+			settled := -1
+			for i := range 200 {
+				window(2 * time.Millisecond)
+				if limit >= 4 && limit <= 10 && settled < 0 {
+					settled = i
+				}
+			}
+			if settled < 0 || limit < 4 || limit > 10 {
+				t.Fatalf("after 200 windows of fast work the limit is %d (first within 4 to 10 after %d windows); want it settled at 4 to 10 (4 slots)", limit, settled)
+			}
+			t.Logf("within 4 to 10 after %d windows; limit %d", settled+1, limit)
+		})
+	}
+}
+
+// TestGradientFollowsASlowerBackend: a server whose calls wait on a
+// dependency (no queueing at any concurrency) at 2,500 calls/s: 5 in
+// flight at 2 ms. The dependency gets 10× slower for good, so the same
+// calls need 50 in flight. The gradient takes the first slow windows for
+// queueing and shrinks the limit, as it should not know better; but
+// within a probe interval it must have re-measured the work and let the
+// limit grow back to what the calls need, instead of holding a tenth of
+// it for minutes while its baseline follows 1/4096 a window.
+func TestGradientFollowsASlowerBackend(t *testing.T) {
+	cfg := DefaultShedderConfig()
+	cfg.Adaptive = true
+	win := int64(cfg.Window)
+	g := newGradient(cfg)
+	st := &serviceTime{}
+	now, limit := int64(0), int64(cfg.Limit)
+	const rate = 2500.0 // calls per second offered
+	window := func(work time.Duration) int64 {
+		now += win
+		n := min(limit, int64(rate*work.Seconds()))
+		for range max(int(float64(n)*float64(win)/float64(work)), cfg.MinSamples) {
+			if l, moved := g.sample(st, work, false, now, n); moved {
+				limit = l
+			}
+		}
+		return n
+	}
+	for range 40 {
+		window(2 * time.Millisecond)
+	}
+	lowest, back := limit, -1
+	windows := int(probeInterval/win) + 100
+	for i := range windows {
+		n := window(20 * time.Millisecond)
+		lowest = min(lowest, limit)
+		if n < 50 {
+			back = -1
+		} else if back < 0 {
+			back = i + 1
+		}
+	}
+	if back < 0 || lowest >= 50 {
+		t.Fatalf("after %d windows of a 10× slower backend the limit is %d (lowest %d); want it shrunk, then back to the 50 in flight the calls need", windows, limit, lowest)
+	}
+	t.Logf("the limit shrank to %d, and let all 50 calls in for good from window %d of the slower backend", lowest, back)
+}
+
+// TestGradientAbandonsAProbeLongCallsBlock: a probe lowers the limit to 3
+// and measures only calls admitted under it; with 50 long calls (10 s)
+// admitted before it, none is admitted until they end, so the probe shed
+// every request for their whole length. It gives up after 8 windows,
+// whether the next event is a shed at its limit or an old call ending:
+// the limit is back, and the next probe comes a probe interval later.
+func TestGradientAbandonsAProbeLongCallsBlock(t *testing.T) {
+	for _, via := range []string{"shed at the probe's limit", "an old call ending"} {
+		t.Run(via, func(t *testing.T) {
+			cfg := DefaultShedderConfig()
+			cfg.Adaptive = true
+			win := int64(cfg.Window)
+			g := newGradient(cfg)
+			st := &serviceTime{}
+			for i := range cfg.MinSamples { // a first window of 50 in flight
+				g.sample(st, time.Millisecond, false, win*int64(i)/int64(cfg.MinSamples), 50)
+			}
+			if l, moved := g.sample(st, time.Millisecond, false, win, 50); !moved || l != probeConcurrency {
+				t.Fatalf("after a first window with 50 in flight: limit %d (moved %v), want the probe's %d", l, moved, probeConcurrency)
+			}
+			before := int64(math.Round(g.limit)) // the limit the probe stands in for
+			end := func(now int64) (int64, bool) {
+				if via == "an old call ending" {
+					return g.sample(st, 10*time.Second, false, now, 49)
+				}
+				return g.abandonStaleProbe(now)
+			}
+			if _, moved := end(win + 7*win); moved {
+				t.Fatal("the probe was given up before 8 windows")
+			}
+			if l, moved := end(win + 8*win); !moved || l != before {
+				t.Fatalf("after 8 windows without a call at the probe's concurrency: limit %d (moved %v), want %d back", l, moved, before)
+			}
+			if g.probing.Load() || g.nextProbe != win+8*win+probeInterval {
+				t.Errorf("probing %v, next probe at %d; want done, next at %d", g.probing.Load(), g.nextProbe, win+8*win+probeInterval)
 			}
 		})
 	}

@@ -41,6 +41,7 @@ func (q *simQueue) Pop() any {
 // the overload and the limit at its end.
 func simOverload(cfg ShedderConfig, slots, callers int, work, dl, warm, d time.Duration, seed uint64) (goodput float64, limit int64, trace []int64) {
 	g := newGradient(cfg)
+	st := &serviceTime{}
 	limit = int64(cfg.Limit)
 	rng := rand.New(rand.NewPCG(seed, 1))
 	var q simQueue
@@ -98,7 +99,7 @@ func simOverload(cfg ShedderConfig, slots, callers int, work, dl, warm, d time.D
 				startWork(waiting[0])
 				waiting = waiting[1:]
 			}
-			if l, moved := g.sample(time.Duration(now-c.admitted), false, now, inflight); moved {
+			if l, moved := g.sample(st, time.Duration(now-c.admitted), false, now, inflight); moved {
 				limit = l
 			}
 			inflight--

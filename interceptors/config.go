@@ -109,15 +109,21 @@ type ShedderConfig struct {
 	// grpc.health.v1.Health together); beyond it requests are shed. With
 	// Algorithm AIMD the Shedder counts as a drop only what the server
 	// itself measured: a handler that ran longer than LatencyThreshold, or
-	// that answered ResourceExhausted itself while its caller still
-	// waited. A caller's deadline or cancellation never moves the limit.
+	// that answered with a shed (ResourceExhausted from a Shedder or
+	// Limiter further in: its error, or its ErrorInfo) while its caller
+	// still waited; other ResourceExhausted answers, such as a caller's
+	// quota, are not the server's load. A caller's deadline or
+	// cancellation never moves the limit.
 	// Ignored when Adaptive is set, except Limit, MinLimit and MaxLimit.
 	LimitConfig
 	// Adaptive makes the unary in-flight limit follow the server's own
 	// measured service time (a latency gradient in the spirit of Envoy's
 	// adaptive-concurrency filter and Netflix's Gradient2): each Window,
-	// the mean handler time is compared with the baseline (the lowest
-	// window mean, which follows slower windows by 1/256 per window); above
+	// the mean handler time is compared with the baseline: the mean the
+	// window's mix of methods would have at each method's baseline (its
+	// lowest window mean, which follows slower windows by 1/256 per
+	// window), so a mix that moves toward a slower method is not taken for
+	// queueing; above
 	// Tolerance × baseline the limit shrinks to the window's peak in-flight
 	// count times the ratio (at most halving), but never below the
 	// concurrency the server served at baseline latency (the mean calls in
@@ -128,8 +134,16 @@ type ShedderConfig struct {
 	// the concurrency the server kept in service, whatever queued before
 	// it); otherwise it grows by max(1, √limit/4) while at least half the limit
 	// is in use. It starts at Limit and stays within MinLimit and MaxLimit.
+	// Every 60s, and after its first window if more than 3 calls were in
+	// flight in it, it re-measures the baselines in one probe window at
+	// low concurrency (3 calls in flight, or the limit if lower, at least
+	// MinLimit: Envoy's minRTT measurement), so that a Shedder started
+	// into an overload does not take the queue's latency for the work's,
+	// and a backend that got slower for good is followed within a
+	// minute; the probe lasts a Window with MinSamples calls (at most 8
+	// Windows), and sheds what exceeds its concurrency.
 	// Calls cut short by their caller's deadline or cancellation are used
-	// only when they still took at least the baseline, so short client
+	// only when they still took at least their method's baseline, so short client
 	// deadlines cannot move it. Default false; requires Algorithm Fixed.
 	Adaptive bool
 	// Tolerance is how much slower than the baseline a window may be
@@ -144,7 +158,9 @@ type ShedderConfig struct {
 	Window time.Duration
 	// MinSamples is how many successful calls of a method must be measured
 	// before requests whose remaining deadline is shorter than its recent
-	// service time are shed. Default 10.
+	// service time (the time under which one in ten of its recent
+	// successful calls ended: not the mean, which a few slow calls raise
+	// above what most calls take) are shed. Default 10.
 	MinSamples int
 	// StreamLimit is how many streams (client-, server- or bidi-streaming
 	// calls) may be open at once, counted apart from unary calls: a
@@ -168,9 +184,10 @@ type ShedderConfig struct {
 	// of them, so the server's slots do not stand idle
 	// between one call's end and the next request's arrival. The wait
 	// bridges that moment; it is not a queue: it is at most the time in
-	// which one of the limit's slots frees on average at the method's
-	// recent service time (service time / limit), never so long that less
-	// than the service time would be left of the request's deadline, and
+	// which one of the limit's slots frees on average at the recent
+	// service time of the calls served, all methods (service time /
+	// limit), never so long that less than its method's service time
+	// would be left of the request's deadline, and
 	// one request waits at a time (within one wait one slot frees on
 	// average: a second waiter would only be shed later, and past the tap
 	// path's cheap rejection); the others are shed at once, by the tap

@@ -10,6 +10,7 @@ func SetShedderLogf(s *Shedder, f func(format string, args ...any)) { s.logf = f
 func SetShedderServiceTime(s *Shedder, method string, d time.Duration, samples int) {
 	st := s.serviceTime(method)
 	st.ewma.Store(int64(d))
+	st.low.Store(int64(d))
 	st.samples.Store(int64(samples))
 }
 
@@ -18,3 +19,7 @@ func SetShedderServiceTime(s *Shedder, method string, d time.Duration, samples i
 // slot, and retry attempts (tests only: a count that never returns to 0
 // is a leak).
 func ShedderPasses(s *Shedder) (waiting, retries int64) { return s.passed.Load(), s.retries.Load() }
+
+// SetShedderServedTime sets the mean service time of the unary calls s
+// served, over all methods (tests only).
+func SetShedderServedTime(s *Shedder, d time.Duration) { s.served.Store(int64(d)) }

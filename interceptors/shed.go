@@ -11,6 +11,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
@@ -128,9 +129,10 @@ func (r reason) String() string {
 //   - a Sheddable request (CriticalityHeader, or the method's default)
 //     once SheddableShare of that limit is in use, ResourceExhausted;
 //   - a unary request whose remaining deadline is shorter than its
-//     method's recent service time (an EWMA of successful calls, once
-//     MinSamples are measured), ResourceExhausted: it would time out
-//     anyway, after using capacity that others need;
+//     method's recent service time (the time under which one in ten of its
+//     recent successful calls ended, once MinSamples are measured),
+//     ResourceExhausted: it would time out anyway, after using capacity
+//     that others need;
 //   - a stream beyond StreamLimit, ResourceExhausted (streams are counted
 //     apart from unary calls: their lifetime is the client's to choose);
 //   - a request whose deadline has already passed, DeadlineExceeded.
@@ -171,6 +173,8 @@ type Shedder struct {
 	answers  [numReasons]atomic.Pointer[answer] // by reason, for the current numbers
 	pushback metadata.MD                        // nil when cfg.Pushback is 0
 
+	served atomic.Int64 // nanoseconds: mean service time of successful unary calls, all methods (EWMA, 1/8)
+
 	epoch    time.Time    // for monotonic nanoseconds
 	nextLog  atomic.Int64 // nanoseconds since epoch
 	logMu    sync.Mutex   // guards logged, loggedAt
@@ -179,40 +183,93 @@ type Shedder struct {
 	logf     func(format string, args ...any) // logger.Warningf; tests replace it
 }
 
-// serviceTime is what a Shedder knows of one method: its recent service
-// time (an EWMA with weight 1/8 of successful unary calls), whether it is
+// serviceTime is what a Shedder knows of one method from its successful
+// unary calls: their mean service time (an EWMA with weight 1/8), the
+// time under which one in ten of them ended (low), whether the method is
 // a stream, and its cached deadline answer.
+//
+// The deadline shed compares a request's remaining deadline with low, not
+// with the mean: it sheds a request that would time out anyway, and a
+// deadline below the mean is not one. A method behind a cache answers hits
+// at once and misses slowly; a few misses raise its mean far above the
+// hits, and a shed on the mean refused every caller whose deadline fits a
+// hit, on an idle server that served them all without the Shedder
+// (TestShedderDeadlineShedOnlyForHopelessDeadlines). The mean stays the
+// measure of how often a slot frees (waitFor).
 type serviceTime struct {
 	ewma    atomic.Int64 // nanoseconds
+	low     atomic.Int64 // nanoseconds; the 10th percentile, estimated
+	streak  atomic.Int64 // deadline sheds since the last measured call
 	samples atomic.Int64
 	stream  atomic.Bool
 	ans     atomic.Pointer[answer]
+
+	// The adaptive limit's share (gradient): this method's calls in the
+	// current window, their summed time, its baseline (nanoseconds, 0
+	// until its first window), and whether the gradient tracks it.
+	gSum, gN, gBase atomic.Int64
+	gTracked        atomic.Bool
 }
 
-// decay lowers the estimate by 1/64 after a request was shed for it. Only
-// admitted, successful requests measure the service time, so without this
-// an estimate inflated by an overload would shed every request whose
-// deadline is below it forever, and never be measured again: a method
-// shed for every request now sees its estimate fall until requests get
-// through and re-measure it (about 44 sheds halve it).
+// decay lowers the estimates after a request was shed for its deadline.
+// Only admitted, successful requests measure the service time, so without
+// this an estimate inflated by an overload (or a method that got faster)
+// would shed every request whose deadline is below it forever, and never
+// be measured again. How much it lowers them grows with the sheds in a
+// row since the method's last measured call (streak): k/512 of them at
+// the k-th, at most 1/8. Sheds between measured calls barely move the
+// estimate (the calls measured say it holds); a long row says it is stale: a
+// method shed for every request sees it halve in 27 sheds, fall 10× in
+// 49 and 100× in 69. At 1/64 a shed whatever the row, 150 callers of a
+// method 100× faster than its estimate, with deadlines a tenth of it,
+// were refused before one got through
+// (TestShedderDeadlineShedRecoversFromA100xSpeedUp).
 func (s *serviceTime) decay() {
+	k := min(s.streak.Add(1), 64)
+	decayBy(&s.low, k)
+	decayBy(&s.ewma, k)
+}
+
+func decayBy(v *atomic.Int64, k int64) {
 	for {
-		old := s.ewma.Load()
-		if s.ewma.CompareAndSwap(old, old-old/64) {
+		old := v.Load()
+		if v.CompareAndSwap(old, old-old/512*k) {
 			return
 		}
 	}
 }
 
 func (s *serviceTime) observe(d time.Duration) {
+	if s.streak.Load() != 0 {
+		s.streak.Store(0)
+	}
 	if s.samples.Add(1) == 1 {
 		s.ewma.Store(int64(d))
+		s.low.Store(int64(d))
 		return
 	}
 	for {
 		old := s.ewma.Load()
 		next := old + (int64(d)-old)/8
 		if s.ewma.CompareAndSwap(old, next) {
+			break
+		}
+	}
+	// A stochastic estimate of the 10th percentile: up by 1/64 of itself
+	// after a slower call, down by 9/64 after a faster one, so it settles
+	// where one call in ten is faster (the steps balance when nine in ten
+	// are slower). The steps are relative: a very slow call moves it no
+	// more than a slightly slow one, where a mean moves by the difference.
+	for {
+		old := s.low.Load()
+		next := old
+		switch {
+		case int64(d) > old:
+			next = old + max(old/64, 1)
+		case int64(d) < old:
+			next = max(old-max(old*9/64, 1), int64(d))
+		}
+		if next == old || s.low.CompareAndSwap(old, next) {
 			return
 		}
 	}
@@ -258,15 +315,18 @@ func (s *Shedder) InFlight() (limit, inFlight int) {
 
 // ShedderSnapshot is a Shedder's state, for a debug page.
 type ShedderSnapshot struct {
-	// Limit is the current unary in-flight limit; InFlight how many unary
-	// requests hold a slot; Queued how many wait for one (MaxWait).
+	// Limit is the current unary in-flight limit (an adaptive one's probe
+	// concurrency while it probes, see ShedderConfig.Adaptive); InFlight
+	// how many unary requests hold a slot; Queued how many wait for one
+	// (MaxWait).
 	Limit, InFlight, Queued int
 	// Streams is how many streams are open; StreamLimit how many may be.
 	Streams, StreamLimit int
 	// Adaptive says whether Limit follows the measured service time.
 	Adaptive bool
-	// Baseline is, with Adaptive, the service time the limit compares
-	// each window with (0 until measured, and without Adaptive).
+	// Baseline is, with Adaptive, the service time the limit compared the
+	// last window with: that window's mix of methods at each one's
+	// baseline (0 until measured, and without Adaptive).
 	Baseline time.Duration
 	// Shed counts the requests shed since the Shedder was made, by reason
 	// (ReasonLimit, ReasonDeadline, ReasonSheddable, ReasonExpired,
@@ -374,7 +434,7 @@ func (s *Shedder) checkUnary(ctx context.Context, st *serviceTime, crit Critical
 		if left <= 0 {
 			return rExpired, 0, 0, false
 		}
-		if st != nil && st.samples.Load() >= int64(s.cfg.MinSamples) && left < time.Duration(st.ewma.Load()) {
+		if st != nil && st.samples.Load() >= int64(s.cfg.MinSamples) && left < time.Duration(st.low.Load()) {
 			st.decay()
 			return rDeadline, 0, 0, false
 		}
@@ -388,10 +448,24 @@ func (s *Shedder) checkUnary(ctx context.Context, st *serviceTime, crit Critical
 	if s.slots.inflight.Load() < limit {
 		return r, limit, 0, true
 	}
+	if s.grad != nil && s.grad.probing.Load() {
+		s.abandonStaleProbe()
+	}
 	if wait = s.waitFor(ctx, st, crit, limit); wait <= 0 || s.slots.waiters.Load()+s.passed.Load() >= maxWaiters {
 		return r, limit, 0, false
 	}
 	return r, limit, wait, true
+}
+
+// abandonStaleProbe gives up the adaptive limit's probe if it is stale
+// (gradient.abandonStaleProbe): a shed at its limit is the one event
+// while long calls admitted before it hold the slots. The request at
+// hand is still shed; the next one finds the limit back.
+func (s *Shedder) abandonStaleProbe() {
+	if l, moved := s.grad.abandonStaleProbe(s.now()); moved {
+		s.slots.limit.Store(l)
+		s.obs.LimiterLimitChanged("", ShedderKey, int(l))
+	}
 }
 
 // maxWaiters is how many requests may wait for a slot at once. A wait
@@ -408,10 +482,13 @@ const maxWaiters = 1
 // a slot. A wait
 // is there to bridge the moment between one call's end and the next
 // request's arrival, when a fixed limit's slot would stand idle, not to
-// queue: at most the time in which, at its method's measured service
-// time, one of the limit's slots frees on average (service time / limit),
-// at most MaxWait, and never so long that less than the service time
-// would be left of its deadline. Not at all when MaxWait is 0, with an
+// queue: at most the time in which, at the measured service time of the
+// calls the server serves (all methods), one of the limit's slots frees
+// on average (service time / limit; with the waiting request's method's
+// instead, a fast method's request behind slow calls was shed at once:
+// TestShedderWaitFollowsTheCallsHoldingTheSlots), at most MaxWait, and
+// never so long that less than its own method's service time would be
+// left of its deadline. Not at all when MaxWait is 0, with an
 // AIMD or Adaptive limit (they keep their own headroom above what the
 // server serves at once, which bridges that moment already; waiting
 // would only queue), for a Sheddable request (shed first), or before the
@@ -421,8 +498,17 @@ func (s *Shedder) waitFor(ctx context.Context, st *serviceTime, crit Criticality
 		st.samples.Load() < int64(s.cfg.MinSamples) {
 		return 0
 	}
+	// One of the limit's slots frees on average every (mean service time
+	// of the calls the server serves) / limit, whichever method's request
+	// waits: the calls holding the slots set it, and by Little's law their
+	// mean is the mean over the calls that end. The request's own method
+	// bounds the wait by its deadline.
 	svc := time.Duration(st.ewma.Load())
-	w := min(s.cfg.MaxWait, svc/time.Duration(max(limit, 1)))
+	all := time.Duration(s.served.Load())
+	if all == 0 {
+		all = svc
+	}
+	w := min(s.cfg.MaxWait, all/time.Duration(max(limit, 1)))
 	if dl, ok := ctx.Deadline(); ok {
 		w = min(w, time.Until(dl)-svc)
 	}
@@ -658,17 +744,25 @@ func (s *Shedder) doneUnary(ctx context.Context, st *serviceTime, err error, too
 	}
 	if err == nil && !cut {
 		st.observe(took)
+		// A racy load and store, not a CAS loop: an update lost between
+		// two calls ending at once costs an EWMA nothing, and the admitted
+		// path takes no retry on a line every call writes.
+		if old := s.served.Load(); old == 0 {
+			s.served.Store(int64(took))
+		} else {
+			s.served.Store(old + (int64(took)-old)/8)
+		}
 	}
 	n := s.slots.free()
 	switch {
 	case s.grad != nil:
-		if l, moved := s.grad.sample(took, cut, s.now(), n); moved {
+		if l, moved := s.grad.sample(st, took, cut, s.now(), n); moved {
 			s.slots.limit.Store(l)
 			s.obs.LimiterLimitChanged("", ShedderKey, int(l))
 		}
 	case s.cfg.Algorithm == AIMD:
 		drop := (s.cfg.LatencyThreshold > 0 && took > s.cfg.LatencyThreshold) ||
-			(!cut && status.Code(err) == codes.ResourceExhausted)
+			(!cut && isShed(err))
 		if drop || !cut {
 			s.aimd(drop, n)
 		}
@@ -677,6 +771,30 @@ func (s *Shedder) doneUnary(ctx context.Context, st *serviceTime, err error, too
 	if s.cfg.LogInterval > 0 && s.nextLog.Load() != 0 {
 		s.maybeLog()
 	}
+}
+
+// isShed reports whether a handler's error is itself a shed: a Shedder's
+// or a client Limiter's further in (in this process, its error; from a
+// server the handler called, its ErrorInfo). Other RESOURCE_EXHAUSTED
+// answers, a caller over its quota above all (the code's first use), say
+// nothing of the server's load: counted as drops, 30 quick over-quota
+// answers took an AIMD limit of 10 to 1 on an idle server
+// (TestShedderAIMDQuotaAnswersAreNotOverload). It decodes the details of
+// RESOURCE_EXHAUSTED errors only.
+func isShed(err error) bool {
+	if status.Code(err) != codes.ResourceExhausted {
+		return false
+	}
+	if errors.Is(err, ErrShed) || errors.Is(err, ErrLimited) {
+		return true
+	}
+	st, _ := status.FromError(err)
+	for _, d := range st.Details() {
+		if info, ok := d.(*errdetails.ErrorInfo); ok && info.GetDomain() == ErrorInfoDomain {
+			return true
+		}
+	}
+	return false
 }
 
 // StreamServerInterceptor returns the Shedder's stream server

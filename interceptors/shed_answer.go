@@ -46,7 +46,7 @@ func (s *Shedder) answer(r reason, st *serviceTime) error {
 	case rLimit, rSheddable:
 		key = s.slots.limit.Load()
 	case rDeadline:
-		key = st.ewma.Load() / int64(100*time.Microsecond)
+		key = st.low.Load() / int64(100*time.Microsecond) // what the deadline was compared with
 		slot = &st.ans
 	case rStreamLimit:
 		key = int64(s.cfg.StreamLimit)

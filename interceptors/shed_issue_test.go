@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc/codes"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	testpb "google.golang.org/grpc/interop/grpc_testing"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
@@ -177,6 +178,18 @@ func TestShedderStreamLimit(t *testing.T) {
 			}
 			if err := unary(context.Background(), c); err != nil {
 				t.Fatalf("unary call at the stream limit = %v", err)
+			}
+			// Health's Watch is a long-lived stream too: it opens at the
+			// stream limit and is not counted against it.
+			w, err := healthpb.NewHealthClient(dialConn(t, be.Addr)).Watch(ctx, &healthpb.HealthCheckRequest{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if r, err := w.Recv(); err != nil || r.GetStatus() != healthpb.HealthCheckResponse_SERVING {
+				t.Fatalf("health Watch at the stream limit = %v, %v; want SERVING", r, err)
+			}
+			if snap := shed.Snapshot(); snap.Streams != 2 {
+				t.Errorf("Snapshot().Streams = %d with a Watch open beside 2 streams, want 2", snap.Streams)
 			}
 		})
 	}
