@@ -173,6 +173,14 @@ type ShedderConfig struct {
 	// service ("/pkg.Service/"); the method's entry wins. Requests of other
 	// methods are Critical. Default empty.
 	Criticality map[string]Criticality
+	// Exempt lists methods ("/pkg.Service/Method") and services
+	// ("/pkg.Service/") that are never shed and never counted, as
+	// grpc.health.v1.Health always is: long polls and watches a client
+	// holds open by design, admin services (channelz, reflection), whose
+	// calls would otherwise take slots from the work the limit protects or
+	// be shed at the moment an operator needs them. Their callers get
+	// plain grpc-go behaviour. Default empty.
+	Exempt []string
 	// SheddableShare is the share of the in-flight limit that Sheddable
 	// requests may use: they are shed once that many calls are in flight,
 	// so critical work keeps the rest. Between 0 (exclusive) and 1.
@@ -327,6 +335,16 @@ func (c ShedderConfig) Validate() error {
 		if v != Critical && v != Sheddable {
 			return bad("criticality", strconv.Quote(v.String()), `values must be "critical" or "sheddable" (key `+strconv.Quote(k)+")")
 		}
+	}
+	seen := make(map[string]bool, len(c.Exempt))
+	for _, k := range c.Exempt {
+		if !validMethodKey(k) {
+			return bad("exempt", strconv.Quote(k), `entries must be "/pkg.Service/Method" or "/pkg.Service/"`)
+		}
+		if seen[k] {
+			return bad("exempt", strconv.Quote(k), "is listed twice")
+		}
+		seen[k] = true
 	}
 	if math.IsNaN(c.SheddableShare) || c.SheddableShare <= 0 || c.SheddableShare > 1 {
 		return bad("sheddableShare", strconv.FormatFloat(c.SheddableShare, 'g', -1, 64), "must be above 0 and at most 1")

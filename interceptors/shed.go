@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -140,8 +141,8 @@ func (r reason) String() string {
 // Every shed carries a stable message (Message* constants), an
 // errdetails.ErrorInfo with the numbers and, when Pushback is set, an
 // errdetails.RetryInfo; on the interceptor path also the
-// grpc-retry-pushback-ms trailer. grpc.health.v1.Health is never shed and
-// not counted.
+// grpc-retry-pushback-ms trailer. grpc.health.v1.Health, and the methods
+// and services of ShedderConfig.Exempt, are never shed and not counted.
 //
 // Install it with ServerOptions: the tap path (TapHandle, the default)
 // decides before grpc-go creates the stream, which costs about half the
@@ -154,10 +155,11 @@ func (r reason) String() string {
 // Safe for concurrent use. It starts no goroutines; its log summary is
 // written lazily by the request path.
 type Shedder struct {
-	cfg  ShedderConfig
-	obs  telemetry.LimiterObserver
-	sobs telemetry.ShedObserver // nil: obs does not implement it
-	crit map[string]Criticality // immutable copy of cfg.Criticality
+	cfg    ShedderConfig
+	obs    telemetry.LimiterObserver
+	sobs   telemetry.ShedObserver // nil: obs does not implement it
+	crit   map[string]Criticality // immutable copy of cfg.Criticality
+	exempt map[string]bool        // cfg.Exempt as a set; nil when empty
 
 	slots   slots        // the unary in-flight limit, its slots and their wait (maxWaiters)
 	passed  atomic.Int64 // requests the tap let through to wait, not yet at the interceptor (tapPass)
@@ -294,6 +296,13 @@ func NewShedder(opts ...ShedderOption) (*Shedder, error) {
 	}
 	s := &Shedder{cfg: o.cfg, obs: o.obs, crit: maps.Clone(o.cfg.Criticality), epoch: time.Now(), logf: logger.Warningf}
 	s.cfg.Criticality = s.crit
+	s.cfg.Exempt = slices.Clone(o.cfg.Exempt)
+	if len(s.cfg.Exempt) > 0 {
+		s.exempt = make(map[string]bool, len(s.cfg.Exempt))
+		for _, k := range s.cfg.Exempt {
+			s.exempt[k] = true
+		}
+	}
 	s.sobs, _ = o.obs.(telemetry.ShedObserver)
 	s.slots.limit.Store(int64(o.cfg.Limit))
 	if o.cfg.Adaptive {
@@ -538,6 +547,22 @@ func (s *Shedder) checkStream(ctx context.Context) (reason, bool) {
 	return 0, true
 }
 
+// exempted reports whether method is never shed nor counted: health, and
+// ShedderConfig.Exempt's methods and services.
+func (s *Shedder) exempted(method string) bool {
+	if strings.HasPrefix(method, healthPrefix) {
+		return true
+	}
+	if s.exempt == nil {
+		return false
+	}
+	if s.exempt[method] {
+		return true
+	}
+	i := strings.LastIndexByte(method, '/')
+	return i > 0 && s.exempt[method[:i+1]]
+}
+
 // criticality returns a request's criticality: its header if it carries a
 // valid one, else its method's default.
 func (s *Shedder) criticality(header []string, method string) Criticality {
@@ -605,7 +630,7 @@ func (s *Shedder) refuseWithTrailer(r reason, method string, st *serviceTime, se
 // counted for the whole call.
 func (s *Shedder) TapHandle(ctx context.Context, info *tap.Info) (context.Context, error) {
 	method := info.FullMethodName
-	if strings.HasPrefix(method, healthPrefix) {
+	if s.exempted(method) {
 		return ctx, nil
 	}
 	st := s.lookup(method)
@@ -704,7 +729,7 @@ func (s *Shedder) arrived(ctx context.Context) {
 func (s *Shedder) UnaryServerInterceptor() grpc.UnaryServerInterceptor {
 	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
 		method := info.FullMethod
-		if strings.HasPrefix(method, healthPrefix) {
+		if s.exempted(method) {
 			return handler(ctx, req)
 		}
 		st := s.serviceTime(method)
@@ -803,7 +828,7 @@ func isShed(err error) bool {
 func (s *Shedder) StreamServerInterceptor() grpc.StreamServerInterceptor {
 	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
 		method := info.FullMethod
-		if strings.HasPrefix(method, healthPrefix) {
+		if s.exempted(method) {
 			return handler(srv, ss)
 		}
 		ctx := ss.Context()

@@ -29,6 +29,13 @@ func TestShedderConfigValidate(t *testing.T) {
 		{name: "zero window", edit: func(c *interceptors.ShedderConfig) { c.Adaptive, c.Window = true, 0 }, wantErr: `"window" is "0s"`},
 		{name: "tolerance ignored when not adaptive", edit: func(c *interceptors.ShedderConfig) { c.Tolerance = 0 }},
 		{name: "zero stream limit", edit: func(c *interceptors.ShedderConfig) { c.StreamLimit = 0 }, wantErr: `"streamLimit" is 0`},
+		{name: "exempt method and service", edit: func(c *interceptors.ShedderConfig) {
+			c.Exempt = []string{"/pkg.Service/Watch", "/grpc.reflection.v1.ServerReflection/"}
+		}},
+		{name: "exempt bad entry", edit: func(c *interceptors.ShedderConfig) { c.Exempt = []string{"pkg.Service/Watch"} },
+			wantErr: `"exempt" is "pkg.Service/Watch"`},
+		{name: "exempt twice", edit: func(c *interceptors.ShedderConfig) { c.Exempt = []string{"/pkg.S/", "/pkg.S/"} },
+			wantErr: `"exempt" is "/pkg.S/"; is listed twice`},
 		{name: "criticality bad key", edit: func(c *interceptors.ShedderConfig) {
 			c.Criticality = map[string]interceptors.Criticality{"pkg.Service/Method": interceptors.Sheddable}
 		}, wantErr: `"criticality" is "pkg.Service/Method"`},

@@ -2,6 +2,7 @@ package interceptors_test
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"runtime"
 	"slices"
@@ -323,4 +324,44 @@ func TestOverload(t *testing.T) {
 	}
 	t.Logf("results: %v; server peak %d", byCode, peak.Load())
 	testutil.Eventually(t, 5*time.Second, func() bool { return runtime.NumGoroutine() <= baseline }, "goroutines back to baseline")
+}
+
+// TestShedderExempt: a method listed in Exempt (a long poll) is served as
+// plain grpc-go serves it: three calls held open at a limit of 1 all run,
+// none is shed and none holds a slot; an exempt service's streams open
+// past StreamLimit.
+func TestShedderExempt(t *testing.T) {
+	for _, path := range shedPaths {
+		t.Run(path.name, func(t *testing.T) {
+			ev := &events{}
+			shed := makeShedder(t, ev, func(c *interceptors.ShedderConfig) {
+				c.Limit, c.StreamLimit = 1, 1
+				c.Exempt = []string{"/grpc.testing.TestService/UnaryCall", "/grpc.testing.TestService/FullDuplexCall"}
+			})
+			be := startGated(t, path.opts(shed)...)
+			c := testpb.NewTestServiceClient(dialConn(t, be.Addr))
+			ctx := context.Background()
+			results := make(chan error, 3)
+			for range 3 {
+				go func() { results <- unary(ctx, c) }()
+			}
+			testutil.Eventually(t, 5*time.Second, func() bool { return be.inflight.Load() == 3 }, "three exempt calls running at a limit of 1")
+			if limit, n := shed.InFlight(); limit != 1 || n != 0 {
+				t.Errorf("InFlight() = %d, %d; want 1, 0 (exempt calls take no slot)", limit, n)
+			}
+			for i := range 2 {
+				s := streamOnce(t, ctx, c, fmt.Sprintf("exempt stream %d at a stream limit of 1", i))
+				_ = s.CloseSend()
+			}
+			close(be.gate)
+			for range 3 {
+				if err := <-results; err != nil {
+					t.Errorf("exempt call: %v", err)
+				}
+			}
+			if n := ev.shedCount(interceptors.ReasonLimit) + ev.shedCount(interceptors.ReasonStreamLimit); n != 0 {
+				t.Errorf("%d sheds; want none", n)
+			}
+		})
+	}
 }
