@@ -195,14 +195,21 @@ func (g *gradient) sample(st *serviceTime, took time.Duration, cut bool, now, n 
 	}
 	// Each method's baseline: the lowest window mean (a window with fewer
 	// than MinSamples of its calls moves it only that share of the way
-	// down, so one fast call is not a baseline); it follows slower windows
-	// by 1/256 a window, and queueing windows (the limit is about to
-	// shrink) 16 times slower still: they say little about the work
-	// itself, so an overload does not raise the baseline, yet a backend
-	// that really got slower is followed in the end.
-	follow := 1.0 / 256
-	if avg > b && g.tolerance*b/avg < 0.9 {
-		follow = 1.0 / 4096
+	// down, so one fast call is not a baseline). Only a window that ran
+	// at no more than the probe's concurrency raises it: by 1/256 a
+	// window, and 16 times slower still when it queued. Above that, the
+	// probe alone raises it (a backend that really got slower). Under an
+	// overload the limit settles a little above the server's concurrency,
+	// where the windows' mean sits above the baseline within the dead
+	// band; followed at 1/256 a window, the baseline rose from 2 ms to
+	// 13 ms in 48 s of a steady 4x overload, the limit with it, and the
+	// goodput fell from 99% to 0% (TestGradientSteadyOverloadHoldsItsBaseline).
+	var follow float64
+	if peak <= g.probeAt() {
+		follow = 1.0 / 256
+		if avg > b && g.tolerance*b/avg < 0.9 {
+			follow = 1.0 / 4096
+		}
 	}
 	atBase = 0
 	for _, w := range g.closing {
@@ -243,8 +250,12 @@ func (g *gradient) sample(st *serviceTime, took time.Duration, cut bool, now, n 
 	case ratio >= 1 && float64(peak) >= g.limit/2:
 		g.served = math.Max(g.served, inService)
 		g.limit = math.Min(g.limit+math.Max(1, math.Sqrt(g.limit)/4), g.max)
-	default: // a dead band against timing noise: the limit holds
+	case ratio >= 1:
 		g.served = math.Max(g.served, inService)
+	default:
+		// A dead band against timing noise: the limit holds. Nor does
+		// served grow: the window's latency is above the tolerance, so
+		// some of its calls in service were queued ones.
 	}
 	if g.nextProbe == 0 && peak <= g.probeAt() {
 		// The first window ran at no more than the probe's concurrency:
