@@ -65,6 +65,11 @@ type gradient struct {
 	closing   []methodWindow // scratch for the closer
 	nextProbe int64          // Shedder.now of the next probe
 
+	// measured is set once a window closed, or the probe at start began;
+	// until then unmeasured counts calls cut short (cutUnmeasured).
+	measured   atomic.Bool
+	unmeasured atomic.Int64
+
 	regMu   sync.Mutex     // guards tracked; taken after mu
 	tracked []*serviceTime // every method sampled once, append-only
 }
@@ -112,6 +117,9 @@ func (g *gradient) startProbe() int64 {
 func (g *gradient) sample(st *serviceTime, took time.Duration, cut bool, now, n int64) (int64, bool) {
 	base := st.gBase.Load()
 	if cut && (base == 0 || int64(took) < base) {
+		if base == 0 {
+			return g.cutUnmeasured(now)
+		}
 		return 0, false
 	}
 	probing := g.probing.Load()
@@ -175,6 +183,9 @@ func (g *gradient) sample(st *serviceTime, took time.Duration, cut bool, now, n 
 	elapsed := float64(max(now-g.start.Load(), 1))
 	inService := sum / elapsed
 	g.start.Store(now)
+	if !g.measured.Load() {
+		g.measured.Store(true)
+	}
 	if cnt == 0 {
 		return 0, false
 	}
@@ -270,6 +281,40 @@ func (g *gradient) sample(st *serviceTime, took time.Duration, cut bool, now, n 
 		return 0, false
 	}
 	return int64(math.Round(g.limit)), true
+}
+
+// cutUnmeasured counts a call cut short before any window closed (no
+// baseline to compare it with, so it is not used), and starts the probe
+// once MinSamples such calls came: a Shedder started into an overload
+// whose queued calls outlive their callers' deadlines measured only the
+// few that ended in time, never closed a window, and kept its limit at
+// Limit with no call served in time
+// (TestGradientStartedIntoAnOverloadWithDeadlines). The probe measures
+// calls at its low concurrency, which end in time. Only before the first
+// window: a client cannot start probes at will.
+func (g *gradient) cutUnmeasured(now int64) (int64, bool) {
+	if g.measured.Load() || g.unmeasured.Add(1) < g.minSamples || !g.mu.TryLock() {
+		return 0, false
+	}
+	defer g.mu.Unlock()
+	if g.measured.Load() || g.probing.Load() {
+		return 0, false
+	}
+	g.measured.Store(true) // a probe at start, once
+	// The calls measured so far (the window's first, before the queue
+	// built up) are the probe's only if admitted under it: start afresh.
+	g.regMu.Lock()
+	for _, m := range g.tracked {
+		m.gN.Store(0)
+		m.gSum.Store(0)
+	}
+	g.regMu.Unlock()
+	g.n.Store(0)
+	g.sum.Store(0)
+	g.atBase.Store(0)
+	g.peak.Store(0)
+	g.start.Store(now)
+	return g.startProbe(), true
 }
 
 // earlyRatio is how far below 1 the window's gradient (tolerance ×

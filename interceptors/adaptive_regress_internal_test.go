@@ -28,3 +28,66 @@ func TestGradientSteadyOverloadHoldsItsBaseline(t *testing.T) {
 		}
 	}
 }
+
+// TestGradientStartedIntoAnOverloadWithDeadlines: a Shedder started into
+// the bench's 10x overload (a deploy at peak): 40 callers with 5 ms
+// deadlines from the first instant, on 4 slots of 2 ms work. The first 8
+// calls end in time; every later one waited past its deadline and is cut
+// short, and a cut call is used only if it took at least its method's
+// baseline, of which there was none yet: no window ever closed, the limit
+// stayed at its start of 100 and the goodput at 0%, with handlers that
+// return when their context ends or not.
+func TestGradientStartedIntoAnOverloadWithDeadlines(t *testing.T) {
+	const slots, work = 4, 2 * time.Millisecond
+	capacity := slots / work.Seconds()
+	for _, honour := range []bool{false, true} {
+		sc := simScenario{slots: slots, methods: []simMethod{{work: uniform(work)}}, cfg: adaptiveCfg(),
+			groups: []simGroup{{n: 40, dl: 5 * time.Millisecond, honour: honour, think: 50 * time.Microsecond}},
+			d:      2 * time.Second, measure: 500 * time.Millisecond, seed: 1}
+		if r := simRun(sc); r.goodput/capacity < 0.9 {
+			t.Errorf("handlers return at their context's end: %v: 0.5 to 2 s after the start, goodput %.0f%% of capacity, the limit %d to %d; want at least 90%%",
+				honour, 100*r.goodput/capacity, r.minLimit, r.maxLimit)
+		}
+	}
+}
+
+// TestGradientCutCallsStartOneProbeAtMost: calls cut short before any
+// baseline start the probe once, before the first window closes; after
+// it, a client that cuts every call of a method never measured (no
+// baseline) cannot start one.
+func TestGradientCutCallsStartOneProbeAtMost(t *testing.T) {
+	cfg := adaptiveCfg()
+	win := int64(cfg.Window)
+	for _, tc := range []struct {
+		name      string
+		measured  bool // a window closed first
+		wantProbe bool
+	}{
+		{"before any window", false, true},
+		{"after a window", true, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			g := newGradient(cfg)
+			st, other := &serviceTime{}, &serviceTime{}
+			now := int64(0)
+			if tc.measured {
+				for range cfg.MinSamples {
+					now += win / int64(cfg.MinSamples)
+					g.sample(st, time.Millisecond, false, now, 1)
+				}
+				now += win
+				g.sample(st, time.Millisecond, false, now, 1)
+			}
+			probed := false
+			for range 10 * cfg.MinSamples {
+				now += win / 10
+				if _, moved := g.sample(other, 5*time.Millisecond, true, now, 2); moved && g.probing.Load() {
+					probed = true
+				}
+			}
+			if probed != tc.wantProbe {
+				t.Errorf("cut calls of a method with no baseline started a probe: %v, want %v", probed, tc.wantProbe)
+			}
+		})
+	}
+}
