@@ -78,8 +78,14 @@ type gradient struct {
 type methodWindow struct {
 	st   *serviceTime
 	n    int64
-	mean float64
+	mean float64 // nanoseconds
+	se   float64 // the standard error of mean, nanoseconds
 }
+
+// maxSquaredUs caps a call's time in the window's sum of squares (µs), so
+// that the sum cannot overflow: a call of more than 1 s counts as 1 s
+// there (its mean is exact).
+const maxSquaredUs = int64(time.Second / time.Microsecond)
 
 // probeInterval is how often the adaptive limit re-measures its
 // baselines (Envoy's default min_rtt_calc_params interval).
@@ -134,6 +140,8 @@ func (g *gradient) sample(st *serviceTime, took time.Duration, cut bool, now, n 
 	for p := g.peak.Load(); n > p && !g.peak.CompareAndSwap(p, n); p = g.peak.Load() {
 	}
 	st.gSum.Add(int64(took))
+	us := min(int64(took/time.Microsecond), maxSquaredUs)
+	st.gSq.Add(us * us)
 	st.gN.Add(1)
 	cnt := g.n.Add(1)
 	wsum, wbase := g.sum.Add(int64(took)), g.atBase.Add(cmp.Or(base, int64(took)))
@@ -171,6 +179,18 @@ func (g *gradient) sample(st *serviceTime, took time.Duration, cut bool, now, n 
 			continue
 		}
 		mean := float64(m.gSum.Swap(0)) / float64(mn)
+		// The variance of one call, from this window's (an EWMA, the
+		// window weighing by its share of MinSamples, at most 1/8): a
+		// window's mean is as noisy as its method's calls, and a method
+		// whose calls differ widely (a cache's hits and misses) has
+		// windows far apart with nothing queued.
+		meanUs := mean / float64(time.Microsecond)
+		v := max(float64(m.gSq.Swap(0))/float64(mn)-meanUs*meanUs, 0)
+		if m.gVar == 0 {
+			m.gVar = v
+		} else {
+			m.gVar += (v - m.gVar) * math.Min(1, float64(mn)/float64(g.minSamples)) / 8
+		}
 		b := float64(m.gBase.Load())
 		if b == 0 {
 			b = mean
@@ -178,7 +198,7 @@ func (g *gradient) sample(st *serviceTime, took time.Duration, cut bool, now, n 
 		sum += mean * float64(mn)
 		atBase += b * float64(mn)
 		cnt += mn
-		g.closing = append(g.closing, methodWindow{m, mn, mean})
+		g.closing = append(g.closing, methodWindow{m, mn, mean, math.Sqrt(m.gVar/float64(mn)) * float64(time.Microsecond)})
 	}
 	elapsed := float64(max(now-g.start.Load(), 1))
 	inService := sum / elapsed
@@ -223,13 +243,18 @@ func (g *gradient) sample(st *serviceTime, took time.Duration, cut bool, now, n 
 		}
 	}
 	atBase = 0
+	var se2 float64 // the squared standard error of the window's mean, times cnt²
 	for _, w := range g.closing {
+		se2 += float64(w.n) * float64(w.n) * w.se * w.se
 		mb := float64(w.st.gBase.Load())
 		switch {
 		case mb == 0:
 			mb = w.mean
-		case w.mean < mb:
-			mb += (w.mean - mb) * math.Min(1, float64(w.n)/float64(g.minSamples))
+		case w.mean+2*w.se < mb:
+			// Lower beyond its noise (two standard errors): a window of
+			// a cache's hits alone is not the method's baseline.
+			mb += (w.mean + 2*w.se - mb) * math.Min(1, float64(w.n)/float64(g.minSamples))
+		case w.mean < mb: // lower, within its noise: it holds
 		default:
 			mb += (w.mean - mb) * follow
 		}
@@ -240,7 +265,15 @@ func (g *gradient) sample(st *serviceTime, took time.Duration, cut bool, now, n 
 	b = atBase / float64(cnt)
 	g.baselineNs.Store(max(int64(b), 1))
 	old := g.limit
-	switch ratio := g.tolerance * b / avg; {
+	raw := g.tolerance * b / avg
+	ratio := raw
+	if raw < 0.9 {
+		// Shrink only for what is beyond the window's noise (two standard
+		// errors of its mean): a few more misses among a cache's hits are
+		// not a queue.
+		ratio = g.tolerance * b / math.Max(avg-2*math.Sqrt(se2)/float64(cnt), b)
+	}
+	switch {
 	case ratio < 0.9:
 		// Shrink from what was in use, not from a limit far above it (a
 		// limit of 100 with 16 calls in flight says nothing), and not
@@ -258,10 +291,10 @@ func (g *gradient) sample(st *serviceTime, took time.Duration, cut bool, now, n 
 			g.served -= g.served / 256
 		}
 		g.limit = math.Max(next, g.min)
-	case ratio >= 1 && float64(peak) >= g.limit/2:
+	case raw >= 1 && float64(peak) >= g.limit/2:
 		g.served = math.Max(g.served, inService)
 		g.limit = math.Min(g.limit+math.Max(1, math.Sqrt(g.limit)/4), g.max)
-	case ratio >= 1:
+	case raw >= 1:
 		g.served = math.Max(g.served, inService)
 	default:
 		// A dead band against timing noise: the limit holds. Nor does

@@ -207,10 +207,13 @@ type serviceTime struct {
 	ans     atomic.Pointer[answer]
 
 	// The adaptive limit's share (gradient): this method's calls in the
-	// current window, their summed time, its baseline (nanoseconds, 0
-	// until its first window), and whether the gradient tracks it.
-	gSum, gN, gBase atomic.Int64
-	gTracked        atomic.Bool
+	// current window, their summed time and summed squares (in µs²), its
+	// baseline (nanoseconds, 0 until its first window), and whether the
+	// gradient tracks it; gVar is the variance of one of its calls (µs²,
+	// 0 until its first window), guarded by the gradient's mu.
+	gSum, gSq, gN, gBase atomic.Int64
+	gTracked             atomic.Bool
+	gVar                 float64
 }
 
 // decay lowers the estimates after a request was shed for its deadline.
