@@ -116,17 +116,31 @@ func (g *gradient) startProbe() int64 {
 
 // sample records one admitted call of method st that took took with n
 // calls in flight (itself included); cut says its caller's deadline or
-// cancellation ended it. A cut call is used only if it still took at
-// least its method's baseline: a client's short deadline can say the
-// server is slow only when it is. It returns the new limit when the
-// window closed and the limit moved.
+// cancellation ended it. A cut call is used only if it still took more
+// than the tolerance allows over its method's baseline: a client's short
+// deadline can say the server is slow only when it is, and never that
+// it is fast. It returns the new limit when the window closed and the
+// limit moved.
 func (g *gradient) sample(st *serviceTime, took time.Duration, cut bool, now, n int64) (int64, bool) {
 	base := st.gBase.Load()
-	if cut && (base == 0 || int64(took) < base) {
+	if cut {
 		if base == 0 {
 			return g.cutUnmeasured(now)
 		}
-		return 0, false
+		// A cut call's time is a lower bound of what it would have taken:
+		// as its time, it made a queue look fast. It says the server is
+		// slow only once it took longer than the tolerance allows, and
+		// then it counts as a call that clearly queued (earlyRatio).
+		// Callers whose deadlines were 1.3x the work, with handlers that
+		// return when their context ends, had every queued call measured
+		// at 1.3x, within the dead band, and the limit stayed at 100 with
+		// no call in time; callers that cancel their calls 1.05x the work
+		// after they began held it at 18 on 4 slots
+		// (TestGradientCutCallsSayOnlySlow).
+		if float64(took) < g.tolerance*float64(base) {
+			return 0, false
+		}
+		took = max(took, time.Duration(g.tolerance/earlyRatio*float64(base)))
 	}
 	probing := g.probing.Load()
 	if probing && (n > g.probeLimit.Load() || now-int64(took) < g.start.Load()) {

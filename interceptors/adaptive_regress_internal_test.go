@@ -120,3 +120,42 @@ func TestGradientHighVarianceMethodIsNotQueueing(t *testing.T) {
 		}
 	}
 }
+
+// TestGradientCutCallsSayOnlySlow: a call cut short by its caller is a
+// lower bound of its time, and was used as its time once it took its
+// method's baseline: under the bench's 4x overload, callers whose
+// deadlines are 1.3x the work (2.6 ms on 2 ms), with handlers that return
+// when their context ends, had every queued call measured at 2.6 ms,
+// within the dead band: the limit never left 100 and no call was served
+// in time (a fixed limit of 4 serves 98%). And callers that cancel every
+// call 1.05x the work after it began, beside honest ones, held the limit
+// at 17 to 21 on 4 slots. A cut call is used only when it took longer
+// than the tolerance allows, and then as a clearly queued one: the limit
+// settles at 5 to 6 in both. With deadlines that tight the goodput is
+// 75%, not a fixed limit's 98%: the tolerance (25%) lets a queue of a
+// call or two form, which such deadlines do not survive.
+func TestGradientCutCallsSayOnlySlow(t *testing.T) {
+	const slots, work = 4, 2 * time.Millisecond
+	capacity := slots / work.Seconds()
+	honest := simGroup{n: 15, dl: 5 * time.Millisecond, think: 50 * time.Microsecond, from: 300 * time.Millisecond}
+	for _, tc := range []struct {
+		name        string
+		groups      []simGroup
+		wantGoodput float64
+	}{
+		{"deadlines 1.3x the work", []simGroup{{n: 1, dl: 2600 * time.Microsecond, honour: true, think: 50 * time.Microsecond},
+			{n: 15, dl: 2600 * time.Microsecond, honour: true, think: 50 * time.Microsecond, from: 300 * time.Millisecond}}, 0.7},
+		{"cancels at 1.05x the work", []simGroup{{n: 1, dl: 5 * time.Millisecond, think: 50 * time.Microsecond}, honest,
+			{n: 16, cancelAfter: 2100 * time.Microsecond, honour: true, think: 50 * time.Microsecond, backoff: 50 * time.Microsecond, from: 300 * time.Millisecond}}, 0},
+	} {
+		for seed := range uint64(3) {
+			sc := simScenario{slots: slots, methods: []simMethod{{work: uniform(work)}}, cfg: adaptiveCfg(), groups: tc.groups,
+				d: 5 * time.Second, measure: 2 * time.Second, seed: seed}
+			r := simRun(sc)
+			if r.goodput/capacity < tc.wantGoodput || r.maxLimit > 2*slots {
+				t.Errorf("%s, seed %d: goodput %.0f%% of capacity, the limit %d to %d; want at least %.0f%% and at most %d",
+					tc.name, seed, 100*r.goodput/capacity, r.minLimit, r.maxLimit, 100*tc.wantGoodput, 2*slots)
+			}
+		}
+	}
+}
