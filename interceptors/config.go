@@ -179,7 +179,11 @@ type ShedderConfig struct {
 	// holds open by design, admin services (channelz, reflection), whose
 	// calls would otherwise take slots from the work the limit protects or
 	// be shed at the moment an operator needs them. Their callers get
-	// plain grpc-go behaviour. Default empty.
+	// plain grpc-go behaviour. A service's entry covers every method name
+	// a client sends under it: grpc-go answers a name the server does not
+	// serve with Unimplemented before any interceptor, except on a server
+	// with grpc.UnknownServiceHandler (a proxy), which hands it to that
+	// handler, unshed: there, list the methods. Default empty.
 	Exempt []string
 	// SheddableShare is the share of the in-flight limit that Sheddable
 	// requests may use: they are shed once that many calls are in flight,

@@ -100,8 +100,19 @@ const (
 	MessageExpired         = "interceptors: the deadline passed before the request was admitted"
 )
 
-// healthPrefix marks the methods a Shedder never sheds.
-const healthPrefix = "/grpc.health.v1.Health/"
+// isHealth reports whether method is one of grpc.health.v1.Health's,
+// which a Shedder never sheds. Its methods by name, not its service's
+// prefix: a server with grpc.UnknownServiceHandler (a proxy) hands a
+// method it does not serve, even under a service it has, to that handler,
+// and "/grpc.health.v1.Health/<anything>" reached it unshed and uncounted
+// (TestShedderHealthExemptionIsTheHealthMethods).
+func isHealth(method string) bool {
+	switch method {
+	case "/grpc.health.v1.Health/Check", "/grpc.health.v1.Health/Watch", "/grpc.health.v1.Health/List":
+		return true
+	}
+	return false
+}
 
 // maxTrackedMethods bounds the per-method table; methods past it share one
 // entry.
@@ -553,7 +564,7 @@ func (s *Shedder) checkStream(ctx context.Context) (reason, bool) {
 // exempted reports whether method is never shed nor counted: health, and
 // ShedderConfig.Exempt's methods and services.
 func (s *Shedder) exempted(method string) bool {
-	if strings.HasPrefix(method, healthPrefix) {
+	if isHealth(method) {
 		return true
 	}
 	if s.exempt == nil {
