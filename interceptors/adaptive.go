@@ -30,7 +30,17 @@ import (
 // (TestGradientConverges); after a backend got slower for good (a
 // dependency), the baseline followed only 1/4096 a window, and the limit
 // fell to 1 and stayed there while the calls needed 50
-// (TestGradientFollowsASlowerBackend).
+// (TestGradientFollowsASlowerBackend). Between probes a baseline rises
+// only in windows that ran at no more than the probe's concurrency
+// (TestGradientSteadyOverloadHoldsItsBaseline).
+//
+// A window's mean is as noisy as its methods' calls: each method keeps
+// the variance of one call, and a window moves a baseline down, or the
+// limit down, only by what is beyond two standard errors of its mean
+// (TestGradientHighVarianceMethodIsNotQueueing). A call cut short by its
+// caller is a lower bound of its time: it counts only as a slow call
+// (TestGradientCutCallsSayOnlySlow). TestGradientAgainstFixedAndNone
+// compares it with a fixed limit and none on simulated loads.
 type gradient struct {
 	tolerance  float64
 	window     int64 // nanoseconds
