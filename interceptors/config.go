@@ -118,32 +118,29 @@ type ShedderConfig struct {
 	LimitConfig
 	// Adaptive makes the unary in-flight limit follow the server's own
 	// measured service time (a latency gradient in the spirit of Envoy's
-	// adaptive-concurrency filter and Netflix's Gradient2): each Window,
-	// the mean handler time is compared with the baseline: the mean the
-	// window's mix of methods would have at each method's baseline (its
-	// lowest window mean, which follows slower windows by 1/256 per
-	// window), so a mix that moves toward a slower method is not taken for
-	// queueing; above
-	// Tolerance × baseline the limit shrinks to the window's peak in-flight
-	// count times the ratio (at most halving), but never below the
-	// concurrency the server served at baseline latency (the mean calls in
-	// service of its busiest window within the tolerance, decaying by
-	// 1/256 per window while it holds the limit up), so latency that rises
-	// from a starved CPU rather than from queueing does not shrink it;
-	// nor below the window's throughput times the baseline (Little's law:
-	// the concurrency the server kept in service, whatever queued before
-	// it); otherwise it grows by max(1, √limit/4) while at least half the limit
-	// is in use. It starts at Limit and stays within MinLimit and MaxLimit.
-	// Every 60s, and after its first window if more than 3 calls were in
-	// flight in it, it re-measures the baselines in one probe window at
-	// low concurrency (3 calls in flight, or the limit if lower, at least
-	// MinLimit: Envoy's minRTT measurement), so that a Shedder started
-	// into an overload does not take the queue's latency for the work's,
-	// and a backend that got slower for good is followed within a
-	// minute; the probe lasts a Window with MinSamples calls (at most 8
-	// Windows), and sheds what exceeds its concurrency.
-	// Calls cut short by their caller's deadline or cancellation are used
-	// only when they still took at least their method's baseline, so short client
+	// adaptive-concurrency filter and Netflix's Gradient2). Each Window,
+	// the window's mean handler time is compared with its baseline: the
+	// mean its mix of methods would have at each method's own baseline, so
+	// a mix that moves toward a slower method is not taken for queueing.
+	// A method's baseline is its lowest window mean; between probes it
+	// rises only in windows that ran at low concurrency. Every 60s, and at
+	// the start if the first window ran above 3 calls in flight (or
+	// MinSamples calls were cut short before any window closed), one probe
+	// window re-measures the baselines at 3 calls in flight (or the limit
+	// if lower, at least MinLimit; Envoy's minRTT), shedding what exceeds
+	// it; a probe that measured nothing in 8 Windows gives up. Above
+	// Tolerance × baseline (beyond two standard errors of the window's
+	// mean: a method's own spread is not queueing) the limit shrinks to
+	// the window's peak in flight times the ratio, at most halving, but
+	// never below the concurrency the server served at baseline latency
+	// (decaying by 1/256 a window while it holds the limit up), so latency
+	// that rises from a starved CPU does not shrink it, nor below the
+	// window's throughput times the baseline (Little's law); within 10%
+	// above it the limit holds; otherwise it grows by max(1, √limit/4)
+	// while at least half the limit is in use. It starts at Limit and
+	// stays within MinLimit and MaxLimit. A call cut short by its caller's
+	// deadline or cancellation counts only if it took more than Tolerance ×
+	// its method's baseline, and then as a queued call, so short client
 	// deadlines cannot move it. Default false; requires Algorithm Fixed.
 	Adaptive bool
 	// Tolerance is how much slower than the baseline a window may be
