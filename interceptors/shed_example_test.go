@@ -389,3 +389,44 @@ func ExampleShedder_retryPushback() {
 	// attempts shed: 3
 	// first call: <nil>
 }
+
+// Exempt methods are served as plain grpc-go serves them: a long poll that
+// clients hold open by design (here UnaryCall, held by the gate) takes no
+// slot, so two of them run at a limit of one, and other methods still get
+// the slot.
+func ExampleShedderConfig_exempt() {
+	cfg := interceptors.DefaultShedderConfig()
+	cfg.Limit, cfg.LogInterval = 1, 0
+	cfg.Exempt = []string{"/grpc.testing.TestService/UnaryCall"}
+	shed, err := interceptors.NewShedder(interceptors.WithShedderConfig(cfg))
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	srv := grpc.NewServer(shed.ServerOptions()...)
+	svc := newGatedService(2)
+	testpb.RegisterTestServiceServer(srv, svc)
+	cc, stop, err := serveLoopback(srv)
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	defer stop()
+
+	c := testpb.NewTestServiceClient(cc)
+	polls := make(chan error, 2)
+	for range 2 {
+		go func() { _, err := c.UnaryCall(context.Background(), &testpb.SimpleRequest{}); polls <- err }()
+		<-svc.started
+	}
+	_, inFlight := shed.InFlight()
+	fmt.Println("long polls running: 2, holding slots:", inFlight)
+	_, err = c.EmptyCall(context.Background(), &testpb.Empty{})
+	fmt.Println("EmptyCall:", status.Code(err))
+	close(svc.release)
+	fmt.Println("long polls:", <-polls, <-polls)
+	// Output:
+	// long polls running: 2, holding slots: 0
+	// EmptyCall: OK
+	// long polls: <nil> <nil>
+}
