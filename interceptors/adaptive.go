@@ -145,7 +145,7 @@ func (g *gradient) sample(st *serviceTime, took time.Duration, cut bool, now, n 
 		// return when their context ends, had every queued call measured
 		// at 1.3x, within the dead band, and the limit stayed at 100 with
 		// no call in time; callers that cancel their calls 1.05x the work
-		// after they began held it at 18 on 4 slots
+		// after they began held it at 17 to 21 on 4 slots
 		// (TestGradientCutCallsSayOnlySlow).
 		if float64(took) < g.tolerance*float64(base) {
 			return 0, false

@@ -35,9 +35,11 @@ const (
 	Fixed Algorithm = iota
 	// AIMD adapts the limit: additive increase by one after a success
 	// while at least half the limit is in use, multiplicative decrease by
-	// BackoffRatio after a drop (a call that ended ResourceExhausted,
-	// Unavailable or DeadlineExceeded, or took longer than
-	// LatencyThreshold). It is Netflix concurrency-limits' AIMDLimit:
+	// BackoffRatio after a drop. For a client Limiter a drop is a call
+	// that ended ResourceExhausted, Unavailable or DeadlineExceeded (not
+	// by its caller's own deadline or cancellation), or took longer than
+	// LatencyThreshold; a Shedder counts only what the server measured
+	// (see ShedderConfig). It is Netflix concurrency-limits' AIMDLimit:
 	// https://github.com/Netflix/concurrency-limits/blob/main/concurrency-limits-core/src/main/java/com/netflix/concurrency/limits/limit/AIMDLimit.java
 	AIMD
 )
@@ -59,11 +61,12 @@ func (a Algorithm) String() string {
 type LimitConfig struct {
 	// Algorithm is Fixed (default) or AIMD.
 	Algorithm Algorithm
-	// Limit is the fixed limit, or AIMD's starting limit: how many calls
-	// may be in flight at once. Default 100.
+	// Limit is the fixed limit, or the starting limit of AIMD (and of a
+	// Shedder's Adaptive limit): how many calls may be in flight at once.
+	// Default 100.
 	Limit int
-	// MinLimit and MaxLimit bound AIMD's limit. Defaults 1 and 1000.
-	// Ignored by Fixed.
+	// MinLimit and MaxLimit bound AIMD's limit, and a Shedder's Adaptive
+	// one. Defaults 1 and 1000. Ignored by Fixed without Adaptive.
 	MinLimit, MaxLimit int
 	// BackoffRatio multiplies AIMD's limit after a drop; between 0 and 1
 	// exclusive. Default 0.9.
@@ -81,6 +84,7 @@ func DefaultLimitConfig() LimitConfig {
 // LimiterConfig configures a client Limiter: the limit, its wait queue and
 // how calls are keyed.
 type LimiterConfig struct {
+	// LimitConfig is the limit of each key: fixed or AIMD.
 	LimitConfig
 	// Scope says whether limits are kept per target (default) or per
 	// target+method. WithLimiterKeyFunc overrides it.
@@ -105,59 +109,75 @@ func DefaultLimiterConfig() LimiterConfig {
 // ShedderConfig configures server load shedding (Shedder). Start from
 // DefaultShedderConfig.
 type ShedderConfig struct {
-	// LimitConfig is the in-flight limit of unary calls (all methods but
-	// grpc.health.v1.Health together); beyond it requests are shed. With
-	// Algorithm AIMD the Shedder counts as a drop only what the server
-	// itself measured: a handler that ran longer than LatencyThreshold, or
-	// that answered with a shed (ResourceExhausted from a Shedder or
-	// Limiter further in: its error, or its ErrorInfo) while its caller
-	// still waited; other ResourceExhausted answers, such as a caller's
-	// quota, are not the server's load. A caller's deadline or
-	// cancellation never moves the limit.
-	// Ignored when Adaptive is set, except Limit, MinLimit and MaxLimit.
+	// LimitConfig is the in-flight limit of unary calls, all methods
+	// together but grpc.health.v1.Health's and Exempt's; beyond it
+	// requests are shed. With Algorithm AIMD the Shedder counts as a drop
+	// only what the server itself measured: a handler that ran longer than
+	// LatencyThreshold, or that answered with a shed (ResourceExhausted
+	// from a Shedder or Limiter further in: its error, or its ErrorInfo)
+	// while its caller still waited. Other ResourceExhausted answers, such
+	// as a caller's quota, are not the server's load. A call cut short by
+	// its caller's deadline or cancellation never raises the limit, and
+	// lowers it only if its handler still ran longer than
+	// LatencyThreshold. Ignored when Adaptive is set, except Limit,
+	// MinLimit and MaxLimit.
 	LimitConfig
 	// Adaptive makes the unary in-flight limit follow the server's own
-	// measured service time (a latency gradient in the spirit of Envoy's
-	// adaptive-concurrency filter and Netflix's Gradient2). Each Window,
-	// the window's mean handler time is compared with its baseline: the
-	// mean its mix of methods would have at each method's own baseline, so
-	// a mix that moves toward a slower method is not taken for queueing.
-	// A method's baseline is its lowest window mean; between probes it
-	// rises only in windows that ran at low concurrency. Every 60s, and at
-	// the start if the first window ran above 3 calls in flight (or
-	// MinSamples calls were cut short before any window closed), one probe
-	// window re-measures the baselines at 3 calls in flight (or the limit
-	// if lower, at least MinLimit; Envoy's minRTT), shedding what exceeds
-	// it; a probe that measured nothing in 8 Windows gives up. Above
-	// Tolerance × baseline (beyond two standard errors of the window's
-	// mean: a method's own spread is not queueing) the limit shrinks to
-	// the window's peak in flight times the ratio, at most halving, but
-	// never below the concurrency the server served at baseline latency
-	// (decaying by 1/256 a window while it holds the limit up), so latency
-	// that rises from a starved CPU does not shrink it, nor below the
-	// window's throughput times the baseline (Little's law); within 10%
-	// above it the limit holds; otherwise it grows by max(1, √limit/4)
-	// while at least half the limit is in use. It starts at Limit and
-	// stays within MinLimit and MaxLimit. A call cut short by its caller's
-	// deadline or cancellation counts only if it took more than Tolerance ×
-	// its method's baseline, and then as a queued call, so short client
-	// deadlines cannot move it. Default false; requires Algorithm Fixed.
+	// measured handler time: a latency gradient in the spirit of Envoy's
+	// adaptive-concurrency filter and Netflix's Gradient2. It starts at
+	// Limit and stays within MinLimit and MaxLimit. No request waits for
+	// a slot (MaxWait) with it. Default false; requires Algorithm Fixed.
+	// docs/overload.md has the tests and numbers behind each rule.
+	//
+	// Each Window, the window's mean handler time is compared with its
+	// baseline: the mean its mix of methods would have at each method's
+	// own baseline, so a mix that moves toward a slower method is not
+	// taken for queueing. The gradient is Tolerance × baseline / mean. At
+	// 1 or above, the limit grows by max(1, √limit/4) while at least half
+	// of it is in use. From 0.9 to 1 it holds. Below 0.9 it shrinks to the
+	// window's peak in flight times the gradient, at most halving.
+	//
+	// A shrink has two floors. One is the concurrency the server served
+	// at baseline latency: latency that rises without more calls in
+	// flight is a starved CPU, not a queue. That floor decays by 1/256 a
+	// window while it holds the limit up. The other is the window's
+	// throughput times the baseline (Little's law).
+	//
+	// A method's baseline is its lowest window mean. Between probes it
+	// rises only in windows that ran at no more than the probe's
+	// concurrency. A probe window re-measures every baseline at 3 calls in
+	// flight (or the limit if lower, at least MinLimit; Envoy's minRTT),
+	// shedding what exceeds it. It comes every 60s, and at the start when
+	// the first window ran above that concurrency or MinSamples calls were
+	// cut short before any window closed. A probe that measured nothing in
+	// 8 Windows gives up.
+	//
+	// Two things do not count. A window moves a baseline or the limit down
+	// only by what is beyond two standard errors of its mean: a method's
+	// own spread is not queueing. A call cut short by its caller's
+	// deadline or cancellation counts only if it took more than Tolerance
+	// × its method's baseline, and then as a queued call: short client
+	// deadlines cannot move the limit.
 	Adaptive bool
 	// Tolerance is how much slower than the baseline a window may be
-	// before the adaptive limit shrinks; at least 1. Default 1.25 (Envoy's
+	// before the adaptive limit stops growing (it shrinks below a gradient
+	// of 0.9, see Adaptive); between 1 and 100. Default 1.25 (Envoy's
 	// adaptive-concurrency buffer of 25%).
 	Tolerance float64
-	// Window is how often the adaptive limit moves (at least MinSamples
-	// calls measured, and this long; as soon as MinSamples calls were
-	// measured when their mean is over Tolerance × baseline / 0.75, a
-	// queue that waiting out the window would only lengthen, as at an
-	// overload's onset). Default 25ms.
+	// Window is how often the adaptive limit moves: a window closes after
+	// this long and at least MinSamples calls. A window whose calls
+	// clearly queued (their mean over Tolerance × baseline / 0.75) closes
+	// as soon as it has MinSamples calls: waiting out its time would only
+	// lengthen the queue, as at an overload's onset. A probe's window never
+	// closes early. Default 25ms.
 	Window time.Duration
 	// MinSamples is how many successful calls of a method must be measured
 	// before requests whose remaining deadline is shorter than its recent
 	// service time (the time under which one in ten of its recent
 	// successful calls ended: not the mean, which a few slow calls raise
-	// above what most calls take) are shed. Default 10.
+	// above what most calls take) are shed, and before any of its
+	// requests may wait for a slot (MaxWait). It is also the fewest calls
+	// an adaptive Window closes with. Default 10.
 	MinSamples int
 	// StreamLimit is how many streams (client-, server- or bidi-streaming
 	// calls) may be open at once, counted apart from unary calls: a
@@ -209,8 +229,10 @@ type ShedderConfig struct {
 	// Pushback is the grpc-retry-pushback-ms trailer sent with a shed on
 	// the interceptor path (grpc-go clients with a retry policy wait this
 	// long before their next attempt) and the RetryInfo detail of every
-	// shed. The trailer carries whole milliseconds (at least 1: 1.5ms is
-	// sent as 1), RetryInfo the exact value. 0 sends neither. Default 20ms.
+	// shed, except ReasonDeadline's (the same deadline would not do
+	// better) and ReasonExpired's. The trailer carries whole milliseconds
+	// (at least 1: 1.5ms is sent as 1), RetryInfo the exact value. 0 sends
+	// neither. Default 20ms.
 	Pushback time.Duration
 	// LogInterval is how often, at most, a one-line summary of what was
 	// shed is logged (grpclog, warning level, component "grpcreuse-interceptors"); a

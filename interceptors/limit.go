@@ -23,9 +23,10 @@ var ErrLimited = errors.New("interceptors: concurrency limit reached")
 // server (errors.Is), for an interceptor chained outside the Shedder's; a
 // request shed by the tap reaches no interceptor, and one that arrived
 // after its deadline unwraps to context.DeadlineExceeded instead. The
-// client gets only the status: ResourceExhausted (DeadlineExceeded for an
-// expired request), one of the Message* texts, and the ErrorInfo and
-// RetryInfo details; errors.Is(err, ErrShed) is false there.
+// client gets only the status: ResourceExhausted, one of the Message*
+// texts and the ErrorInfo (and RetryInfo) details, or for an expired
+// request DeadlineExceeded, MessageExpired and no details;
+// errors.Is(err, ErrShed) is false there.
 var ErrShed = errors.New("interceptors: request shed")
 
 // Reasons passed to telemetry.LimiterObserver.LimiterRejected.

@@ -83,9 +83,16 @@ const ErrorInfoDomain = "grpcreuse.github.io"
 
 // ErrorInfo reasons of sheds, one per shed reason.
 const (
-	ErrorInfoReasonLimit       = "SHED_IN_FLIGHT_LIMIT"
-	ErrorInfoReasonDeadline    = "SHED_DEADLINE"
-	ErrorInfoReasonSheddable   = "SHED_SHEDDABLE"
+	// ErrorInfoReasonLimit is ReasonLimit's; its metadata is "limit".
+	ErrorInfoReasonLimit = "SHED_IN_FLIGHT_LIMIT"
+	// ErrorInfoReasonDeadline is ReasonDeadline's; its metadata is
+	// "serviceTimeMs", the time the deadline was compared with.
+	ErrorInfoReasonDeadline = "SHED_DEADLINE"
+	// ErrorInfoReasonSheddable is ReasonSheddable's; its metadata is
+	// "limit" and "sheddableLimit".
+	ErrorInfoReasonSheddable = "SHED_SHEDDABLE"
+	// ErrorInfoReasonStreamLimit is ReasonStreamLimit's; its metadata is
+	// "streamLimit".
 	ErrorInfoReasonStreamLimit = "SHED_STREAM_LIMIT"
 )
 
@@ -93,11 +100,17 @@ const (
 // that tools grouping errors by message (ghz, dashboards) see one line per
 // reason; the numbers are in the status details.
 const (
-	MessageShedLimit       = "interceptors: shed: the server is at its in-flight limit"
-	MessageShedDeadline    = "interceptors: shed: the deadline is shorter than the method's recent service time"
-	MessageShedSheddable   = "interceptors: shed: sheddable request beyond its share of the in-flight limit"
+	// MessageShedLimit is ReasonLimit's message (ResourceExhausted).
+	MessageShedLimit = "interceptors: shed: the server is at its in-flight limit"
+	// MessageShedDeadline is ReasonDeadline's message (ResourceExhausted).
+	MessageShedDeadline = "interceptors: shed: the deadline is shorter than the method's recent service time"
+	// MessageShedSheddable is ReasonSheddable's message (ResourceExhausted).
+	MessageShedSheddable = "interceptors: shed: sheddable request beyond its share of the in-flight limit"
+	// MessageShedStreamLimit is ReasonStreamLimit's message
+	// (ResourceExhausted).
 	MessageShedStreamLimit = "interceptors: shed: the server is at its stream limit"
-	MessageExpired         = "interceptors: the deadline passed before the request was admitted"
+	// MessageExpired is ReasonExpired's message (DeadlineExceeded).
+	MessageExpired = "interceptors: the deadline passed before the request was admitted"
 )
 
 // isHealth reports whether method is one of grpc.health.v1.Health's,
@@ -149,19 +162,25 @@ func (r reason) String() string {
 //     apart from unary calls: their lifetime is the client's to choose);
 //   - a request whose deadline has already passed, DeadlineExceeded.
 //
-// Every shed carries a stable message (Message* constants), an
-// errdetails.ErrorInfo with the numbers and, when Pushback is set, an
-// errdetails.RetryInfo; on the interceptor path also the
-// grpc-retry-pushback-ms trailer. grpc.health.v1.Health, and the methods
-// and services of ShedderConfig.Exempt, are never shed and not counted.
+// Every shed carries a stable message (Message* constants). All but an
+// expired request's carry an errdetails.ErrorInfo with the numbers. When
+// Pushback is set, all but deadline and expired sheds also carry an
+// errdetails.RetryInfo and, on the interceptor path, the
+// grpc-retry-pushback-ms trailer. grpc.health.v1.Health's methods, and
+// the methods and services of ShedderConfig.Exempt, are never shed and
+// not counted.
+//
+// docs/overload.md explains each decision and the tests and numbers
+// behind it.
 //
 // Install it with ServerOptions: the tap path (TapHandle, the default)
 // decides before grpc-go creates the stream, which costs about half the
 // interceptor path's CPU per shed call (less than half on a server with
 // stats handlers); the interceptors measure the admitted calls and
 // release their slots. The interceptors alone (without the tap) make the
-// same decisions later, and add the pushback trailer to every shed; with
-// the tap, only retry attempts' sheds carry it (see TapHandle).
+// same decisions later, and add the pushback trailer to every shed that
+// carries one; with the tap, only retry attempts' sheds carry it (see
+// TapHandle).
 //
 // Safe for concurrent use. It starts no goroutines; its log summary is
 // written lazily by the request path.
@@ -235,8 +254,8 @@ type serviceTime struct {
 // row since the method's last measured call (streak): k/512 of them at
 // the k-th, at most 1/8. Sheds between measured calls barely move the
 // estimate (the calls measured say it holds); a long row says it is stale: a
-// method shed for every request sees it halve in 27 sheds, fall 10× in
-// 49 and 100× in 69. At 1/64 a shed whatever the row, 150 callers of a
+// method shed for every request sees it halve in 26 sheds, fall 10× in
+// 48 and 100× in 67. At 1/64 a shed whatever the row, 150 callers of a
 // method 100× faster than its estimate, with deadlines a tenth of it,
 // were refused before one got through
 // (TestShedderDeadlineShedRecoversFromA100xSpeedUp).
