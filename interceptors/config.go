@@ -152,9 +152,9 @@ type ShedderConfig struct {
 	// cut short before any window closed. A probe that measured nothing in
 	// 8 Windows gives up.
 	//
-	// Two things do not count. A window moves a baseline or the limit down
-	// only by what is beyond two standard errors of its mean: a method's
-	// own spread is not queueing. A call cut short by its caller's
+	// Two rules keep noise and clients from moving it. A window moves a
+	// baseline or the limit down only by what is beyond two standard
+	// errors of its mean: a method's own spread is not queueing. A call cut short by its caller's
 	// deadline or cancellation counts only if it took more than Tolerance
 	// × its method's baseline, and then as a queued call: short client
 	// deadlines cannot move the limit.
