@@ -30,8 +30,10 @@
 // is shorter than their method's recent service time, with
 // codes.ResourceExhausted, a stable message, ErrorInfo/RetryInfo details
 // and (interceptor path) the grpc-retry-pushback-ms trailer; a request
-// that arrives after its deadline gets codes.DeadlineExceeded. It never
-// sheds grpc.health.v1.Health. docs/overload.md has the details. The tap
+// that arrives after its deadline gets codes.DeadlineExceeded, with no
+// details. It never sheds nor counts health checks (grpc.health.v1.Health's
+// Check, Watch and List) or the methods and services of
+// ShedderConfig.Exempt. docs/overload.md has the details. The tap
 // path only checks: the interceptors alone take and release slots, so a
 // stream reset before its handler holds nothing. The Shedder's summary
 // log line (grpclog warning) is written by the request path, not by a

@@ -61,6 +61,8 @@ const PolicyKey = "grpcreuse"
 // unknown top-level fields, so the policy would silently not apply).
 // docs/policy.md describes every field, its default and its range.
 type Policy struct {
+	// MethodConfig holds the "grpcreuse" object's methodConfig entries,
+	// in their order.
 	MethodConfig []MethodPolicy
 }
 
@@ -76,7 +78,12 @@ type MethodPolicy struct {
 
 // MethodName selects methods as gRPC's methodConfig "name" does.
 type MethodName struct {
-	Service, Method string
+	// Service is the full service name ("pkg.Service"); empty selects
+	// every method not selected otherwise (Method must then be empty).
+	Service string
+	// Method is the method name ("Method"); empty matches every method of
+	// Service.
+	Method string
 }
 
 // grpcTopLevel are the top-level fields of gRPC's own service config.
@@ -89,7 +96,9 @@ var grpcTopLevel = []string{"loadBalancingPolicy", "loadBalancingConfig", "metho
 // `grpcreuse: "circuitBreaker.failureRatio" is 1.5; must be between 0 and 1 (methodConfig[0])`
 // and unwraps to Err.
 type PolicyError struct {
-	Err   *ConfigError
+	// Err is the field, value and rule that failed.
+	Err *ConfigError
+	// Where is the methodConfig entry ("methodConfig[0]"), or "".
 	Where string
 }
 
