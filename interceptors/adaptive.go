@@ -225,7 +225,12 @@ func (g *gradient) sample(st *serviceTime, took time.Duration, cut bool, now, n 
 		g.closing = append(g.closing, methodWindow{m, mn, mean, math.Sqrt(m.gVar/float64(mn)) * float64(time.Microsecond)})
 	}
 	elapsed := float64(max(now-g.start.Load(), 1))
-	inService := sum / elapsed
+	// The mean calls in service (Little's law), at most the most that were
+	// in flight: calls that began before a short window and end in it make
+	// the window's sum overstate it (400 with one in flight), and served,
+	// which the limit never shrinks below, must be a concurrency the
+	// server held (TestGradientNeverLeavesItsBounds).
+	inService := math.Min(sum/elapsed, float64(peak))
 	g.start.Store(now)
 	if !g.measured.Load() {
 		g.measured.Store(true)
@@ -311,10 +316,10 @@ func (g *gradient) sample(st *serviceTime, took time.Duration, cut bool, now, n 
 		// window (queued) would halve the limit again for the same queue.
 		next = math.Max(next, math.Min(g.limit, float64(cnt)*b/elapsed))
 		if next < g.served {
-			next = g.served
+			next = math.Min(g.served, g.limit) // a shrink never raises it
 			g.served -= g.served / 256
 		}
-		g.limit = math.Max(next, g.min)
+		g.limit = math.Min(math.Max(next, g.min), g.max)
 	case raw >= 1 && float64(peak) >= g.limit/2:
 		g.served = math.Max(g.served, inService)
 		g.limit = math.Min(g.limit+math.Max(1, math.Sqrt(g.limit)/4), g.max)

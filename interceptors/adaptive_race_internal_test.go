@@ -1,6 +1,7 @@
 package interceptors
 
 import (
+	"fmt"
 	"math"
 	"sync"
 	"sync/atomic"
@@ -70,5 +71,50 @@ func TestGradientConcurrentSamplers(t *testing.T) {
 		if st.gN.Load() < 0 || st.gSum.Load() < 0 || st.gSq.Load() < 0 || math.IsNaN(st.gVar) {
 			t.Errorf("method %d: window n %d, sum %d, squares %d, variance %v; want none negative", i, st.gN.Load(), st.gSum.Load(), st.gSq.Load(), st.gVar)
 		}
+	}
+}
+
+// TestGradientNeverLeavesItsBounds: a window whose calls began before it
+// (long calls ending in a short window) makes Little's law overstate the
+// calls in service, 400 here with one in flight. That figure must not
+// become the concurrency the limit never shrinks below: a shrink then set
+// the limit to it, above the limit it shrank from and above MaxLimit
+// (TestGradientConcurrentSamplers found 4,524 with MaxLimit 1000).
+func TestGradientNeverLeavesItsBounds(t *testing.T) {
+	cfg := adaptiveCfg()
+	cfg.Limit, cfg.MaxLimit = 10, 20
+	g := newGradient(cfg)
+	st := &serviceTime{}
+	win := int64(cfg.Window)
+	now := int64(0)
+	limit := int64(cfg.Limit)
+	check := func(what string) {
+		t.Helper()
+		if limit < int64(cfg.MinLimit) || limit > int64(cfg.MaxLimit) {
+			t.Fatalf("%s: limit %d; want %d to %d", what, limit, cfg.MinLimit, cfg.MaxLimit)
+		}
+		g.mu.Lock()
+		defer g.mu.Unlock()
+		if g.served > float64(cfg.MaxLimit) {
+			t.Fatalf("%s: served %v; want at most MaxLimit %d", what, g.served, cfg.MaxLimit)
+		}
+	}
+	for w := range 5 { // 1 s calls, one in flight, ending 10 to a 25 ms window
+		now += win
+		for range cfg.MinSamples {
+			if l, moved := g.sample(st, time.Second, false, now, 1); moved {
+				limit = l
+			}
+		}
+		check(fmt.Sprintf("window %d of 1 s calls", w))
+	}
+	for w := range 20 { // then they queue: 3 s each
+		now += win
+		for range cfg.MinSamples {
+			if l, moved := g.sample(st, 3*time.Second, false, now, min(limit, 15)); moved {
+				limit = l
+			}
+		}
+		check(fmt.Sprintf("queueing window %d", w))
 	}
 }
