@@ -525,6 +525,11 @@ func (l *lb) applyLocked(w *work) {
 		l.unlockAndEmit()
 		return
 	}
+	// The picker first: the events about to be emitted (an ejection, a
+	// return) then describe a picker already in force, and no call picks
+	// an endpoint just ejected while the work runs. Otherwise an observer
+	// that saw the ejection could still see a call reach it.
+	l.updatePickerLocked()
 	l.inhibit++
 	l.unlockAndEmit()
 	w.do()

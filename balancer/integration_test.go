@@ -440,8 +440,12 @@ func TestIntegrationSlowBackendAvoided(t *testing.T) {
 	}
 	share := float64(bs[0].Calls.Load()) / 3000
 	t.Logf("slow backend got %.1f%% of calls", share*100)
-	if share > 0.10 {
-		t.Fatalf("slow backend got %.1f%% of calls, want < 10%% (round robin: 33%%)", share*100)
+	// Round robin sends it a third. Usually it gets 1-5%; the bound leaves
+	// room for a machine so loaded that the fast backends' 1 ms sleeps
+	// stretch too (10.2% with two test suites at once on 2 cores); the
+	// bench measures the share itself (docs/benchmarks.md).
+	if share > 0.15 {
+		t.Fatalf("slow backend got %.1f%% of calls, want < 15%% (round robin: 33%%)", share*100)
 	}
 	// The load reports carry the latency estimate the picks used. The
 	// slow endpoint's peak is checked: once it gets no calls its estimate
