@@ -231,6 +231,18 @@ func (r *fileReader) take() (snapshot, error) {
 		s   snapshot
 		err error
 	}
+	// Whether Close came before this reading, decided before it starts: a
+	// reading begun after Close is bounded by the timeout alone (a caller
+	// still gets an answer), one that Close overtakes is interrupted. Looked
+	// at after the reading started, a Close that came while this goroutine
+	// waited to run (its reading already stuck on a hung mount) was taken
+	// for an earlier one, and Close waited out the whole read timeout.
+	quit := r.quit
+	select {
+	case <-quit:
+		quit = nil
+	default:
+	}
 	done := make(chan struct{})
 	res := make(chan result, 1)
 	go func() {
@@ -238,12 +250,6 @@ func (r *fileReader) take() (snapshot, error) {
 		s, err := r.takeAttempts()
 		res <- result{s, err}
 	}()
-	quit := r.quit
-	select {
-	case <-quit:
-		quit = nil // already closed: bounded by the timeout alone
-	default:
-	}
 	t := time.NewTimer(r.timeout)
 	defer t.Stop()
 	select {
