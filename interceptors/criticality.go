@@ -95,16 +95,24 @@ func validMethodKey(k string) bool {
 // methodCriticality returns the configured default for method: its own
 // entry, else its service's, else Critical.
 func methodCriticality(m map[string]Criticality, method string) Criticality {
-	if len(m) == 0 {
-		return Critical
-	}
-	if c, ok := m[method]; ok {
-		return c
-	}
-	if i := strings.LastIndexByte(method, '/'); i > 0 {
-		if c, ok := m[method[:i+1]]; ok {
-			return c
+	c, _ := byMethod(m, method)
+	return c // Critical when absent: the zero value
+}
+
+// byMethod looks method ("/pkg.Service/Method") up in a map keyed as the
+// config keys methods: its own entry, else its service's
+// ("/pkg.Service/"). Criticality and Exempt share it.
+func byMethod[V any](m map[string]V, method string) (V, bool) {
+	if len(m) > 0 {
+		if v, ok := m[method]; ok {
+			return v, true
+		}
+		if i := strings.LastIndexByte(method, '/'); i > 0 {
+			if v, ok := m[method[:i+1]]; ok {
+				return v, true
+			}
 		}
 	}
-	return Critical
+	var zero V
+	return zero, false
 }

@@ -7,7 +7,6 @@ import (
 	"maps"
 	"slices"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -189,7 +188,7 @@ type Shedder struct {
 	obs    telemetry.LimiterObserver
 	sobs   telemetry.ShedObserver // nil: obs does not implement it
 	crit   map[string]Criticality // immutable copy of cfg.Criticality
-	exempt map[string]bool        // cfg.Exempt as a set; nil when empty
+	exempt map[string]struct{}    // cfg.Exempt as a set; nil when empty
 
 	slots   slots        // the unary in-flight limit, its slots and their wait (maxWaiters)
 	passed  atomic.Int64 // requests the tap let through to wait, not yet at the interceptor (tapPass)
@@ -331,9 +330,9 @@ func NewShedder(opts ...ShedderOption) (*Shedder, error) {
 	s.cfg.Criticality = s.crit
 	s.cfg.Exempt = slices.Clone(o.cfg.Exempt)
 	if len(s.cfg.Exempt) > 0 {
-		s.exempt = make(map[string]bool, len(s.cfg.Exempt))
+		s.exempt = make(map[string]struct{}, len(s.cfg.Exempt))
 		for _, k := range s.cfg.Exempt {
-			s.exempt[k] = true
+			s.exempt[k] = struct{}{}
 		}
 	}
 	s.sobs, _ = o.obs.(telemetry.ShedObserver)
@@ -586,14 +585,8 @@ func (s *Shedder) exempted(method string) bool {
 	if isHealth(method) {
 		return true
 	}
-	if s.exempt == nil {
-		return false
-	}
-	if s.exempt[method] {
-		return true
-	}
-	i := strings.LastIndexByte(method, '/')
-	return i > 0 && s.exempt[method[:i+1]]
+	_, ok := byMethod(s.exempt, method)
+	return ok
 }
 
 // criticality returns a request's criticality: its header if it carries a
