@@ -51,21 +51,12 @@ func ExampleShedder() {
 		grpc.ChainStreamInterceptor(shed.StreamServerInterceptor()))
 	svc := &gatedService{started: make(chan struct{}, 1), release: make(chan struct{})}
 	testpb.RegisterTestServiceServer(srv, svc)
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	cc, stop, err := serveLoopback(srv)
 	if err != nil {
 		fmt.Println(err)
 		return
 	}
-	served := make(chan error, 1)
-	go func() { served <- srv.Serve(lis) }()
-	defer func() { srv.Stop(); <-served }()
-
-	cc, err := grpc.NewClient("passthrough:///"+lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		fmt.Println(err)
-		return
-	}
-	defer cc.Close()
+	defer stop()
 	c := testpb.NewTestServiceClient(cc)
 	first := make(chan error, 1)
 	go func() { _, err := c.UnaryCall(context.Background(), &testpb.SimpleRequest{}); first <- err }()
@@ -97,16 +88,16 @@ func newGatedService(holders int) *gatedService {
 }
 
 // serveLoopback serves srv on a loopback port and returns a client
-// connection to it and a function that closes the connection and stops
-// the server.
-func serveLoopback(srv *grpc.Server) (*grpc.ClientConn, func(), error) {
+// connection to it (dialed with opts besides insecure credentials) and a
+// function that closes the connection and stops the server.
+func serveLoopback(srv *grpc.Server, opts ...grpc.DialOption) (*grpc.ClientConn, func(), error) {
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return nil, nil, err
 	}
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(lis) }()
-	cc, err := grpc.NewClient("passthrough:///"+lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	cc, err := grpc.NewClient("passthrough:///"+lis.Addr().String(), append([]grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}, opts...)...)
 	if err != nil {
 		srv.Stop()
 		<-served
@@ -352,25 +343,16 @@ func ExampleShedder_retryPushback() {
 	srv := grpc.NewServer(shed.ServerOptions()...)
 	svc := newGatedService(1)
 	testpb.RegisterTestServiceServer(srv, svc)
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		fmt.Println(err)
-		return
-	}
-	served := make(chan error, 1)
-	go func() { served <- srv.Serve(lis) }()
-	defer func() { srv.Stop(); <-served }()
 
 	const retryPolicy = `{"methodConfig": [{"name": [{"service": "grpc.testing.TestService"}],
 	  "retryPolicy": {"maxAttempts": 3, "initialBackoff": "0.005s", "maxBackoff": "0.05s",
 	                  "backoffMultiplier": 2, "retryableStatusCodes": ["RESOURCE_EXHAUSTED"]}}]}`
-	cc, err := grpc.NewClient("passthrough:///"+lis.Addr().String(),
-		grpc.WithTransportCredentials(insecure.NewCredentials()), grpc.WithDefaultServiceConfig(retryPolicy))
+	cc, stop, err := serveLoopback(srv, grpc.WithDefaultServiceConfig(retryPolicy))
 	if err != nil {
 		fmt.Println(err)
 		return
 	}
-	defer cc.Close()
+	defer stop()
 	c := testpb.NewTestServiceClient(cc)
 	first := make(chan error, 1)
 	go func() { _, err := c.UnaryCall(context.Background(), &testpb.SimpleRequest{}); first <- err }()
