@@ -216,9 +216,9 @@ func TestBadInputEveryConstructor(t *testing.T) {
 		}, wantErr: []string{"WithSessionCache", "tls.Config.ClientSessionCache"}},
 
 		// credentials.NewTicketKeyRotator, with corrupt key files.
-		{name: "TicketKeys/zero interval", run: rotator(grcreds.WithRotationInterval(0)), wantErr: []string{"WithRotationInterval is 0s; must be positive"}},
+		{name: "TicketKeys/zero interval", run: rotator(grcreds.WithRotationInterval(0)), wantErr: []string{"WithRotationInterval is 0s; must be at least 1ms"}},
 		{name: "TicketKeys/too many previous keys", run: rotator(grcreds.WithPreviousKeys(101)), wantErr: []string{"WithPreviousKeys is 101; must be between 0 and 100"}},
-		{name: "TicketKeys/negative poll interval", run: rotator(grcreds.WithPollInterval(-time.Second)), wantErr: []string{"WithPollInterval is -1s; must be positive"}},
+		{name: "TicketKeys/negative poll interval", run: rotator(grcreds.WithPollInterval(-time.Second)), wantErr: []string{"WithPollInterval is -1s; must be at least 1ms"}},
 		{name: "TicketKeys/empty file name", run: rotator(grcreds.WithTicketKeyFile("")), wantErr: []string{`WithTicketKeyFile is ""`}},
 		{name: "TicketKeys/missing file", run: rotator(grcreds.WithTicketKeyFile(missing)), wantErr: []string{missing, "no such file"}},
 		{name: "TicketKeys/empty file", run: rotator(grcreds.WithTicketKeyFile(file("empty.keys", nil))), wantErr: []string{"empty.keys", "no keys"}},
@@ -249,7 +249,7 @@ func TestBadInputEveryConstructor(t *testing.T) {
 		{name: "CertReloader/garbage key", run: reloader(file("c3.pem", certPEM), file("garbage-key.pem", []byte("-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n"))), wantErr: []string{"garbage-key.pem"}},
 		{name: "CertReloader/files swapped", run: reloader(file("key-as-cert.pem", keyPEM), file("cert-as-key.pem", certPEM)), wantErr: []string{"key-as-cert.pem"}},
 		{name: "CertReloader/mismatched key", run: reloader(file("c4.pem", certPEM), file("other-key.pem", otherKeyPEM)), wantErr: []string{"other-key.pem", "private key does not match public key"}},
-		{name: "CertReloader/zero poll interval", run: reloader(file("c5.pem", certPEM), file("k6.pem", keyPEM), grcreds.WithPollInterval(0)), wantErr: []string{"WithPollInterval is 0s; must be positive"}},
+		{name: "CertReloader/zero poll interval", run: reloader(file("c5.pem", certPEM), file("k6.pem", keyPEM), grcreds.WithPollInterval(0)), wantErr: []string{"WithPollInterval is 0s; must be at least 1ms"}},
 
 		// breaker.New.
 		{name: "breaker/nil option", run: func(*testing.T) error { _, err := breaker.New(nil); return err }, wantErr: []string{"option", "nil"}},

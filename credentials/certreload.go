@@ -40,8 +40,8 @@ func NewCertificateReloader(certFile, keyFile string, opts ...CertificateReloade
 	if keyFile == "" {
 		return nil, errors.New("credentials: NewCertificateReloader: keyFile is \"\"; must name a PEM file")
 	}
-	if o.pollInterval <= 0 {
-		return nil, fmt.Errorf("credentials: WithPollInterval is %v; must be positive", o.pollInterval)
+	if err := checkInterval("WithPollInterval", o.pollInterval); err != nil {
+		return nil, err
 	}
 	w, err := newWatched(o, func(data [][]byte, _ *tls.Certificate) (*tls.Certificate, error) {
 		return parseKeyPair(certFile, keyFile, data)

@@ -64,15 +64,19 @@ func TestBadInputs(t *testing.T) {
 
 		// NewTicketKeyRotator
 		{"zero rotation interval", func() error { return rotatorErr(credentials.WithRotationInterval(0)) },
-			"credentials: WithRotationInterval is 0s; must be positive"},
+			"credentials: WithRotationInterval is 0s; must be at least 1ms"},
 		{"negative rotation interval", func() error { return rotatorErr(credentials.WithRotationInterval(-time.Minute)) },
-			"credentials: WithRotationInterval is -1m0s; must be positive"},
+			"credentials: WithRotationInterval is -1m0s; must be at least 1ms"},
+		{"nanosecond rotation interval", func() error { return rotatorErr(credentials.WithRotationInterval(time.Nanosecond)) },
+			"credentials: WithRotationInterval is 1ns; must be at least 1ms"},
+		{"microsecond poll interval", func() error { return rotatorErr(credentials.WithPollInterval(time.Microsecond)) },
+			"credentials: WithPollInterval is 1µs; must be at least 1ms"},
 		{"negative previous keys", func() error { return rotatorErr(credentials.WithPreviousKeys(-1)) },
 			"credentials: WithPreviousKeys is -1; must be between 0 and 100"},
 		{"too many previous keys", func() error { return rotatorErr(credentials.WithPreviousKeys(101)) },
 			"credentials: WithPreviousKeys is 101; must be between 0 and 100"},
 		{"zero poll interval", func() error { return rotatorErr(credentials.WithPollInterval(0)) },
-			"credentials: WithPollInterval is 0s; must be positive"},
+			"credentials: WithPollInterval is 0s; must be at least 1ms"},
 		{"key file with rotation interval", func() error {
 			return rotatorErr(credentials.WithTicketKeyFile(file("k", keyFile(secret))), credentials.WithRotationInterval(time.Hour))
 		}, "credentials: WithRotationInterval cannot be combined with WithTicketKeyFile"},
@@ -113,7 +117,7 @@ func TestBadInputs(t *testing.T) {
 		{"reloader poll interval", func() error {
 			_, err := credentials.NewCertificateReloader(file("cert.pem", certPEM), file("key.pem", keyPEM), credentials.WithPollInterval(-time.Second))
 			return err
-		}, "credentials: WithPollInterval is -1s; must be positive"},
+		}, "credentials: WithPollInterval is -1s; must be at least 1ms"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			err := tc.run()

@@ -1,6 +1,7 @@
 package credentials
 
 import (
+	"fmt"
 	"time"
 
 	"github.com/grpcreuse/grpcreuse/telemetry"
@@ -24,7 +25,19 @@ const (
 	// DefaultPollInterval is how often key and certificate files are
 	// re-read unless WithPollInterval is given.
 	DefaultPollInterval = 10 * time.Second
+	// MinInterval is the shortest rotation or poll interval accepted: a
+	// shorter one would only spin a goroutine re-reading files or making
+	// keys (WithRotationInterval(time.Nanosecond) kept a core busy).
+	MinInterval = time.Millisecond
 )
+
+// checkInterval refuses an interval under MinInterval, naming its option.
+func checkInterval(option string, d time.Duration) error {
+	if d < MinInterval {
+		return fmt.Errorf("credentials: %s is %v; must be at least %v", option, d, MinInterval)
+	}
+	return nil
+}
 
 // ---------------------------------------------------------------------------
 // SessionCache options
@@ -261,7 +274,7 @@ func (f reloadOptionFunc) applyCertReload(o *reloadOptions)   { f(o) }
 
 // WithRotationInterval sets how often a rotator with random keys makes a
 // new encryption key (from crypto/rand); the previous one moves into the
-// decryption window. It must be positive and cannot be combined with
+// decryption window. It must be at least MinInterval and cannot be combined with
 // WithTicketKeyFile, whose keys the fleet rotates. Default
 // DefaultRotationInterval.
 func WithRotationInterval(d time.Duration) TicketKeyOption {
@@ -286,7 +299,8 @@ func WithTicketKeyFile(path string) TicketKeyOption {
 }
 
 // WithPollInterval sets how often key or certificate files are re-read to
-// pick up changes. It must be positive. Default DefaultPollInterval.
+// pick up changes. It must be at least MinInterval. Default
+// DefaultPollInterval.
 func WithPollInterval(d time.Duration) ReloadOption {
 	return reloadOptionFunc(func(o *reloadOptions) { o.pollInterval = d })
 }

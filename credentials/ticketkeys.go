@@ -72,14 +72,14 @@ func NewTicketKeyRotator(opts ...TicketKeyOption) (*TicketKeyRotator, error) {
 	if o.keyFileSet && o.keyFile == "" {
 		return nil, errors.New("credentials: WithTicketKeyFile is \"\"; must name a file")
 	}
-	if o.interval <= 0 {
-		return nil, fmt.Errorf("credentials: WithRotationInterval is %v; must be positive", o.interval)
+	if err := checkInterval("WithRotationInterval", o.interval); err != nil {
+		return nil, err
 	}
 	if o.previousKeys < 0 || o.previousKeys > maxTicketKeys {
 		return nil, fmt.Errorf("credentials: WithPreviousKeys is %d; must be between 0 and %d", o.previousKeys, maxTicketKeys)
 	}
-	if o.pollInterval <= 0 {
-		return nil, fmt.Errorf("credentials: WithPollInterval is %v; must be positive", o.pollInterval)
+	if err := checkInterval("WithPollInterval", o.pollInterval); err != nil {
+		return nil, err
 	}
 	r := &TicketKeyRotator{previousKeys: o.previousKeys, keyFile: o.keyFile}
 	if !o.keyFileSet {

@@ -53,8 +53,8 @@ func NewTrustBundle(file string, opts ...TrustBundleOption) (*TrustBundle, error
 	if file == "" {
 		return nil, errors.New("credentials: NewTrustBundle: file is \"\"; must name a PEM file of CA certificates")
 	}
-	if o.pollInterval <= 0 {
-		return nil, fmt.Errorf("credentials: WithPollInterval is %v; must be positive", o.pollInterval)
+	if err := checkInterval("WithPollInterval", o.pollInterval); err != nil {
+		return nil, err
 	}
 	w, err := newWatched(o, func(data [][]byte, _ *x509.CertPool) (*x509.CertPool, error) { return parseTrustBundle(file, data[0]) },
 		(*x509.CertPool).Equal, // an unchanged bundle keeps its pool

@@ -213,7 +213,7 @@ func TestTrustBundleBadInputs(t *testing.T) {
 		{"zero read timeout", func() error { _, err := credentials.NewTrustBundle(good, credentials.WithReadTimeout(0)); return err },
 			"credentials: WithReadTimeout is 0s; must be positive"},
 		{"zero poll interval", func() error { _, err := credentials.NewTrustBundle(good, credentials.WithPollInterval(0)); return err },
-			"credentials: WithPollInterval is 0s; must be positive"},
+			"credentials: WithPollInterval is 0s; must be at least 1ms"},
 		{"ServerConfig nil", func() error { _, err := b.ServerConfig(nil); return err },
 			"credentials: TrustBundle.ServerConfig: tls.Config is nil"},
 		{"ServerConfig without client verification", func() error {
