@@ -104,9 +104,9 @@ func parseFlags(args []string, stdout io.Writer) (config, error) {
 	case c.ticketRotation <= 0:
 		return c, fmt.Errorf("-ticket-rotation is %v; must be positive", c.ticketRotation)
 	case c.ticketRotation < time.Second:
-		// The rotator takes any positive interval, but below a second it
-		// rotates keys about as fast as it can, and no ticket outlives
-		// a few rotations: clients would never resume.
+		// The rotator takes intervals down to credentials.MinInterval,
+		// but below a second no ticket outlives a few rotations: a demo
+		// server's clients would never resume.
 		return c, fmt.Errorf("-ticket-rotation is %v; must be at least 1s", c.ticketRotation)
 	case c.maxInFlight < 1:
 		return c, fmt.Errorf("-max-in-flight is %d; must be at least 1", c.maxInFlight)
