@@ -272,6 +272,9 @@ type conn struct {
 	lastErr   error // the child's picker error while not READY
 	lastPicks uint32
 	idleSince time.Duration
+	// connectingSince is when the child last went IDLE or CONNECTING
+	// from another state (see connectWait).
+	connectingSince time.Duration
 }
 
 func (c *conn) inflight() uint32 { return uint32(c.use.Load()) }
@@ -378,6 +381,9 @@ type lb struct {
 	inhibit     int // >0 while a top-down change is applied to children
 	pendingIdle []*conn
 	pending     []event
+	// connectWaitUntil is, while the picker holds calls back for a
+	// connecting endpoint (connectWait), when it must stop; else 0.
+	connectWaitUntil time.Duration
 }
 
 // event is an observer call collected under mu and made after it.
@@ -573,7 +579,7 @@ func (l *lb) newEndpointLocked(re resolver.Endpoint, now time.Duration) *endpoin
 // newConnLocked adds one connection (a pick_first child, not yet given its
 // addresses: the caller's work does that) to ep.
 func (l *lb) newConnLocked(ep *endpoint, now time.Duration) *conn {
-	c := &conn{l: l, ep: ep, state: connectivity.Idle, idleSince: now}
+	c := &conn{l: l, ep: ep, state: connectivity.Idle, idleSince: now, connectingSince: now}
 	c.done = c.onDone
 	c.child = grpcbalancer.Get(pickfirst.Name).Build(&connCC{ClientConn: l.cc, c: c}, l.opts)
 	ep.conns = append(ep.conns, c)
@@ -645,6 +651,9 @@ func (l *lb) onChildState(c *conn, st grpcbalancer.State) {
 	}
 	old := c.state
 	c.state = st.ConnectivityState
+	if connecting(c.state) && !connecting(old) {
+		c.connectingSince = l.sh.now()
+	}
 	switch c.state {
 	case connectivity.Ready:
 		res, err := st.Picker.Pick(grpcbalancer.PickInfo{})
@@ -738,10 +747,17 @@ func (l *lb) updatePickerLocked() {
 		// Each picker may ask for one more connection per endpoint.
 		ep.growReq.Store(false)
 	}
-	for pass := 0; pass < 2 && len(pes) == 0; pass++ {
+	now := l.sh.now()
+	l.connectWaitUntil = 0
+	for pass := 0; pass < 2 && len(pes) == 0 && l.connectWaitUntil == 0; pass++ {
 		// The first pass skips ejected and held endpoints; the second
 		// runs only when nothing else can serve, so that neither fails
-		// calls that a connected endpoint could take.
+		// calls that a connected endpoint could take. Nor while another
+		// endpoint has been connecting for less than connectWait: calls
+		// wait for it then, as with grpc's outlier detection (an ejected
+		// endpoint is in TRANSIENT_FAILURE to round_robin); a client just
+		// started gave every call to the one endpoint connected first,
+		// ejected (TestEjectedEndpointWaitsForConnectingOnes).
 		for _, ep := range l.order {
 			if pass == 0 && (ep.ejected || ep.held) {
 				continue
@@ -761,6 +777,9 @@ func (l *lb) updatePickerLocked() {
 				case connectivity.Connecting, connectivity.Idle:
 					anyConnecting = true
 					allReady = false
+					if pass == 0 && !ep.ejected && !ep.held && now-c.connectingSince < connectWait {
+						l.connectWaitUntil = max(l.connectWaitUntil, c.connectingSince+connectWait)
+					}
 				default:
 					allReady = false
 				}
@@ -773,6 +792,11 @@ func (l *lb) updatePickerLocked() {
 			}
 			pes = append(pes, pe)
 		}
+	}
+	if len(pes) > 0 {
+		l.connectWaitUntil = 0
+	} else if l.connectWaitUntil != 0 {
+		l.sh.wake() // so that the loop's next round is by the wait's end
 	}
 	p := &picker{sh: l.sh, eps: pes, choice: cfg.ChoiceCount}
 	p.next.Store(uint32(l.sh.rand()))
@@ -787,6 +811,19 @@ func (l *lb) updatePickerLocked() {
 		p.err = l.failureErrLocked()
 	}
 	l.cc.UpdateState(grpcbalancer.State{ConnectivityState: l.state, Picker: p})
+}
+
+// connectWait is how long calls wait for an endpoint that is connecting
+// rather than go to ejected or held ones when nothing else is connected.
+// Bounded: an endpoint whose connection hangs (a black-holed address, up
+// to grpc's 20 s connect timeout) must not hold calls back from a
+// connected endpoint, ejected or not, for longer than a connection takes
+// to set up, TLS included, within a region.
+const connectWait = time.Second
+
+// connecting reports whether a child in state st is on its way to READY.
+func connecting(st connectivity.State) bool {
+	return st == connectivity.Connecting || st == connectivity.Idle
 }
 
 // failureErrLocked is the error of picks when nothing can serve. It is a

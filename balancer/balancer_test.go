@@ -426,6 +426,73 @@ func TestEjectionFailsOpen(t *testing.T) {
 	h.pick().Done(okDone)
 }
 
+// TestEjectedEndpointWaitsForConnectingOnes: an ejected endpoint gets no
+// calls while another endpoint is still connecting; they wait for it, as
+// with grpc's outlier detection. Only when nothing else can connect do
+// calls go to the ejected endpoint (failing open), or once the others
+// have been connecting for connectWait (a hung connection must not hold
+// calls back from a connected endpoint for long). A client just started
+// had only its first endpoint connected, which failed and was ejected, and
+// it went on getting the calls (TestIntegrationEjectionAndReturn, under
+// load).
+func TestEjectedEndpointWaitsForConnectingOnes(t *testing.T) {
+	h := newHarness(t, 9)
+	cfg := mustConfig(t, `{"ejection":{"consecutiveFailures":3,"maxEjectionPercent":50}}`)
+	if err := h.update(cfg, endpoints("a:1", "b:1", "c:1")); err != nil {
+		t.Fatal(err)
+	}
+	subs := map[string]*fakeSC{}
+	for _, s := range h.cc.live() {
+		subs[s.addrs[0].Addr] = s
+		s.set(connectivity.Connecting, nil)
+	}
+	subs["a:1"].set(connectivity.Ready, nil)
+	for range 3 {
+		r := h.pick()
+		if a := h.addrOf(r); a != "a:1" {
+			t.Fatalf("picked %s, want a:1, the only one connected", a)
+		}
+		r.Done(grpcbalancer.DoneInfo{Err: status.Error(codes.Unavailable, "down")})
+	}
+	h.tick()
+	if len(h.obs.ejections("a:1")) != 1 {
+		t.Fatalf("a:1 ejections %v, want one", h.obs.ejections("a:1"))
+	}
+	st := h.cc.last()
+	if _, err := st.Picker.Pick(grpcbalancer.PickInfo{}); err != grpcbalancer.ErrNoSubConnAvailable || st.ConnectivityState != connectivity.Connecting {
+		t.Fatalf("with a:1 ejected and b:1, c:1 connecting: pick error %v, state %v; want ErrNoSubConnAvailable, CONNECTING", err, st.ConnectivityState)
+	}
+	// A connection that hangs holds calls back for connectWait at most;
+	// then the ejected endpoint serves (no one else can).
+	h.clock.advance(connectWait - time.Millisecond)
+	h.tick()
+	if _, err := h.cc.last().Picker.Pick(grpcbalancer.PickInfo{}); err != grpcbalancer.ErrNoSubConnAvailable {
+		t.Fatalf("pick error %v just before connectWait passed, want ErrNoSubConnAvailable", err)
+	}
+	h.clock.advance(time.Millisecond)
+	h.tick()
+	if a := h.addrOf(h.pick()); a != "a:1" {
+		t.Fatalf("picked %s after b:1 and c:1 connected for connectWait, want the ejected a:1", a)
+	}
+	subs["b:1"].set(connectivity.Ready, nil)
+	for range 20 {
+		if a := h.addrOf(h.pick()); a != "b:1" {
+			t.Fatalf("picked %s, want b:1 (a:1 ejected)", a)
+		}
+	}
+	// Nothing but the ejected endpoint can serve: it does.
+	subs["b:1"].set(connectivity.Idle, nil) // its connection went away
+	for _, a := range []string{"b:1", "c:1"} {
+		if a == "b:1" {
+			subs[a].set(connectivity.Connecting, nil)
+		}
+		subs[a].set(connectivity.TransientFailure, errors.New("refused"))
+	}
+	if a := h.addrOf(h.pick()); a != "a:1" {
+		t.Fatalf("picked %s with only the ejected a:1 connected, want a:1", a)
+	}
+}
+
 // TestScaleUpAndDown: a pick above targetStreamsPerSubchannel × READY
 // subchannels opens one more subchannel (up to the maximum, one at a time);
 // extras that stay idle for subchannelIdleTimeout are closed, base ones never.

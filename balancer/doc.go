@@ -81,7 +81,9 @@
 // that would take more than MaxEjectionPercent of the endpoints out does
 // not happen. Ejected endpoints keep their connections and return on their
 // own. If nothing but ejected endpoints can serve, they are used rather
-// than failing calls. RESOURCE_EXHAUSTED from a server never ejects; the
+// than failing calls; while another endpoint is connecting, calls wait up
+// to 1 s for it first (as grpc's outlier detection would, but bounded: a
+// connection that hangs does not hold calls back). RESOURCE_EXHAUSTED from a server never ejects; the
 // caller's own cancellations and deadlines never count as failures; other
 // codes are answers that reset the count. A RESOURCE_EXHAUSTED that grpc
 // raised on the client (a message over the size limit) is an answer.

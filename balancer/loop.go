@@ -54,6 +54,9 @@ func (l *lb) tick() time.Duration {
 	if l.holdLocked(now) {
 		changed = true
 	}
+	if l.connectWaitUntil != 0 && now >= l.connectWaitUntil {
+		changed = true // stop holding calls back for a connecting endpoint
+	}
 	var w work
 	if l.scaleLocked(now, &w) {
 		changed = true
@@ -79,6 +82,9 @@ func (l *lb) nextLocked(now time.Duration) time.Duration {
 		return max(l.k.sampleInterval-(now-l.lastSample), time.Millisecond)
 	}
 	next := maxSleep
+	if l.connectWaitUntil != 0 {
+		next = l.connectWaitUntil - now
+	}
 	for _, ep := range l.order {
 		if ep.ejected {
 			next = min(next, ep.returnAt-now)
