@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"fmt"
+	"maps"
 	"net"
 	"strings"
 	"sync"
@@ -265,14 +266,9 @@ func (s *serverSide) debugServer() *debugpage.Server {
 			continue
 		}
 		snap := b.shedder.Snapshot()
-		shed := make(map[string]uint64, len(snap.Shed))
-		for reason, n := range snap.Shed {
-			if n > 0 {
-				shed[reason] = uint64(n)
-			}
-		}
+		maps.DeleteFunc(snap.Shed, func(_ string, n int64) bool { return n == 0 }) // the page lists reasons that shed
 		out.Shedders = append(out.Shedders, debugpage.Shedder{Name: backendNames[i] + " " + b.addr,
-			Limit: snap.Limit, InFlight: snap.InFlight, Queued: snap.Queued, Shed: shed})
+			Limit: snap.Limit, InFlight: snap.InFlight, Queued: snap.Queued, Shed: snap.Shed})
 	}
 	if s.handshakes != nil {
 		for _, h := range s.handshakes.Snapshot() {

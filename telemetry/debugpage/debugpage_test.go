@@ -67,7 +67,7 @@ func TestHTMLShowsServerHalfOnlyWhenPresent(t *testing.T) {
 	}
 	server := get(t, debugpage.NewHandler(func() debugpage.Snapshot {
 		return debugpage.Snapshot{Server: &debugpage.Server{
-			Shedders:   []debugpage.Shedder{{Name: "api", Limit: 64, InFlight: 3, Queued: 2, Shed: map[string]uint64{"limit": 7}}},
+			Shedders:   []debugpage.Shedder{{Name: "api", Limit: 64, InFlight: 3, Queued: 2, Shed: map[string]int64{"limit": 7}}},
 			Handshakes: []debugpage.ServerHandshakes{{Server: "127.0.0.1:8443", Handshakes: debugpage.Handshakes{Full: 1, Resumed: 3}, ResumedShare: 0.75}},
 		}}
 	}), "")

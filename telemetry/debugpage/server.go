@@ -15,7 +15,7 @@ type Shedder struct {
 	// Queued is how many requests wait for a slot.
 	Queued int `json:"queued"`
 	// Shed counts shed calls by reason since start.
-	Shed map[string]uint64 `json:"shed"`
+	Shed map[string]int64 `json:"shed"`
 }
 
 // ServerHandshakes summarises the TLS handshakes one server answered.
@@ -31,7 +31,7 @@ func (s *Server) normalize() {
 	empty(&s.Handshakes)
 	for i := range s.Shedders {
 		if s.Shedders[i].Shed == nil {
-			s.Shedders[i].Shed = map[string]uint64{}
+			s.Shedders[i].Shed = map[string]int64{}
 		}
 	}
 }
