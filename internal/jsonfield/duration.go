@@ -3,7 +3,6 @@ package jsonfield
 import (
 	"bytes"
 	"encoding/json"
-	"fmt"
 	"time"
 
 	"google.golang.org/protobuf/encoding/protojson"
@@ -11,7 +10,8 @@ import (
 )
 
 // ParseDuration parses raw, the JSON value of field, as a proto-JSON duration.
-// An absent or null value yields def. Errors name the field and the value:
+// An absent or null value yields def. Errors are *Error values naming the
+// field and the value:
 //
 //	"baseEjectionTime" is "30"; must be a duration string such as "30s" or "0.25s"
 func ParseDuration(field string, raw json.RawMessage, def time.Duration) (time.Duration, error) {
@@ -21,15 +21,15 @@ func ParseDuration(field string, raw json.RawMessage, def time.Duration) (time.D
 	}
 	var pb durationpb.Duration
 	if raw[0] != '"' || protojson.Unmarshal(raw, &pb) != nil {
-		return 0, fmt.Errorf("%q is %s; must be a duration string such as \"30s\" or \"0.25s\"", field, Clip(raw))
+		return 0, Errorf(field, raw, `must be a duration string such as "30s" or "0.25s"`)
 	}
 	if err := pb.CheckValid(); err != nil {
-		return 0, fmt.Errorf("%q is %s; %v", field, Clip(raw), err)
+		return 0, Errorf(field, raw, err.Error())
 	}
 	d := pb.AsDuration()
 	// AsDuration saturates out-of-range values instead of failing.
 	if time.Duration(pb.GetSeconds())*time.Second/time.Second != time.Duration(pb.GetSeconds()) {
-		return 0, fmt.Errorf("%q is %s; must be at most %v", field, Clip(raw), time.Duration(1<<63-1))
+		return 0, Errorf(field, raw, "must be at most "+time.Duration(1<<63-1).String())
 	}
 	return d, nil
 }

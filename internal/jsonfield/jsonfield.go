@@ -126,6 +126,10 @@ func (o *Object) Raw(name string) (json.RawMessage, bool) {
 	return r, true
 }
 
+// Names returns the object's member names in their order. A caller
+// reading a map (keys of its own choosing) reads each with a getter.
+func (o *Object) Names() []string { return slices.Clone(o.names) }
+
 // Has reports whether member name is present and not null.
 func (o *Object) Has(name string) bool {
 	r, ok := o.members[name]
