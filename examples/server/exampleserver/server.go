@@ -8,6 +8,7 @@ package exampleserver
 import (
 	"context"
 	"crypto/tls"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -54,8 +55,14 @@ type config struct {
 	sheddableShare       float64
 	maxConcurrentStreams uint
 	grace                time.Duration
-	shed                 interceptors.ShedderConfig // built from the flags above, validated
+	shedderConfig        string                     // a JSON file with the whole ShedderConfig
+	shed                 interceptors.ShedderConfig // built from the flags above (or read from shedderConfig), validated
 }
+
+// shedderFlags are the flags that set a ShedderConfig field, and the
+// field's JSON name; -shedder-config replaces them all.
+var shedderFlags = []struct{ flag, field string }{{"max-in-flight", "limit"}, {"adaptive", "adaptive"},
+	{"max-wait", "maxWait"}, {"shed-log", "logInterval"}, {"criticality", "criticality"}, {"sheddable-share", "sheddableShare"}}
 
 func parseFlags(args []string, stdout io.Writer) (config, error) {
 	var c config
@@ -82,6 +89,7 @@ func parseFlags(args []string, stdout io.Writer) (config, error) {
 	fs.Float64Var(&c.sheddableShare, "sheddable-share", interceptors.DefaultShedderConfig().SheddableShare, "share of the in-flight limit that sheddable requests may use, above 0 and at most 1")
 	fs.UintVar(&c.maxConcurrentStreams, "max-concurrent-streams", 100, "HTTP/2 MaxConcurrentStreams per connection")
 	fs.DurationVar(&c.grace, "grace", 10*time.Second, "how long a graceful stop waits for calls in flight")
+	fs.StringVar(&c.shedderConfig, "shedder-config", "", "JSON file with the whole Shedder config (interceptors.ShedderConfig, read strictly; absent fields take their defaults; see docs/overload.md), instead of -max-in-flight, -adaptive, -max-wait, -shed-log, -criticality and -sheddable-share")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			fs.SetOutput(stdout)
@@ -130,6 +138,22 @@ func parseFlags(args []string, stdout io.Writer) (config, error) {
 		return c, fmt.Errorf("-grace is %v; must be positive", c.grace)
 	}
 
+	if c.shedderConfig != "" {
+		for _, f := range shedderFlags {
+			if set[f.flag] {
+				return c, fmt.Errorf("-%s and -shedder-config: the file has the whole Shedder config; set %q there", f.flag, f.field)
+			}
+		}
+		raw, err := os.ReadFile(c.shedderConfig)
+		if err != nil {
+			return c, fmt.Errorf("-shedder-config: %w", err)
+		}
+		if err := json.Unmarshal(raw, &c.shed); err != nil {
+			return c, fmt.Errorf("-shedder-config %s: %w", c.shedderConfig, err)
+		}
+		c.maxInFlight, c.adaptive, c.criticality, c.sheddableShare = c.shed.Limit, c.shed.Adaptive, c.shed.Criticality, c.shed.SheddableShare
+		return c, nil
+	}
 	// The Shedder's config, validated here so that a bad value is reported
 	// under the flag that gave it.
 	c.shed = interceptors.DefaultShedderConfig()

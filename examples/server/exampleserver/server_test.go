@@ -12,6 +12,7 @@ import (
 	"maps"
 	"os"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strings"
 	"sync"
@@ -35,11 +36,24 @@ func TestFlagErrors(t *testing.T) {
 	if err := os.WriteFile(badKeys, []byte("not base64!\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	shedFile := func(name, doc string) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(doc), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	typo := shedFile("typo.json", `{"limit": 8, "maxWiat": "0.01s"}`)
 	tests := []struct {
 		name    string
 		args    []string
 		wantErr string
 	}{
+		{"shedder config typo", []string{"-shedder-config", typo}, `-shedder-config ` + typo + `: interceptors: "maxWiat" is not a known field; did you mean "maxWait"?`},
+		{"shedder config bad value", []string{"-shedder-config", shedFile("bad.json", `{"limit": 0}`)}, `interceptors: "limit" is 0; must be between 1 and`},
+		{"shedder config not JSON", []string{"-shedder-config", shedFile("notjson.json", `limit: 8`)}, `notjson.json: invalid character 'l' looking for beginning of value`},
+		{"shedder config missing", []string{"-shedder-config", filepath.Join(dir, "none.json")}, "-shedder-config: open "},
+		{"shedder config and a shedder flag", []string{"-shedder-config", typo, "-max-in-flight", "8"}, `-max-in-flight and -shedder-config: the file has the whole Shedder config; set "limit" there`},
 		{"cert without key", []string{"-cert", "c.pem"}, "-cert and -key go together"},
 		{"missing cert files", []string{"-cert", filepath.Join(dir, "c.pem"), "-key", filepath.Join(dir, "k.pem")}, "c.pem"},
 		{"ca-out with cert", []string{"-cert", "c.pem", "-key", "k.pem", "-ca-out", "x"}, "-ca-out is for the self-signed certificate"},
@@ -139,6 +153,15 @@ func TestFlagsAccepted(t *testing.T) {
 			}
 			return ""
 		}},
+		{"shedder config file", []string{"-shedder-config", shedderFile(t, `{"limit": 8, "adaptive": true, "criticality": {"/grpc.testing.TestService/": "sheddable"}}`)}, func(c config) string {
+			want := interceptors.DefaultShedderConfig()
+			want.Limit, want.Adaptive = 8, true
+			want.Criticality = map[string]interceptors.Criticality{"/grpc.testing.TestService/": interceptors.Sheddable}
+			if !reflect.DeepEqual(c.shed, want) || c.maxInFlight != 8 || !c.adaptive {
+				return fmt.Sprintf("config %+v, want %+v", c.shed, want)
+			}
+			return ""
+		}},
 		{"empty criticality", []string{"-criticality", ""}, func(c config) string {
 			if len(c.shed.Criticality) != 0 {
 				return "criticality not empty"
@@ -157,6 +180,15 @@ func TestFlagsAccepted(t *testing.T) {
 			}
 		})
 	}
+}
+
+// shedderFile writes a -shedder-config file.
+func shedderFile(t *testing.T, doc string) string {
+	p := filepath.Join(t.TempDir(), "shedder.json")
+	if err := os.WriteFile(p, []byte(doc), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
 }
 
 // TestServes starts the server, checks health and reflection over TLS with
