@@ -389,16 +389,47 @@ func (c ShedderConfig) Validate() error {
 // proto-JSON strings, so parsing the result gives c back.
 func (c LimiterConfig) MarshalJSON() ([]byte, error) {
 	return json.Marshal(struct {
-		Scope            string  `json:"scope"`
-		Algorithm        string  `json:"algorithm"`
-		Limit            int     `json:"limit"`
-		MinLimit         int     `json:"minLimit"`
-		MaxLimit         int     `json:"maxLimit"`
-		BackoffRatio     float64 `json:"backoffRatio"`
-		LatencyThreshold string  `json:"latencyThreshold"`
-		MaxQueued        int     `json:"maxQueued"`
-		MaxWait          string  `json:"maxWait"`
-		MaxKeys          int     `json:"maxKeys"`
-	}{c.Scope.String(), c.Algorithm.String(), c.Limit, c.MinLimit, c.MaxLimit, c.BackoffRatio,
-		duration.String(c.LatencyThreshold), c.MaxQueued, duration.String(c.MaxWait), c.MaxKeys})
+		Scope string `json:"scope"`
+		limitJSON
+		MaxQueued int    `json:"maxQueued"`
+		MaxWait   string `json:"maxWait"`
+		MaxKeys   int    `json:"maxKeys"`
+	}{c.Scope.String(), c.LimitConfig.toJSON(), c.MaxQueued, duration.String(c.MaxWait), c.MaxKeys})
+}
+
+// limitJSON is LimitConfig's fields as the JSON of the configs embedding
+// it writes them (readLimit reads them back).
+type limitJSON struct {
+	Algorithm        string  `json:"algorithm"`
+	Limit            int     `json:"limit"`
+	MinLimit         int     `json:"minLimit"`
+	MaxLimit         int     `json:"maxLimit"`
+	BackoffRatio     float64 `json:"backoffRatio"`
+	LatencyThreshold string  `json:"latencyThreshold"`
+}
+
+func (c LimitConfig) toJSON() limitJSON {
+	return limitJSON{c.Algorithm.String(), c.Limit, c.MinLimit, c.MaxLimit, c.BackoffRatio, duration.String(c.LatencyThreshold)}
+}
+
+// readLimit reads LimitConfig's fields from obj into c (absent ones keep
+// c's values); Validate applies their ranges.
+func readLimit(obj *jsonfield.Object, c *LimitConfig) error {
+	algorithm := c.Algorithm.String()
+	if err := obj.Enum("algorithm", &algorithm, "fixed", "aimd"); err != nil {
+		return err
+	}
+	c.Algorithm = map[string]Algorithm{"fixed": Fixed, "aimd": AIMD}[algorithm]
+	for _, f := range []struct {
+		name string
+		dst  *int
+	}{{"limit", &c.Limit}, {"minLimit", &c.MinLimit}, {"maxLimit", &c.MaxLimit}} {
+		if err := intField(obj, f.name, f.dst); err != nil {
+			return err
+		}
+	}
+	if err := obj.Float("backoffRatio", &c.BackoffRatio); err != nil {
+		return err
+	}
+	return obj.Duration("latencyThreshold", &c.LatencyThreshold)
 }

@@ -440,29 +440,19 @@ func parseLimiter(parent *jsonfield.Object) (LimiterConfig, error) {
 		return c, err
 	}
 	c.Scope = map[string]Scope{"target": ScopeTarget, "method": ScopeMethod}[scope]
-	algorithm := c.Algorithm.String()
-	if err := obj.Enum("algorithm", &algorithm, "fixed", "aimd"); err != nil {
+	if err := readLimit(obj, &c.LimitConfig); err != nil {
 		return c, err
 	}
-	c.Algorithm = map[string]Algorithm{"fixed": Fixed, "aimd": AIMD}[algorithm]
 	for _, f := range []struct {
 		name string
 		dst  *int
-	}{{"limit", &c.Limit}, {"minLimit", &c.MinLimit}, {"maxLimit", &c.MaxLimit}, {"maxQueued", &c.MaxQueued}, {"maxKeys", &c.MaxKeys}} {
+	}{{"maxQueued", &c.MaxQueued}, {"maxKeys", &c.MaxKeys}} {
 		if err := intField(obj, f.name, f.dst); err != nil {
 			return c, err
 		}
 	}
-	if err := obj.Float("backoffRatio", &c.BackoffRatio); err != nil {
+	if err := obj.Duration("maxWait", &c.MaxWait); err != nil {
 		return c, err
-	}
-	for _, f := range []struct {
-		name string
-		dst  *time.Duration
-	}{{"latencyThreshold", &c.LatencyThreshold}, {"maxWait", &c.MaxWait}} {
-		if err := obj.Duration(f.name, f.dst); err != nil {
-			return c, err
-		}
 	}
 	return c, obj.Done()
 }

@@ -23,25 +23,19 @@ func (c ShedderConfig) MarshalJSON() ([]byte, error) {
 		exempt = []string{}
 	}
 	return json.Marshal(struct {
-		Algorithm        string            `json:"algorithm"`
-		Limit            int               `json:"limit"`
-		MinLimit         int               `json:"minLimit"`
-		MaxLimit         int               `json:"maxLimit"`
-		BackoffRatio     float64           `json:"backoffRatio"`
-		LatencyThreshold string            `json:"latencyThreshold"`
-		Adaptive         bool              `json:"adaptive"`
-		Tolerance        float64           `json:"tolerance"`
-		Window           string            `json:"window"`
-		MinSamples       int               `json:"minSamples"`
-		StreamLimit      int               `json:"streamLimit"`
-		Criticality      map[string]string `json:"criticality"`
-		Exempt           []string          `json:"exempt"`
-		SheddableShare   float64           `json:"sheddableShare"`
-		MaxWait          string            `json:"maxWait"`
-		Pushback         string            `json:"pushback"`
-		LogInterval      string            `json:"logInterval"`
-	}{c.Algorithm.String(), c.Limit, c.MinLimit, c.MaxLimit, c.BackoffRatio, duration.String(c.LatencyThreshold),
-		c.Adaptive, c.Tolerance, duration.String(c.Window), c.MinSamples, c.StreamLimit, crit, exempt,
+		limitJSON
+		Adaptive       bool              `json:"adaptive"`
+		Tolerance      float64           `json:"tolerance"`
+		Window         string            `json:"window"`
+		MinSamples     int               `json:"minSamples"`
+		StreamLimit    int               `json:"streamLimit"`
+		Criticality    map[string]string `json:"criticality"`
+		Exempt         []string          `json:"exempt"`
+		SheddableShare float64           `json:"sheddableShare"`
+		MaxWait        string            `json:"maxWait"`
+		Pushback       string            `json:"pushback"`
+		LogInterval    string            `json:"logInterval"`
+	}{c.LimitConfig.toJSON(), c.Adaptive, c.Tolerance, duration.String(c.Window), c.MinSamples, c.StreamLimit, crit, exempt,
 		c.SheddableShare, duration.String(c.MaxWait), duration.String(c.Pushback), duration.String(c.LogInterval)})
 }
 
@@ -74,15 +68,13 @@ func parseShedderConfig(raw []byte) (ShedderConfig, error) {
 	if err != nil {
 		return c, fieldErr(err)
 	}
-	algorithm := c.Algorithm.String()
-	if err := obj.Enum("algorithm", &algorithm, "fixed", "aimd"); err != nil {
+	if err := readLimit(obj, &c.LimitConfig); err != nil {
 		return c, fieldErr(err)
 	}
-	c.Algorithm = map[string]Algorithm{"fixed": Fixed, "aimd": AIMD}[algorithm]
 	for _, f := range []struct {
 		name string
 		dst  *int
-	}{{"limit", &c.Limit}, {"minLimit", &c.MinLimit}, {"maxLimit", &c.MaxLimit}, {"minSamples", &c.MinSamples}, {"streamLimit", &c.StreamLimit}} {
+	}{{"minSamples", &c.MinSamples}, {"streamLimit", &c.StreamLimit}} {
 		if err := intField(obj, f.name, f.dst); err != nil {
 			return c, fieldErr(err)
 		}
@@ -90,7 +82,7 @@ func parseShedderConfig(raw []byte) (ShedderConfig, error) {
 	for _, f := range []struct {
 		name string
 		dst  *float64
-	}{{"backoffRatio", &c.BackoffRatio}, {"tolerance", &c.Tolerance}, {"sheddableShare", &c.SheddableShare}} {
+	}{{"tolerance", &c.Tolerance}, {"sheddableShare", &c.SheddableShare}} {
 		if err := obj.Float(f.name, f.dst); err != nil {
 			return c, fieldErr(err)
 		}
@@ -101,7 +93,7 @@ func parseShedderConfig(raw []byte) (ShedderConfig, error) {
 	for _, f := range []struct {
 		name string
 		dst  *time.Duration
-	}{{"latencyThreshold", &c.LatencyThreshold}, {"window", &c.Window}, {"maxWait", &c.MaxWait}, {"pushback", &c.Pushback}, {"logInterval", &c.LogInterval}} {
+	}{{"window", &c.Window}, {"maxWait", &c.MaxWait}, {"pushback", &c.Pushback}, {"logInterval", &c.LogInterval}} {
 		if err := obj.Duration(f.name, f.dst); err != nil {
 			return c, fieldErr(err)
 		}
