@@ -1,0 +1,362 @@
+package interceptors_test
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"os"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	testpb "google.golang.org/grpc/interop/grpc_testing"
+	"google.golang.org/grpc/status"
+
+	"github.com/grpcreuse/grpcreuse/interceptors"
+	"github.com/grpcreuse/grpcreuse/telemetry"
+)
+
+// Overload shapes examples/bench does not try, on real loopback TCP, each
+// beside plain grpc-go (no Shedder) on the same handler and load: the
+// Shedder must never serve callers worse than no shedding, and under a
+// real overload much better.
+
+// workServer is grpc.testing.TestService with simulated work: UnaryCall
+// works for work(req) on one of a bounded set of work slots (a CPU with
+// that many cores), honouring its caller's context; EmptyCall answers at
+// once (a fast method beside it); StreamingOutputCall sends one message
+// per ResponseParameters entry, each after the same work.
+type workServer struct {
+	testpb.UnimplementedTestServiceServer
+	cpu     chan struct{} // work slots: one token per call working
+	work    func(*testpb.SimpleRequest) time.Duration
+	handled atomic.Int64 // UnaryCall handlers started
+}
+
+func (w *workServer) doWork(ctx context.Context, d time.Duration) error {
+	select {
+	case w.cpu <- struct{}{}:
+	case <-ctx.Done():
+		return status.FromContextError(ctx.Err()).Err()
+	}
+	defer func() { <-w.cpu }()
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return status.FromContextError(ctx.Err()).Err()
+	}
+}
+
+func (w *workServer) UnaryCall(ctx context.Context, req *testpb.SimpleRequest) (*testpb.SimpleResponse, error) {
+	w.handled.Add(1)
+	if err := w.doWork(ctx, w.work(req)); err != nil {
+		return nil, err
+	}
+	return &testpb.SimpleResponse{}, nil
+}
+
+func (w *workServer) EmptyCall(context.Context, *testpb.Empty) (*testpb.Empty, error) {
+	return &testpb.Empty{}, nil
+}
+
+func (w *workServer) StreamingOutputCall(req *testpb.StreamingOutputCallRequest, ss grpc.ServerStreamingServer[testpb.StreamingOutputCallResponse]) error {
+	for range req.GetResponseParameters() {
+		if err := w.doWork(ss.Context(), w.work(nil)); err != nil {
+			return err
+		}
+		if err := ss.Send(&testpb.StreamingOutputCallResponse{}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// startWork serves w on loopback with opts and returns its address; the
+// server stops (hard: the load is over) when the test ends.
+func startWork(t testing.TB, w *workServer, opts ...grpc.ServerOption) string {
+	t.Helper()
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := grpc.NewServer(opts...)
+	testpb.RegisterTestServiceServer(srv, w)
+	done := make(chan struct{})
+	go func() { defer close(done); _ = srv.Serve(lis) }()
+	t.Cleanup(func() { srv.Stop(); <-done })
+	return lis.Addr().String()
+}
+
+// loadSide is one way to run a server: plain grpc-go, or with a Shedder.
+type loadSide struct {
+	name string
+	edit func(*interceptors.ShedderConfig) // nil: plain grpc-go, no Shedder
+	path int                               // shedPaths index
+}
+
+// tally counts what callers got: codes, and shed messages.
+type tally struct {
+	mu    sync.Mutex
+	codes map[codes.Code]int
+	msgs  map[string]int
+}
+
+func (t *tally) add(err error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.codes == nil {
+		t.codes, t.msgs = map[codes.Code]int{}, map[string]int{}
+	}
+	c := status.Code(err)
+	t.codes[c]++
+	if c != codes.OK {
+		t.msgs[c.String()+": "+status.Convert(err).Message()]++
+	}
+}
+
+func (t *tally) ok() int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.codes[codes.OK]
+}
+
+func (t *tally) total() int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	n := 0
+	for _, v := range t.codes {
+		n += v
+	}
+	return n
+}
+
+func (t *tally) String() string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	var parts []string
+	for c, n := range t.codes {
+		parts = append(parts, fmt.Sprintf("%v=%d", c, n))
+	}
+	sort.Strings(parts)
+	return strings.Join(parts, " ")
+}
+
+// closedLoop runs callers that call until run ends (or maxCalls each), each
+// call with the deadline the caller's index gives (0: none), and a 1 ms
+// backoff after a failure, as the bench's callers; call makes one call.
+// It returns when every caller has stopped.
+func closedLoop(run context.Context, callers, maxCalls int, deadline func(i int) time.Duration,
+	call func(ctx context.Context, i int) error, got func(i int, err error)) {
+	var wg sync.WaitGroup
+	for i := range callers {
+		wg.Go(func() {
+			for n := 0; n < maxCalls && run.Err() == nil; n++ {
+				ctx, cancel := run, context.CancelFunc(func() {})
+				if d := deadline(i); d > 0 {
+					ctx, cancel = context.WithTimeout(run, d)
+				}
+				err := call(ctx, i)
+				cancel()
+				got(i, err)
+				if err != nil {
+					time.Sleep(time.Millisecond) // the bench's backoff, not synchronisation
+				}
+			}
+		})
+	}
+	wg.Wait()
+}
+
+func newSideShedder(t testing.TB, side loadSide) (*interceptors.Shedder, []grpc.ServerOption) {
+	if side.edit == nil {
+		return nil, nil
+	}
+	shed := makeShedder(t, telemetry.Nop{}, func(c *interceptors.ShedderConfig) {
+		c.LogInterval = 0
+		side.edit(c)
+	})
+	return shed, shedPaths[side.path].opts(shed)
+}
+
+func shedString(s *interceptors.Shedder) string {
+	if s == nil {
+		return "-"
+	}
+	snap := s.Snapshot()
+	var parts []string
+	for r, n := range snap.Shed {
+		if n > 0 {
+			parts = append(parts, fmt.Sprintf("%s=%d", r, n))
+		}
+	}
+	sort.Strings(parts)
+	return fmt.Sprintf("limit %d, shed {%s}", snap.Limit, strings.Join(parts, " "))
+}
+
+var _ = rand.ExpFloat64
+
+func explore(t *testing.T) {
+	if os.Getenv("GRPCREUSE_FIELD2") == "" {
+		t.Skip("exploration: set GRPCREUSE_FIELD2=1")
+	}
+}
+
+var field2Sides = []loadSide{
+	{name: "plain grpc-go"},
+	{name: "fixed 4 tap", edit: func(c *interceptors.ShedderConfig) { c.Limit = 4 }},
+	{name: "adaptive tap", edit: func(c *interceptors.ShedderConfig) { c.Adaptive = true }},
+}
+
+// Shape 1: capacity halves mid-run (4 work slots to 2), then recovers.
+func TestField2ExploreCapacityDrop(t *testing.T) {
+	explore(t)
+	for _, side := range field2Sides {
+		shed, opts := newSideShedder(t, side)
+		w := &workServer{cpu: make(chan struct{}, 4), work: func(*testpb.SimpleRequest) time.Duration { return 2 * time.Millisecond }}
+		c := dial(t, startWork(t, w, opts...))
+		var phases [3]tally
+		var limits [3]string
+		for p := range 3 {
+			if p == 1 { // two work slots taken: capacity halves
+				w.cpu <- struct{}{}
+				w.cpu <- struct{}{}
+			}
+			if p == 2 {
+				<-w.cpu
+				<-w.cpu
+			}
+			run, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+			closedLoop(run, 16, 100000, func(int) time.Duration { return 10 * time.Millisecond },
+				func(ctx context.Context, _ int) error { return unary(ctx, c) }, func(_ int, err error) { phases[p].add(err) })
+			cancel()
+			limits[p] = shedString(shed)
+		}
+		for p := range 3 {
+			t.Logf("%-14s phase %d: ok %5d of %5d  %s  | %s", side.name, p, phases[p].ok(), phases[p].total(), phases[p].String(), limits[p])
+		}
+	}
+}
+
+// Shape 2: one method, two kinds of request: batches (ResponseSize 1,
+// 50 ms, callers with 200 ms deadlines) and lookups (1 ms, a caller
+// with a 10 ms deadline, every 10 ms). No overload: no work slot bound.
+func TestField2ExploreTwoKindsOneMethod(t *testing.T) {
+	explore(t)
+	for _, side := range []loadSide{{name: "plain grpc-go"}, {name: "default tap", edit: func(*interceptors.ShedderConfig) {}},
+		{name: "default interceptor", edit: func(*interceptors.ShedderConfig) {}, path: 1}} {
+		shed, opts := newSideShedder(t, side)
+		w := &workServer{cpu: make(chan struct{}, 1000), work: func(r *testpb.SimpleRequest) time.Duration {
+			if r.GetResponseSize() == 1 {
+				return 50 * time.Millisecond
+			}
+			return time.Millisecond
+		}}
+		c := dial(t, startWork(t, w, opts...))
+		run, cancel := context.WithTimeout(context.Background(), 1500*time.Millisecond)
+		defer cancel()
+		var batches, lookups tally
+		var wg sync.WaitGroup
+		wg.Go(func() {
+			closedLoop(run, 4, 1000, func(int) time.Duration { return 200 * time.Millisecond }, func(ctx context.Context, _ int) error {
+				_, err := c.UnaryCall(ctx, &testpb.SimpleRequest{ResponseSize: 1})
+				return err
+			}, func(_ int, err error) { batches.add(err) })
+		})
+		time.Sleep(500 * time.Millisecond) // the batches start first
+		tick := time.NewTicker(10 * time.Millisecond)
+		for run.Err() == nil {
+			<-tick.C
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Millisecond)
+			lookups.add(unary(ctx, c))
+			cancel()
+		}
+		tick.Stop()
+		wg.Wait()
+		t.Logf("%-20s batches %s | lookups %s | %s", side.name, batches.String(), lookups.String(), shedString(shed))
+	}
+}
+
+// TestShedderDeadlineShedServesAQuickKindBesideASlowOne: one method, two
+// kinds of request, as a method taking a batch or one key has: batches
+// work 100 ms (callers with a 2 s deadline), lookups answer at once
+// (callers with a 50 ms deadline). No overload: the server has no bound.
+// The batches came first, so the method's estimate (the time under which
+// one in ten of its successful calls ended) was 100 ms, and every lookup
+// was shed for its deadline: shed requests are never measured, so the
+// lookups could not teach the estimate they are quick, and each batch
+// that ended raised it again and restarted the decay that sheds in a row
+// bring. With three lookups per batch, all 60 were shed, where plain
+// grpc-go served all 60 (at one lookup every 10 ms beside 4 batch
+// callers of 50 ms work: 100 of 100 shed). One in ten of the requests
+// the deadline shed refuses now goes through, and one that succeeds in
+// time proves the estimate too high for requests like it.
+func TestShedderDeadlineShedServesAQuickKindBesideASlowOne(t *testing.T) {
+	sides := []loadSide{{name: "plain grpc-go"},
+		{name: "shedder tap", edit: func(*interceptors.ShedderConfig) {}},
+		{name: "shedder interceptor", edit: func(*interceptors.ShedderConfig) {}, path: 1}}
+	for _, side := range sides {
+		t.Run(side.name, func(t *testing.T) {
+			shed, opts := newSideShedder(t, side)
+			w := &workServer{cpu: make(chan struct{}, 1000), work: func(r *testpb.SimpleRequest) time.Duration {
+				if r.GetResponseSize() == 1 {
+					return 100 * time.Millisecond
+				}
+				return 0
+			}}
+			c := dial(t, startWork(t, w, opts...))
+			batch := func(ctx context.Context, _ int) error {
+				_, err := c.UnaryCall(ctx, &testpb.SimpleRequest{ResponseSize: 1})
+				return err
+			}
+			var batches tally
+			closedLoop(context.Background(), 4, 3, func(int) time.Duration { return 2 * time.Second }, batch,
+				func(_ int, err error) { batches.add(err) })
+			if batches.ok() != 12 {
+				t.Fatalf("12 batches on an idle server: %s", batches.String())
+			}
+			// Batches go on beside the lookups: three lookups after each
+			// batch that ends.
+			ended := make(chan struct{}, 1)
+			run, stop := context.WithTimeout(context.Background(), time.Minute)
+			var wg sync.WaitGroup
+			wg.Go(func() {
+				closedLoop(run, 4, 1000, func(int) time.Duration { return 2 * time.Second }, batch,
+					func(int, error) {
+						select {
+						case ended <- struct{}{}:
+						default:
+						}
+					})
+			})
+			var lookups tally
+			for range 20 {
+				select {
+				case <-ended:
+				case <-time.After(10 * time.Second):
+					t.Fatal("no batch ended within 10s")
+				}
+				for range 3 {
+					ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+					lookups.add(unary(ctx, c))
+					cancel()
+				}
+			}
+			stop()
+			wg.Wait()
+			t.Logf("lookups: %s; %s", lookups.String(), shedString(shed))
+			if lookups.ok() < 45 {
+				t.Errorf("60 lookups (no work, 50 ms deadline) beside batches on an idle server: %s, want at least 45 OK (plain grpc-go serves all)",
+					lookups.String())
+			}
+		})
+	}
+}
