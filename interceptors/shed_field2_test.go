@@ -83,6 +83,12 @@ func (w *workServer) StreamingOutputCall(req *testpb.StreamingOutputCallRequest,
 // startWork serves w on loopback with opts and returns its address; the
 // server stops (hard: the load is over) when the test ends.
 func startWork(t testing.TB, w *workServer, opts ...grpc.ServerOption) string {
+	addr, _ := startWorkServer(t, w, opts...)
+	return addr
+}
+
+// startWorkServer is startWork returning the server too.
+func startWorkServer(t testing.TB, w testpb.TestServiceServer, opts ...grpc.ServerOption) (string, *grpc.Server) {
 	t.Helper()
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -93,7 +99,7 @@ func startWork(t testing.TB, w *workServer, opts ...grpc.ServerOption) string {
 	done := make(chan struct{})
 	go func() { defer close(done); _ = srv.Serve(lis) }()
 	t.Cleanup(func() { srv.Stop(); <-done })
-	return lis.Addr().String()
+	return lis.Addr().String(), srv
 }
 
 // loadSide is one way to run a server: plain grpc-go, or with a Shedder.
@@ -358,5 +364,185 @@ func TestShedderDeadlineShedServesAQuickKindBesideASlowOne(t *testing.T) {
 					lookups.String())
 			}
 		})
+	}
+}
+
+// Shape 4: callers with 5 ms deadlines, with none, and with 1 s, on 4
+// work slots of 2 ms: goodput by group and per caller.
+func TestField2ExploreDeadlineMix(t *testing.T) {
+	explore(t)
+	groups := []struct {
+		name string
+		n    int
+		d    time.Duration
+	}{{"5ms", 8, 5 * time.Millisecond}, {"none", 4, 0}, {"1s", 4, time.Second}}
+	for _, side := range field2Sides {
+		shed, opts := newSideShedder(t, side)
+		w := &workServer{cpu: make(chan struct{}, 4), work: func(*testpb.SimpleRequest) time.Duration { return 2 * time.Millisecond }}
+		c := dial(t, startWork(t, w, opts...))
+		var callerOK [16]atomic.Int64
+		var tallies [3]tally
+		group := func(i int) int {
+			for g, n := 0, 0; g < len(groups); g++ {
+				if n += groups[g].n; i < n {
+					return g
+				}
+			}
+			return 0
+		}
+		run, cancel := context.WithTimeout(context.Background(), time.Second)
+		closedLoop(run, 16, 100000, func(i int) time.Duration { return groups[group(i)].d },
+			func(ctx context.Context, _ int) error { return unary(ctx, c) },
+			func(i int, err error) {
+				tallies[group(i)].add(err)
+				if err == nil {
+					callerOK[i].Add(1)
+				}
+			})
+		cancel()
+		var per []int64
+		for i := range callerOK {
+			per = append(per, callerOK[i].Load())
+		}
+		for g := range groups {
+			t.Logf("%-14s %-4s: %s", side.name, groups[g].name, tallies[g].String())
+		}
+		t.Logf("%-14s per caller OK %v | %s", side.name, per, shedString(shed))
+	}
+}
+
+// Shape 3: a CPU-bound handler (a busy loop of about 1 ms, no work
+// slots): overload is GOMAXPROCS saturated. 5 ms deadlines, 16 callers.
+func TestField2ExploreCPUBound(t *testing.T) {
+	explore(t)
+	spin := func(n int) uint64 {
+		x := uint64(1)
+		for i := range n {
+			x = x*6364136223846793005 + uint64(i)
+		}
+		return x
+	}
+	iters, per := 1<<20, time.Hour
+	for range 5 {
+		start := time.Now()
+		spin(iters)
+		per = min(per, time.Since(start))
+	}
+	iters = int(float64(iters) * float64(time.Millisecond) / float64(per))
+	start := time.Now()
+	spin(iters)
+	t.Logf("spin of %d iterations: %v alone", iters, time.Since(start))
+	var sink atomic.Uint64
+	for _, side := range append(field2Sides, loadSide{name: "fixed 2 tap", edit: func(c *interceptors.ShedderConfig) { c.Limit = 2 }}) {
+		shed, opts := newSideShedder(t, side)
+		w := &cpuServer{spin: func() { sink.Add(spin(iters)) }}
+		lis, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		srv := grpc.NewServer(opts...)
+		testpb.RegisterTestServiceServer(srv, w)
+		go srv.Serve(lis)
+		c := dial(t, lis.Addr().String())
+		var tl tally
+		run, cancel := context.WithTimeout(context.Background(), time.Second)
+		closedLoop(run, 16, 100000, func(int) time.Duration { return 5 * time.Millisecond },
+			func(ctx context.Context, _ int) error { return unary(ctx, c) }, func(_ int, err error) { tl.add(err) })
+		cancel()
+		srv.Stop()
+		t.Logf("%-14s %s | %s", side.name, tl.String(), shedString(shed))
+	}
+}
+
+type cpuServer struct {
+	testpb.UnimplementedTestServiceServer
+	spin func()
+}
+
+func (s *cpuServer) UnaryCall(context.Context, *testpb.SimpleRequest) (*testpb.SimpleResponse, error) {
+	s.spin()
+	return &testpb.SimpleResponse{}, nil
+}
+
+// TestShedderStopsUnderOverload: a server stopped (GracefulStop, or Stop)
+// in the middle of a 4× overload, with requests waiting for a slot and
+// callers that give up while they wait (cancelled 0–3 ms into the call).
+// Every call ends (its caller gets OK, a shed, Unavailable, or its own
+// Canceled or DeadlineExceeded), the stop returns without waiting out any
+// MaxWait, and nothing stays in flight, queued or passed by the tap
+// afterwards; TestMain's leak check sees no goroutine left.
+func TestShedderStopsUnderOverload(t *testing.T) {
+	sides := []loadSide{
+		{name: "fixed tap", edit: func(c *interceptors.ShedderConfig) { c.Limit, c.MaxWait = 4, time.Second }},
+		{name: "fixed interceptor", edit: func(c *interceptors.ShedderConfig) { c.Limit, c.MaxWait = 4, time.Second }, path: 1},
+		{name: "adaptive tap", edit: func(c *interceptors.ShedderConfig) { c.Adaptive = true }},
+	}
+	for _, side := range sides {
+		for _, graceful := range []bool{true, false} {
+			t.Run(fmt.Sprintf("%s/graceful=%v", side.name, graceful), func(t *testing.T) {
+				shed, opts := newSideShedder(t, side)
+				w := &workServer{cpu: make(chan struct{}, 4), work: func(*testpb.SimpleRequest) time.Duration { return 2 * time.Millisecond }}
+				addr, srv := startWorkServer(t, w, opts...)
+				c := dial(t, addr)
+				run, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+				defer cancel()
+				var got tally
+				loaded := make(chan struct{})
+				var once sync.Once
+				var wg sync.WaitGroup
+				wg.Go(func() {
+					closedLoop(run, 16, 20000, func(i int) time.Duration { return 50 * time.Millisecond },
+						func(ctx context.Context, i int) error {
+							if i%4 == 0 { // a caller that gives up early
+								ctx, stop := context.WithCancel(ctx)
+								defer stop()
+								t := time.AfterFunc(time.Duration(rand.IntN(3000))*time.Microsecond, stop)
+								defer t.Stop()
+								return unary(ctx, c)
+							}
+							return unary(ctx, c)
+						},
+						func(_ int, err error) {
+							got.add(err)
+							if got.ok() >= 300 {
+								once.Do(func() { close(loaded) })
+							}
+						})
+				})
+				select {
+				case <-loaded:
+				case <-time.After(15 * time.Second):
+					t.Fatalf("no 300 OK calls within 15s: %s", got.String())
+				}
+				stopped := make(chan struct{})
+				go func() {
+					defer close(stopped)
+					if graceful {
+						srv.GracefulStop()
+					} else {
+						srv.Stop()
+					}
+				}()
+				select {
+				case <-stopped:
+				case <-time.After(10 * time.Second):
+					t.Fatalf("the server's stop hung for 10s under overload: %+v", shed.Snapshot())
+				}
+				cancel()
+				wg.Wait()
+				for code := range got.codes {
+					switch code {
+					case codes.OK, codes.ResourceExhausted, codes.Unavailable, codes.Canceled, codes.DeadlineExceeded:
+					default:
+						t.Errorf("calls ended %v: %s", code, got.String())
+					}
+				}
+				wantNoPasses(t, shed, "after the stop")
+				if snap := shed.Snapshot(); snap.InFlight != 0 || snap.Queued != 0 {
+					t.Fatalf("after the stop: %+v, want nothing in flight or queued", snap)
+				}
+				t.Logf("%s | %s", got.String(), shedString(shed))
+			})
+		}
 	}
 }
