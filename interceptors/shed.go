@@ -167,7 +167,8 @@ func (r reason) String() string {
 // expired request's carry an errdetails.ErrorInfo with the numbers. When
 // Pushback is set, all but deadline and expired sheds also carry an
 // errdetails.RetryInfo and, on the interceptor path, the
-// grpc-retry-pushback-ms trailer. grpc.health.v1.Health's methods, and
+// grpc-retry-pushback-ms trailer: Pushback, or -1 (do not retry) when
+// Pushback would outlast what is left of the request's deadline. grpc.health.v1.Health's methods, and
 // the methods and services of ShedderConfig.Exempt, are never shed and
 // not counted.
 //
@@ -205,6 +206,7 @@ type Shedder struct {
 	shed     [numReasons]atomic.Int64
 	answers  [numReasons]atomic.Pointer[answer] // by reason, for the current numbers
 	pushback metadata.MD                        // nil when cfg.Pushback is 0
+	noRetry  metadata.MD                        // a negative pushback: do not retry (gRFC A6)
 
 	served atomic.Int64 // nanoseconds: mean service time of successful unary calls, all methods (EWMA, 1/8)
 
@@ -377,6 +379,7 @@ func NewShedder(opts ...ShedderOption) (*Shedder, error) {
 	}
 	if o.cfg.Pushback > 0 {
 		s.pushback = metadata.Pairs(PushbackTrailer, strconv.FormatInt(max(o.cfg.Pushback.Milliseconds(), 1), 10))
+		s.noRetry = metadata.Pairs(PushbackTrailer, "-1")
 	}
 	m := map[string]*serviceTime{}
 	s.methods.Store(&m)
@@ -656,9 +659,28 @@ func (s *Shedder) refuse(r reason, method string, st *serviceTime) error {
 
 // refuseWithTrailer is refuse for the interceptor path, which can also set
 // the pushback trailer.
-func (s *Shedder) refuseWithTrailer(r reason, method string, st *serviceTime, setTrailer func(metadata.MD) error) error {
+//
+// When the pushback would outlast what is left of the request's deadline
+// (less its method's service time, once measured), the trailer says "do
+// not retry" instead (a negative pushback, gRFC A6). grpc-go waits out a
+// pushback even past the call's deadline, so a retrying caller with 200 ms
+// left and 1 s of pushback got DeadlineExceeded after its whole deadline
+// instead of the shed at once, without the shed's status and details
+// (TestShedderPushbackNeverOutlastsTheDeadline); its retry could not have
+// been served in time anyway.
+func (s *Shedder) refuseWithTrailer(ctx context.Context, r reason, method string, st *serviceTime, setTrailer func(metadata.MD) error) error {
 	if s.pushback != nil && r != rExpired && r != rDeadline {
-		_ = setTrailer(s.pushback) // fails only if the stream is already done
+		md := s.pushback
+		if dl, ok := ctx.Deadline(); ok {
+			need := s.cfg.Pushback
+			if st != nil && st.samples.Load() >= int64(s.cfg.MinSamples) {
+				need += time.Duration(st.low.Load())
+			}
+			if time.Until(dl) < need {
+				md = s.noRetry
+			}
+		}
+		_ = setTrailer(md) // fails only if the stream is already done
 	}
 	return s.refuse(r, method, st)
 }
@@ -811,7 +833,7 @@ func (s *Shedder) UnaryServerInterceptor() grpc.UnaryServerInterceptor {
 		if err != nil {
 			return nil, err // its caller gave up while it waited for a slot
 		} else if !ok {
-			return nil, s.refuseWithTrailer(r, method, st, func(md metadata.MD) error { return grpc.SetTrailer(ctx, md) })
+			return nil, s.refuseWithTrailer(ctx, r, method, st, func(md metadata.MD) error { return grpc.SetTrailer(ctx, md) })
 		}
 		start := time.Now()
 		released := false
@@ -918,7 +940,7 @@ func (s *Shedder) StreamServerInterceptor() grpc.StreamServerInterceptor {
 			st.stream.Store(true) // the tap counts its next requests as streams
 		}
 		if r, ok := s.admitStream(ctx); !ok {
-			return s.refuseWithTrailer(r, method, st, func(md metadata.MD) error { ss.SetTrailer(md); return nil })
+			return s.refuseWithTrailer(ctx, r, method, st, func(md metadata.MD) error { ss.SetTrailer(md); return nil })
 		}
 		defer s.streams.Add(-1)
 		return handler(srv, ss)

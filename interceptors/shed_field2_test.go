@@ -16,6 +16,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	testpb "google.golang.org/grpc/interop/grpc_testing"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
 	"github.com/grpcreuse/grpcreuse/interceptors"
@@ -544,5 +545,96 @@ func TestShedderStopsUnderOverload(t *testing.T) {
 				t.Logf("%s | %s", got.String(), shedString(shed))
 			})
 		}
+	}
+}
+
+// Shape 5: grpc-go retry policy clients under overload: attempts per
+// logical call, by path, at 4× and 10×, with an eager policy (1 ms
+// initial backoff) and 20 ms deadlines.
+func TestField2ExploreRetryAmplification(t *testing.T) {
+	explore(t)
+	const sc = `{"methodConfig":[{"name":[{"service":"grpc.testing.TestService"}],"retryPolicy":{
+		"maxAttempts":5,"initialBackoff":"0.001s","maxBackoff":"0.05s","backoffMultiplier":2,
+		"retryableStatusCodes":["RESOURCE_EXHAUSTED"]}}]}`
+	sides := []loadSide{{name: "plain grpc-go"},
+		{name: "fixed 4 tap", edit: func(c *interceptors.ShedderConfig) { c.Limit = 4 }},
+		{name: "fixed 4 interceptor", edit: func(c *interceptors.ShedderConfig) { c.Limit = 4 }, path: 1},
+		{name: "fixed 4 tap no pushback", edit: func(c *interceptors.ShedderConfig) { c.Limit, c.Pushback = 4, 0 }},
+		{name: "adaptive tap", edit: func(c *interceptors.ShedderConfig) { c.Adaptive = true }},
+	}
+	for _, callers := range []int{16, 40} {
+		for _, side := range sides {
+			shed, opts := newSideShedder(t, side)
+			w := &workServer{cpu: make(chan struct{}, 4), work: func(*testpb.SimpleRequest) time.Duration { return 2 * time.Millisecond }}
+			c := dial(t, startWork(t, w, opts...), grpc.WithDefaultServiceConfig(sc))
+			var got tally
+			run, cancel := context.WithTimeout(context.Background(), time.Second)
+			closedLoop(run, callers, 100000, func(int) time.Duration { return 20 * time.Millisecond },
+				func(ctx context.Context, _ int) error { return unary(ctx, c) }, func(_ int, err error) { got.add(err) })
+			cancel()
+			attempts := w.handled.Load()
+			if shed != nil {
+				attempts += shedTotal(shed)
+			}
+			t.Logf("%d callers %-24s attempts/call %.2f  %s | %s", callers, side.name, float64(attempts)/float64(got.total()), got.String(), shedString(shed))
+		}
+	}
+}
+
+// TestShedderPushbackNeverOutlastsTheDeadline: a grpc-go client with a
+// retry policy on RESOURCE_EXHAUSTED, a call with a 200 ms deadline, and
+// a server at its limit whose sheds push back 1 s. grpc-go waits out the
+// pushback even past the call's deadline (stream.go: "we could eagerly
+// fail here if dur puts us past the deadline"), so the caller got
+// DeadlineExceeded after its whole deadline instead of the shed's
+// ResourceExhausted at once: a shed that answers the excess at once held
+// the caller as long as a queue would have, and took its status and
+// details from it. With 20 ms pushback and 20 ms deadlines, a 4× overload
+// ended 535 of 2,043 calls that way. A shed whose pushback would outlast
+// what is left of the deadline (less the method's service time) now says
+// "do not retry" (a negative pushback, gRFC A6), and the caller gets the
+// shed at once. Both paths: on the tap path the first attempt is shed by
+// the tap and the retry attempt by the interceptor.
+func TestShedderPushbackNeverOutlastsTheDeadline(t *testing.T) {
+	const sc = `{"methodConfig":[{"name":[{"service":"grpc.testing.TestService"}],"retryPolicy":{
+		"maxAttempts":5,"initialBackoff":"0.01s","maxBackoff":"0.05s","backoffMultiplier":2,
+		"retryableStatusCodes":["RESOURCE_EXHAUSTED"]}}]}`
+	for _, path := range shedPaths {
+		t.Run(path.name, func(t *testing.T) {
+			shed := makeShedder(t, &events{}, func(c *interceptors.ShedderConfig) { c.Limit, c.MaxWait, c.Pushback = 1, 0, time.Second })
+			be := startGated(t, path.opts(shed)...)
+			holdSlots(t, be, 1)
+			c := dial(t, be.Addr, grpc.WithDefaultServiceConfig(sc))
+			// The tap sheds only methods the interceptors have seen: the
+			// held call made it seen.
+			ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+			defer cancel()
+			var trailer metadata.MD
+			_, err := c.UnaryCall(ctx, &testpb.SimpleRequest{}, grpc.Trailer(&trailer))
+			if status.Code(err) != codes.ResourceExhausted || status.Convert(err).Message() != interceptors.MessageShedLimit {
+				t.Fatalf("call with 200 ms left against 1 s of pushback = %v, want ResourceExhausted %q at once", err, interceptors.MessageShedLimit)
+			}
+			if got := trailer.Get(interceptors.PushbackTrailer); len(got) != 1 || got[0] != "-1" {
+				t.Errorf("pushback trailer = %q, want [\"-1\"] (do not retry)", got)
+			}
+			// A call whose deadline leaves room for the pushback (or that has
+			// none) is told to wait it, as before (a client without a retry
+			// policy, so that it does not wait).
+			plain := dial(t, be.Addr)
+			for _, d := range []time.Duration{0, 5 * time.Second} {
+				ctx, cancel := context.Background(), context.CancelFunc(func() {})
+				if d > 0 {
+					ctx, cancel = context.WithTimeout(ctx, d)
+				}
+				var long metadata.MD
+				_, err = plain.UnaryCall(ctx, &testpb.SimpleRequest{}, grpc.Trailer(&long))
+				cancel()
+				if path.name == "interceptor" { // the tap's own sheds carry no trailer
+					if got := long.Get(interceptors.PushbackTrailer); status.Code(err) != codes.ResourceExhausted || len(got) != 1 || got[0] != "1000" {
+						t.Errorf("deadline %v: %v, pushback %q, want ResourceExhausted and [\"1000\"]", d, err, got)
+					}
+				}
+			}
+		})
 	}
 }
