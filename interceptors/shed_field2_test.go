@@ -3,6 +3,7 @@ package interceptors_test
 import (
 	"context"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"net"
 	"os"
@@ -636,5 +637,121 @@ func TestShedderPushbackNeverOutlastsTheDeadline(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// Shape 2b: no overload, variable service times: exponential (mean 2 ms),
+// bimodal (1 ms, one in ten 20 ms), and a slow method (UnaryCall 20 ms)
+// beside a fast one (EmptyCall), 8 callers, no work slot bound, 50 ms
+// deadlines.
+func TestField2ExploreVariableNoOverload(t *testing.T) {
+	explore(t)
+	shapes := []struct {
+		name string
+		work func(*testpb.SimpleRequest) time.Duration
+		fast bool // half the callers call EmptyCall
+	}{
+		{"exponential 2ms", func(*testpb.SimpleRequest) time.Duration {
+			return time.Duration(rand.ExpFloat64() * float64(2*time.Millisecond))
+		}, false},
+		{"bimodal 1/20ms", func(*testpb.SimpleRequest) time.Duration {
+			if rand.IntN(10) == 0 {
+				return 20 * time.Millisecond
+			}
+			return time.Millisecond
+		}, false},
+		{"slow+fast methods", func(*testpb.SimpleRequest) time.Duration { return 20 * time.Millisecond }, true},
+	}
+	sides := []loadSide{{name: "plain grpc-go"}, {name: "default tap", edit: func(*interceptors.ShedderConfig) {}},
+		{name: "adaptive tap", edit: func(c *interceptors.ShedderConfig) { c.Adaptive = true }},
+		{name: "adaptive limit 8", edit: func(c *interceptors.ShedderConfig) { c.Adaptive, c.Limit = true, 8 }}}
+	for _, sh := range shapes {
+		for _, side := range sides {
+			shed, opts := newSideShedder(t, side)
+			w := &workServer{cpu: make(chan struct{}, 1000), work: sh.work}
+			c := dial(t, startWork(t, w, opts...))
+			var got tally
+			run, cancel := context.WithTimeout(context.Background(), 1500*time.Millisecond)
+			closedLoop(run, 8, 100000, func(int) time.Duration { return 50 * time.Millisecond },
+				func(ctx context.Context, i int) error {
+					if sh.fast && i%2 == 0 {
+						_, err := c.EmptyCall(ctx, &testpb.Empty{})
+						return err
+					}
+					return unary(ctx, c)
+				}, func(_ int, err error) { got.add(err) })
+			cancel()
+			t.Logf("%-18s %-16s %s | %s", sh.name, side.name, got.String(), shedString(shed))
+		}
+	}
+}
+
+// Shape 4b: server-streaming calls (5 messages of 2 ms work each, 100 ms
+// deadlines) beside unary callers (5 ms deadlines) on 4 work slots.
+func TestField2ExploreStreamsBesideUnary(t *testing.T) {
+	explore(t)
+	for _, side := range field2Sides {
+		shed, opts := newSideShedder(t, side)
+		w := &workServer{cpu: make(chan struct{}, 4), work: func(*testpb.SimpleRequest) time.Duration { return 2 * time.Millisecond }}
+		c := dial(t, startWork(t, w, opts...))
+		var un, st tally
+		run, cancel := context.WithTimeout(context.Background(), time.Second)
+		var wg sync.WaitGroup
+		wg.Go(func() {
+			closedLoop(run, 4, 100000, func(int) time.Duration { return 100 * time.Millisecond },
+				func(ctx context.Context, _ int) error {
+					s, err := c.StreamingOutputCall(ctx, &testpb.StreamingOutputCallRequest{ResponseParameters: make([]*testpb.ResponseParameters, 5)})
+					if err != nil {
+						return err
+					}
+					for {
+						if _, err := s.Recv(); err != nil {
+							if err == io.EOF {
+								return nil
+							}
+							return err
+						}
+					}
+				}, func(_ int, err error) { st.add(err) })
+		})
+		closedLoop(run, 12, 100000, func(int) time.Duration { return 5 * time.Millisecond },
+			func(ctx context.Context, _ int) error { return unary(ctx, c) }, func(_ int, err error) { un.add(err) })
+		wg.Wait()
+		cancel()
+		t.Logf("%-14s unary %s | streams %s | %s", side.name, un.String(), st.String(), shedString(shed))
+	}
+}
+
+// Shape 2c: when does the adaptive limit shed with no overload?
+func TestField2ExploreAdaptiveIdleSheds(t *testing.T) {
+	explore(t)
+	for _, name := range []string{"exponential", "bimodal"} {
+		shed, opts := newSideShedder(t, loadSide{name: "adaptive", edit: func(c *interceptors.ShedderConfig) { c.Adaptive = true }})
+		w := &workServer{cpu: make(chan struct{}, 1000), work: func(*testpb.SimpleRequest) time.Duration {
+			if name == "bimodal" {
+				if rand.IntN(10) == 0 {
+					return 20 * time.Millisecond
+				}
+				return time.Millisecond
+			}
+			return time.Duration(rand.ExpFloat64() * float64(2*time.Millisecond))
+		}}
+		c := dial(t, startWork(t, w, opts...))
+		var got tally
+		run, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+		var marks []string
+		var wg sync.WaitGroup
+		wg.Go(func() {
+			for range 12 {
+				time.Sleep(250 * time.Millisecond)
+				snap := shed.Snapshot()
+				marks = append(marks, fmt.Sprintf("%d/%d/%v", snap.Shed[interceptors.ReasonLimit], snap.Limit, snap.Baseline.Round(10*time.Microsecond)))
+			}
+		})
+		closedLoop(run, 8, 100000, func(int) time.Duration { return 0 },
+			func(ctx context.Context, i int) error { return unary(ctx, c) }, func(_ int, err error) { got.add(err) })
+		cancel()
+		wg.Wait()
+		t.Logf("%s: %s; limit sheds/limit every 250ms: %v", name, got.String(), marks)
 	}
 }
