@@ -74,13 +74,18 @@ func TestGradientProbeKeepsANoisyMethodsBaseline(t *testing.T) {
 }
 
 // TestGradientBimodalMethodIdleServer runs the bimodal method on a server
-// that never queues in virtual time, 4, 8 and 16 closed-loop callers, 8
+// that never queues in virtual time, 4, 8 and 16 closed-loop callers, 16
 // seeds each, and reports what the adaptive limit shed (plain grpc-go
-// sheds nothing). A report, not an assertion (GRPCREUSE_FIELD2=1): with
-// the probe's baseline kept within its noise, a baseline learnt from a
-// low draw of an earlier window still holds the limit under the callers
-// in some seeds (8 callers: 4 of 8 seeds shed, at worst 59% of the calls;
-// before: 7 of 8, 79%). Open.
+// sheds nothing). A report, not an assertion (GRPCREUSE_FIELD2=1), since
+// it is not fixed: a window counts only the calls that ended in it, so a
+// short window (the first one, a probe's, which counts only calls
+// admitted in it) sees few of the 20 ms calls, its mean is low, and that
+// baseline can only be lowered from there, or raised in windows at the
+// probe's concurrency. Runs of the 48 that shed anything, and the worst
+// share shed: 32, 79% before; 24, 70% with the probe's baseline kept
+// within its noise; 6, 70% with the first window's two standard errors up
+// too (2 runs hold the limit under the callers for good: 4 callers seed
+// 8, 16 callers seed 8). Open.
 func TestGradientBimodalMethodIdleServer(t *testing.T) {
 	if os.Getenv("GRPCREUSE_FIELD2") == "" {
 		t.Skip("a report: set GRPCREUSE_FIELD2=1")
@@ -88,16 +93,17 @@ func TestGradientBimodalMethodIdleServer(t *testing.T) {
 	for _, callers := range []int{4, 8, 16} {
 		worst := 0.0
 		shedSeeds := 0
-		for seed := range uint64(8) {
+		for seed := range uint64(16) {
 			sc := simScenario{slots: 1000, methods: []simMethod{bimodal}, cfg: adaptiveCfg(),
 				groups: []simGroup{{n: callers, think: 100 * time.Microsecond}},
 				d:      5 * time.Second, measure: 300 * time.Millisecond, seed: seed}
 			r := simRun(sc)
 			if r.shed > 0 {
 				shedSeeds++
+				t.Logf("%d callers, seed %d: %d of %d shed, limit %d..%d", callers, seed, r.shed, r.sent, r.minLimit, r.maxLimit)
 			}
 			worst = max(worst, float64(r.shed)/float64(r.sent))
 		}
-		t.Logf("%d callers: %d of 8 seeds shed, at worst %.0f%% of their calls", callers, shedSeeds, 100*worst)
+		t.Logf("%d callers: %d of 16 seeds shed, at worst %.0f%% of their calls", callers, shedSeeds, 100*worst)
 	}
 }
