@@ -107,3 +107,33 @@ func TestGradientBimodalMethodIdleServer(t *testing.T) {
 		t.Logf("%d callers: %d of 16 seeds shed, at worst %.0f%% of their calls", callers, shedSeeds, 100*worst)
 	}
 }
+
+// TestDeadlineProbesBackOffWhileTheyFail: of the requests the deadline
+// shed would refuse, one in ten goes through as a probe while probes
+// succeed (a quick kind of request beside a slow one), and ever fewer
+// while they fail (a flood of hopeless deadlines): each failed probe
+// doubles the refusals before the next, up to maxDeadlineProbeGap.
+func TestDeadlineProbesBackOffWhileTheyFail(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		succeed bool
+		want    int
+	}{{"probes that succeed", true, 100}, {"probes that fail", false, 7}} { // failing: at 10, 20, 40, ..., 640
+		st := &serviceTime{}
+		st.low.Store(int64(100 * time.Millisecond))
+		probes := 0
+		for range 1000 {
+			if st.deadlineProbe() {
+				probes++
+				if tc.succeed {
+					st.proved(100 * time.Millisecond) // as slow as the estimate: it stays
+				} else {
+					st.probeFailed()
+				}
+			}
+		}
+		if probes != tc.want {
+			t.Errorf("%s: %d probes in 1000 refusals, want %d", tc.name, probes, tc.want)
+		}
+	}
+}

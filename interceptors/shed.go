@@ -235,7 +235,9 @@ type serviceTime struct {
 	ewma    atomic.Int64 // nanoseconds
 	low     atomic.Int64 // nanoseconds; the 10th percentile, estimated
 	streak  atomic.Int64 // deadline sheds since the last measured call
-	refused atomic.Int64 // deadline sheds ever: every deadlineProbeEvery-th request is let through instead
+	refused atomic.Int64 // requests the deadline shed refused, or let through as probes
+	probeAt atomic.Int64 // refused's value at which the next probe goes through
+	gap     atomic.Int64 // refusals between probes: deadlineProbeEvery, doubled by each failed probe
 	samples atomic.Int64
 	stream  atomic.Bool
 	ans     atomic.Pointer[answer]
@@ -279,11 +281,17 @@ func (s *serviceTime) decay() {
 // estimate again and restart the decay that sheds in a row bring: on an
 // idle server, 60 of 60 lookups shed where plain grpc-go served them all
 // (TestShedderDeadlineShedServesAQuickKindBesideASlowOne). One in ten, as
-// the estimate is the time under which one call in ten ends: a probe of a
-// request that really is hopeless is cut by its own deadline, so it costs
-// a slot for at most that long, and at the in-flight limit a probe is shed
-// there all the same.
+// the estimate is the time under which one call in ten ends. A probe that
+// fails (its caller's deadline cut it, or it ran past it) doubles the
+// refusals before the next one, up to maxDeadlineProbeGap, and one that
+// succeeds brings them back to ten: a flood of hopeless requests (1 ms
+// deadlines on 2 ms of work, beside honest callers at a 4× overload) gets
+// a slot for a few probes, not for one request in ten, and a handler that
+// does not stop when its caller leaves works a probe to its end.
 const deadlineProbeEvery = 10
+
+// maxDeadlineProbeGap bounds the refusals between two deadline probes.
+const maxDeadlineProbeGap = 1024
 
 // deadlineProbeKey marks the context of a request the tap let through as
 // a deadline probe, so that the interceptor does not shed it for its
@@ -293,12 +301,36 @@ type deadlineProbeKey struct{}
 // proved lowers the deadline shed's estimate to took, the time of a
 // deadline probe that succeeded in time (deadlineProbeEvery).
 func (s *serviceTime) proved(took time.Duration) {
+	s.gap.Store(deadlineProbeEvery)
 	for {
 		old := s.low.Load()
 		if int64(took) >= old || s.low.CompareAndSwap(old, int64(took)) {
 			return
 		}
 	}
+}
+
+// probeFailed doubles the refusals before the next deadline probe.
+func (s *serviceTime) probeFailed() {
+	g := s.gap.Load()
+	if g < maxDeadlineProbeGap {
+		s.gap.Store(min(2*max(g, deadlineProbeEvery), maxDeadlineProbeGap))
+	}
+}
+
+// deadlineProbe reports whether the deadline shed lets this request,
+// which it would refuse, through as a probe, counting it.
+func (s *serviceTime) deadlineProbe() bool {
+	n := s.refused.Add(1)
+	at := s.probeAt.Load()
+	if at == 0 { // the first refusal: the first probe comes deadlineProbeEvery on
+		s.probeAt.CompareAndSwap(0, n+deadlineProbeEvery-1)
+		return false
+	}
+	if n < at || !s.probeAt.CompareAndSwap(at, n+max(s.gap.Load(), deadlineProbeEvery)) {
+		return false
+	}
+	return true
 }
 
 func decayBy(v *atomic.Int64, k int64) {
@@ -517,7 +549,7 @@ func (s *Shedder) checkUnary(ctx context.Context, st *serviceTime, crit Critical
 			return rExpired, 0, 0, false, false
 		}
 		if st != nil && st.samples.Load() >= int64(s.cfg.MinSamples) && left < time.Duration(st.low.Load()) {
-			if ctx.Value(deadlineProbeKey{}) == nil && st.refused.Add(1)%deadlineProbeEvery != 0 {
+			if ctx.Value(deadlineProbeKey{}) == nil && !st.deadlineProbe() {
 				st.decay()
 				return rDeadline, 0, 0, false, false
 			}
@@ -862,6 +894,9 @@ func (s *Shedder) doneUnary(ctx context.Context, st *serviceTime, err error, too
 	cut := ctx.Err() != nil
 	if dl, ok := ctx.Deadline(); ok && !cut && !end.Before(dl) {
 		cut = true
+	}
+	if probe && (err != nil || cut) {
+		st.probeFailed()
 	}
 	if err == nil && !cut {
 		st.observe(took)

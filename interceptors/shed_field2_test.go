@@ -1,12 +1,15 @@
 package interceptors_test
 
 import (
+	"bufio"
 	"context"
 	"fmt"
 	"io"
 	"math/rand/v2"
 	"net"
 	"os"
+	"os/exec"
+	"runtime"
 	"sort"
 	"strings"
 	"sync"
@@ -754,4 +757,148 @@ func TestField2ExploreAdaptiveIdleSheds(t *testing.T) {
 		wg.Wait()
 		t.Logf("%s: %s; limit sheds/limit every 250ms: %v", name, got.String(), marks)
 	}
+}
+
+const field2CPUEnv = "GRPCREUSE_FIELD2_CPU_SERVER"
+
+// TestField2CPUServer is the server half of TestField2ExploreCPUBoundIsolated:
+// a handler that spins about 1 ms of CPU (it never looks at its context),
+// GOMAXPROCS 1, pinned by its parent to one CPU with taskset. It prints
+// "addr ADDR" and, when stdin closes, "shed ..." and exits.
+func TestField2CPUServer(t *testing.T) {
+	side := os.Getenv(field2CPUEnv)
+	if side == "" {
+		t.Skip("the server half of TestField2ExploreCPUBoundIsolated")
+	}
+	runtime.GOMAXPROCS(1)
+	spin := func(n int) uint64 {
+		x := uint64(1)
+		for i := range n {
+			x = x*6364136223846793005 + uint64(i)
+		}
+		return x
+	}
+	iters, per := 1<<20, time.Hour
+	for range 5 {
+		start := time.Now()
+		spin(iters)
+		per = min(per, time.Since(start))
+	}
+	iters = int(float64(iters) * float64(time.Millisecond) / float64(per))
+	var sink atomic.Uint64
+	var s loadSide
+	for _, sd := range field2CPUSides {
+		if sd.name == side {
+			s = sd
+		}
+	}
+	shed, opts := newSideShedder(t, s)
+	addr, _ := startWorkServer(t, &cpuServer{spin: func() { sink.Add(spin(iters)) }}, opts...)
+	fmt.Printf("addr %s\n", addr)
+	_, _ = io.Copy(io.Discard, os.Stdin)
+	fmt.Printf("shed %s\n", shedString(shed))
+}
+
+var field2CPUSides = []loadSide{
+	{name: "plain"},
+	{name: "fixed1", edit: func(c *interceptors.ShedderConfig) { c.Limit = 1 }},
+	{name: "fixed2", edit: func(c *interceptors.ShedderConfig) { c.Limit = 2 }},
+	{name: "fixed1-nowait", edit: func(c *interceptors.ShedderConfig) { c.Limit, c.MaxWait = 1, 0 }},
+	{name: "adaptive", edit: func(c *interceptors.ShedderConfig) { c.Adaptive = true }},
+}
+
+// Shape 3, isolated: the CPU-bound server in a child process on CPU 1
+// (GOMAXPROCS 1), 32 callers with 30 ms deadlines in this process.
+func TestField2ExploreCPUBoundIsolated(t *testing.T) {
+	explore(t)
+	for _, side := range field2CPUSides {
+		cmd := exec.Command("taskset", "-c", "1", os.Args[0], "-test.run=^TestField2CPUServer$", "-test.count=1")
+		cmd.Env = append(os.Environ(), field2CPUEnv+"="+side.name)
+		stdin, err := cmd.StdinPipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		stdout, err := cmd.StdoutPipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		cmd.Stderr = os.Stderr
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		lines := bufio.NewScanner(stdout)
+		read := func(prefix string) string {
+			for lines.Scan() {
+				if v, ok := strings.CutPrefix(lines.Text(), prefix+" "); ok {
+					return v
+				}
+			}
+			t.Fatalf("server: no %q line", prefix)
+			return ""
+		}
+		addr := read("addr")
+		c := dial(t, addr)
+		var got tally
+		var warm tally
+		t0 := time.Now()
+		for range 20 { // warm: the method is measured
+			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+			warm.add(unary(ctx, c))
+			cancel()
+		}
+		t.Logf("%s warm: %s in %v", side.name, warm.String(), time.Since(t0))
+		run, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		closedLoop(run, 32, 100000, func(int) time.Duration { return 30 * time.Millisecond },
+			func(ctx context.Context, _ int) error { return unary(ctx, c) }, func(_ int, err error) { got.add(err) })
+		cancel()
+		stdin.Close()
+		sheds := read("shed")
+		_ = cmd.Wait()
+		t.Logf("%-14s ok/s %5.0f  %s | %s", side.name, float64(got.ok())/2, got.String(), sheds)
+	}
+}
+
+// Shape 2d: 16 honest callers (5 ms deadlines) beside 16 that send 1 ms
+// deadlines (hopeless on 2 ms of work: the deadline shed's), on 4 work
+// slots; the handler honours its context, or not (CPU-like work).
+func TestField2ExploreHopelessDeadlines(t *testing.T) {
+	explore(t)
+	for _, honour := range []bool{true, false} {
+		for _, side := range field2Sides {
+			shed, opts := newSideShedder(t, side)
+			w := &workServer{cpu: make(chan struct{}, 4), work: func(*testpb.SimpleRequest) time.Duration { return 2 * time.Millisecond }}
+			var srv testpb.TestServiceServer = w
+			if !honour {
+				srv = &deafServer{w}
+			}
+			addr, _ := startWorkServer(t, srv, opts...)
+			c := dial(t, addr)
+			var honest, hopeless tally
+			run, cancel := context.WithTimeout(context.Background(), time.Second)
+			closedLoop(run, 32, 100000, func(i int) time.Duration {
+				if i < 16 {
+					return 5 * time.Millisecond
+				}
+				return time.Millisecond
+			}, func(ctx context.Context, _ int) error { return unary(ctx, c) }, func(i int, err error) {
+				if i < 16 {
+					honest.add(err)
+				} else {
+					hopeless.add(err)
+				}
+			})
+			cancel()
+			t.Logf("honour=%v %-14s honest ok %4d  %s | hopeless %s | %s", honour, side.name, honest.ok(), honest.String(), hopeless.String(), shedString(shed))
+		}
+	}
+}
+
+// deafServer's UnaryCall works its time whatever its caller does.
+type deafServer struct{ *workServer }
+
+func (d *deafServer) UnaryCall(_ context.Context, req *testpb.SimpleRequest) (*testpb.SimpleResponse, error) {
+	if err := d.doWork(context.Background(), d.work(req)); err != nil {
+		return nil, err
+	}
+	return &testpb.SimpleResponse{}, nil
 }
