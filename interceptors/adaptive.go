@@ -240,12 +240,28 @@ func (g *gradient) sample(st *serviceTime, took time.Duration, cut bool, now, n 
 	}
 	avg, b := sum/float64(cnt), atBase/float64(cnt)
 	if probing {
-		// The probe's window: each method's baseline is its mean here, up
-		// or down; the limit is back to what it was.
+		// The probe's window: each method's baseline is its mean here, up,
+		// or down by what is beyond two standard errors of it, as in any
+		// window (a method's own spread is not a faster server); the limit
+		// is back to what it was. Down to its mean whatever its noise, a
+		// probe of 25 calls of a method taking 1 ms, one call in ten 20 ms,
+		// that drew no slow call set its baseline to 1 ms where its calls
+		// take 2.9 ms: every later window looked queued, the baseline could
+		// not rise above the probe's concurrency, and on a server that never
+		// queued the limit fell to 4-6 under 8 callers and shed 50-80% of
+		// their calls until the next probe, 60 s on
+		// (TestGradientBimodalMethodIdleServer).
 		atBase = 0
 		for _, w := range g.closing {
-			w.st.gBase.Store(max(int64(w.mean), 1))
-			atBase += w.mean * float64(w.n)
+			mb := float64(w.st.gBase.Load())
+			switch {
+			case mb == 0 || w.mean >= mb:
+				mb = w.mean
+			case w.mean+2*w.se < mb:
+				mb = w.mean + 2*w.se
+			}
+			w.st.gBase.Store(max(int64(mb), 1))
+			atBase += mb * float64(w.n)
 		}
 		clear(g.closing)
 		g.baselineNs.Store(max(int64(atBase/float64(cnt)), 1))
@@ -278,7 +294,14 @@ func (g *gradient) sample(st *serviceTime, took time.Duration, cut bool, now, n 
 		mb := float64(w.st.gBase.Load())
 		switch {
 		case mb == 0:
-			mb = w.mean
+			// A method's first window, two standard errors up: it can only
+			// be lowered from here, and the baseline rises only in windows
+			// at the probe's concurrency. At its mean, a first window that
+			// drew few of a method's slow calls (one in ten 20 ms: the
+			// window ends before most of them do) held the limit under 8
+			// callers of a server that never queued in 4 of 8 seeds
+			// (TestGradientBimodalMethodIdleServer; 1 of 8 now).
+			mb = w.mean + 2*w.se
 		case w.mean+2*w.se < mb:
 			// Lower beyond its noise (two standard errors): a window of
 			// a cache's hits alone is not the method's baseline.

@@ -111,7 +111,7 @@ func TestDoneUnaryIgnoresCallsPastTheirDeadline(t *testing.T) {
 			}
 			st := s.serviceTime("/pkg.S/M")
 			s.slots.inflight.Add(1)
-			s.doneUnary(tc.ctx, st, nil, 7*time.Millisecond, end)
+			s.doneUnary(tc.ctx, st, nil, 7*time.Millisecond, end, false)
 			if got := st.samples.Load(); got != tc.wantSamples {
 				t.Errorf("samples = %d, want %d", got, tc.wantSamples)
 			}
