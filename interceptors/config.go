@@ -231,8 +231,11 @@ type ShedderConfig struct {
 	// long before their next attempt) and the RetryInfo detail of every
 	// shed, except ReasonDeadline's (the same deadline would not do
 	// better) and ReasonExpired's. The trailer carries whole milliseconds
-	// (at least 1: 1.5ms is sent as 1), RetryInfo the exact value. 0 sends
-	// neither. Default 20ms.
+	// (at least 1: 1.5ms is sent as 1), RetryInfo the exact value. A shed
+	// whose request has less than Pushback (and its method's service
+	// time) left of its deadline says "do not retry" instead: a trailer of
+	// -1 (gRFC A6) and no RetryInfo, since grpc-go would wait out the
+	// pushback past the deadline. 0 sends neither. Default 20ms.
 	Pushback time.Duration
 	// LogInterval is how often, at most, a one-line summary of what was
 	// shed is logged (grpclog, warning level, component "grpcreuse-interceptors"); a

@@ -166,9 +166,10 @@ func (r reason) String() string {
 // Every shed carries a stable message (Message* constants). All but an
 // expired request's carry an errdetails.ErrorInfo with the numbers. When
 // Pushback is set, all but deadline and expired sheds also carry an
-// errdetails.RetryInfo and, on the interceptor path, the
-// grpc-retry-pushback-ms trailer: Pushback, or -1 (do not retry) when
-// Pushback would outlast what is left of the request's deadline. grpc.health.v1.Health's methods, and
+// errdetails.RetryInfo of Pushback and, on the interceptor path, the
+// grpc-retry-pushback-ms trailer; when a retry after Pushback would
+// outlast what is left of the request's deadline, they say "do not retry"
+// instead (no RetryInfo, and a trailer of -1). grpc.health.v1.Health's methods, and
 // the methods and services of ShedderConfig.Exempt, are never shed and
 // not counted.
 //
@@ -203,10 +204,11 @@ type Shedder struct {
 	methods atomic.Pointer[map[string]*serviceTime] // copy on write
 	other   serviceTime                             // methods beyond maxTrackedMethods
 
-	shed     [numReasons]atomic.Int64
-	answers  [numReasons]atomic.Pointer[answer] // by reason, for the current numbers
-	pushback metadata.MD                        // nil when cfg.Pushback is 0
-	noRetry  metadata.MD                        // a negative pushback: do not retry (gRFC A6)
+	shed           [numReasons]atomic.Int64
+	answers        [numReasons]atomic.Pointer[answer] // by reason, for the current numbers
+	noRetryAnswers [numReasons]atomic.Pointer[answer] // the same without RetryInfo, for a retry that would come too late
+	pushback       metadata.MD                        // nil when cfg.Pushback is 0
+	noRetry        metadata.MD                        // a negative pushback: do not retry (gRFC A6)
 
 	served atomic.Int64 // nanoseconds: mean service time of successful unary calls, all methods (EWMA, 1/8)
 
@@ -677,44 +679,51 @@ func (s *Shedder) criticality(header []string, method string) Criticality {
 }
 
 // refuse counts a shed and returns its answer.
-func (s *Shedder) refuse(r reason, method string, st *serviceTime) error {
+func (s *Shedder) refuse(ctx context.Context, r reason, method string, st *serviceTime) error {
 	s.shed[r].Add(1)
 	name := r.String()
 	s.obs.LimiterRejected("", method, name)
 	if s.sobs != nil {
 		s.sobs.ServerShed(method, name)
 	}
-	err := s.answer(r, st)
+	err := s.answer(ctx, r, st)
 	s.maybeLog()
 	return err
 }
 
 // refuseWithTrailer is refuse for the interceptor path, which can also set
-// the pushback trailer.
-//
-// When the pushback would outlast what is left of the request's deadline
-// (less its method's service time, once measured), the trailer says "do
-// not retry" instead (a negative pushback, gRFC A6). grpc-go waits out a
-// pushback even past the call's deadline, so a retrying caller with 200 ms
-// left and 1 s of pushback got DeadlineExceeded after its whole deadline
-// instead of the shed at once, without the shed's status and details
-// (TestShedderPushbackNeverOutlastsTheDeadline); its retry could not have
-// been served in time anyway.
+// the pushback trailer: Pushback, or "do not retry" (a negative pushback,
+// gRFC A6) when a retry would come too late (retryInTime).
 func (s *Shedder) refuseWithTrailer(ctx context.Context, r reason, method string, st *serviceTime, setTrailer func(metadata.MD) error) error {
 	if s.pushback != nil && r != rExpired && r != rDeadline {
 		md := s.pushback
-		if dl, ok := ctx.Deadline(); ok {
-			need := s.cfg.Pushback
-			if st != nil && st.samples.Load() >= int64(s.cfg.MinSamples) {
-				need += time.Duration(st.low.Load())
-			}
-			if time.Until(dl) < need {
-				md = s.noRetry
-			}
+		if !s.retryInTime(ctx, st) {
+			md = s.noRetry
 		}
 		_ = setTrailer(md) // fails only if the stream is already done
 	}
-	return s.refuse(r, method, st)
+	return s.refuse(ctx, r, method, st)
+}
+
+// retryInTime reports whether a retry after Pushback could still be served
+// within what is left of the request's deadline (its method's service
+// time, once measured). When it could not, a shed says "do not retry"
+// instead of Pushback: the trailer is -1 and RetryInfo is left out.
+// grpc-go waits out a pushback even past the call's deadline, so a
+// retrying caller with 200 ms left and 1 s of pushback got
+// DeadlineExceeded after its whole deadline instead of the shed at once,
+// without the shed's status and details
+// (TestShedderPushbackNeverOutlastsTheDeadline).
+func (s *Shedder) retryInTime(ctx context.Context, st *serviceTime) bool {
+	dl, ok := ctx.Deadline()
+	if !ok {
+		return true
+	}
+	need := s.cfg.Pushback
+	if st != nil && st.samples.Load() >= int64(s.cfg.MinSamples) {
+		need += time.Duration(st.low.Load())
+	}
+	return time.Until(dl) >= need
 }
 
 // TapHandle is the Shedder's cheap admission path, a tap.ServerInHandle
@@ -762,7 +771,7 @@ func (s *Shedder) TapHandle(ctx context.Context, info *tap.Info) (context.Contex
 	}
 	if st.stream.Load() {
 		if r, ok := s.checkStream(ctx); !ok {
-			return ctx, s.refuse(r, method, st)
+			return ctx, s.refuse(ctx, r, method, st)
 		}
 		return ctx, nil
 	}
@@ -798,7 +807,7 @@ func (s *Shedder) TapHandle(ctx context.Context, info *tap.Info) (context.Contex
 			return pass, nil
 		}
 	}
-	return ctx, s.refuse(r, method, st)
+	return ctx, s.refuse(ctx, r, method, st)
 }
 
 // previousAttemptsHeader is the header grpc clients with a retry policy

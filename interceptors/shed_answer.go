@@ -38,10 +38,14 @@ func (e *shedError) GRPCStatus() *status.Status { return e.st }
 // arrived after its deadline.
 func (e *shedError) Unwrap() error { return e.cause }
 
-// answer returns the error for a shed for r.
-func (s *Shedder) answer(r reason, st *serviceTime) error {
+// answer returns the error for a shed for r of the request with ctx.
+func (s *Shedder) answer(ctx context.Context, r reason, st *serviceTime) error {
 	var key int64
 	slot := &s.answers[r]
+	retry := s.cfg.Pushback > 0 && r != rDeadline && r != rExpired
+	if retry && !s.retryInTime(ctx, st) {
+		slot, retry = &s.noRetryAnswers[r], false
+	}
 	switch r {
 	case rLimit, rSheddable:
 		key = s.slots.limit.Load()
@@ -54,12 +58,14 @@ func (s *Shedder) answer(r reason, st *serviceTime) error {
 	if a := slot.Load(); a != nil && a.key == key {
 		return a.err
 	}
-	a := &answer{key: key, err: s.buildAnswer(r, key)}
+	a := &answer{key: key, err: s.buildAnswer(r, key, retry)}
 	slot.Store(a)
 	return a.err
 }
 
-func (s *Shedder) buildAnswer(r reason, key int64) error {
+// buildAnswer builds r's answer with the number key, and a RetryInfo of
+// Pushback when retry says so.
+func (s *Shedder) buildAnswer(r reason, key int64, retry bool) error {
 	if r == rExpired {
 		return &shedError{st: status.New(codes.DeadlineExceeded, MessageExpired), cause: context.DeadlineExceeded}
 	}
@@ -82,7 +88,7 @@ func (s *Shedder) buildAnswer(r reason, key int64) error {
 		info.Metadata["streamLimit"] = itoa(key)
 	}
 	st := status.New(codes.ResourceExhausted, msg)
-	if s.cfg.Pushback > 0 && r != rDeadline {
+	if retry {
 		if d, err := st.WithDetails(info, &errdetails.RetryInfo{RetryDelay: durationpb.New(s.cfg.Pushback)}); err == nil {
 			st = d
 		}
