@@ -89,7 +89,8 @@ func TestShedCPUServer(t *testing.T) {
 // BenchmarkShedCPU measures the server's CPU time per shed call on the
 // tap path and on the interceptor path, in one run: the server runs in a
 // child process, one call holds its only slot, and the benchmark's callers
-// (8 at a time over loopback; 64 on the ",64-callers" sides) are all shed. The method's service time is
+// (8 at a time over loopback; 64 on the ",64-callers" sides) are all shed;
+// their requests are empty (1 KiB on the ",1KiB-requests" sides). The method's service time is
 // not measured, so no request waits for a slot (MaxWait), except on
 // "tap-waiting", where it is (2 ms): there one request at a time waits,
 // and is shed by the interceptor after its wait. The "+otel" sides add
@@ -100,14 +101,21 @@ func TestShedCPUServer(t *testing.T) {
 //	go test -run '^$' -bench BenchmarkShedCPU -benchtime 20000x -count 3 ./interceptors/
 func BenchmarkShedCPU(b *testing.B) {
 	for _, side := range []string{"tap", "tap-waiting", "tap-retries", "interceptor", "tap+otel", "interceptor+otel",
-		"tap,64-callers", "interceptor,64-callers"} {
+		"tap,64-callers", "interceptor,64-callers", "tap,1KiB-requests", "interceptor,1KiB-requests"} {
 		// 8 callers, or 64 (",64-callers"): more requests per read and
 		// write, so grpc-go's per-syscall cost, which both paths pay,
-		// weighs less beside what the interceptor path adds.
+		// weighs less beside what the interceptor path adds. Requests are
+		// empty, or carry 1 KiB (",1KiB-requests"): the tap never decodes
+		// a request, the interceptor path does before the Shedder sees it.
 		mode, many := strings.CutSuffix(side, ",64-callers")
+		mode, sized := strings.CutSuffix(mode, ",1KiB-requests")
 		callers := 8
 		if many {
 			callers = 64
+		}
+		req := &testpb.SimpleRequest{}
+		if sized {
+			req.Payload = &testpb.Payload{Body: make([]byte, 1024)}
 		}
 		b.Run(side, func(b *testing.B) {
 			args := []string{"-test.run=^TestShedCPUServer$", "-test.count=1"}
@@ -206,7 +214,7 @@ func BenchmarkShedCPU(b *testing.B) {
 				go func() {
 					defer wg.Done()
 					for next.Add(1) <= int64(b.N) {
-						if err := unary(callCtx, c); err == nil || !strings.Contains(status.Convert(err).Message(), "in-flight limit") {
+						if _, err := c.UnaryCall(callCtx, req); err == nil || !strings.Contains(status.Convert(err).Message(), "in-flight limit") {
 							wrong.Add(1)
 						}
 					}
