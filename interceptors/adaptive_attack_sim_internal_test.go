@@ -96,6 +96,7 @@ type simC struct {
 	method       int
 	sent, admit  int64
 	dl, cancelAt int64 // absolute; 0 none
+	cohort       int64 // gradient.admit's
 	work         int64
 	running      bool
 	ended        bool // the handler returned
@@ -200,7 +201,7 @@ func simRun(sc simScenario) simResult {
 	handlerDone := func(c *simC, cut bool) {
 		c.ended = true
 		if g != nil {
-			if l, moved := g.sample(sts[c.method], time.Duration(now-c.admit), cut, now, inflight); moved {
+			if l, moved := g.sample(sts[c.method], time.Duration(now-c.admit), cut, now, inflight, c.cohort); moved {
 				setLimit(l)
 				if g.probing.Load() {
 					res.probes++
@@ -235,6 +236,9 @@ func simRun(sc simScenario) simResult {
 		}
 		inflight++
 		c.admit = now
+		if g != nil {
+			c.cohort = g.admit(now)
+		}
 		c.work = int64(sc.methods[method].work(rng, time.Duration(now)))
 		if dl > 0 {
 			c.dl = now + int64(dl)

@@ -35,7 +35,7 @@ func TestGradientProbeKeepsANoisyMethodsBaseline(t *testing.T) {
 	now := int64(0)
 	limit := int64(cfg.Limit)
 	sample := func(took time.Duration, n int64) {
-		if l, moved := g.sample(st, took, false, now, n); moved {
+		if l, moved := sampleNow(g, st, took, false, now, n); moved {
 			limit = l
 		}
 	}
