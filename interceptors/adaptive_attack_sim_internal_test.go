@@ -73,14 +73,16 @@ type simScenario struct {
 }
 
 type simResult struct {
-	ok, sent, shed, late int // counted from measure on
-	okByMethod           []int
-	goodput              float64 // ok per second
-	moves                int     // limit changes, from measure on
-	minLimit, maxLimit   int64   // from measure on
-	lastLimit            int64
-	probes               int
-	trace                []int64 // the limit every 10 ms from measure on
+	ok, sent, shed, late   int // counted from measure on
+	sentBefore, shedBefore int // before measure
+	okByMethod             []int
+	goodput                float64 // ok per second
+	moves                  int     // limit changes, from measure on
+	minLimit, maxLimit     int64   // from measure on
+	lastLimit              int64
+	probes                 int
+	probing                time.Duration // spent probing, the whole run
+	trace                  []int64       // the limit every 10 ms from measure on
 }
 
 type simEv struct {
@@ -217,10 +219,14 @@ func simRun(sc simScenario) simResult {
 		c := &simC{who: who, method: method, sent: now}
 		if now >= measure {
 			res.sent++
+		} else {
+			res.sentBefore++
 		}
 		if inflight >= limit {
 			if now >= measure {
 				res.shed++
+			} else {
+				res.shedBefore++
 			}
 			if g != nil && g.probing.Load() {
 				if l, moved := g.abandonStaleProbe(now); moved {
@@ -269,6 +275,9 @@ func simRun(sc simScenario) simResult {
 	nextTrace := measure
 	for q.Len() > 0 {
 		e := heap.Pop(&q).(simEv)
+		if g != nil && g.probing.Load() {
+			res.probing += time.Duration(e.at - now)
+		}
 		now = e.at
 		for now >= nextTrace && nextTrace < end {
 			res.trace = append(res.trace, limit)
