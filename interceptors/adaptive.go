@@ -20,11 +20,13 @@ import (
 // any queueing drove the limit down to MinLimit on a server that was
 // never overloaded (TestGradientMixedMethods).
 //
-// Every probeInterval, and after its first window if that one ran with
-// more calls in flight than a probe allows, it re-measures the baselines
-// at low concurrency (probeConcurrency calls in flight, as Envoy's
-// adaptive-concurrency filter measures its minRTT): a baseline learnt
-// only from what the server happened to serve can be a queue's latency.
+// Every probeInterval, and after its first window, it re-measures the
+// baselines at low concurrency (probeConcurrency calls in flight, as
+// Envoy's adaptive-concurrency filter measures its minRTT), on the cohort
+// of calls it admitted, each to its end (probeReady): a baseline learnt
+// only from what the server happened to serve can be a queue's latency,
+// and one learnt from the calls that ended in a short window is its short
+// calls' (TestGradientBimodalMethodIdleServer).
 // A Shedder started into an overload (a deploy at peak, a crash loop)
 // took its first window's queueing for the work itself, and never shed
 // (TestGradientConverges); after a backend got slower for good (a
@@ -165,10 +167,11 @@ func (g *gradient) admit(at int64) int64 {
 }
 
 // probeReady reports whether the probe's window may close at now: its
-// admission phase is over and every call of its cohort has ended, or 16
-// Windows passed (a hung call does not hold the limit at the probe's; the
-// calls still running are then left out, a bias only against calls longer
-// than some 15 Windows), with at least one call measured.
+// admission phase is over and every call of its cohort has ended, or 8
+// Windows passed, as long as a probe could last before (a hung call, or a
+// rare long one, does not hold the limit at the probe's; the calls still
+// running are then left out, a bias only against calls longer than some 7
+// Windows), with at least one call measured.
 //
 // A probe's window used to count the calls that ended in it, after a
 // Window and MinSamples calls: a method's long calls admitted in its last
@@ -187,7 +190,7 @@ func (g *gradient) probeReady(now int64) bool {
 		}
 		g.admitting.Store(false)
 	}
-	return g.n.Load() > 0 && (g.cohortOut.Load() >= g.cohortIn.Load() || el >= 16*g.window)
+	return g.n.Load() > 0 && (g.cohortOut.Load() >= g.cohortIn.Load() || el >= 8*g.window)
 }
 
 // sample records one admitted call of method st that took took with n
