@@ -20,11 +20,13 @@ import (
 // any queueing drove the limit down to MinLimit on a server that was
 // never overloaded (TestGradientMixedMethods).
 //
-// Every probeInterval, and after its first window if that one ran with
-// more calls in flight than a probe allows, it re-measures the baselines
-// at low concurrency (probeConcurrency calls in flight, as Envoy's
-// adaptive-concurrency filter measures its minRTT): a baseline learnt
-// only from what the server happened to serve can be a queue's latency.
+// Every probeInterval, and after its first window, it re-measures the
+// baselines at low concurrency (probeConcurrency calls in flight, as
+// Envoy's adaptive-concurrency filter measures its minRTT), on the cohort
+// of calls it admitted, each to its end (probeReady): a baseline learnt
+// only from what the server happened to serve can be a queue's latency,
+// and one learnt from the calls that ended in a short window is its short
+// calls' (TestGradientBimodalMethodIdleServer).
 // A Shedder started into an overload (a deploy at peak, a crash loop)
 // took its first window's queueing for the work itself, and never shed
 // (TestGradientConverges); after a backend got slower for good (a
@@ -50,6 +52,16 @@ type gradient struct {
 	probing    atomic.Bool  // written under mu
 	probeLimit atomic.Int64 // the limit while probing; written under mu
 
+	// A probe measures a cohort: the calls admitted while admitting holds
+	// (admit), each to its end, not the calls that happen to end within
+	// its window (see probeReady). cohort is the probe's number, which
+	// admit hands each of its calls; cohortIn counts them, cohortOut those
+	// that ended.
+	cohort    atomic.Int64 // written under mu
+	admitting atomic.Bool
+	cohortIn  atomic.Int64
+	cohortOut atomic.Int64
+
 	n          atomic.Int64 // samples in the current window, all methods
 	sum        atomic.Int64 // their nanoseconds
 	atBase     atomic.Int64 // their methods' baselines, summed: what they would have taken at baseline
@@ -74,6 +86,14 @@ type gradient struct {
 	served    float64
 	closing   []methodWindow // scratch for the closer
 	nextProbe int64          // Shedder.now of the next probe
+	// afterProbe says the current window began as a probe ended: the
+	// limit was back at once, the callers the probe shed came in
+	// together, and the calls that end in the window are mostly theirs,
+	// their short ones. It lowers no baseline: under 32 callers of a
+	// method taking 1 ms, one call in ten 20 ms, such a window took a
+	// probe's 3.0 ms to 1.9 ms, and the limit held 26 to 35 and shed 16%
+	// of their calls on a server that never queued.
+	afterProbe bool
 
 	// measured is set once a window closed, or the probe at start began;
 	// until then unmeasured counts calls cut short (cutUnmeasured).
@@ -116,22 +136,76 @@ func (g *gradient) probeAt() int64 {
 	return max(min(probeConcurrency, int64(math.Round(g.limit))), int64(g.min))
 }
 
-// startProbe lowers the limit in force to the probe's; under mu.
+// startProbe lowers the limit in force to the probe's and opens its
+// cohort; under mu, after g.start moved to the probe's start.
 func (g *gradient) startProbe() int64 {
 	l := g.probeAt()
 	g.probeLimit.Store(l)
+	g.cohortIn.Store(0)
+	g.cohortOut.Store(0)
+	g.cohort.Add(1)
+	g.admitting.Store(true)
 	g.probing.Store(true)
 	return l
 }
 
+// admit is told of every admitted call, at (Shedder.now) its start, and
+// returns the probe cohort it belongs to (0: none), which sample is given
+// at its end. Outside a probe's admission phase it is one atomic load.
+// The phase closes at the first call admitted a Window or more into the
+// probe with MinSamples admitted (that call is the cohort's last), or, for
+// a method too slow to give MinSamples, on the first sample 8 Windows in
+// (probeReady).
+func (g *gradient) admit(at int64) int64 {
+	if !g.admitting.Load() {
+		return 0
+	}
+	if g.cohortIn.Add(1) >= g.minSamples && at-g.start.Load() >= g.window {
+		g.admitting.Store(false)
+	}
+	return g.cohort.Load()
+}
+
+// probeReady reports whether the probe's window may close at now: its
+// admission phase is over and every call of its cohort has ended, or 8
+// Windows passed, as long as a probe could last before (a hung call, or a
+// rare long one, does not hold the limit at the probe's; the calls still
+// running are then left out, a bias only against calls longer than some 7
+// Windows), with at least one call measured.
+//
+// A probe's window used to count the calls that ended in it, after a
+// Window and MinSamples calls: a method's long calls admitted in its last
+// Window had not ended yet, and a method taking 1 ms, one call in ten
+// 20 ms (2.9 ms), measured at its fast calls' time. Its baseline was set
+// too low, every later window looked queued, and the limit held 4 and 16
+// callers of a server that never queued at 2 to 14 and shed 52-70% of
+// their calls until the next probe, 60 s on (TestGradientBimodalMethodIdleServer).
+// Waiting for the calls admitted in it measures every call of the cohort,
+// whatever its length; it costs the probe its longest call's time.
+func (g *gradient) probeReady(now int64) bool {
+	el := now - g.start.Load()
+	if g.admitting.Load() {
+		if el < 8*g.window && (el < g.window || g.cohortIn.Load() < g.minSamples) {
+			return false
+		}
+		g.admitting.Store(false)
+	}
+	return g.n.Load() > 0 && (g.cohortOut.Load() >= g.cohortIn.Load() || el >= 8*g.window)
+}
+
 // sample records one admitted call of method st that took took with n
 // calls in flight (itself included); cut says its caller's deadline or
-// cancellation ended it. A cut call is used only if it still took more
-// than the tolerance allows over its method's baseline: a client's short
-// deadline can say the server is slow only when it is, and never that
-// it is fast. It returns the new limit when the window closed and the
-// limit moved.
-func (g *gradient) sample(st *serviceTime, took time.Duration, cut bool, now, n int64) (int64, bool) {
+// cancellation ended it, and cohort is what admit returned for it. A cut
+// call is used only if it still took more than the tolerance allows over
+// its method's baseline: a client's short deadline can say the server is
+// slow only when it is, and never that it is fast. It returns the new
+// limit when the window closed and the limit moved.
+func (g *gradient) sample(st *serviceTime, took time.Duration, cut bool, now, n, cohort int64) (int64, bool) {
+	probing := g.probing.Load()
+	member := probing && cohort != 0 && cohort == g.cohort.Load()
+	if member {
+		g.cohortOut.Add(1)
+	}
 	base := st.gBase.Load()
 	if cut {
 		if base == 0 {
@@ -152,9 +226,13 @@ func (g *gradient) sample(st *serviceTime, took time.Duration, cut bool, now, n 
 		}
 		took = max(took, time.Duration(g.tolerance/earlyRatio*float64(base)))
 	}
-	probing := g.probing.Load()
-	if probing && (n > g.probeLimit.Load() || now-int64(took) < g.start.Load()) {
-		return g.abandonStaleProbe(now) // admitted before the probe: not at its concurrency
+	if probing && (!member || n > g.probeLimit.Load()) {
+		if now-int64(took) < g.start.Load() {
+			return g.abandonStaleProbe(now) // admitted before the probe: not at its concurrency
+		}
+		// Admitted after the probe's cohort (or above its limit): not
+		// measured, but it may be the event that closes the probe.
+		return g.close(now, true)
 	}
 	if !st.gTracked.Load() && st.gTracked.CompareAndSwap(false, true) {
 		g.regMu.Lock()
@@ -169,19 +247,30 @@ func (g *gradient) sample(st *serviceTime, took time.Duration, cut bool, now, n 
 	st.gN.Add(1)
 	cnt := g.n.Add(1)
 	wsum, wbase := g.sum.Add(int64(took)), g.atBase.Add(cmp.Or(base, int64(took)))
-	// A probe waits for MinSamples calls only so long: at its low
-	// concurrency, slow calls would keep the limit at the probe's for
-	// their whole number.
-	need := g.minSamples
-	if probing && now-g.start.Load() >= 8*g.window {
-		need = 1
+	if !probing && (cnt < g.minSamples || now-g.start.Load() < g.window && !g.queued(false, wsum, wbase)) {
+		return 0, false
 	}
-	if cnt < need || now-g.start.Load() < g.window && !g.queued(probing, wsum, wbase) || !g.mu.TryLock() {
+	return g.close(now, probing)
+}
+
+// ready reports whether the current window may close at now; probing is
+// what the caller saw.
+func (g *gradient) ready(now int64, probing bool) bool {
+	if probing {
+		return g.probeReady(now)
+	}
+	return g.n.Load() >= g.minSamples && (now-g.start.Load() >= g.window || g.queued(false, g.sum.Load(), g.atBase.Load()))
+}
+
+// close closes the current window at now if it is ready and no other
+// request is closing it, and moves the limit; probing is what the caller
+// saw. It returns the new limit when the limit moved.
+func (g *gradient) close(now int64, probing bool) (int64, bool) {
+	if probing && !g.probeReady(now) || !g.mu.TryLock() {
 		return 0, false
 	}
 	defer g.mu.Unlock()
-	if g.n.Load() < need || probing != g.probing.Load() ||
-		now-g.start.Load() < g.window && !g.queued(probing, g.sum.Load(), g.atBase.Load()) {
+	if probing != g.probing.Load() || !g.ready(now, probing) {
 		return 0, false // another request just closed it
 	}
 	g.regMu.Lock()
@@ -195,7 +284,7 @@ func (g *gradient) sample(st *serviceTime, took time.Duration, cut bool, now, n 
 	// the methods' baselines (a method measured for the first time is its
 	// own baseline).
 	var sum, atBase float64
-	cnt = 0
+	cnt := int64(0)
 	g.closing = g.closing[:0]
 	for _, m := range tracked {
 		mn := m.gN.Swap(0)
@@ -214,6 +303,13 @@ func (g *gradient) sample(st *serviceTime, took time.Duration, cut bool, now, n 
 			m.gVar = v
 		} else {
 			m.gVar += (v - m.gVar) * math.Min(1, float64(mn)/float64(g.minSamples)) / 8
+		}
+		if probing {
+			// A probe's cohort measured every call admitted in it, long
+			// ones too: a variance learnt from windows that drew few of
+			// them (a first window ends before its long calls do) is
+			// raised to its own at once.
+			m.gVar = math.Max(m.gVar, v)
 		}
 		b := float64(m.gBase.Load())
 		if b == 0 {
@@ -240,32 +336,30 @@ func (g *gradient) sample(st *serviceTime, took time.Duration, cut bool, now, n 
 	}
 	avg, b := sum/float64(cnt), atBase/float64(cnt)
 	if probing {
-		// The probe's window: each method's baseline is its mean here, up,
-		// or down by what is beyond two standard errors of it, as in any
-		// window (a method's own spread is not a faster server); the limit
-		// is back to what it was. Down to its mean whatever its noise, a
-		// probe of 25 calls of a method taking 1 ms, one call in ten 20 ms,
-		// that drew no slow call set its baseline to 1 ms where its calls
-		// take 2.9 ms: every later window looked queued, the baseline could
-		// not rise above the probe's concurrency, and on a server that never
-		// queued the limit fell to 4-6 under 8 callers and shed 50-80% of
-		// their calls until the next probe, 60 s on
-		// (TestGradientBimodalMethodIdleServer).
+		// The probe's window: each method's baseline is its cohort's mean
+		// two standard errors up, from wherever it was (a baseline is
+		// lowered only by what is beyond a window's noise, so it is set
+		// where it can only be lowered from); the limit is back to what it
+		// was. Down to its mean whatever its noise, a probe of 25 calls of
+		// a method taking 1 ms, one call in ten 20 ms, that drew no slow
+		// call set its baseline to 1 ms where its calls take 2.9 ms: every
+		// later window looked queued, the baseline could not rise above the
+		// probe's concurrency, and on a server that never queued the limit
+		// fell to 4-6 under 8 callers and shed 50-80% of their calls until
+		// the next probe, 60 s on (TestGradientBimodalMethodIdleServer). Up
+		// to its mean only, the same happened on a probe that drew one slow
+		// call in 25 (a mean of 1.8 ms), one probe in four.
 		atBase = 0
 		for _, w := range g.closing {
-			mb := float64(w.st.gBase.Load())
-			switch {
-			case mb == 0 || w.mean >= mb:
-				mb = w.mean
-			case w.mean+2*w.se < mb:
-				mb = w.mean + 2*w.se
-			}
+			mb := w.mean + 2*w.se
 			w.st.gBase.Store(max(int64(mb), 1))
 			atBase += mb * float64(w.n)
 		}
 		clear(g.closing)
 		g.baselineNs.Store(max(int64(atBase/float64(cnt)), 1))
+		g.admitting.Store(false)
 		g.probing.Store(false)
+		g.afterProbe = true
 		g.nextProbe = now + probeInterval
 		return int64(math.Round(g.limit)), true
 	}
@@ -302,11 +396,11 @@ func (g *gradient) sample(st *serviceTime, took time.Duration, cut bool, now, n 
 			// callers of a server that never queued in 4 of 8 seeds
 			// (TestGradientBimodalMethodIdleServer; 1 of 8 now).
 			mb = w.mean + 2*w.se
-		case w.mean+2*w.se < mb:
+		case w.mean+2*w.se < mb && !g.afterProbe:
 			// Lower beyond its noise (two standard errors): a window of
 			// a cache's hits alone is not the method's baseline.
 			mb += (w.mean + 2*w.se - mb) * math.Min(1, float64(w.n)/float64(g.minSamples))
-		case w.mean < mb: // lower, within its noise: it holds
+		case w.mean < mb: // lower, within its noise, or after a probe: it holds
 		default:
 			mb += (w.mean - mb) * follow
 		}
@@ -314,6 +408,7 @@ func (g *gradient) sample(st *serviceTime, took time.Duration, cut bool, now, n 
 		atBase += mb * float64(w.n)
 	}
 	clear(g.closing) // drop the pointers until the next window
+	g.afterProbe = false
 	b = atBase / float64(cnt)
 	g.baselineNs.Store(max(int64(b), 1))
 	old := g.limit
@@ -353,12 +448,10 @@ func (g *gradient) sample(st *serviceTime, took time.Duration, cut bool, now, n 
 		// served grow: the window's latency is above the tolerance, so
 		// some of its calls in service were queued ones.
 	}
-	if g.nextProbe == 0 && peak <= g.probeAt() {
-		// The first window ran at no more than the probe's concurrency:
-		// it measured the baselines as a probe would, and a server that
-		// starts idle sheds nothing to probe.
-		g.nextProbe = now + probeInterval
-	}
+	// The first window is followed by a probe (nextProbe is 0), even one
+	// that ran at no more than the probe's concurrency: it counted the
+	// calls that ended in it, few of a method's long ones (see
+	// probeReady), and at that concurrency a probe sheds nothing.
 	if now >= g.nextProbe {
 		return g.startProbe(), true
 	}
@@ -392,6 +485,7 @@ func (g *gradient) cutUnmeasured(now int64) (int64, bool) {
 	for _, m := range g.tracked {
 		m.gN.Store(0)
 		m.gSum.Store(0)
+		m.gSq.Store(0) // or the probe's variance is theirs too, the queue's
 	}
 	g.regMu.Unlock()
 	g.n.Store(0)
@@ -460,7 +554,9 @@ func (g *gradient) abandonStaleProbe(now int64) (int64, bool) {
 	if !g.probing.Load() || g.n.Load() > 0 { // the next call measured closes it
 		return 0, false
 	}
+	g.admitting.Store(false)
 	g.probing.Store(false)
+	g.afterProbe = true
 	g.nextProbe = now + probeInterval
 	g.start.Store(now)
 	g.peak.Store(0)

@@ -73,14 +73,16 @@ type simScenario struct {
 }
 
 type simResult struct {
-	ok, sent, shed, late int // counted from measure on
-	okByMethod           []int
-	goodput              float64 // ok per second
-	moves                int     // limit changes, from measure on
-	minLimit, maxLimit   int64   // from measure on
-	lastLimit            int64
-	probes               int
-	trace                []int64 // the limit every 10 ms from measure on
+	ok, sent, shed, late   int // counted from measure on
+	sentBefore, shedBefore int // before measure
+	okByMethod             []int
+	goodput                float64 // ok per second
+	moves                  int     // limit changes, from measure on
+	minLimit, maxLimit     int64   // from measure on
+	lastLimit              int64
+	probes                 int
+	probing                time.Duration // spent probing, the whole run
+	trace                  []int64       // the limit every 10 ms from measure on
 }
 
 type simEv struct {
@@ -96,6 +98,7 @@ type simC struct {
 	method       int
 	sent, admit  int64
 	dl, cancelAt int64 // absolute; 0 none
+	cohort       int64 // gradient.admit's
 	work         int64
 	running      bool
 	ended        bool // the handler returned
@@ -200,7 +203,7 @@ func simRun(sc simScenario) simResult {
 	handlerDone := func(c *simC, cut bool) {
 		c.ended = true
 		if g != nil {
-			if l, moved := g.sample(sts[c.method], time.Duration(now-c.admit), cut, now, inflight); moved {
+			if l, moved := g.sample(sts[c.method], time.Duration(now-c.admit), cut, now, inflight, c.cohort); moved {
 				setLimit(l)
 				if g.probing.Load() {
 					res.probes++
@@ -216,10 +219,14 @@ func simRun(sc simScenario) simResult {
 		c := &simC{who: who, method: method, sent: now}
 		if now >= measure {
 			res.sent++
+		} else {
+			res.sentBefore++
 		}
 		if inflight >= limit {
 			if now >= measure {
 				res.shed++
+			} else {
+				res.shedBefore++
 			}
 			if g != nil && g.probing.Load() {
 				if l, moved := g.abandonStaleProbe(now); moved {
@@ -235,6 +242,9 @@ func simRun(sc simScenario) simResult {
 		}
 		inflight++
 		c.admit = now
+		if g != nil {
+			c.cohort = g.admit(now)
+		}
 		c.work = int64(sc.methods[method].work(rng, time.Duration(now)))
 		if dl > 0 {
 			c.dl = now + int64(dl)
@@ -265,6 +275,9 @@ func simRun(sc simScenario) simResult {
 	nextTrace := measure
 	for q.Len() > 0 {
 		e := heap.Pop(&q).(simEv)
+		if g != nil && g.probing.Load() {
+			res.probing += time.Duration(e.at - now)
+		}
 		now = e.at
 		for now >= nextTrace && nextTrace < end {
 			res.trace = append(res.trace, limit)

@@ -43,7 +43,7 @@ func TestGradientStarvationFloor(t *testing.T) {
 				took := time.Duration(float64(work) * math.Max(1, float64(n)/4))
 				calls := max(int(float64(min(n, 4))*float64(win)/float64(work)), cfg.MinSamples)
 				for range calls {
-					if l, moved := g.sample(st, took, false, now, n); moved {
+					if l, moved := sampleNow(g, st, took, false, now, n); moved {
 						limit = l
 					}
 				}
@@ -58,7 +58,7 @@ func TestGradientStarvationFloor(t *testing.T) {
 			for range 2 {
 				now += win
 				for range 50 {
-					if l, moved := g.sample(st, 2*time.Millisecond, false, now, 40); moved {
+					if l, moved := sampleNow(g, st, 2*time.Millisecond, false, now, 40); moved {
 						limit = l
 					}
 				}
@@ -111,7 +111,7 @@ func TestDoneUnaryIgnoresCallsPastTheirDeadline(t *testing.T) {
 			}
 			st := s.serviceTime("/pkg.S/M")
 			s.slots.inflight.Add(1)
-			s.doneUnary(tc.ctx, st, nil, 7*time.Millisecond, end, false)
+			s.doneUnary(tc.ctx, st, nil, 7*time.Millisecond, end, false, 0)
 			if got := st.samples.Load(); got != tc.wantSamples {
 				t.Errorf("samples = %d, want %d", got, tc.wantSamples)
 			}
@@ -147,7 +147,7 @@ func TestGradientMixedMethods(t *testing.T) {
 			if nSlow > 0 && i%((nFast+nSlow)/nSlow) == 0 {
 				st, took = slowM, slow
 			}
-			if l, moved := g.sample(st, time.Duration(float64(took)*factor), false, now, min(n, limit)); moved {
+			if l, moved := sampleNow(g, st, time.Duration(float64(took)*factor), false, now, min(n, limit)); moved {
 				limit = l
 			}
 		}
@@ -202,7 +202,7 @@ func TestGradientConverges(t *testing.T) {
 				took := time.Duration(float64(work) * math.Max(1, float64(n)/4))
 				calls := max(int(float64(min(n, 4))*float64(win)/float64(work)), cfg.MinSamples)
 				for range calls {
-					if l, moved := g.sample(st, took, false, now, n); moved {
+					if l, moved := sampleNow(g, st, took, false, now, n); moved {
 						limit = l
 					}
 				}
@@ -212,6 +212,18 @@ func TestGradientConverges(t *testing.T) {
 			}
 			window(2 * time.Millisecond)
 			callers = tc.callers
+			for i := 0; i < 16 && g.probing.Load(); i++ {
+				// The probe that follows the first window, at the fast
+				// work: the slower work comes after it. A probe while the
+				// work is 10x slower sets the baseline there (as it must,
+				// for a backend slower for good), and the windows after it
+				// bring it down only to what they see queued: the limit sat
+				// at 11 with a baseline of 4 ms until the next probe.
+				window(2 * time.Millisecond)
+			}
+			if g.probing.Load() {
+				t.Fatal("the probe after the first window did not end in 16 windows")
+			}
 			for range tc.slow {
 				window(20 * time.Millisecond)
 			}
@@ -250,7 +262,7 @@ func TestGradientFollowsASlowerBackend(t *testing.T) {
 		now += win
 		n := min(limit, int64(rate*work.Seconds()))
 		for range max(int(float64(n)*float64(win)/float64(work)), cfg.MinSamples) {
-			if l, moved := g.sample(st, work, false, now, n); moved {
+			if l, moved := sampleNow(g, st, work, false, now, n); moved {
 				limit = l
 			}
 		}
@@ -291,15 +303,15 @@ func TestGradientAbandonsAProbeLongCallsBlock(t *testing.T) {
 			g := newGradient(cfg)
 			st := &serviceTime{}
 			for i := range cfg.MinSamples { // a first window of 50 in flight
-				g.sample(st, time.Millisecond, false, win*int64(i)/int64(cfg.MinSamples), 50)
+				sampleNow(g, st, time.Millisecond, false, win*int64(i)/int64(cfg.MinSamples), 50)
 			}
-			if l, moved := g.sample(st, time.Millisecond, false, win, 50); !moved || l != probeConcurrency {
+			if l, moved := sampleNow(g, st, time.Millisecond, false, win, 50); !moved || l != probeConcurrency {
 				t.Fatalf("after a first window with 50 in flight: limit %d (moved %v), want the probe's %d", l, moved, probeConcurrency)
 			}
 			before := int64(math.Round(g.limit)) // the limit the probe stands in for
 			end := func(now int64) (int64, bool) {
 				if via == "an old call ending" {
-					return g.sample(st, 10*time.Second, false, now, 49)
+					return sampleNow(g, st, 10*time.Second, false, now, 49)
 				}
 				return g.abandonStaleProbe(now)
 			}
@@ -314,4 +326,15 @@ func TestGradientAbandonsAProbeLongCallsBlock(t *testing.T) {
 			}
 		})
 	}
+}
+
+// sampleNow gives g a call that ended at now after took, for the tests
+// that drive it call by call: it is admitted (into a probe's cohort, if
+// one is admitting) as it ends, unless it began before the window did.
+func sampleNow(g *gradient, st *serviceTime, took time.Duration, cut bool, now, n int64) (int64, bool) {
+	var cohort int64
+	if at := now - int64(took); at >= g.start.Load() {
+		cohort = g.admit(at)
+	}
+	return g.sample(st, took, cut, now, n, cohort)
 }

@@ -32,7 +32,7 @@ func TestGradientConcurrentSamplers(t *testing.T) {
 				st := sts[(w+i)%len(sts)]
 				n := int64(1 + (i*7+w)%60)
 				took := time.Duration(1+i%5) * time.Millisecond * time.Duration(1+n/8)
-				l, moved := g.sample(st, took, i%9 == 0, now, n)
+				l, moved := sampleNow(g, st, took, i%9 == 0, now, n)
 				if moved {
 					moves.Add(1)
 					if g.probing.Load() {
@@ -102,7 +102,7 @@ func TestGradientNeverLeavesItsBounds(t *testing.T) {
 	for w := range 5 { // 1 s calls, one in flight, ending 10 to a 25 ms window
 		now += win
 		for range cfg.MinSamples {
-			if l, moved := g.sample(st, time.Second, false, now, 1); moved {
+			if l, moved := sampleNow(g, st, time.Second, false, now, 1); moved {
 				limit = l
 			}
 		}
@@ -111,7 +111,7 @@ func TestGradientNeverLeavesItsBounds(t *testing.T) {
 	for w := range 20 { // then they queue: 3 s each
 		now += win
 		for range cfg.MinSamples {
-			if l, moved := g.sample(st, 3*time.Second, false, now, min(limit, 15)); moved {
+			if l, moved := sampleNow(g, st, 3*time.Second, false, now, min(limit, 15)); moved {
 				limit = l
 			}
 		}

@@ -74,15 +74,15 @@ func TestGradientCutCallsStartOneProbeAtMost(t *testing.T) {
 			if tc.measured {
 				for range cfg.MinSamples {
 					now += win / int64(cfg.MinSamples)
-					g.sample(st, time.Millisecond, false, now, 1)
+					sampleNow(g, st, time.Millisecond, false, now, 1)
 				}
 				now += win
-				g.sample(st, time.Millisecond, false, now, 1)
+				sampleNow(g, st, time.Millisecond, false, now, 1)
 			}
 			probed := false
 			for range 10 * cfg.MinSamples {
 				now += win / 10
-				if _, moved := g.sample(other, 5*time.Millisecond, true, now, 2); moved && g.probing.Load() {
+				if _, moved := sampleNow(g, other, 5*time.Millisecond, true, now, 2); moved && g.probing.Load() {
 					probed = true
 				}
 			}

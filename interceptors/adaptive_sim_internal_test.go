@@ -18,6 +18,7 @@ type simEvent struct {
 type simCall struct {
 	caller         int
 	sent, admitted int64
+	cohort         int64 // gradient.admit's
 	done           bool
 }
 
@@ -70,7 +71,7 @@ func simOverload(cfg ShedderConfig, slots, callers int, work, dl, warm, d time.D
 			return
 		}
 		inflight++
-		c := &simCall{caller: caller, sent: now, admitted: now}
+		c := &simCall{caller: caller, sent: now, admitted: now, cohort: g.admit(now)}
 		push(simEvent{at: now + int64(dl), kind: 2, call: c})
 		if busy < slots {
 			startWork(c)
@@ -99,7 +100,7 @@ func simOverload(cfg ShedderConfig, slots, callers int, work, dl, warm, d time.D
 				startWork(waiting[0])
 				waiting = waiting[1:]
 			}
-			if l, moved := g.sample(st, time.Duration(now-c.admitted), false, now, inflight); moved {
+			if l, moved := g.sample(st, time.Duration(now-c.admitted), false, now, inflight, c.cohort); moved {
 				limit = l
 			}
 			inflight--

@@ -877,6 +877,10 @@ func (s *Shedder) UnaryServerInterceptor() grpc.UnaryServerInterceptor {
 			return nil, s.refuseWithTrailer(ctx, r, method, st, func(md metadata.MD) error { return grpc.SetTrailer(ctx, md) })
 		}
 		start := time.Now()
+		var cohort int64 // the adaptive limit's probe cohort it belongs to, if any
+		if s.grad != nil {
+			cohort = s.grad.admit(int64(start.Sub(s.epoch)))
+		}
 		released := false
 		defer func() {
 			if !released { // handler panicked
@@ -886,15 +890,16 @@ func (s *Shedder) UnaryServerInterceptor() grpc.UnaryServerInterceptor {
 		resp, err := handler(ctx, req)
 		released = true
 		end := time.Now()
-		s.doneUnary(ctx, st, err, end.Sub(start), end, probe)
+		s.doneUnary(ctx, st, err, end.Sub(start), end, probe, cohort)
 		return resp, err
 	}
 }
 
 // doneUnary measures an admitted unary call that ended at end and
 // releases its slot; probe says it was a deadline probe
-// (deadlineProbeEvery).
-func (s *Shedder) doneUnary(ctx context.Context, st *serviceTime, err error, took time.Duration, end time.Time, probe bool) {
+// (deadlineProbeEvery), cohort is the adaptive limit's probe cohort it
+// was admitted into (gradient.admit).
+func (s *Shedder) doneUnary(ctx context.Context, st *serviceTime, err error, took time.Duration, end time.Time, probe bool, cohort int64) {
 	// The caller's deadline or cancellation ended it, or it ran past its
 	// deadline: on a starved CPU the deadline's timer fires late, and a
 	// call that outlived its caller must not teach the service time (an
@@ -924,7 +929,9 @@ func (s *Shedder) doneUnary(ctx context.Context, st *serviceTime, err error, too
 	n := s.slots.free()
 	switch {
 	case s.grad != nil:
-		if l, moved := s.grad.sample(st, took, cut, s.now(), n); moved {
+		// end, not a new clock reading: the gradient tells a call admitted
+		// before its probe, or into its cohort, by end - took, its start.
+		if l, moved := s.grad.sample(st, took, cut, int64(end.Sub(s.epoch)), n, cohort); moved {
 			s.slots.limit.Store(l)
 			s.obs.LimiterLimitChanged("", ShedderKey, int(l))
 		}
