@@ -145,12 +145,15 @@ type ShedderConfig struct {
 	//
 	// A method's baseline is its lowest window mean. Between probes it
 	// rises only in windows that ran at no more than the probe's
-	// concurrency. A probe window re-measures every baseline at 3 calls in
+	// concurrency. A probe re-measures every baseline at 3 calls in
 	// flight (or the limit if lower, at least MinLimit; Envoy's minRTT),
-	// shedding what exceeds it. It comes every 60s, and at the start when
-	// the first window ran above that concurrency or MinSamples calls were
-	// cut short before any window closed. A probe that measured nothing in
-	// 8 Windows gives up.
+	// shedding what exceeds it: its calls are those admitted during it
+	// (at least a Window and MinSamples calls), each followed to its end
+	// (at most 8 Windows), so a method's long calls count as much as its
+	// fast ones, and it sets each baseline to their mean plus two
+	// standard errors. It comes after the first window, every 60s, and
+	// when MinSamples calls were cut short before any window closed. A
+	// probe that measured nothing in 8 Windows gives up.
 	//
 	// Two rules keep noise and clients from moving it. A window moves a
 	// baseline or the limit down only by what is beyond two standard
