@@ -545,9 +545,20 @@ func (s *Shedder) aimd(drop bool, n int64) {
 // nothing for as long as they run (TestGradientAbandonsAProbeLongCallsBlock).
 // The limit is back and the baselines stay, until the next probe. Called
 // when an old call ends during the probe, and when the Shedder sheds at
-// the probe's limit.
+// the probe's limit. A probe that did measure a call closes on it
+// instead, 8 windows in: its cohort's last calls may never end (handlers
+// blocked on a long poll, or a client that keeps them open on purpose),
+// and while they hold every slot of its limit no call ends to close it,
+// so it shed every request for as long as they ran
+// (TestGradientProbeEndsWithHungCohortCalls).
 func (g *gradient) abandonStaleProbe(now int64) (int64, bool) {
-	if !g.probing.Load() || now-g.start.Load() < 8*g.window || !g.mu.TryLock() {
+	if !g.probing.Load() || now-g.start.Load() < 8*g.window {
+		return 0, false
+	}
+	if g.n.Load() > 0 {
+		return g.close(now, true)
+	}
+	if !g.mu.TryLock() {
 		return 0, false
 	}
 	defer g.mu.Unlock()
