@@ -680,13 +680,21 @@ func (s *Shedder) criticality(header []string, method string) Criticality {
 
 // refuse counts a shed and returns its answer.
 func (s *Shedder) refuse(ctx context.Context, r reason, method string, st *serviceTime) error {
+	return s.refuseAs(ctx, r, method, st, s.pushback == nil || s.retryInTime(ctx, st))
+}
+
+// refuseAs is refuse with the retryInTime decision made: the interceptor
+// sets the trailer by the same one, or a deadline crossing the pushback
+// between two readings of the clock gave a positive trailer and details
+// without RetryInfo (TestShedderTrailerAndRetryInfoAgree).
+func (s *Shedder) refuseAs(ctx context.Context, r reason, method string, st *serviceTime, inTime bool) error {
 	s.shed[r].Add(1)
 	name := r.String()
 	s.obs.LimiterRejected("", method, name)
 	if s.sobs != nil {
 		s.sobs.ServerShed(method, name)
 	}
-	err := s.answer(ctx, r, st)
+	err := s.answer(r, st, inTime)
 	s.maybeLog()
 	return err
 }
@@ -695,14 +703,15 @@ func (s *Shedder) refuse(ctx context.Context, r reason, method string, st *servi
 // the pushback trailer: Pushback, or "do not retry" (a negative pushback,
 // gRFC A6) when a retry would come too late (retryInTime).
 func (s *Shedder) refuseWithTrailer(ctx context.Context, r reason, method string, st *serviceTime, setTrailer func(metadata.MD) error) error {
+	retry := s.pushback == nil || s.retryInTime(ctx, st) // one reading for the trailer and the details
 	if s.pushback != nil && r != rExpired && r != rDeadline {
 		md := s.pushback
-		if !s.retryInTime(ctx, st) {
+		if !retry {
 			md = s.noRetry
 		}
 		_ = setTrailer(md) // fails only if the stream is already done
 	}
-	return s.refuse(ctx, r, method, st)
+	return s.refuseAs(ctx, r, method, st, retry)
 }
 
 // retryInTime reports whether a retry after Pushback could still be served

@@ -38,12 +38,13 @@ func (e *shedError) GRPCStatus() *status.Status { return e.st }
 // arrived after its deadline.
 func (e *shedError) Unwrap() error { return e.cause }
 
-// answer returns the error for a shed for r of the request with ctx.
-func (s *Shedder) answer(ctx context.Context, r reason, st *serviceTime) error {
+// answer returns the error for a shed for r; inTime is retryInTime's
+// decision for its request.
+func (s *Shedder) answer(r reason, st *serviceTime, inTime bool) error {
 	var key int64
 	slot := &s.answers[r]
 	retry := s.cfg.Pushback > 0 && r != rDeadline && r != rExpired
-	if retry && !s.retryInTime(ctx, st) {
+	if retry && !inTime {
 		slot, retry = &s.noRetryAnswers[r], false
 	}
 	switch r {
