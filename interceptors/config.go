@@ -287,6 +287,20 @@ func (c LimitConfig) Validate() error {
 		return bad("limit", itoa(c.Limit), "must be between 1 and "+itoa(maxLimitValue))
 	}
 	if c.Algorithm == Fixed {
+		// Ignored, but written back to JSON (MarshalJSON), which must read
+		// back: NaN or an infinity made a valid config fail to marshal
+		// (TestShedderConfigJSONRoundTripRandom).
+		if math.IsNaN(c.BackoffRatio) || math.IsInf(c.BackoffRatio, 0) {
+			return bad("backoffRatio", strconv.FormatFloat(c.BackoffRatio, 'g', -1, 64), "must be a finite number (ignored by \"fixed\")")
+		}
+		for _, f := range []struct {
+			name string
+			v    int
+		}{{"minLimit", c.MinLimit}, {"maxLimit", c.MaxLimit}} {
+			if f.v < -maxJSONInt || f.v > maxJSONInt { // what intField reads back
+				return bad(f.name, itoa(f.v), "must be between "+itoa(-maxJSONInt)+" and "+itoa(maxJSONInt)+` (ignored by "fixed")`)
+			}
+		}
 		return nil
 	}
 	if c.MinLimit < 1 || c.MinLimit > c.Limit {
@@ -349,6 +363,8 @@ func (c ShedderConfig) Validate() error {
 		if c.Window <= 0 {
 			return bad("window", durJSON(c.Window), "must be positive")
 		}
+	} else if math.IsNaN(c.Tolerance) || math.IsInf(c.Tolerance, 0) { // ignored, but written back (see LimitConfig.Validate)
+		return bad("tolerance", strconv.FormatFloat(c.Tolerance, 'g', -1, 64), "must be a finite number (ignored without \"adaptive\")")
 	}
 	if c.MinSamples < 1 || c.MinSamples > maxLimitValue {
 		return bad("minSamples", itoa(c.MinSamples), "must be between 1 and "+itoa(maxLimitValue))
