@@ -384,6 +384,11 @@ type lb struct {
 	// connectWaitUntil is, while the picker holds calls back for a
 	// connecting endpoint (connectWait), when it must stop; else 0.
 	connectWaitUntil time.Duration
+	// waitingForConnect says an episode in which nothing outside ejection
+	// and holds is READY has begun (at waitSince): its waits for
+	// connecting endpoints add up to connectWait at most.
+	waitingForConnect bool
+	waitSince         time.Duration
 }
 
 // event is an observer call collected under mu and made after it.
@@ -749,7 +754,14 @@ func (l *lb) updatePickerLocked() {
 	}
 	now := l.sh.now()
 	l.connectWaitUntil = 0
-	for pass := 0; pass < 2 && len(pes) == 0 && l.connectWaitUntil == 0; pass++ {
+	failOpen := false // the second pass ran
+	for pass := 0; pass < 2 && len(pes) == 0; pass++ {
+		if pass == 1 {
+			if l.waitForConnectingLocked(now) {
+				break
+			}
+			failOpen = true
+		}
 		// The first pass skips ejected and held endpoints; the second
 		// runs only when nothing else can serve, so that neither fails
 		// calls that a connected endpoint could take. Nor while another
@@ -793,9 +805,13 @@ func (l *lb) updatePickerLocked() {
 			pes = append(pes, pe)
 		}
 	}
-	if len(pes) > 0 {
+	switch {
+	case len(pes) > 0:
 		l.connectWaitUntil = 0
-	} else if l.connectWaitUntil != 0 {
+		if !failOpen {
+			l.waitingForConnect = false // served outside ejection and holds: the episode is over
+		}
+	case l.connectWaitUntil != 0:
 		l.sh.wake() // so that the loop's next round is by the wait's end
 	}
 	p := &picker{sh: l.sh, eps: pes, choice: cfg.ChoiceCount}
@@ -820,6 +836,29 @@ func (l *lb) updatePickerLocked() {
 // connected endpoint, ejected or not, for longer than a connection takes
 // to set up, TLS included, within a region.
 const connectWait = time.Second
+
+// waitForConnectingLocked reports whether calls wait for a connecting
+// endpoint instead of going to ejected or held ones, called when nothing
+// else is READY; l.connectWaitUntil is then when the wait ends. A wait
+// lasts connectWait from when the endpoints that had been connecting for
+// less than that began (the first pass set connectWaitUntil), and the
+// whole episode without a READY endpoint outside ejection and holds lasts
+// connectWait at most: endpoints that a resolver keeps adding and that
+// never connect do not hold calls back for longer.
+func (l *lb) waitForConnectingLocked(now time.Duration) bool {
+	if l.connectWaitUntil == 0 {
+		return false
+	}
+	if !l.waitingForConnect {
+		l.waitingForConnect, l.waitSince = true, now
+	}
+	l.connectWaitUntil = min(l.connectWaitUntil, l.waitSince+connectWait)
+	if now >= l.connectWaitUntil {
+		l.connectWaitUntil = 0
+		return false
+	}
+	return true
+}
 
 // connecting reports whether a child in state st is on its way to READY.
 func connecting(st connectivity.State) bool {

@@ -3,6 +3,7 @@ package balancer
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -490,6 +491,55 @@ func TestEjectedEndpointWaitsForConnectingOnes(t *testing.T) {
 	}
 	if a := h.addrOf(h.pick()); a != "a:1" {
 		t.Fatalf("picked %s with only the ejected a:1 connected, want a:1", a)
+	}
+}
+
+// TestConnectWaitIsBoundedPerEpisode: a resolver that keeps adding
+// endpoints that never connect does not hold calls back from the ejected
+// endpoint, the only one connected, for longer than connectWait in all:
+// each new endpoint starts connecting afresh, but the episode's wait does
+// not start again.
+func TestConnectWaitIsBoundedPerEpisode(t *testing.T) {
+	h := newHarness(t, 10)
+	cfg := mustConfig(t, `{"ejection":{"consecutiveFailures":3,"maxEjectionPercent":50}}`)
+	addrs := []string{"a:1", "b:1", "c:1"}
+	if err := h.update(cfg, endpoints(addrs...)); err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range h.cc.live() {
+		s.set(connectivity.Connecting, nil)
+		if s.addrs[0].Addr == "a:1" {
+			s.set(connectivity.Ready, nil)
+		}
+	}
+	for range 3 {
+		h.pick().Done(grpcbalancer.DoneInfo{Err: status.Error(codes.Unavailable, "down")})
+	}
+	h.tick()
+	if len(h.obs.ejections("a:1")) != 1 {
+		t.Fatalf("a:1 ejections %v, want one", h.obs.ejections("a:1"))
+	}
+	// Every 400 ms the resolver adds an endpoint, which starts connecting
+	// and never gets there.
+	for i := range 4 {
+		h.clock.advance(400 * time.Millisecond)
+		addrs = append(addrs, fmt.Sprintf("new%d:1", i))
+		if err := h.update(cfg, endpoints(addrs...)); err != nil {
+			t.Fatal(err)
+		}
+		for _, s := range h.cc.live() {
+			if s.addrs[0].Addr == addrs[len(addrs)-1] {
+				s.set(connectivity.Connecting, nil)
+			}
+		}
+		h.tick()
+		_, err := h.cc.last().Picker.Pick(grpcbalancer.PickInfo{})
+		if waited := time.Duration(i+1) * 400 * time.Millisecond; waited >= connectWait && err != nil {
+			t.Fatalf("%v after the ejection, with endpoints added that never connect: pick error %v, want the ejected a:1", waited, err)
+		}
+	}
+	if a := h.addrOf(h.pick()); a != "a:1" {
+		t.Fatalf("picked %s, want the ejected a:1, the only one connected", a)
 	}
 }
 
