@@ -153,7 +153,8 @@ type ShedderConfig struct {
 	// fast ones, and it sets each baseline to their mean plus two
 	// standard errors. It comes after the first window, every 60s, and
 	// when MinSamples calls were cut short before any window closed. A
-	// probe that measured nothing in 8 Windows gives up.
+	// probe ends 8 Windows in whatever its calls do: on what it measured,
+	// or, having measured nothing, giving up.
 	//
 	// Two rules keep noise and clients from moving it. A window moves a
 	// baseline or the limit down only by what is beyond two standard
