@@ -38,6 +38,8 @@ type fieldServer struct {
 	shed    atomic.Int64 // calls refused
 	busy    atomic.Int64 // nanoseconds spent on the work of OK calls
 	running atomic.Int64
+	// fail, when set and true, makes every call fail with UNAVAILABLE.
+	fail *atomic.Bool
 }
 
 func startFieldServer(tb testing.TB, addr string, work time.Duration, limit int64) *fieldServer {
@@ -74,6 +76,9 @@ type fieldService struct {
 }
 
 func (f *fieldService) UnaryCall(ctx context.Context, _ *testpb.SimpleRequest) (*testpb.SimpleResponse, error) {
+	if f.s.fail != nil && f.s.fail.Load() {
+		return nil, status.Error(codes.Unavailable, "backend broken")
+	}
 	n := f.s.running.Add(1)
 	defer f.s.running.Add(-1)
 	if f.limit > 0 && n > f.limit {
