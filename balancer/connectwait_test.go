@@ -331,3 +331,55 @@ func TestIntegrationConnectWaitHealthCheck(t *testing.T) {
 		t.Logf("16 calls answered beside a NOT_SERVING endpoint, the slowest after %v", longest)
 	})
 }
+
+// TestIntegrationConnectWaitGoesToConnected: calls held back for an
+// endpoint that is connecting go to it once it connects, not to the
+// ejected backend. The endpoint's listener exists (the kernel completes
+// TCP handshakes) but its server starts serving only after the calls are
+// waiting; the clock is frozen, so the wait cannot end before.
+func TestIntegrationConnectWaitGoesToConnected(t *testing.T) {
+	cc, r, bad, heal := ejectedBackend(t, frozenName, "")
+	heal()
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	late := &fieldServer{addr: lis.Addr().String(), srv: grpc.NewServer()}
+	testpb.RegisterTestServiceServer(late.srv, &fieldService{s: late})
+	done := make(chan struct{})
+	var serving atomic.Bool
+	t.Cleanup(func() {
+		late.srv.Stop()
+		lis.Close() // in case it never served
+		if serving.Load() {
+			<-done
+		}
+	})
+	r.UpdateState(state(nil, bad.addr, late.addr))
+	before := bad.calls.Load()
+	results := make(chan error, 16)
+	client := testpb.NewTestServiceClient(cc)
+	for i := range 16 {
+		go func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+			_, err := client.UnaryCall(ctx, &testpb.SimpleRequest{}, grpc.WaitForReady(i%2 == 1))
+			results <- err
+		}()
+	}
+	select {
+	case err := <-results:
+		t.Fatalf("a call ended (%v) before the connecting endpoint served, with the clock frozen", err)
+	case <-time.After(50 * time.Millisecond):
+	}
+	serving.Store(true)
+	go func() { defer close(done); _ = late.srv.Serve(lis) }()
+	for range 16 {
+		if err := <-results; err != nil {
+			t.Fatalf("call: %v", err)
+		}
+	}
+	if n, m := bad.calls.Load()-before, late.calls.Load(); n != 0 || m != 16 {
+		t.Fatalf("ejected backend got %d calls and the one that connected %d; want 0 and 16", n, m)
+	}
+}
