@@ -96,7 +96,9 @@
 // nothing else can serve.
 //
 // State. The channel is READY when any connection is, CONNECTING while any
-// is connecting, and TRANSIENT_FAILURE when none can serve: then fail-fast
+// is connecting (and for up to 1 s while calls wait for a connecting
+// endpoint rather than go to ejected ones, though those are READY), and
+// TRANSIENT_FAILURE when none can serve: then fail-fast
 // calls fail with Unavailable and a message carrying the last connection
 // (or health-check, or resolver) error, saying so when every endpoint
 // fails its health check, and wait-for-ready calls wait.
