@@ -680,21 +680,21 @@ func (s *Shedder) criticality(header []string, method string) Criticality {
 
 // refuse counts a shed and returns its answer.
 func (s *Shedder) refuse(ctx context.Context, r reason, method string, st *serviceTime) error {
-	return s.refuseAs(ctx, r, method, st, s.pushback == nil || s.retryInTime(ctx, st))
+	return s.refuseAs(r, method, st, s.retry(ctx, r, st))
 }
 
-// refuseAs is refuse with the retryInTime decision made: the interceptor
-// sets the trailer by the same one, or a deadline crossing the pushback
-// between two readings of the clock gave a positive trailer and details
-// without RetryInfo (TestShedderTrailerAndRetryInfoAgree).
-func (s *Shedder) refuseAs(ctx context.Context, r reason, method string, st *serviceTime, inTime bool) error {
+// refuseAs is refuse with the retry decision made (retry): the
+// interceptor sets the trailer by the same one, or a deadline crossing
+// the pushback between two readings of the clock gave a positive trailer
+// and details without RetryInfo (TestShedderTrailerAndRetryInfoAgree).
+func (s *Shedder) refuseAs(r reason, method string, st *serviceTime, retry bool) error {
 	s.shed[r].Add(1)
 	name := r.String()
 	s.obs.LimiterRejected("", method, name)
 	if s.sobs != nil {
 		s.sobs.ServerShed(method, name)
 	}
-	err := s.answer(r, st, inTime)
+	err := s.answer(r, st, retry)
 	s.maybeLog()
 	return err
 }
@@ -703,15 +703,30 @@ func (s *Shedder) refuseAs(ctx context.Context, r reason, method string, st *ser
 // the pushback trailer: Pushback, or "do not retry" (a negative pushback,
 // gRFC A6) when a retry would come too late (retryInTime).
 func (s *Shedder) refuseWithTrailer(ctx context.Context, r reason, method string, st *serviceTime, setTrailer func(metadata.MD) error) error {
-	retry := s.pushback == nil || s.retryInTime(ctx, st) // one reading for the trailer and the details
-	if s.pushback != nil && r != rExpired && r != rDeadline {
+	retry := s.retry(ctx, r, st) // one reading for the trailer and the details
+	if s.pushesBack(r) {
 		md := s.pushback
 		if !retry {
 			md = s.noRetry
 		}
 		_ = setTrailer(md) // fails only if the stream is already done
 	}
-	return s.refuseAs(ctx, r, method, st, retry)
+	return s.refuseAs(r, method, st, retry)
+}
+
+// pushesBack reports whether sheds for r tell clients when to retry
+// (RetryInfo, and the trailer on the interceptor path): all but deadline
+// sheds (the same deadline would not do better) and expired ones, when
+// Pushback is set.
+func (s *Shedder) pushesBack(r reason) bool {
+	return s.pushback != nil && r != rDeadline && r != rExpired
+}
+
+// retry reports whether a shed for r of the request with ctx says to
+// retry after Pushback: it pushes back, and the retry would come in time
+// (retryInTime). The clock is read only for the reasons that push back.
+func (s *Shedder) retry(ctx context.Context, r reason, st *serviceTime) bool {
+	return s.pushesBack(r) && s.retryInTime(ctx, st)
 }
 
 // retryInTime reports whether a retry after Pushback could still be served

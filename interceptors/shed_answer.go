@@ -38,14 +38,14 @@ func (e *shedError) GRPCStatus() *status.Status { return e.st }
 // arrived after its deadline.
 func (e *shedError) Unwrap() error { return e.cause }
 
-// answer returns the error for a shed for r; inTime is retryInTime's
-// decision for its request.
-func (s *Shedder) answer(r reason, st *serviceTime, inTime bool) error {
+// answer returns the error for a shed for r; retry is Shedder.retry's
+// decision for its request (with RetryInfo, or, for a reason that pushes
+// back, without: those answers are cached apart).
+func (s *Shedder) answer(r reason, st *serviceTime, retry bool) error {
 	var key int64
 	slot := &s.answers[r]
-	retry := s.cfg.Pushback > 0 && r != rDeadline && r != rExpired
-	if retry && !inTime {
-		slot, retry = &s.noRetryAnswers[r], false
+	if !retry && s.pushesBack(r) {
+		slot = &s.noRetryAnswers[r]
 	}
 	switch r {
 	case rLimit, rSheddable:
