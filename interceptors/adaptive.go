@@ -247,7 +247,7 @@ func (g *gradient) sample(st *serviceTime, took time.Duration, cut bool, now, n,
 	st.gN.Add(1)
 	cnt := g.n.Add(1)
 	wsum, wbase := g.sum.Add(int64(took)), g.atBase.Add(cmp.Or(base, int64(took)))
-	if !probing && (cnt < g.minSamples || now-g.start.Load() < g.window && !g.queued(false, wsum, wbase)) {
+	if !probing && !g.windowDue(cnt, now-g.start.Load(), wsum, wbase) {
 		return 0, false
 	}
 	return g.close(now, probing)
@@ -259,7 +259,15 @@ func (g *gradient) ready(now int64, probing bool) bool {
 	if probing {
 		return g.probeReady(now)
 	}
-	return g.n.Load() >= g.minSamples && (now-g.start.Load() >= g.window || g.queued(false, g.sum.Load(), g.atBase.Load()))
+	return g.windowDue(g.n.Load(), now-g.start.Load(), g.sum.Load(), g.atBase.Load())
+}
+
+// windowDue reports whether a window (not a probe's) of cnt calls,
+// elapsed nanoseconds old, whose calls took sum in all and atBase at
+// their methods' baselines, may close: it has MinSamples calls, and its
+// time is up or its calls clearly queued (earlyRatio).
+func (g *gradient) windowDue(cnt, elapsed, sum, atBase int64) bool {
+	return cnt >= g.minSamples && (elapsed >= g.window || g.queued(sum, atBase))
 }
 
 // close closes the current window at now if it is ready and no other
@@ -511,10 +519,10 @@ const earlyRatio = 0.75
 
 // queued reports whether the window's calls, sum nanoseconds in all and
 // atBase at their methods' baselines, queued clearly enough to close it
-// early (see earlyRatio). A probe's window is never closed early: it
-// measures the baselines.
-func (g *gradient) queued(probing bool, sum, atBase int64) bool {
-	return !probing && g.tolerance*float64(atBase) < earlyRatio*float64(sum)
+// early (see earlyRatio). Not asked of a probe's window, which is never
+// closed early: it measures the baselines.
+func (g *gradient) queued(sum, atBase int64) bool {
+	return g.tolerance*float64(atBase) < earlyRatio*float64(sum)
 }
 
 // aimd moves a Shedder's AIMD limit after one measured call; n is the
