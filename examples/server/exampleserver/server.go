@@ -151,7 +151,6 @@ func parseFlags(args []string, stdout io.Writer) (config, error) {
 		if err := json.Unmarshal(raw, &c.shed); err != nil {
 			return c, fmt.Errorf("-shedder-config %s: %w", c.shedderConfig, err)
 		}
-		c.maxInFlight, c.adaptive, c.criticality, c.sheddableShare = c.shed.Limit, c.shed.Adaptive, c.shed.Criticality, c.shed.SheddableShare
 		return c, nil
 	}
 	// The Shedder's config, validated here so that a bad value is reported
@@ -168,6 +167,19 @@ func parseFlags(args []string, stdout io.Writer) (config, error) {
 		return c, fmt.Errorf("%s: %w", shedFlag(err), err)
 	}
 	return c, nil
+}
+
+// describeShedder prints what the Shedder configured by c does: from the
+// config, not the flags, which a -shedder-config file replaces.
+func describeShedder(w io.Writer, c interceptors.ShedderConfig) {
+	mode := "a fixed limit of"
+	if c.Adaptive {
+		mode = "an adaptive limit starting at"
+	}
+	fmt.Fprintf(w, "server: shedding beyond %s %d calls in flight (tap path); stop with Ctrl-C\n", mode, c.Limit)
+	if len(c.Criticality) > 0 {
+		fmt.Fprintf(w, "server: default criticality %v; sheddable requests may use %v of the limit\n", c.Criticality, c.SheddableShare)
+	}
 }
 
 // shedFlag names the flag behind the ShedderConfig field that err
@@ -315,14 +327,7 @@ func Run(ctx context.Context, args []string, stdout io.Writer, ready func(addr s
 	} else {
 		fmt.Fprintf(stdout, "server: random session-ticket keys, rotated every %v\n", cfg.ticketRotation)
 	}
-	mode := "a fixed limit of"
-	if cfg.adaptive {
-		mode = "an adaptive limit starting at"
-	}
-	fmt.Fprintf(stdout, "server: shedding beyond %s %d calls in flight (tap path); stop with Ctrl-C\n", mode, cfg.maxInFlight)
-	if len(cfg.criticality) > 0 {
-		fmt.Fprintf(stdout, "server: default criticality %v; sheddable requests may use %v of the limit\n", cfg.criticality, cfg.sheddableShare)
-	}
+	describeShedder(stdout, cfg.shed)
 	if cfg.work > 0 || cfg.workJitter > 0 {
 		fmt.Fprintf(stdout, "server: UnaryCall works %v + [0, %v) (slots: %d, 0 = unbounded)\n", cfg.work, cfg.workJitter, cfg.workSlots)
 	}

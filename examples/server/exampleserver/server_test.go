@@ -157,8 +157,13 @@ func TestFlagsAccepted(t *testing.T) {
 			want := interceptors.DefaultShedderConfig()
 			want.Limit, want.Adaptive = 8, true
 			want.Criticality = map[string]interceptors.Criticality{"/grpc.testing.TestService/": interceptors.Sheddable}
-			if !reflect.DeepEqual(c.shed, want) || c.maxInFlight != 8 || !c.adaptive {
+			if !reflect.DeepEqual(c.shed, want) {
 				return fmt.Sprintf("config %+v, want %+v", c.shed, want)
+			}
+			var out strings.Builder // what the server says it does comes from the file too
+			describeShedder(&out, c.shed)
+			if want := "an adaptive limit starting at 8 calls"; !strings.Contains(out.String(), want) {
+				return fmt.Sprintf("the server says %q, want %q", out.String(), want)
 			}
 			return ""
 		}},
