@@ -1,7 +1,6 @@
 package interceptors
 
 import (
-	"math"
 	"testing"
 	"time"
 )
@@ -17,18 +16,7 @@ import (
 func TestGradientProbeEndsWithHungCohortCalls(t *testing.T) {
 	for _, via := range []string{"shed at the probe's limit", "an old call ending"} {
 		t.Run(via, func(t *testing.T) {
-			cfg := DefaultShedderConfig()
-			cfg.Adaptive = true
-			win := int64(cfg.Window)
-			g := newGradient(cfg)
-			st := &serviceTime{}
-			for i := range cfg.MinSamples { // a first window of 50 in flight
-				sampleNow(g, st, time.Millisecond, false, win*int64(i)/int64(cfg.MinSamples), 50)
-			}
-			if l, moved := sampleNow(g, st, time.Millisecond, false, win, 50); !moved || l != probeConcurrency {
-				t.Fatalf("after a first window: limit %d (moved %v), want the probe's %d", l, moved, probeConcurrency)
-			}
-			before := int64(math.Round(g.limit))
+			g, st, win, before := probingAfterFirstWindow(t)
 			// One cohort call measured, then probeConcurrency cohort calls
 			// admitted that never end.
 			sampleNow(g, st, time.Millisecond, false, win+2*int64(time.Millisecond), 1)

@@ -297,18 +297,7 @@ func TestGradientFollowsASlowerBackend(t *testing.T) {
 func TestGradientAbandonsAProbeLongCallsBlock(t *testing.T) {
 	for _, via := range []string{"shed at the probe's limit", "an old call ending"} {
 		t.Run(via, func(t *testing.T) {
-			cfg := DefaultShedderConfig()
-			cfg.Adaptive = true
-			win := int64(cfg.Window)
-			g := newGradient(cfg)
-			st := &serviceTime{}
-			for i := range cfg.MinSamples { // a first window of 50 in flight
-				sampleNow(g, st, time.Millisecond, false, win*int64(i)/int64(cfg.MinSamples), 50)
-			}
-			if l, moved := sampleNow(g, st, time.Millisecond, false, win, 50); !moved || l != probeConcurrency {
-				t.Fatalf("after a first window with 50 in flight: limit %d (moved %v), want the probe's %d", l, moved, probeConcurrency)
-			}
-			before := int64(math.Round(g.limit)) // the limit the probe stands in for
+			g, st, win, before := probingAfterFirstWindow(t)
 			end := func(now int64) (int64, bool) {
 				if via == "an old call ending" {
 					return sampleNow(g, st, 10*time.Second, false, now, 49)
@@ -326,6 +315,25 @@ func TestGradientAbandonsAProbeLongCallsBlock(t *testing.T) {
 			}
 		})
 	}
+}
+
+// probingAfterFirstWindow returns an adaptive limit (default config) in
+// the probe that follows a first window of 1 ms calls at 50 in flight,
+// its method, its Window, and the limit the probe stands in for.
+func probingAfterFirstWindow(t *testing.T) (g *gradient, st *serviceTime, win, before int64) {
+	t.Helper()
+	cfg := DefaultShedderConfig()
+	cfg.Adaptive = true
+	win = int64(cfg.Window)
+	g = newGradient(cfg)
+	st = &serviceTime{}
+	for i := range cfg.MinSamples {
+		sampleNow(g, st, time.Millisecond, false, win*int64(i)/int64(cfg.MinSamples), 50)
+	}
+	if l, moved := sampleNow(g, st, time.Millisecond, false, win, 50); !moved || l != probeConcurrency {
+		t.Fatalf("after a first window with 50 in flight: limit %d (moved %v), want the probe's %d", l, moved, probeConcurrency)
+	}
+	return g, st, win, int64(math.Round(g.limit))
 }
 
 // sampleNow gives g a call that ended at now after took, for the tests
