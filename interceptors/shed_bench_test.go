@@ -4,9 +4,7 @@ import (
 	"bufio"
 	"context"
 	"fmt"
-	"io"
 	"os"
-	"os/exec"
 	"strconv"
 	"strings"
 	"sync"
@@ -122,36 +120,9 @@ func BenchmarkShedCPU(b *testing.B) {
 			if dir := os.Getenv("GRPCREUSE_SHED_CPU_PROFILE_DIR"); dir != "" { // pprof the server
 				args = append(args, "-test.cpuprofile="+dir+"/"+mode+".pprof")
 			}
-			cmd := exec.Command(os.Args[0], args...)
-			cmd.Env = append(os.Environ(), shedCPUEnv+"="+mode)
-			stdin, err := cmd.StdinPipe()
-			if err != nil {
-				b.Fatal(err)
-			}
-			stdout, err := cmd.StdoutPipe()
-			if err != nil {
-				b.Fatal(err)
-			}
-			cmd.Stderr = os.Stderr
-			if err := cmd.Start(); err != nil {
-				b.Fatal(err)
-			}
-			lines := bufio.NewScanner(stdout)
-			read := func(prefix string) string {
-				for lines.Scan() {
-					if v, ok := strings.CutPrefix(lines.Text(), prefix+" "); ok {
-						return v
-					}
-				}
-				b.Fatalf("server: no %q line", prefix)
-				return ""
-			}
-			defer func() {
-				stdin.Close()
-				_, _ = io.Copy(io.Discard, stdout)
-				_ = cmd.Wait()
-			}()
-			addr := read("addr")
+			srv := startChild(b, shedCPUEnv+"="+mode, os.Args[0], args...)
+			defer srv.close()
+			addr := srv.read("addr")
 			cc, err := grpc.NewClient("passthrough:///"+addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 			if err != nil {
 				b.Fatal(err)
@@ -167,8 +138,7 @@ func BenchmarkShedCPU(b *testing.B) {
 			defer cancel()
 			go func() { _ = unary(hold, c) }()
 			inflight := func() int64 {
-				fmt.Fprintln(stdin, "inflight")
-				n, err := strconv.ParseInt(read("inflight"), 10, 64)
+				n, err := strconv.ParseInt(srv.ask("inflight"), 10, 64)
 				if err != nil {
 					b.Fatal(err)
 				}
@@ -193,8 +163,7 @@ func BenchmarkShedCPU(b *testing.B) {
 				}
 			}
 			cpu := func() int64 {
-				fmt.Fprintln(stdin, "cpu")
-				n, err := strconv.ParseInt(read("cpu"), 10, 64)
+				n, err := strconv.ParseInt(srv.ask("cpu"), 10, 64)
 				if err != nil {
 					b.Fatal(err)
 				}

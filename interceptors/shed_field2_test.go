@@ -1,14 +1,12 @@
 package interceptors_test
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"io"
 	"math/rand/v2"
 	"net"
 	"os"
-	"os/exec"
 	"runtime"
 	"sort"
 	"strings"
@@ -416,24 +414,30 @@ func TestField2ExploreDeadlineMix(t *testing.T) {
 	}
 }
 
-// Shape 3: a CPU-bound handler (a busy loop of about 1 ms, no work
-// slots): overload is GOMAXPROCS saturated. 5 ms deadlines, 16 callers.
-func TestField2ExploreCPUBound(t *testing.T) {
-	explore(t)
-	spin := func(n int) uint64 {
+// msSpin returns a busy loop and the iterations of it that take about
+// 1 ms of CPU on this machine (the fastest of 5 timings of 2^20).
+func msSpin() (spin func(n int) uint64, iters int) {
+	spin = func(n int) uint64 {
 		x := uint64(1)
 		for i := range n {
 			x = x*6364136223846793005 + uint64(i)
 		}
 		return x
 	}
-	iters, per := 1<<20, time.Hour
+	per := time.Hour
 	for range 5 {
 		start := time.Now()
-		spin(iters)
+		spin(1 << 20)
 		per = min(per, time.Since(start))
 	}
-	iters = int(float64(iters) * float64(time.Millisecond) / float64(per))
+	return spin, int(float64(1<<20) * float64(time.Millisecond) / float64(per))
+}
+
+// Shape 3: a CPU-bound handler (a busy loop of about 1 ms, no work
+// slots): overload is GOMAXPROCS saturated. 5 ms deadlines, 16 callers.
+func TestField2ExploreCPUBound(t *testing.T) {
+	explore(t)
+	spin, iters := msSpin()
 	start := time.Now()
 	spin(iters)
 	t.Logf("spin of %d iterations: %v alone", iters, time.Since(start))
@@ -771,20 +775,7 @@ func TestField2CPUServer(t *testing.T) {
 		t.Skip("the server half of TestField2ExploreCPUBoundIsolated")
 	}
 	runtime.GOMAXPROCS(1)
-	spin := func(n int) uint64 {
-		x := uint64(1)
-		for i := range n {
-			x = x*6364136223846793005 + uint64(i)
-		}
-		return x
-	}
-	iters, per := 1<<20, time.Hour
-	for range 5 {
-		start := time.Now()
-		spin(iters)
-		per = min(per, time.Since(start))
-	}
-	iters = int(float64(iters) * float64(time.Millisecond) / float64(per))
+	spin, iters := msSpin()
 	var sink atomic.Uint64
 	var s loadSide
 	for _, sd := range field2CPUSides {
@@ -812,31 +803,8 @@ var field2CPUSides = []loadSide{
 func TestField2ExploreCPUBoundIsolated(t *testing.T) {
 	explore(t)
 	for _, side := range field2CPUSides {
-		cmd := exec.Command("taskset", "-c", "1", os.Args[0], "-test.run=^TestField2CPUServer$", "-test.count=1")
-		cmd.Env = append(os.Environ(), field2CPUEnv+"="+side.name)
-		stdin, err := cmd.StdinPipe()
-		if err != nil {
-			t.Fatal(err)
-		}
-		stdout, err := cmd.StdoutPipe()
-		if err != nil {
-			t.Fatal(err)
-		}
-		cmd.Stderr = os.Stderr
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		lines := bufio.NewScanner(stdout)
-		read := func(prefix string) string {
-			for lines.Scan() {
-				if v, ok := strings.CutPrefix(lines.Text(), prefix+" "); ok {
-					return v
-				}
-			}
-			t.Fatalf("server: no %q line", prefix)
-			return ""
-		}
-		addr := read("addr")
+		srv := startChild(t, field2CPUEnv+"="+side.name, "taskset", "-c", "1", os.Args[0], "-test.run=^TestField2CPUServer$", "-test.count=1")
+		addr := srv.read("addr")
 		c := dial(t, addr)
 		var got tally
 		var warm tally
@@ -851,9 +819,9 @@ func TestField2ExploreCPUBoundIsolated(t *testing.T) {
 		closedLoop(run, 32, 100000, func(int) time.Duration { return 30 * time.Millisecond },
 			func(ctx context.Context, _ int) error { return unary(ctx, c) }, func(_ int, err error) { got.add(err) })
 		cancel()
-		stdin.Close()
-		sheds := read("shed")
-		_ = cmd.Wait()
+		srv.stdin.Close() // the server prints what it shed, and stops
+		sheds := srv.read("shed")
+		srv.close()
 		t.Logf("%-14s ok/s %5.0f  %s | %s", side.name, float64(got.ok())/2, got.String(), sheds)
 	}
 }
