@@ -200,14 +200,7 @@ func streamEcho(ctx context.Context, c testpb.TestServiceClient) error {
 	if err := s.CloseSend(); err != nil {
 		return err
 	}
-	for {
-		if _, err := s.Recv(); err != nil {
-			if err == io.EOF {
-				return nil
-			}
-			return err
-		}
-	}
+	return recvAll(s.Recv)
 }
 
 func TestBreakerCountsStreams(t *testing.T) {

@@ -54,6 +54,19 @@ func streamOnce(t testing.TB, ctx context.Context, c testpb.TestServiceClient, w
 	return s
 }
 
+// recvAll receives until the stream ends: nil when it ended cleanly
+// (io.EOF), else its error.
+func recvAll[T any](recv func() (T, error)) error {
+	for {
+		if _, err := recv(); err != nil {
+			if err == io.EOF {
+				return nil
+			}
+			return err
+		}
+	}
+}
+
 func unary(ctx context.Context, c testpb.TestServiceClient) error {
 	_, err := c.UnaryCall(ctx, &testpb.SimpleRequest{})
 	return err

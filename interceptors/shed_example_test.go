@@ -49,7 +49,7 @@ func ExampleShedder() {
 	}
 	srv := grpc.NewServer(grpc.ChainUnaryInterceptor(shed.UnaryServerInterceptor()),
 		grpc.ChainStreamInterceptor(shed.StreamServerInterceptor()))
-	svc := &gatedService{started: make(chan struct{}, 1), release: make(chan struct{})}
+	svc := newGatedService(1)
 	testpb.RegisterTestServiceServer(srv, svc)
 	cc, stop, err := serveLoopback(srv)
 	if err != nil {

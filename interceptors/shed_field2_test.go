@@ -711,14 +711,7 @@ func TestField2ExploreStreamsBesideUnary(t *testing.T) {
 					if err != nil {
 						return err
 					}
-					for {
-						if _, err := s.Recv(); err != nil {
-							if err == io.EOF {
-								return nil
-							}
-							return err
-						}
-					}
+					return recvAll(s.Recv)
 				}, func(_ int, err error) { st.add(err) })
 		})
 		closedLoop(run, 12, 100000, func(int) time.Duration { return 5 * time.Millisecond },
