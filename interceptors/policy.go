@@ -372,7 +372,9 @@ func intField(obj *jsonfield.Object, name string, dst *int) error {
 			return nil
 		}
 		if err == nil || errors.Is(err, strconv.ErrRange) {
-			return jsonfield.Errorf(obj.Field(name), r, "must be a whole number between 0 and "+strconv.Itoa(maxJSONInt))
+			// Beyond every field's range: Validate, which names each field's own
+			// range, never sees it.
+			return jsonfield.Errorf(obj.Field(name), r, "must be within the field's range (none goes beyond ±"+strconv.Itoa(maxJSONInt)+")")
 		}
 	}
 	return jsonfield.Errorf(obj.Field(name), r, "must be a whole number")

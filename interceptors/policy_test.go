@@ -92,7 +92,7 @@ func TestPolicyErrors(t *testing.T) {
 		{"ratio", entry(`"circuitBreaker": {"failureRatio": 1.5}`), `grpcreuse: "circuitBreaker.failureRatio" is 1.5; must be between 0 and 1 (methodConfig[1])`},
 		{"ratio string", entry(`"circuitBreaker": {"failureRatio": "half"}`), `grpcreuse: "circuitBreaker.failureRatio" is "half"; must be a number (methodConfig[1])`},
 		{"count fraction", entry(`"circuitBreaker": {"consecutiveFailures": 2.5}`), `"circuitBreaker.consecutiveFailures" is 2.5; must be a whole number (methodConfig[1])`},
-		{"count huge", entry(`"circuitBreaker": {"consecutiveFailures": 99999999999999999999}`), `"circuitBreaker.consecutiveFailures" is 99999999999999999999; must be a whole number between 0 and`},
+		{"count huge", entry(`"circuitBreaker": {"consecutiveFailures": 99999999999999999999}`), `"circuitBreaker.consecutiveFailures" is 99999999999999999999; must be within the field's range (none goes beyond ±1073741824)`},
 		{"count negative", entry(`"circuitBreaker": {"halfOpenProbes": -1}`), `"circuitBreaker.halfOpenProbes" is -1; must be between 1 and`},
 		{"no trip rule", entry(`"circuitBreaker": {"consecutiveFailures": 0}`), `"circuitBreaker.consecutiveFailures" is 0; must be at least 1 when "failureRatio" is 0`},
 		{"duration number", entry(`"circuitBreaker": {"openTimeout": 30}`), `grpcreuse: "circuitBreaker.openTimeout" is 30; must be a duration string such as "30s" or "0.25s" (methodConfig[1])`},
