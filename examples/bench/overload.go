@@ -285,8 +285,14 @@ func runOverload(ctx context.Context, e *env) (*result, error) {
 				return sample{}, err
 			}
 			idle, _, _, _ := load(ctx, cc, 1, e.unloadedFor, overloadDeadline)
+			// A machine busy with other work (a -race test run beside other
+			// packages' tests) can miss every 5 ms deadline for a while: a
+			// few more tries before calling the server broken.
+			for try := 1; len(idle) == 0 && try < 10 && ctx.Err() == nil; try++ {
+				idle, _, _, _ = load(ctx, cc, 1, e.unloadedFor, overloadDeadline)
+			}
 			if len(idle) == 0 {
-				return sample{}, errors.New("no call succeeded unloaded")
+				return sample{}, errors.New("no call succeeded unloaded, in 10 tries")
 			}
 			unloadedWork, err := since()
 			if err != nil {
