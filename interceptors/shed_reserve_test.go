@@ -87,3 +87,49 @@ func TestShedderTapAdmitsNoMoreThanTheFreeSlots(t *testing.T) {
 		t.Errorf("%d of %d sheds on the interceptor path, want none: the tap admitted more requests than the slots free", atInterceptor, burst-limit)
 	}
 }
+
+// TestShedderHeadersWithoutMessageDoNotCloseTheTap: a client that opens
+// requests and never sends their message holds the tap's reservations
+// for a few milliseconds only (reserveFor): once they lapse the tap
+// admits again, while those requests are still open. Had reservations
+// lasted until the request reached the interceptor or ended, the limit's
+// worth of such requests would shut the server to everyone.
+func TestShedderHeadersWithoutMessageDoNotCloseTheTap(t *testing.T) {
+	const limit = 4
+	shed := makeShedder(t, &events{}, func(c *interceptors.ShedderConfig) { c.Limit, c.MaxWait = limit, 0 })
+	const method = "/grpc.testing.TestService/UnaryCall"
+	interceptors.SetShedderServiceTime(shed, method, time.Millisecond, 10)
+	be := startGated(t, shed.ServerOptions()...)
+	close(be.gate) // the admitted calls answer at once
+	cc := dialConn(t, be.Addr)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	// Headers without a message, for the unary method: grpc-go sends a
+	// stream's headers when it is created.
+	hold, release := context.WithCancel(ctx)
+	defer release()
+	var held []grpc.ClientStream
+	for range limit {
+		s, err := cc.NewStream(hold, &grpc.StreamDesc{ClientStreams: true}, method)
+		if err != nil {
+			t.Fatal(err)
+		}
+		held = append(held, s)
+	}
+	c := testpb.NewTestServiceClient(cc)
+	testutil.Eventually(t, 10*time.Second, func() bool {
+		_, err := c.UnaryCall(ctx, &testpb.SimpleRequest{})
+		return err == nil
+	}, "a unary call admitted beside the requests that never send their message")
+	if hold.Err() != nil {
+		t.Fatal("the held requests ended before the call was admitted")
+	}
+	for _, s := range held {
+		if err := s.Context().Err(); err != nil {
+			t.Fatalf("a held request ended before the call was admitted: %v", err)
+		}
+	}
+	if got := shed.Snapshot().InFlight; got != 0 {
+		t.Errorf("in flight = %d with no call in a handler, want 0: the held requests took slots", got)
+	}
+}
