@@ -23,3 +23,9 @@ func ShedderPasses(s *Shedder) (waiting, retries int64) { return s.passed.Load()
 // SetShedderServedTime sets the mean service time of the unary calls s
 // served, over all methods (tests only).
 func SetShedderServedTime(s *Shedder, d time.Duration) { s.served.Store(int64(d)) }
+
+// SetShedderReserveFor sets how long the tap's reservation of a request
+// it admitted counts at most (tests only: a test that checks what the tap
+// admits must not depend on how fast a loaded machine hands a request on
+// to the interceptor). Call it before the Shedder serves.
+func SetShedderReserveFor(s *Shedder, d time.Duration) { s.reserved = newReservations(d) }

@@ -197,8 +197,11 @@ type Shedder struct {
 	slots   slots        // the unary in-flight limit, its slots and their wait (maxWaiters)
 	passed  atomic.Int64 // requests the tap let through to wait, not yet at the interceptor (tapPass)
 	retries atomic.Int64 // retry attempts the tap let through to be shed with pushback, not yet there
-	streams atomic.Int64 // open streams
-	grad    *gradient    // nil unless cfg.Adaptive
+	// requests the tap admitted, not yet at the interceptor (the tap
+	// admits no more than the slots free)
+	reserved reservations
+	streams  atomic.Int64 // open streams
+	grad     *gradient    // nil unless cfg.Adaptive
 
 	mu      sync.Mutex                              // serialises writers of methods
 	methods atomic.Pointer[map[string]*serviceTime] // copy on write
@@ -397,7 +400,8 @@ func NewShedder(opts ...ShedderOption) (*Shedder, error) {
 	if err := o.cfg.Validate(); err != nil {
 		return nil, err
 	}
-	s := &Shedder{cfg: o.cfg, obs: o.obs, crit: maps.Clone(o.cfg.Criticality), epoch: time.Now(), logf: logger.Warningf}
+	s := &Shedder{cfg: o.cfg, obs: o.obs, crit: maps.Clone(o.cfg.Criticality), epoch: time.Now(), logf: logger.Warningf,
+		reserved: newReservations(reserveFor)}
 	s.cfg.Criticality = s.crit
 	s.cfg.Exempt = slices.Clone(o.cfg.Exempt)
 	if len(s.cfg.Exempt) > 0 {
@@ -514,7 +518,7 @@ func (s *Shedder) now() int64 { return int64(time.Since(s.epoch)) }
 // caller gave up while it waited gets that error instead (err). probe
 // says an admitted request is a deadline probe (deadlineProbeEvery).
 func (s *Shedder) admitUnary(ctx context.Context, st *serviceTime, crit Criticality) (r reason, probe, ok bool, err error) {
-	r, limit, _, probe, ok := s.checkUnary(ctx, st, crit)
+	r, limit, _, probe, ok := s.checkUnary(ctx, st, crit, 0)
 	if !ok {
 		return r, false, false, nil
 	}
@@ -543,8 +547,10 @@ func (s *Shedder) admitUnary(ctx context.Context, st *serviceTime, crit Critical
 // how long. wait is computed only at the limit: the admitted path pays
 // nothing for it. probe says the request passes the deadline shed only as
 // a probe (deadlineProbeEvery); the context lookup that tells a probe the
-// tap let through is made only on that path.
-func (s *Shedder) checkUnary(ctx context.Context, st *serviceTime, crit Criticality) (r reason, limit int64, wait time.Duration, probe, ok bool) {
+// tap let through is made only on that path. reserved is how many
+// requests the tap admitted are on their way to the interceptor (the
+// tap's: the interceptor passes 0, its slots are the count).
+func (s *Shedder) checkUnary(ctx context.Context, st *serviceTime, crit Criticality, reserved int64) (r reason, limit int64, wait time.Duration, probe, ok bool) {
 	if dl, ok := ctx.Deadline(); ok {
 		left := time.Until(dl)
 		if left <= 0 {
@@ -564,7 +570,7 @@ func (s *Shedder) checkUnary(ctx context.Context, st *serviceTime, crit Critical
 		limit = max(int64(float64(limit)*s.cfg.SheddableShare), 1)
 		r = rSheddable
 	}
-	if s.slots.inflight.Load() < limit {
+	if s.slots.inflight.Load()+reserved < limit {
 		return r, limit, 0, probe, true
 	}
 	if s.grad != nil && s.grad.probing.Load() {
@@ -758,7 +764,11 @@ func (s *Shedder) retryInTime(ctx context.Context, st *serviceTime) bool {
 // interceptors would refuse now, and the interceptors (which must be
 // installed too; see ServerOptions) alone take and release slots, so a
 // request that never reaches them (reset before its message) holds
-// nothing, and the tap adds no allocation to an admitted call. A request
+// nothing, and the tap adds no allocation to an admitted call. It counts
+// the requests it admitted until they reach the unary interceptor, for a
+// few milliseconds at most (reservations), so that it admits no more than
+// the slots free: a burst read from one connection is shed here, not
+// after grpc-go made a stream for each of its requests. A request
 // the tap let through may still be shed by the interceptor, with the
 // pushback trailer, when the slots filled in between. Requests for a
 // method the interceptors have not yet seen pass to them (the tap cannot
@@ -799,7 +809,8 @@ func (s *Shedder) TapHandle(ctx context.Context, info *tap.Info) (context.Contex
 		}
 		return ctx, nil
 	}
-	r, limit, wait, probe, ok := s.checkUnary(ctx, st, s.criticality(info.Header[CriticalityHeader], method))
+	now := s.now()
+	r, limit, wait, probe, ok := s.checkUnary(ctx, st, s.criticality(info.Header[CriticalityHeader], method), s.reserved.pending(now))
 	if ok && probe {
 		// The interceptor must not shed it for its deadline again: it was
 		// counted once, here. An allocation on this path only.
@@ -816,6 +827,7 @@ func (s *Shedder) TapHandle(ctx context.Context, info *tap.Info) (context.Contex
 		ok = false // another request took the wait in between: shed, as at the limit
 	}
 	if ok {
+		s.reserved.reserve(now)
 		return ctx, nil
 	}
 	if s.pushback != nil && (r == rLimit || r == rSheddable) && len(info.Header[previousAttemptsHeader]) > 0 {
@@ -872,13 +884,25 @@ func (p *tapPass) release() {
 // arrived releases the tap's count of a request it let through at the
 // limit, if it did, before the interceptor decides on it (a waiter must
 // not count itself as a waiter ahead of it).
-func (s *Shedder) arrived(ctx context.Context) {
+func (s *Shedder) arrived(ctx context.Context) (passed bool) {
 	if s.passed.Load() == 0 && s.retries.Load() == 0 { // the admitted path: no context lookup
-		return
+		return false
 	}
 	if p, _ := ctx.Value(tapPassKey{}).(*tapPass); p != nil {
 		p.stop()
 		p.release()
+		return true
+	}
+	return false
+}
+
+// admitted ends the tap's reservation of a request it admitted, once the
+// interceptor decided on it: after the request took its slot, or the
+// tap would see the slot free for a moment in between and admit one
+// more.
+func (s *Shedder) admitted(passed bool) {
+	if !passed && s.reserved.last.Load() != 0 { // a tap admits here: one clock read per call
+		s.reserved.arrive(s.now())
 	}
 }
 
@@ -893,8 +917,9 @@ func (s *Shedder) UnaryServerInterceptor() grpc.UnaryServerInterceptor {
 		}
 		st := s.serviceTime(method)
 		crit := s.criticality(metadata.ValueFromIncomingContext(ctx, CriticalityHeader), method)
-		s.arrived(ctx)
+		passed := s.arrived(ctx)
 		r, probe, ok, err := s.admitUnary(ctx, st, crit)
+		s.admitted(passed)
 		if err != nil {
 			return nil, err // its caller gave up while it waited for a slot
 		} else if !ok {

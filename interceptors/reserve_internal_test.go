@@ -1,0 +1,74 @@
+package interceptors
+
+import (
+	"sync"
+	"testing"
+	"time"
+)
+
+// TestReservationsLapse: a reservation counts until its request arrives
+// or reserveFor passes, whichever is first; arrivals end the oldest
+// reservations first and never take the count below zero.
+func TestReservationsLapse(t *testing.T) {
+	r := newReservations(8 * time.Millisecond) // epochs of 1ms
+	ms := int64(time.Millisecond)
+	if got := r.pending(0); got != 0 {
+		t.Fatalf("pending before any reservation = %d", got)
+	}
+	r.arrive(0) // nothing to end
+	r.reserve(0)
+	r.reserve(0)
+	r.reserve(3 * ms)
+	if got := r.pending(3 * ms); got != 3 {
+		t.Fatalf("pending at 3ms = %d, want 3", got)
+	}
+	r.arrive(4 * ms) // ends one of the two made at 0
+	if got := r.pending(4 * ms); got != 2 {
+		t.Fatalf("pending after one arrival = %d, want 2", got)
+	}
+	// At 8ms the epoch-0 reservation lapses; the one from 3ms still counts.
+	if got := r.pending(8 * ms); got != 1 {
+		t.Fatalf("pending at 8ms = %d, want 1 (the 0ms one lapsed)", got)
+	}
+	r.arrive(8 * ms)
+	r.arrive(8 * ms) // nothing left: no negative count
+	if got := r.pending(8 * ms); got != 0 {
+		t.Fatalf("pending after the arrivals = %d, want 0", got)
+	}
+	// A bucket reused by a later epoch starts from zero.
+	r.reserve(9 * ms)
+	r.reserve(17 * ms) // same bucket as 9ms, 8 epochs later
+	if got := r.pending(17 * ms); got != 1 {
+		t.Fatalf("pending at 17ms = %d, want 1 (the 9ms one lapsed, its bucket reused)", got)
+	}
+	// Long quiet: nothing counts, and an arrival changes nothing.
+	r.arrive(time.Hour.Nanoseconds())
+	if got := r.pending(time.Hour.Nanoseconds()); got != 0 {
+		t.Fatalf("pending an hour later = %d", got)
+	}
+}
+
+// TestReservationsConcurrent: reservations and arrivals from many
+// goroutines at once (the tap runs in every connection's reader, the
+// interceptor in every call's goroutine) lose no count.
+func TestReservationsConcurrent(t *testing.T) {
+	r := newReservations(time.Hour)
+	const goroutines, each = 8, 1000
+	var wg sync.WaitGroup
+	for g := range goroutines {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range each {
+				r.reserve(int64(i))
+				if g%2 == 0 {
+					r.arrive(int64(i))
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if got, want := r.pending(each), int64(goroutines/2*each); got != want {
+		t.Fatalf("pending = %d, want %d", got, want)
+	}
+}
