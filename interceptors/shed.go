@@ -763,12 +763,14 @@ func (s *Shedder) retryInTime(ctx context.Context, st *serviceTime) bool {
 // goroutine, never blocks and takes no slot: it refuses what the
 // interceptors would refuse now, and the interceptors (which must be
 // installed too; see ServerOptions) alone take and release slots, so a
-// request that never reaches them (reset before its message) holds
-// nothing, and the tap adds no allocation to an admitted call. It counts
-// the requests it admitted until they reach the unary interceptor, for a
-// few milliseconds at most (reservations), so that it admits no more than
-// the slots free: a burst read from one connection is shed here, not
-// after grpc-go made a stream for each of its requests. A request
+// request that never reaches them (reset before its message) holds no
+// slot. It counts the requests it admitted until they reach the unary
+// interceptor or their stream ends, for a few milliseconds at most
+// (reservations), so that it admits no more than the slots free: a burst
+// read from one connection is shed here, not after grpc-go made a stream
+// for each of its requests. Each admitted request carries its count in
+// the context TapHandle returns (an allocation, and a context.AfterFunc on
+// its stream). A request
 // the tap let through may still be shed by the interceptor, with the
 // pushback trailer, when the slots filled in between. Requests for a
 // method the interceptors have not yet seen pass to them (the tap cannot
@@ -827,8 +829,7 @@ func (s *Shedder) TapHandle(ctx context.Context, info *tap.Info) (context.Contex
 		ok = false // another request took the wait in between: shed, as at the limit
 	}
 	if ok {
-		s.reserved.reserve(now)
-		return ctx, nil
+		return s.reserved.reserveRequest(ctx, now), nil
 	}
 	if s.pushback != nil && (r == rLimit || r == rSheddable) && len(info.Header[previousAttemptsHeader]) > 0 {
 		// A retry attempt of a client with a retry policy: the tap's answer
@@ -884,25 +885,27 @@ func (p *tapPass) release() {
 // arrived releases the tap's count of a request it let through at the
 // limit, if it did, before the interceptor decides on it (a waiter must
 // not count itself as a waiter ahead of it).
-func (s *Shedder) arrived(ctx context.Context) (passed bool) {
+func (s *Shedder) arrived(ctx context.Context) {
 	if s.passed.Load() == 0 && s.retries.Load() == 0 { // the admitted path: no context lookup
-		return false
+		return
 	}
 	if p, _ := ctx.Value(tapPassKey{}).(*tapPass); p != nil {
 		p.stop()
 		p.release()
-		return true
 	}
-	return false
 }
 
-// admitted ends the tap's reservation of a request it admitted, once the
-// interceptor decided on it: after the request took its slot, or the
-// tap would see the slot free for a moment in between and admit one
-// more.
-func (s *Shedder) admitted(passed bool) {
-	if !passed && s.reserved.last.Load() != 0 { // a tap admits here: one clock read per call
-		s.reserved.arrive(s.now())
+// admitted ends the tap's reservation of a request it admitted, if it
+// did, once the interceptor decided on it: after the request took its
+// slot, or the tap would see the slot free for a moment in between and
+// admit one more.
+func (s *Shedder) admitted(ctx context.Context) {
+	if s.reserved.last.Load() == 0 { // no tap ever admitted one: no context lookup
+		return
+	}
+	if v, _ := ctx.Value(reservationKey{}).(*reservation); v != nil {
+		v.stop()
+		v.end()
 	}
 }
 
@@ -917,9 +920,9 @@ func (s *Shedder) UnaryServerInterceptor() grpc.UnaryServerInterceptor {
 		}
 		st := s.serviceTime(method)
 		crit := s.criticality(metadata.ValueFromIncomingContext(ctx, CriticalityHeader), method)
-		passed := s.arrived(ctx)
+		s.arrived(ctx)
 		r, probe, ok, err := s.admitUnary(ctx, st, crit)
-		s.admitted(passed)
+		s.admitted(ctx)
 		if err != nil {
 			return nil, err // its caller gave up while it waited for a slot
 		} else if !ok {
@@ -1035,6 +1038,7 @@ func (s *Shedder) StreamServerInterceptor() grpc.StreamServerInterceptor {
 		// entry was made, but not yet marked a stream) and let it through
 		// at the limit: release that count now, not at the stream's end.
 		s.arrived(ctx)
+		s.admitted(ctx) // the tap counted it as a unary call: it will never take a unary slot
 		st := s.serviceTime(method)
 		if !st.stream.Load() {
 			st.stream.Store(true) // the tap counts its next requests as streams
