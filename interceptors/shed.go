@@ -792,8 +792,11 @@ func (s *Shedder) retryInTime(ctx context.Context, st *serviceTime) bool {
 // TapHandle must call it after its own checks, as its last step, and
 // return the context it returns. Refusing a request after TapHandle let
 // it through would leave its pass counted forever (a few such requests
-// turn the passes off for good); dropping the returned context keeps it
-// counted for the whole call.
+// turn the passes off for good), and a request it admitted counted
+// against the free slots until its reservation lapses (reserveFor): each
+// request refused that way shuts a slot's worth of the tap for that long.
+// Dropping the returned context keeps a pass counted for the whole call,
+// and a reservation until the call ends or lapses, beside its slot.
 func (s *Shedder) TapHandle(ctx context.Context, info *tap.Info) (context.Context, error) {
 	method := info.FullMethodName
 	if s.exempted(method) {
