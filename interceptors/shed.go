@@ -437,6 +437,12 @@ type ShedderSnapshot struct {
 	// how many unary requests hold a slot; Queued how many wait for one
 	// (MaxWait).
 	Limit, InFlight, Queued int
+	// Reserved is how many unary requests the tap admitted that have not
+	// reached the interceptor yet, nor ended, each for 8 ms at most: the
+	// tap counts them against Limit beside InFlight, so it sheds at the
+	// limit while InFlight is below it when they fill the rest (a burst
+	// on its way, or requests whose message has not come).
+	Reserved int
 	// Streams is how many streams are open; StreamLimit how many may be.
 	Streams, StreamLimit int
 	// Adaptive says whether Limit follows the measured service time.
@@ -454,7 +460,8 @@ type ShedderSnapshot struct {
 // Snapshot returns the Shedder's current state.
 func (s *Shedder) Snapshot() ShedderSnapshot {
 	snap := ShedderSnapshot{Limit: int(s.slots.limit.Load()), InFlight: int(s.slots.inflight.Load()), Queued: s.slots.queued(),
-		Streams: int(s.streams.Load()), StreamLimit: s.cfg.StreamLimit, Adaptive: s.grad != nil,
+		Reserved: int(s.reserved.pending(s.now())),
+		Streams:  int(s.streams.Load()), StreamLimit: s.cfg.StreamLimit, Adaptive: s.grad != nil,
 		Shed: make(map[string]int64, numReasons)}
 	if s.grad != nil {
 		snap.Baseline = time.Duration(s.grad.baselineNs.Load())

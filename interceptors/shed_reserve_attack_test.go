@@ -101,3 +101,37 @@ func TestShedderEndedRequestsHoldNoReservation(t *testing.T) {
 		})
 	}
 }
+
+// TestShedderSnapshotShowsReservations: the tap sheds at the limit while
+// InFlight is below it when requests it admitted are on their way, and an
+// operator reading the snapshot must see why: Reserved counts them, and
+// comes back to 0 when their streams end.
+func TestShedderSnapshotShowsReservations(t *testing.T) {
+	const limit = 4
+	const method = "/grpc.testing.TestService/UnaryCall"
+	shed := makeShedder(t, &events{}, func(c *interceptors.ShedderConfig) { c.Limit, c.MaxWait = limit, 0 })
+	interceptors.SetShedderServiceTime(shed, method, time.Millisecond, 10)
+	interceptors.SetShedderReserveFor(shed, time.Hour)
+	be := startGated(t, shed.ServerOptions()...)
+	close(be.gate)
+	cc := dialConn(t, be.Addr)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	hold, release := context.WithCancel(ctx)
+	defer release()
+	for range limit {
+		if _, err := cc.NewStream(hold, &grpc.StreamDesc{ClientStreams: true}, method); err != nil {
+			t.Fatal(err)
+		}
+	}
+	testutil.Eventually(t, 10*time.Second, func() bool { return shed.Snapshot().Reserved == limit }, "the held requests reserved")
+	_, err := testpb.NewTestServiceClient(cc).UnaryCall(ctx, &testpb.SimpleRequest{})
+	if status.Code(err) != codes.ResourceExhausted {
+		t.Fatalf("call beside %d reservations = %v, want shed", limit, err)
+	}
+	if snap := shed.Snapshot(); snap.InFlight != 0 || snap.Reserved != limit {
+		t.Errorf("snapshot at the shed: in flight %d, reserved %d; want 0 and %d", snap.InFlight, snap.Reserved, limit)
+	}
+	release()
+	testutil.Eventually(t, 10*time.Second, func() bool { return shed.Snapshot().Reserved == 0 }, "the reservations ended with their streams")
+}
