@@ -135,3 +135,54 @@ func TestShedderSnapshotShowsReservations(t *testing.T) {
 	release()
 	testutil.Eventually(t, 10*time.Second, func() bool { return shed.Snapshot().Reserved == 0 }, "the reservations ended with their streams")
 }
+
+// TestShedderStopDuringABurstEndsEveryReservation: a server stopped while
+// a burst is on its way and requests hold their streams without a message
+// ends every reservation and pass with the streams (Stop cancels them),
+// starts no goroutine that outlives it (TestMain's leak check), and a
+// Shedder serving a new server after it admits at once.
+func TestShedderStopDuringABurstEndsEveryReservation(t *testing.T) {
+	const limit, burst, held = 4, 64, 8
+	const method = "/grpc.testing.TestService/UnaryCall"
+	shed := makeShedder(t, &events{}, func(c *interceptors.ShedderConfig) { c.Limit = limit })
+	interceptors.SetShedderServiceTime(shed, method, time.Millisecond, 10)
+	interceptors.SetShedderReserveFor(shed, time.Hour) // only the streams' end may end them
+	be := startGated(t, shed.ServerOptions()...)
+	cc := dialConn(t, be.Addr)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	for range held {
+		if _, err := cc.NewStream(ctx, &grpc.StreamDesc{ClientStreams: true}, method); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c := testpb.NewTestServiceClient(cc)
+	done := make(chan struct{}, burst)
+	for range burst {
+		go func() {
+			defer func() { done <- struct{}{} }()
+			_, _ = c.UnaryCall(ctx, &testpb.SimpleRequest{})
+		}()
+	}
+	testutil.Eventually(t, 10*time.Second, func() bool { return shed.Snapshot().Reserved > 0 }, "reservations on their way")
+	be.Server.Stop()
+	for range burst {
+		select {
+		case <-done:
+		case <-ctx.Done():
+			t.Fatal("calls still running after Stop")
+		}
+	}
+	testutil.Eventually(t, 10*time.Second, func() bool {
+		w, r := interceptors.ShedderPasses(shed)
+		return shed.Snapshot().Reserved == 0 && w == 0 && r == 0
+	}, "reservations and passes ended with the stopped server's streams")
+	if snap := shed.Snapshot(); snap.InFlight != 0 {
+		t.Errorf("in flight after Stop = %d, want 0", snap.InFlight)
+	}
+	be2 := startGated(t, shed.ServerOptions()...)
+	close(be2.gate)
+	if _, err := dial(t, be2.Addr).UnaryCall(ctx, &testpb.SimpleRequest{}); err != nil {
+		t.Fatalf("first call on a new server after Stop = %v, want admitted", err)
+	}
+}
