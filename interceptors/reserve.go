@@ -1,6 +1,7 @@
 package interceptors
 
 import (
+	"context"
 	"sync/atomic"
 	"time"
 )
@@ -19,18 +20,16 @@ import (
 // work of the calls admitted (examples/bench, overload). With the count,
 // the tap admits no more requests than there are free slots.
 //
-// A reservation lapses after reserveFor whatever becomes of its request,
-// so a request that never reaches the interceptor (its stream reset
-// before its message, or a client that sends headers and never the
-// message) holds a slot's worth of the tap's admission for no longer: a
-// client cannot keep the tap refusing with headers alone any more than
-// with a flood of requests. Lapsing needs no timer and the count no
-// allocation: reservations are counted in buckets of an eighth of it by the
-// time they were made, and only the young buckets count. A request's
-// arrival ends the oldest young reservation, not necessarily its own (it
-// carries no mark, which would cost an allocation per call): the count
-// stays right, and an early arrival ending a lapsing request's
-// reservation only lets the tap admit one request sooner.
+// A reservation ends when its request reaches the interceptor or its
+// stream ends, and lapses after reserveFor whatever becomes of its
+// request, so a request that never reaches the interceptor and stays open
+// (a client that sends headers and never the message) holds a slot's
+// worth of the tap's admission for no longer. Lapsing needs no timer:
+// reservations are counted in buckets of an eighth of it by the time they
+// were made, and only the young buckets count. Each request carries its
+// own reservation (reservation), so an arrival ends its own and no other:
+// a request the tap did not count (a method it had not seen, a pass at
+// the limit) ends nothing.
 type reservations struct {
 	// buckets[e%reserveBuckets] counts the reservations made in epoch e
 	// (the e-th interval of width nanoseconds since the Shedder's epoch)
@@ -65,8 +64,10 @@ func newReservations(lifetime time.Duration) reservations {
 // epoch).
 func (r *reservations) epochOf(now int64) uint64 { return uint64(now / r.width) }
 
-// reserve counts a request admitted by the tap at now.
-func (r *reservations) reserve(now int64) {
+// reserve counts a request admitted by the tap at now. It returns the
+// epoch the request was counted in, plus one, for end; 0 if it was not
+// counted (16M requests in one epoch).
+func (r *reservations) reserve(now int64) uint64 {
 	e := r.epochOf(now)
 	b := &r.buckets[e%reserveBuckets]
 	for {
@@ -76,7 +77,7 @@ func (r *reservations) reserve(now int64) {
 			n = v&countMask + 1
 		}
 		if n > countMask {
-			return // 16M requests in an epoch: count no more
+			return 0 // count no more
 		}
 		if b.CompareAndSwap(v, e<<countBits|n) {
 			break
@@ -85,6 +86,7 @@ func (r *reservations) reserve(now int64) {
 	if r.last.Load() != int64(e)+1 {
 		r.last.Store(int64(e) + 1)
 	}
+	return e + 1
 }
 
 // recent reports whether a reservation was made in the reserveBuckets
@@ -111,24 +113,71 @@ func (r *reservations) pending(now int64) int64 {
 	return n
 }
 
-// arrive ends the oldest young reservation at now, if any: a request the
-// tap admitted reached the interceptor.
-func (r *reservations) arrive(now int64) {
-	e := r.epochOf(now)
-	if !r.recent(e) {
+// end ends a reservation reserve counted (at), once: its request reached
+// the interceptor or its stream ended. A reservation whose bucket a later
+// epoch reuses has lapsed already, and ends nothing.
+func (r *reservations) end(at uint64) {
+	if at == 0 {
 		return
 	}
-	for i := uint64(reserveBuckets); i > 0; i-- {
-		be := e - (i - 1)
-		b := &r.buckets[be%reserveBuckets]
-		for {
-			v := b.Load()
-			if v>>countBits != be || v&countMask == 0 {
-				break
-			}
-			if b.CompareAndSwap(v, v-1) {
-				return
-			}
+	e := at - 1
+	b := &r.buckets[e%reserveBuckets]
+	for {
+		v := b.Load()
+		if v>>countBits != e || v&countMask == 0 {
+			return
+		}
+		if b.CompareAndSwap(v, v-1) {
+			return
 		}
 	}
+}
+
+// reservation is one request the tap admitted on its way to the unary
+// interceptor: the request's context, which carries it (reservationKey),
+// and its count in reservations, ended once, by whichever comes first of
+// the interceptor (Shedder.admitted) and the end of its stream. Without
+// the second, a request whose stream ended before the interceptor (reset
+// after its headers, or answered by grpc-go itself: a message too large
+// or that does not decode) held a slot's worth of the tap's admission
+// until it lapsed: each such request, which costs a client two frames,
+// shut the tap for reserveFor whatever the method's service time
+// (TestShedderEndedRequestsHoldNoReservation). The context and the count
+// are one allocation; context.AfterFunc adds its own.
+type reservation struct {
+	context.Context
+	r    *reservations
+	at   uint64 // reserve's answer
+	done atomic.Bool
+	stop func() bool // the AfterFunc's
+}
+
+type reservationKey struct{}
+
+// Value returns the reservation for reservationKey, and the stream
+// context's values otherwise.
+func (v *reservation) Value(key any) any {
+	if key == (reservationKey{}) {
+		return v
+	}
+	return v.Context.Value(key)
+}
+
+// end ends the reservation, the first time only.
+func (v *reservation) end() {
+	if v.done.CompareAndSwap(false, true) {
+		v.r.end(v.at)
+	}
+}
+
+// reserveRequest counts a request the tap admits at now and returns its
+// context carrying the reservation, or ctx if it was not counted.
+func (r *reservations) reserveRequest(ctx context.Context, now int64) context.Context {
+	at := r.reserve(now)
+	if at == 0 {
+		return ctx
+	}
+	v := &reservation{Context: ctx, r: r, at: at}
+	v.stop = context.AfterFunc(ctx, v.end) // its stream ended before the interceptor
+	return v
 }

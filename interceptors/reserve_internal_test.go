@@ -6,49 +6,53 @@ import (
 	"time"
 )
 
-// TestReservationsLapse: a reservation counts until its request arrives
-// or reserveFor passes, whichever is first; arrivals end the oldest
-// reservations first and never take the count below zero.
+// TestReservationsLapse: a reservation counts until it ends (its request
+// arrives, or its stream ends) or reserveFor passes, whichever is first;
+// each ends its own count, once, and a lapsed one ends nothing.
 func TestReservationsLapse(t *testing.T) {
 	r := newReservations(8 * time.Millisecond) // epochs of 1ms
 	ms := int64(time.Millisecond)
 	if got := r.pending(0); got != 0 {
 		t.Fatalf("pending before any reservation = %d", got)
 	}
-	r.arrive(0) // nothing to end
-	r.reserve(0)
-	r.reserve(0)
-	r.reserve(3 * ms)
+	r.end(0) // not counted: nothing to end
+	a := r.reserve(0)
+	b := r.reserve(0)
+	c := r.reserve(3 * ms)
 	if got := r.pending(3 * ms); got != 3 {
 		t.Fatalf("pending at 3ms = %d, want 3", got)
 	}
-	r.arrive(4 * ms) // ends one of the two made at 0
+	r.end(a)
 	if got := r.pending(4 * ms); got != 2 {
-		t.Fatalf("pending after one arrival = %d, want 2", got)
+		t.Fatalf("pending after one end = %d, want 2", got)
 	}
-	// At 8ms the epoch-0 reservation lapses; the one from 3ms still counts.
+	// At 8ms b, made at 0, lapses; c, from 3ms, still counts.
 	if got := r.pending(8 * ms); got != 1 {
 		t.Fatalf("pending at 8ms = %d, want 1 (the 0ms one lapsed)", got)
 	}
-	r.arrive(8 * ms)
-	r.arrive(8 * ms) // nothing left: no negative count
+	r.end(c)
 	if got := r.pending(8 * ms); got != 0 {
-		t.Fatalf("pending after the arrivals = %d, want 0", got)
+		t.Fatalf("pending after the ends = %d, want 0", got)
 	}
-	// A bucket reused by a later epoch starts from zero.
-	r.reserve(9 * ms)
+	// A bucket reused by a later epoch starts from zero, and the lapsed
+	// reservation of its earlier epoch ends nothing in it.
+	d := r.reserve(9 * ms)
 	r.reserve(17 * ms) // same bucket as 9ms, 8 epochs later
 	if got := r.pending(17 * ms); got != 1 {
 		t.Fatalf("pending at 17ms = %d, want 1 (the 9ms one lapsed, its bucket reused)", got)
 	}
-	// Long quiet: nothing counts, and an arrival changes nothing.
-	r.arrive(time.Hour.Nanoseconds())
+	r.end(d)
+	r.end(b)
+	if got := r.pending(17 * ms); got != 1 {
+		t.Fatalf("pending at 17ms after lapsed ones ended = %d, want 1", got)
+	}
+	// Long quiet: nothing counts.
 	if got := r.pending(time.Hour.Nanoseconds()); got != 0 {
 		t.Fatalf("pending an hour later = %d", got)
 	}
 }
 
-// TestReservationsConcurrent: reservations and arrivals from many
+// TestReservationsConcurrent: reservations and their ends from many
 // goroutines at once (the tap runs in every connection's reader, the
 // interceptor in every call's goroutine) lose no count.
 func TestReservationsConcurrent(t *testing.T) {
@@ -60,9 +64,9 @@ func TestReservationsConcurrent(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			for i := range each {
-				r.reserve(int64(i))
+				at := r.reserve(int64(i))
 				if g%2 == 0 {
-					r.arrive(int64(i))
+					r.end(at)
 				}
 			}
 		}()

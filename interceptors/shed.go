@@ -437,6 +437,12 @@ type ShedderSnapshot struct {
 	// how many unary requests hold a slot; Queued how many wait for one
 	// (MaxWait).
 	Limit, InFlight, Queued int
+	// Reserved is how many unary requests the tap admitted that have not
+	// reached the interceptor yet, nor ended, each for 8 ms at most: the
+	// tap counts them against Limit beside InFlight, so it sheds at the
+	// limit while InFlight is below it when they fill the rest (a burst
+	// on its way, or requests whose message has not come).
+	Reserved int
 	// Streams is how many streams are open; StreamLimit how many may be.
 	Streams, StreamLimit int
 	// Adaptive says whether Limit follows the measured service time.
@@ -454,7 +460,8 @@ type ShedderSnapshot struct {
 // Snapshot returns the Shedder's current state.
 func (s *Shedder) Snapshot() ShedderSnapshot {
 	snap := ShedderSnapshot{Limit: int(s.slots.limit.Load()), InFlight: int(s.slots.inflight.Load()), Queued: s.slots.queued(),
-		Streams: int(s.streams.Load()), StreamLimit: s.cfg.StreamLimit, Adaptive: s.grad != nil,
+		Reserved: int(s.reserved.pending(s.now())),
+		Streams:  int(s.streams.Load()), StreamLimit: s.cfg.StreamLimit, Adaptive: s.grad != nil,
 		Shed: make(map[string]int64, numReasons)}
 	if s.grad != nil {
 		snap.Baseline = time.Duration(s.grad.baselineNs.Load())
@@ -763,12 +770,14 @@ func (s *Shedder) retryInTime(ctx context.Context, st *serviceTime) bool {
 // goroutine, never blocks and takes no slot: it refuses what the
 // interceptors would refuse now, and the interceptors (which must be
 // installed too; see ServerOptions) alone take and release slots, so a
-// request that never reaches them (reset before its message) holds
-// nothing, and the tap adds no allocation to an admitted call. It counts
-// the requests it admitted until they reach the unary interceptor, for a
-// few milliseconds at most (reservations), so that it admits no more than
-// the slots free: a burst read from one connection is shed here, not
-// after grpc-go made a stream for each of its requests. A request
+// request that never reaches them (reset before its message) holds no
+// slot. It counts the requests it admitted until they reach the unary
+// interceptor or their stream ends, for a few milliseconds at most
+// (reservations), so that it admits no more than the slots free: a burst
+// read from one connection is shed here, not after grpc-go made a stream
+// for each of its requests. Each admitted request carries its count in
+// the context TapHandle returns (an allocation, and a context.AfterFunc on
+// its stream). A request
 // the tap let through may still be shed by the interceptor, with the
 // pushback trailer, when the slots filled in between. Requests for a
 // method the interceptors have not yet seen pass to them (the tap cannot
@@ -790,8 +799,11 @@ func (s *Shedder) retryInTime(ctx context.Context, st *serviceTime) bool {
 // TapHandle must call it after its own checks, as its last step, and
 // return the context it returns. Refusing a request after TapHandle let
 // it through would leave its pass counted forever (a few such requests
-// turn the passes off for good); dropping the returned context keeps it
-// counted for the whole call.
+// turn the passes off for good), and a request it admitted counted
+// against the free slots until its reservation lapses (reserveFor): each
+// request refused that way shuts a slot's worth of the tap for that long.
+// Dropping the returned context keeps a pass counted for the whole call,
+// and a reservation until the call ends or lapses, beside its slot.
 func (s *Shedder) TapHandle(ctx context.Context, info *tap.Info) (context.Context, error) {
 	method := info.FullMethodName
 	if s.exempted(method) {
@@ -827,8 +839,7 @@ func (s *Shedder) TapHandle(ctx context.Context, info *tap.Info) (context.Contex
 		ok = false // another request took the wait in between: shed, as at the limit
 	}
 	if ok {
-		s.reserved.reserve(now)
-		return ctx, nil
+		return s.reserved.reserveRequest(ctx, now), nil
 	}
 	if s.pushback != nil && (r == rLimit || r == rSheddable) && len(info.Header[previousAttemptsHeader]) > 0 {
 		// A retry attempt of a client with a retry policy: the tap's answer
@@ -884,25 +895,27 @@ func (p *tapPass) release() {
 // arrived releases the tap's count of a request it let through at the
 // limit, if it did, before the interceptor decides on it (a waiter must
 // not count itself as a waiter ahead of it).
-func (s *Shedder) arrived(ctx context.Context) (passed bool) {
+func (s *Shedder) arrived(ctx context.Context) {
 	if s.passed.Load() == 0 && s.retries.Load() == 0 { // the admitted path: no context lookup
-		return false
+		return
 	}
 	if p, _ := ctx.Value(tapPassKey{}).(*tapPass); p != nil {
 		p.stop()
 		p.release()
-		return true
 	}
-	return false
 }
 
-// admitted ends the tap's reservation of a request it admitted, once the
-// interceptor decided on it: after the request took its slot, or the
-// tap would see the slot free for a moment in between and admit one
-// more.
-func (s *Shedder) admitted(passed bool) {
-	if !passed && s.reserved.last.Load() != 0 { // a tap admits here: one clock read per call
-		s.reserved.arrive(s.now())
+// admitted ends the tap's reservation of a request it admitted, if it
+// did, once the interceptor decided on it: after the request took its
+// slot, or the tap would see the slot free for a moment in between and
+// admit one more.
+func (s *Shedder) admitted(ctx context.Context) {
+	if s.reserved.last.Load() == 0 { // no tap ever admitted one: no context lookup
+		return
+	}
+	if v, _ := ctx.Value(reservationKey{}).(*reservation); v != nil {
+		v.stop()
+		v.end()
 	}
 }
 
@@ -917,9 +930,9 @@ func (s *Shedder) UnaryServerInterceptor() grpc.UnaryServerInterceptor {
 		}
 		st := s.serviceTime(method)
 		crit := s.criticality(metadata.ValueFromIncomingContext(ctx, CriticalityHeader), method)
-		passed := s.arrived(ctx)
+		s.arrived(ctx)
 		r, probe, ok, err := s.admitUnary(ctx, st, crit)
-		s.admitted(passed)
+		s.admitted(ctx)
 		if err != nil {
 			return nil, err // its caller gave up while it waited for a slot
 		} else if !ok {
@@ -1035,6 +1048,7 @@ func (s *Shedder) StreamServerInterceptor() grpc.StreamServerInterceptor {
 		// entry was made, but not yet marked a stream) and let it through
 		// at the limit: release that count now, not at the stream's end.
 		s.arrived(ctx)
+		s.admitted(ctx) // the tap counted it as a unary call: it will never take a unary slot
 		st := s.serviceTime(method)
 		if !st.stream.Load() {
 			st.stream.Store(true) // the tap counts its next requests as streams
