@@ -24,7 +24,8 @@ import (
 // stream ends, and lapses after reserveFor whatever becomes of its
 // request, so a request that never reaches the interceptor and stays open
 // (a client that sends headers and never the message) holds a slot's
-// worth of the tap's admission for no longer. Lapsing needs no timer:
+// worth of the tap's admission for no longer, and while many lapse the
+// tap heeds none (trusted). Lapsing needs no timer:
 // reservations are counted in buckets of an eighth of it by the time they
 // were made, and only the young buckets count. Each request carries its
 // own reservation (reservation), so an arrival ends its own and no other:
@@ -38,6 +39,10 @@ type reservations struct {
 	buckets [reserveBuckets]atomic.Uint64
 	last    atomic.Int64 // the latest epoch a reservation was made in, +1 (0: none yet)
 	width   int64        // an epoch's nanoseconds: reserveFor / reserveBuckets
+	// lapsed and ended count the reservations that lapsed unended and
+	// those that ended, each decayed by 1/8 an epoch (when an epoch's
+	// first reservation reuses a bucket): see trusted.
+	lapsed, ended atomic.Int64
 }
 
 const (
@@ -80,6 +85,9 @@ func (r *reservations) reserve(now int64) uint64 {
 			return 0 // count no more
 		}
 		if b.CompareAndSwap(v, e<<countBits|n) {
+			if v>>countBits != e { // this epoch's first: what the bucket held lapsed
+				r.decay(int64(v & countMask))
+			}
 			break
 		}
 	}
@@ -87,6 +95,39 @@ func (r *reservations) reserve(now int64) uint64 {
 		r.last.Store(int64(e) + 1)
 	}
 	return e + 1
+}
+
+// decay ages the lapse evidence by an epoch and adds the reservations
+// that lapsed unended in it. Loads and stores, not compare-and-swap
+// loops: an end counted as decay runs may be lost, which moves a ratio
+// that only needs to tell 1 in 16 from most.
+func (r *reservations) decay(lapsed int64) {
+	age := func(n int64) int64 { return n - (n+7)/8 } // to 0, not to 7
+	r.lapsed.Store(age(r.lapsed.Load()) + lapsed)
+	r.ended.Store(age(r.ended.Load()))
+}
+
+// trusted reports whether the reservations are worth the tap's heed:
+// whether, lately, no more than one in 16 lapsed unended. Honest
+// requests reach the interceptor or end within milliseconds; a client
+// that sends headers and holds its streams open without a message makes
+// its reservations lapse. While such lapses are common the tap counts
+// no reservation, as before it had them (at worst, a burst's sheds go
+// through the interceptor again), so such a client can shut the tap no
+// more cheaply than with a flood of real requests
+// (TestReservationsDistrustedWhileTheyLapse).
+func (r *reservations) trusted() bool {
+	l := r.lapsed.Load()
+	return l == 0 || l*16 <= r.ended.Load()
+}
+
+// counted is pending when the reservations are trusted, else 0: what the
+// tap adds to the slots in use.
+func (r *reservations) counted(now int64) int64 {
+	if !r.trusted() {
+		return 0
+	}
+	return r.pending(now)
 }
 
 // recent reports whether a reservation was made in the reserveBuckets
@@ -128,6 +169,7 @@ func (r *reservations) end(at uint64) {
 			return
 		}
 		if b.CompareAndSwap(v, v-1) {
+			r.ended.Add(1)
 			return
 		}
 	}

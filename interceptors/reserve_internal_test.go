@@ -76,3 +76,56 @@ func TestReservationsConcurrent(t *testing.T) {
 		t.Fatalf("pending = %d, want %d", got, want)
 	}
 }
+
+// TestReservationsDistrustedWhileTheyLapse: while many reservations lapse
+// unended (a client sending headers and holding its streams open without
+// a message), the tap counts none of them, as before it had reservations;
+// once requests reach the interceptor again, it counts them again.
+func TestReservationsDistrustedWhileTheyLapse(t *testing.T) {
+	r := newReservations(8 * time.Millisecond) // epochs of 1ms
+	ms := int64(time.Millisecond)
+	honest := func(at int64) { // 4 requests that reach the interceptor
+		for range 4 {
+			r.end(r.reserve(at))
+		}
+	}
+	held := func(at int64) { // 4 that never do
+		for range 4 {
+			r.reserve(at)
+		}
+	}
+	now := int64(0)
+	var slow uint64 // one request each epoch takes until the next to arrive
+	for ; now < 20*ms; now += ms {
+		honest(now)
+		r.end(slow)
+		if slow = r.reserve(now); slow == 0 {
+			t.Fatal("not counted")
+		}
+	}
+	if !r.trusted() {
+		t.Fatalf("distrusted with honest traffic only (lapsed %d, ended %d)", r.lapsed.Load(), r.ended.Load())
+	}
+	for ; now < 40*ms; now += ms {
+		honest(now)
+		held(now)
+	}
+	if r.pending(now) == 0 {
+		t.Fatal("the held requests' reservations do not count")
+	}
+	if got := r.counted(now); got != 0 {
+		t.Fatalf("counted = %d while most reservations lapse (lapsed %d, ended %d), want 0", got, r.lapsed.Load(), r.ended.Load())
+	}
+	recovered := false
+	for end := now + 100*ms; now < end && !recovered; now += ms {
+		honest(now)
+		recovered = r.trusted()
+	}
+	if !recovered {
+		t.Fatalf("still distrusted 100ms after the held requests stopped (lapsed %d, ended %d)", r.lapsed.Load(), r.ended.Load())
+	}
+	r.reserve(now)
+	if got, want := r.counted(now), r.pending(now); got != want || got == 0 {
+		t.Fatalf("counted = %d after recovery, want pending, %d", got, want)
+	}
+}

@@ -822,7 +822,7 @@ func (s *Shedder) TapHandle(ctx context.Context, info *tap.Info) (context.Contex
 		return ctx, nil
 	}
 	now := s.now()
-	r, limit, wait, probe, ok := s.checkUnary(ctx, st, s.criticality(info.Header[CriticalityHeader], method), s.reserved.pending(now))
+	r, limit, wait, probe, ok := s.checkUnary(ctx, st, s.criticality(info.Header[CriticalityHeader], method), s.reserved.counted(now))
 	if ok && probe {
 		// The interceptor must not shed it for its deadline again: it was
 		// counted once, here. An allocation on this path only.
