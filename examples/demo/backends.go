@@ -268,7 +268,7 @@ func (s *serverSide) debugServer() *debugpage.Server {
 		snap := b.shedder.Snapshot()
 		maps.DeleteFunc(snap.Shed, func(_ string, n int64) bool { return n == 0 }) // the page lists reasons that shed
 		out.Shedders = append(out.Shedders, debugpage.Shedder{Name: backendNames[i] + " " + b.addr,
-			Limit: snap.Limit, InFlight: snap.InFlight, Queued: snap.Queued, Shed: snap.Shed})
+			Limit: snap.Limit, InFlight: snap.InFlight, Queued: snap.Queued, Reserved: snap.Reserved, Shed: snap.Shed})
 	}
 	if s.handshakes != nil {
 		for _, h := range s.handshakes.Snapshot() {

@@ -67,11 +67,11 @@ func TestHTMLShowsServerHalfOnlyWhenPresent(t *testing.T) {
 	}
 	server := get(t, debugpage.NewHandler(func() debugpage.Snapshot {
 		return debugpage.Snapshot{Server: &debugpage.Server{
-			Shedders:   []debugpage.Shedder{{Name: "api", Limit: 64, InFlight: 3, Queued: 2, Shed: map[string]int64{"limit": 7}}},
+			Shedders:   []debugpage.Shedder{{Name: "api", Limit: 64, InFlight: 3, Queued: 2, Reserved: 1, Shed: map[string]int64{"limit": 7}}},
 			Handshakes: []debugpage.ServerHandshakes{{Server: "127.0.0.1:8443", Handshakes: debugpage.Handshakes{Full: 1, Resumed: 3}, ResumedShare: 0.75}},
 		}}
 	}), "")
-	for _, want := range []string{`<tr class="shedder"><td>api</td><td>64</td><td>3</td><td>2</td><td>limit: 7<br></td>`, `<td>75.0%</td>`} {
+	for _, want := range []string{`<tr class="shedder"><td>api</td><td>64</td><td>3</td><td>2</td><td>1</td><td>limit: 7<br></td>`, `<td>75.0%</td>`} {
 		if !strings.Contains(server, want) {
 			t.Errorf("server page lacks %q:\n%s", want, server)
 		}

@@ -69,9 +69,9 @@ td,th{border:1px solid #ccc;padding:3px 8px;text-align:left;vertical-align:top}t
 <table><tr><th>full</th><th>resumed</th><th>failed</th><th>p50</th><th>p99</th></tr>
 <tr class="handshakes"><td id="hs-full">{{.Handshakes.Full}}</td><td id="hs-resumed">{{.Handshakes.Resumed}}</td><td id="hs-failed">{{.Handshakes.Failed}}</td><td>{{ms .Handshakes.P50}}</td><td>{{ms .Handshakes.P99}}</td></tr></table>
 {{with .Server}}<h2 id="shedders">Server load shedding ({{len .Shedders}})</h2>
-<table><tr><th>shedder</th><th>limit</th><th>in flight</th><th>queued</th><th>shed, by reason</th></tr>
-{{range .Shedders}}<tr class="shedder"><td>{{.Name}}</td><td>{{.Limit}}</td><td>{{.InFlight}}</td><td>{{.Queued}}</td><td>{{range $reason, $n := .Shed}}{{$reason}}: {{$n}}<br>{{else}}none{{end}}</td></tr>
-{{else}}<tr><td colspan="4">none</td></tr>{{end}}</table>
+<table><tr><th>shedder</th><th>limit</th><th>in flight</th><th>queued</th><th>reserved</th><th>shed, by reason</th></tr>
+{{range .Shedders}}<tr class="shedder"><td>{{.Name}}</td><td>{{.Limit}}</td><td>{{.InFlight}}</td><td>{{.Queued}}</td><td>{{.Reserved}}</td><td>{{range $reason, $n := .Shed}}{{$reason}}: {{$n}}<br>{{else}}none{{end}}</td></tr>
+{{else}}<tr><td colspan="6">none</td></tr>{{end}}</table>
 <h2 id="server-handshakes">TLS handshakes (server)</h2>
 <table><tr><th>server</th><th>full</th><th>resumed</th><th>resumed share</th><th>failed</th><th>full p50</th><th>full p99</th></tr>
 {{range .Handshakes}}<tr class="server-handshakes"><td>{{.Server}}</td><td>{{.Full}}</td><td>{{.Resumed}}</td><td>{{pct .ResumedShare}}</td><td>{{.Failed}}</td><td>{{ms .P50}}</td><td>{{ms .P99}}</td></tr>

@@ -14,6 +14,10 @@ type Shedder struct {
 	InFlight int    `json:"inFlight"`
 	// Queued is how many requests wait for a slot.
 	Queued int `json:"queued"`
+	// Reserved is how many unary requests the tap admitted that have not
+	// reached the interceptor yet: they count against the limit, so a
+	// limit of 4 with nothing in flight sheds while 4 are reserved.
+	Reserved int `json:"reserved"`
 	// Shed counts shed calls by reason since start.
 	Shed map[string]int64 `json:"shed"`
 }
