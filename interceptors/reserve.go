@@ -9,28 +9,29 @@ import (
 // reservations counts the unary requests the tap path admitted that have
 // not reached the unary interceptor yet, each for at most reserveFor.
 //
-// The tap takes no slot (the interceptor alone takes and releases them),
-// so without this count every request that reaches the tap between a
-// slot freeing and the interceptor taking it is admitted: the
-// connection's reader goroutine reads the requests already in its buffer
-// before any admitted one gets to the interceptor, and all but the free
-// slots' worth are then shed there, at the interceptor's cost per shed. In the bench's 10×
-// overload, 42% of all requests were shed that way, each after grpc-go
-// had made its stream, goroutine and message, and their CPU delayed the
-// work of the calls admitted (examples/bench, overload). With the count,
-// the tap admits no more requests than there are free slots.
+// The tap takes no slot (the interceptor alone takes and releases them).
+// Without this count, every request that reached the tap between a slot
+// freeing and the interceptor taking it was admitted: the connection's
+// reader goroutine reads the requests already in its buffer before any
+// admitted one gets to the interceptor, and all but the free slots' worth
+// were then shed there, at the interceptor's cost per shed. In the
+// bench's 10× overload, 42% of all requests were shed that way, each
+// after grpc-go had made its stream, goroutine and message, and their CPU
+// delayed the work of the calls admitted (examples/bench, overload). With
+// the count, the tap admits no more requests than there are free slots.
 //
-// A reservation ends when its request reaches the interceptor or its
-// stream ends, and lapses after reserveFor whatever becomes of its
-// request, so a request that never reaches the interceptor and stays open
-// (a client that sends headers and never the message) holds a slot's
-// worth of the tap's admission for no longer, and while many lapse the
-// tap heeds none (trusted). Lapsing needs no timer:
-// reservations are counted in buckets of an eighth of it by the time they
-// were made, and only the young buckets count. Each request carries its
-// own reservation (reservation), so an arrival ends its own and no other:
-// a request the tap did not count (a method it had not seen, a pass at
-// the limit) ends nothing.
+// Each request carries its own reservation (reservation), which ends
+// when the request reaches the interceptor or its stream ends, so an
+// arrival ends its own and no other: a request the tap did not count (a
+// method it had not seen, a pass at the limit) ends nothing.
+//
+// A reservation lapses after reserveFor whatever becomes of its request:
+// a request that stays open and never reaches the interceptor (a client
+// that sends headers and never the message) holds a slot's worth of the
+// tap's admission for no longer, and while many lapse the tap heeds none
+// (trusted). Lapsing needs no timer: reservations are counted in buckets
+// of an eighth of reserveFor by the time they were made, and only the
+// young buckets count.
 type reservations struct {
 	// buckets[e%reserveBuckets] counts the reservations made in epoch e
 	// (the e-th interval of width nanoseconds since the Shedder's epoch)
