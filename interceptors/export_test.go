@@ -29,3 +29,13 @@ func SetShedderServedTime(s *Shedder, d time.Duration) { s.served.Store(int64(d)
 // admits must not depend on how fast a loaded machine hands a request on
 // to the interceptor). Call it before the Shedder serves.
 func SetShedderReserveFor(s *Shedder, d time.Duration) { s.reserved = newReservations(d) }
+
+// SetShedderHeldMost sets how many of the tap's answers grpc-go may hold
+// until their deadline before the tap leaves requests with deadlines to
+// the interceptor (tests only). Call it before the Shedder serves.
+func SetShedderHeldMost(s *Shedder, n int64) { s.held.most = n }
+
+// ShedderDeferred returns how many requests the tap left to the
+// interceptor, since its answer would be held, are still on their way
+// there (tests only: a count that never returns to 0 is a leak).
+func ShedderDeferred(s *Shedder) int64 { return s.deferred.Load() }

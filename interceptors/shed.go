@@ -197,6 +197,10 @@ type Shedder struct {
 	slots   slots        // the unary in-flight limit, its slots and their wait (maxWaiters)
 	passed  atomic.Int64 // requests the tap let through to wait, not yet at the interceptor (tapPass)
 	retries atomic.Int64 // retry attempts the tap let through to be shed with pushback, not yet there
+	// requests the tap left to the interceptor to shed, since its answer
+	// would be held until their deadline (held), not yet there
+	deferred atomic.Int64
+	held     held // the tap's answers grpc-go keeps until their deadline
 	// requests the tap admitted, not yet at the interceptor (the tap
 	// admits no more than the slots free)
 	reserved reservations
@@ -401,7 +405,7 @@ func NewShedder(opts ...ShedderOption) (*Shedder, error) {
 		return nil, err
 	}
 	s := &Shedder{cfg: o.cfg, obs: o.obs, crit: maps.Clone(o.cfg.Criticality), epoch: time.Now(), logf: logger.Warningf,
-		reserved: newReservations(reserveFor)}
+		reserved: newReservations(reserveFor), held: held{most: heldMost}}
 	s.cfg.Criticality = s.crit
 	s.cfg.Exempt = slices.Clone(o.cfg.Exempt)
 	if len(s.cfg.Exempt) > 0 {
@@ -793,8 +797,16 @@ func (s *Shedder) retryInTime(ctx context.Context, st *serviceTime) bool {
 // One request at a time the tap lets through at the limit to wait for a
 // slot (MaxWait).
 //
-// Those two passes are counted from TapHandle until the request reaches
-// the unary interceptor or its stream ends, and grpc-go neither starts
+// grpc-go never cancels the context of a request its tap refused, so its
+// deadline timer, and about 470 bytes with it, stay in memory until the
+// deadline. The tap therefore answers requests with a deadline only while
+// fewer than 65,536 of its answers are held that way, and only deadlines
+// at most 62 s away; it leaves the others to the interceptor (at most 256 on
+// their way there at once), whose shed grpc-go cleans up. Requests without
+// a deadline keep nothing and are always the tap's.
+//
+// Those passes are counted from TapHandle until the request reaches
+// an interceptor or its stream ends, and grpc-go neither starts
 // nor ends (cancels) a stream that a tap refused: a tap that calls
 // TapHandle must call it after its own checks, as its last step, and
 // return the context it returns. Refusing a request after TapHandle let
@@ -815,13 +827,13 @@ func (s *Shedder) TapHandle(ctx context.Context, info *tap.Info) (context.Contex
 		// unknown (and it may not exist), so the interceptors decide.
 		return ctx, nil
 	}
+	now := s.now()
 	if st.stream.Load() {
 		if r, ok := s.checkStream(ctx); !ok {
-			return ctx, s.refuse(ctx, r, method, st)
+			return s.tapRefuse(ctx, r, method, st, now)
 		}
 		return ctx, nil
 	}
-	now := s.now()
 	r, limit, wait, probe, ok := s.checkUnary(ctx, st, s.criticality(info.Header[CriticalityHeader], method), s.reserved.counted(now))
 	if ok && probe {
 		// The interceptor must not shed it for its deadline again: it was
@@ -854,7 +866,7 @@ func (s *Shedder) TapHandle(ctx context.Context, info *tap.Info) (context.Contex
 			return pass, nil
 		}
 	}
-	return ctx, s.refuse(ctx, r, method, st)
+	return s.tapRefuse(ctx, r, method, st, now)
 }
 
 // previousAttemptsHeader is the header grpc clients with a retry policy
@@ -896,7 +908,7 @@ func (p *tapPass) release() {
 // limit, if it did, before the interceptor decides on it (a waiter must
 // not count itself as a waiter ahead of it).
 func (s *Shedder) arrived(ctx context.Context) {
-	if s.passed.Load() == 0 && s.retries.Load() == 0 { // the admitted path: no context lookup
+	if s.passed.Load() == 0 && s.retries.Load() == 0 && s.deferred.Load() == 0 { // the admitted path: no context lookup
 		return
 	}
 	if p, _ := ctx.Value(tapPassKey{}).(*tapPass); p != nil {
