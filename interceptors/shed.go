@@ -918,9 +918,8 @@ func (s *Shedder) arrived(ctx context.Context) {
 }
 
 // admitted ends the tap's reservation of a request it admitted, if it
-// did, once the interceptor decided on it: after the request took its
-// slot, or the tap would see the slot free for a moment in between and
-// admit one more.
+// did, once the request reached the interceptor, before it takes its
+// slot (see UnaryServerInterceptor).
 func (s *Shedder) admitted(ctx context.Context) {
 	if s.reserved.last.Load() == 0 { // no tap ever admitted one: no context lookup
 		return
@@ -943,8 +942,13 @@ func (s *Shedder) UnaryServerInterceptor() grpc.UnaryServerInterceptor {
 		st := s.serviceTime(method)
 		crit := s.criticality(metadata.ValueFromIncomingContext(ctx, CriticalityHeader), method)
 		s.arrived(ctx)
-		r, probe, ok, err := s.admitUnary(ctx, st, crit)
+		// The tap's reservation ends before the slot is taken. Ended after,
+		// the request counted twice for a moment (reserved and in flight),
+		// and the tap shed a request that fitted the limit. Ended before,
+		// it counts in neither for that moment: a request the tap admits
+		// then is shed here if the slots are still full when it comes.
 		s.admitted(ctx)
+		r, probe, ok, err := s.admitUnary(ctx, st, crit)
 		if err != nil {
 			return nil, err // its caller gave up while it waited for a slot
 		} else if !ok {

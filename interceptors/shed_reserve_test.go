@@ -24,7 +24,11 @@ import (
 // made its stream, goroutine and message (the costly path, which alone
 // sends the pushback trailer): 42% of the bench's requests at 10×. The
 // tap now counts the requests it admitted on their way, so it sheds the
-// burst itself.
+// burst itself. Each admitted request's reservation ends just before it
+// takes its slot (so that it never counts twice, which shed requests
+// that fitted: TestShedderTapReleasesExactlyOnce), and a request read in
+// that moment may pass the tap and be shed by the interceptor: at most one
+// per admitted request, where the old tap passed the burst whole.
 func TestShedderTapAdmitsNoMoreThanTheFreeSlots(t *testing.T) {
 	const limit, burst = 4, 64
 	shed := makeShedder(t, &events{}, func(c *interceptors.ShedderConfig) { c.Limit, c.MaxWait = limit, 0 })
@@ -83,8 +87,8 @@ func TestShedderTapAdmitsNoMoreThanTheFreeSlots(t *testing.T) {
 	if ok != limit {
 		t.Errorf("%d calls OK, want the limit, %d", ok, limit)
 	}
-	if atInterceptor > 0 {
-		t.Errorf("%d of %d sheds on the interceptor path, want none: the tap admitted more requests than the slots free", atInterceptor, burst-limit)
+	if atInterceptor > limit {
+		t.Errorf("%d of %d sheds on the interceptor path, want at most %d: the tap admitted more requests than the slots free", atInterceptor, burst-limit, limit)
 	}
 }
 
