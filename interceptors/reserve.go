@@ -117,24 +117,34 @@ func (r *reservations) decay(lapsed int64) {
 	r.ended.Store(age(r.ended.Load()))
 }
 
-// trusted reports whether the reservations are worth the tap's heed:
-// whether, lately, no more than one in 16 lapsed unended. Honest
-// requests reach the interceptor or end within milliseconds; a client
-// that sends headers and holds its streams open without a message makes
-// its reservations lapse. While such lapses are common the tap counts
-// no reservation, as before it had them (at worst, a burst's sheds go
-// through the interceptor again), so such a client can shut the tap no
-// more cheaply than with a flood of real requests
+// trusted reports whether the reservations are worth the tap's heed at
+// an in-flight limit of limit: whether, lately, no more than one in 16
+// lapsed unended, and the lapses took no more than a sixteenth of the
+// slots' time. Honest requests reach the interceptor or end within
+// milliseconds; a client that sends headers and holds its streams open
+// without a message makes its reservations lapse, and each lapse keeps
+// a slot's worth of the tap shut for reserveFor, however short the calls
+// the slot would serve. The ratio alone let a trickle beside many honest
+// requests through: one held stream every 3 ms beside 16 callers of a
+// 1 ms method at limit 8 was about one lapse in 25, and cost the honest
+// callers 23% of their OK calls against the interceptors alone. Slot
+// time: lapsed holds about reserveBuckets epochs' lapses (it ages by 1/8
+// an epoch), and each lapse held a slot for reserveBuckets epochs, so
+// lapsed/limit is the share of the slots' time the lapses took
+// (TestReservationsDistrustLapsesBySlotTime). While either is exceeded
+// the tap counts no reservation, as before it had them (at worst, a
+// burst's sheds go through the interceptor again), so such a client can
+// shut the tap no more cheaply than with a flood of real requests
 // (TestReservationsDistrustedWhileTheyLapse).
-func (r *reservations) trusted() bool {
+func (r *reservations) trusted(limit int64) bool {
 	l := r.lapsed.Load()
-	return l == 0 || l*16 <= r.ended.Load()
+	return l == 0 || l*16 <= r.ended.Load() && l*16 <= limit*evidenceUnit
 }
 
-// counted is pending when the reservations are trusted, else 0: what the
-// tap adds to the slots in use.
-func (r *reservations) counted(now int64) int64 {
-	if !r.trusted() {
+// counted is pending when the reservations are trusted at limit, else
+// 0: what the tap adds to the slots in use.
+func (r *reservations) counted(now, limit int64) int64 {
+	if !r.trusted(limit) {
 		return 0
 	}
 	return r.pending(now)

@@ -103,7 +103,7 @@ func TestReservationsDistrustedWhileTheyLapse(t *testing.T) {
 			t.Fatal("not counted")
 		}
 	}
-	if !r.trusted() {
+	if !r.trusted(trustLimit) {
 		t.Fatalf("distrusted with honest traffic only (lapsed %d, ended %d)", r.lapsed.Load(), r.ended.Load())
 	}
 	for ; now < 40*ms; now += ms {
@@ -113,19 +113,19 @@ func TestReservationsDistrustedWhileTheyLapse(t *testing.T) {
 	if r.pending(now) == 0 {
 		t.Fatal("the held requests' reservations do not count")
 	}
-	if got := r.counted(now); got != 0 {
+	if got := r.counted(now, trustLimit); got != 0 {
 		t.Fatalf("counted = %d while most reservations lapse (lapsed %d, ended %d), want 0", got, r.lapsed.Load(), r.ended.Load())
 	}
 	recovered := false
 	for end := now + 100*ms; now < end && !recovered; now += ms {
 		honest(now)
-		recovered = r.trusted()
+		recovered = r.trusted(trustLimit)
 	}
 	if !recovered {
 		t.Fatalf("still distrusted 100ms after the held requests stopped (lapsed %d, ended %d)", r.lapsed.Load(), r.ended.Load())
 	}
 	r.reserve(now)
-	if got, want := r.counted(now), r.pending(now); got != want || got == 0 {
+	if got, want := r.counted(now, trustLimit), r.pending(now); got != want || got == 0 {
 		t.Fatalf("counted = %d after recovery, want pending, %d", got, want)
 	}
 }

@@ -834,7 +834,7 @@ func (s *Shedder) TapHandle(ctx context.Context, info *tap.Info) (context.Contex
 		}
 		return ctx, nil
 	}
-	r, limit, wait, probe, ok := s.checkUnary(ctx, st, s.criticality(info.Header[CriticalityHeader], method), s.reserved.counted(now))
+	r, limit, wait, probe, ok := s.checkUnary(ctx, st, s.criticality(info.Header[CriticalityHeader], method), s.reserved.counted(now, s.slots.limit.Load()))
 	if ok && probe {
 		// The interceptor must not shed it for its deadline again: it was
 		// counted once, here. An allocation on this path only.

@@ -39,9 +39,55 @@ func TestReservationsDistrustATrickleOfLapses(t *testing.T) {
 				r.reserve(now)
 			}
 		}
-		if got := r.trusted(); got != tc.trusted {
+		if got := r.trusted(trustLimit); got != tc.trusted {
 			t.Errorf("%d honest and %d held requests a millisecond: trusted = %v, want %v (lapsed %d, ended %d)",
 				tc.honest, tc.held, got, tc.trusted, r.lapsed.Load(), r.ended.Load())
+		}
+	}
+}
+
+// trustLimit is an in-flight limit large enough that the lapses' share
+// of slot time never decides trusted: the tests of the ratio use it.
+const trustLimit = 1 << 20
+
+// TestReservationsDistrustLapsesBySlotTime: a trickle of held streams
+// beside many honest requests is a small share of the reservations (the
+// ratio trusts them) but each lapse kept a slot's worth of the tap shut
+// for reserveFor: the tap must stop heeding them while the lapses take
+// more than a sixteenth of the slots' time. A lapse's evidence is
+// largest just after it and ages by 1/8 an epoch, so a sparse trickle is
+// distrusted for a few milliseconds after each lapse, and a dense one all
+// the time.
+func TestReservationsDistrustLapsesBySlotTime(t *testing.T) {
+	ms := int64(time.Millisecond)
+	for _, tc := range []struct {
+		limit    int64
+		heldEach int64 // one held request every heldEach milliseconds
+		min, max int   // distrusted milliseconds of the last 96
+	}{
+		{8, 3, 96, 96}, // a third of 8 slots' time
+		{8, 32, 1, 48}, // 3%: a few ms after each lapse
+		{64, 3, 0, 0},  // 4% of 64 slots
+		{64, 12, 0, 0}, // 1%
+		{512, 1, 0, 0}, // 1.6%
+		{8, 0, 0, 0},   // none held
+	} {
+		r := newReservations(8 * time.Millisecond) // epochs of 1ms
+		distrusted := 0
+		for now := int64(0); now < 300*ms; now += ms {
+			for range 64 { // one lapse in several hundred: the ratio trusts
+				r.end(r.reserve(now))
+			}
+			if tc.heldEach > 0 && (now/ms)%tc.heldEach == 0 {
+				r.reserve(now)
+			}
+			if now >= 204*ms && !r.trusted(tc.limit) {
+				distrusted++
+			}
+		}
+		if distrusted < tc.min || distrusted > tc.max {
+			t.Errorf("limit %d, one held request every %d ms beside 64 honest a ms: distrusted %d of the last 96 ms, want %d to %d",
+				tc.limit, tc.heldEach, distrusted, tc.min, tc.max)
 		}
 	}
 }
