@@ -7,6 +7,7 @@ import (
 	"sync"
 	"sync/atomic"
 
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
@@ -68,7 +69,9 @@ func (c *shedCounter) ServerShed(method, reason string) {
 // outside yours (grpc.ChainUnaryInterceptor, given once or more, appends
 // in order), and yours see only the calls it admitted. Health checks are
 // never shed; reflection (an admin service an operator needs on a loaded
-// server) is made exempt. Sheds are counted by the observer.
+// server) is made exempt. The client reads a shed's numbers from its
+// status details, which the tap's answer carries as the interceptor's
+// does (Example_shedDetails). Sheds are counted by the observer.
 //
 // Give the Shedder's interceptors only once: ServerOptions has them
 // already, and chaining shed.UnaryServerInterceptor() again counts every
@@ -111,6 +114,14 @@ func ExampleShedder_ServerOptions_yourInterceptors() {
 
 	_, err = c.UnaryCall(context.Background(), &testpb.SimpleRequest{})
 	fmt.Println("at the limit:", status.Code(err))
+	for _, d := range status.Convert(err).Details() { // the tap's answer carries the details too
+		switch d := d.(type) {
+		case *errdetails.ErrorInfo:
+			fmt.Println("  ErrorInfo:", d.GetReason(), d.GetMetadata())
+		case *errdetails.RetryInfo:
+			fmt.Println("  RetryInfo:", d.GetRetryDelay().AsDuration())
+		}
+	}
 	resp, err := healthpb.NewHealthClient(cc).Check(context.Background(), &healthpb.HealthCheckRequest{})
 	fmt.Println("health at the limit:", resp.GetStatus(), err)
 	fmt.Println("reflection at the limit:", listServices(cc))
@@ -122,6 +133,8 @@ func ExampleShedder_ServerOptions_yourInterceptors() {
 	sheds.mu.Unlock()
 	// Output:
 	// at the limit: ResourceExhausted
+	//   ErrorInfo: SHED_IN_FLIGHT_LIMIT map[limit:1]
+	//   RetryInfo: 20ms
 	// health at the limit: SERVING <nil>
 	// reflection at the limit: [grpc.health.v1.Health grpc.reflection.v1.ServerReflection grpc.reflection.v1alpha.ServerReflection grpc.testing.TestService]
 	// first call: <nil>
