@@ -51,7 +51,7 @@ func (c ShedderConfig) MarshalJSON() ([]byte, error) {
 // maps a method or service to "critical" or "sheddable", and Exempt is a
 // list of methods and services:
 //
-//	{"limit": 64, "maxWait": "20ms", "exempt": ["/grpc.reflection.v1.ServerReflection/"],
+//	{"limit": 64, "maxWait": "0.02s", "exempt": ["/grpc.reflection.v1.ServerReflection/"],
 //	 "criticality": {"/shop.Search/": "sheddable"}}
 func (c *ShedderConfig) UnmarshalJSON(raw []byte) error {
 	out, err := parseShedderConfig(raw)
