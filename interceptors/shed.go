@@ -812,7 +812,7 @@ func (s *Shedder) retryInTime(ctx context.Context, st *serviceTime) bool {
 // return the context it returns. Refusing a request after TapHandle let
 // it through would leave its pass counted forever (a few such requests
 // turn the passes off for good), and a request it admitted counted
-// against the free slots until its reservation lapses (reserveFor): each
+// against the free slots until its reservation lapses (8 ms): each
 // request refused that way shuts a slot's worth of the tap for that long.
 // Dropping the returned context keeps a pass counted for the whole call,
 // and a reservation until the call ends or lapses, beside its slot.
