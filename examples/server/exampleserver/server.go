@@ -163,6 +163,10 @@ func parseFlags(args []string, stdout io.Writer) (config, error) {
 	c.shed.LogInterval = c.shedLog
 	c.shed.Criticality = c.criticality
 	c.shed.SheddableShare = c.sheddableShare
+	// Reflection is what an operator reaches for on a loaded server (grpcurl
+	// lists and describes through it): never shed, as docs/overload.md's
+	// "Sizing the limits" advises. Health is exempt by default.
+	c.shed.Exempt = []string{"/grpc.reflection.v1.ServerReflection/", "/grpc.reflection.v1alpha.ServerReflection/"}
 	if err := c.shed.Validate(); err != nil {
 		return c, fmt.Errorf("%s: %w", shedFlag(err), err)
 	}

@@ -122,6 +122,12 @@ func TestFlagsAccepted(t *testing.T) {
 			}
 			return ""
 		}},
+		{"reflection exempt from shedding", nil, func(c config) string {
+			if !slices.Contains(c.shed.Exempt, "/grpc.reflection.v1.ServerReflection/") {
+				return fmt.Sprintf("Exempt = %v, want reflection among them (docs/overload.md advises it)", c.shed.Exempt)
+			}
+			return ""
+		}},
 		{"jitter alone", []string{"-work-jitter", "1ms", "-work-slots", "2"}, func(c config) string {
 			if c.workSlots != 2 {
 				return "work slots not taken"
