@@ -75,20 +75,7 @@ func (h *held) room(now, d int64, ok bool) (answer, count bool) {
 // d, within heldHorizon of now.
 func (h *held) add(d int64) {
 	e := h.expiry(d)
-	b := &h.buckets[e%heldBuckets]
-	for {
-		v := b.Load()
-		n := uint64(1)
-		if v>>countBits == e {
-			n = v&countMask + 1
-		}
-		if n > countMask {
-			return // 16M in one second: count no more, the bound is long past
-		}
-		if b.CompareAndSwap(v, e<<countBits|n) {
-			return
-		}
-	}
+	bump(&h.buckets[e%heldBuckets], e) // full at 16M in one second: the bound is long past
 }
 
 // count returns how many of the tap's answers are held at now.
@@ -110,11 +97,8 @@ func (h *held) count(now int64) int64 {
 // there, the tap answers anyway: a stream waiting for its message holds
 // more than an answer does.
 func (s *Shedder) tapRefuse(ctx context.Context, r reason, method string, st *serviceTime, now int64) (context.Context, error) {
-	var d int64
 	dl, has := ctx.Deadline()
-	if has {
-		d = now + int64(time.Until(dl))
-	}
+	d := int64(dl.Sub(s.epoch)) // on the Shedder's clock, as now; no clock read
 	answer, count := s.held.room(now, d, has)
 	if !answer {
 		if pass, passed := s.pass(ctx, &s.deferred, maxDeferred); passed {

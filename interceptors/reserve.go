@@ -79,12 +79,12 @@ func newReservations(lifetime time.Duration) reservations {
 // epoch).
 func (r *reservations) epochOf(now int64) uint64 { return uint64(now / r.width) }
 
-// reserve counts a request admitted by the tap at now. It returns the
-// epoch the request was counted in, plus one, for end; 0 if it was not
-// counted (16M requests in one epoch).
-func (r *reservations) reserve(now int64) uint64 {
-	e := r.epochOf(now)
-	b := &r.buckets[e%reserveBuckets]
+// bump counts one more in b for epoch e, as e<<countBits | count: a
+// bucket that holds an earlier epoch starts again from zero. It returns
+// what b held before, and false, counting nothing, if e's count is full
+// (16M). The tap's reservations and its held answers (held) count in
+// such buckets.
+func bump(b *atomic.Uint64, e uint64) (was uint64, ok bool) {
 	for {
 		v := b.Load()
 		n := uint64(1)
@@ -92,14 +92,25 @@ func (r *reservations) reserve(now int64) uint64 {
 			n = v&countMask + 1
 		}
 		if n > countMask {
-			return 0 // count no more
+			return v, false
 		}
 		if b.CompareAndSwap(v, e<<countBits|n) {
-			if v>>countBits != e { // this epoch's first: what the bucket held lapsed
-				r.decay(int64(v & countMask))
-			}
-			break
+			return v, true
 		}
+	}
+}
+
+// reserve counts a request admitted by the tap at now. It returns the
+// epoch the request was counted in, plus one, for end; 0 if it was not
+// counted (16M requests in one epoch).
+func (r *reservations) reserve(now int64) uint64 {
+	e := r.epochOf(now)
+	was, ok := bump(&r.buckets[e%reserveBuckets], e)
+	if !ok {
+		return 0 // count no more
+	}
+	if was>>countBits != e { // this epoch's first: what the bucket held lapsed
+		r.decay(int64(was & countMask))
 	}
 	if r.last.Load() != int64(e)+1 {
 		r.last.Store(int64(e) + 1)
