@@ -827,13 +827,13 @@ func (s *Shedder) TapHandle(ctx context.Context, info *tap.Info) (context.Contex
 		// unknown (and it may not exist), so the interceptors decide.
 		return ctx, nil
 	}
-	now := s.now()
 	if st.stream.Load() {
 		if r, ok := s.checkStream(ctx); !ok {
-			return s.tapRefuse(ctx, r, method, st, now)
+			return s.tapRefuse(ctx, r, method, st, s.now()) // the clock read on this path only
 		}
 		return ctx, nil
 	}
+	now := s.now()
 	r, limit, wait, probe, ok := s.checkUnary(ctx, st, s.criticality(info.Header[CriticalityHeader], method), s.reserved.counted(now, s.slots.limit.Load()))
 	if ok && probe {
 		// The interceptor must not shed it for its deadline again: it was
