@@ -39,3 +39,7 @@ func SetShedderHeldMost(s *Shedder, n int64) { s.held.most = n }
 // interceptor, since its answer would be held, are still on their way
 // there (tests only: a count that never returns to 0 is a leak).
 func ShedderDeferred(s *Shedder) int64 { return s.deferred.Load() }
+
+// SetShedderTapDetails sets how many of the tap's answers each second
+// carry status details (tests only). Call it before the Shedder serves.
+func SetShedderTapDetails(s *Shedder, n uint64) { s.detailsMost = n }

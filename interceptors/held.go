@@ -95,7 +95,8 @@ func (h *held) count(now int64) int64 {
 // which sheds it (or admits it, if a slot freed) and after which grpc-go
 // cancels its context. When maxDeferred requests are already on their way
 // there, the tap answers anyway: a stream waiting for its message holds
-// more than an answer does.
+// more than an answer does. The answer carries status details while the
+// second's budget for them lasts (tapDetails).
 func (s *Shedder) tapRefuse(ctx context.Context, r reason, method string, st *serviceTime, now int64) (context.Context, error) {
 	dl, has := ctx.Deadline()
 	d := int64(dl.Sub(s.epoch)) // on the Shedder's clock, as now; no clock read
@@ -107,6 +108,9 @@ func (s *Shedder) tapRefuse(ctx context.Context, r reason, method string, st *se
 	}
 	if count {
 		s.held.add(d)
+	}
+	if !s.tapDetails(now) {
+		return ctx, s.refuseWith(r, method, s.leanAnswers[r])
 	}
 	return ctx, s.refuse(ctx, r, method, st)
 }

@@ -164,7 +164,8 @@ func (r reason) String() string {
 //   - a request whose deadline has already passed, DeadlineExceeded.
 //
 // Every shed carries a stable message (Message* constants). All but an
-// expired request's carry an errdetails.ErrorInfo with the numbers. When
+// expired request's carry an errdetails.ErrorInfo with the numbers (the
+// tap's, up to 1,000 a second; see TapHandle). When
 // Pushback is set, all but deadline and expired sheds also carry an
 // errdetails.RetryInfo of Pushback and, on the interceptor path, the
 // grpc-retry-pushback-ms trailer; when a retry after Pushback would
@@ -214,6 +215,9 @@ type Shedder struct {
 	shed           [numReasons]atomic.Int64
 	answers        [numReasons]atomic.Pointer[answer] // by reason, for the current numbers
 	noRetryAnswers [numReasons]atomic.Pointer[answer] // the same without RetryInfo, for a retry that would come too late
+	leanAnswers    [numReasons]error                  // without details, for the tap beyond its details budget
+	detailed       atomic.Uint64                      // the tap's answers with details this second (tapDetails, bump)
+	detailsMost    uint64                             // tapDetailsPerSecond outside tests
 	pushback       metadata.MD                        // nil when cfg.Pushback is 0
 	noRetry        metadata.MD                        // a negative pushback: do not retry (gRFC A6)
 
@@ -405,7 +409,10 @@ func NewShedder(opts ...ShedderOption) (*Shedder, error) {
 		return nil, err
 	}
 	s := &Shedder{cfg: o.cfg, obs: o.obs, crit: maps.Clone(o.cfg.Criticality), epoch: time.Now(), logf: logger.Warningf,
-		reserved: newReservations(reserveFor), held: held{most: heldMost}}
+		reserved: newReservations(reserveFor), held: held{most: heldMost}, detailsMost: tapDetailsPerSecond}
+	for r := range numReasons {
+		s.leanAnswers[r] = leanAnswer(r)
+	}
 	s.cfg.Criticality = s.crit
 	s.cfg.Exempt = slices.Clone(o.cfg.Exempt)
 	if len(s.cfg.Exempt) > 0 {
@@ -705,13 +712,18 @@ func (s *Shedder) refuse(ctx context.Context, r reason, method string, st *servi
 // the pushback between two readings of the clock gave a positive trailer
 // and details without RetryInfo (TestShedderTrailerAndRetryInfoAgree).
 func (s *Shedder) refuseAs(r reason, method string, st *serviceTime, retry bool) error {
+	return s.refuseWith(r, method, s.answer(r, st, retry))
+}
+
+// refuseWith counts a shed for r of a request to method, observes and
+// logs it, and returns its answer, err.
+func (s *Shedder) refuseWith(r reason, method string, err error) error {
 	s.shed[r].Add(1)
 	name := r.String()
 	s.obs.LimiterRejected("", method, name)
 	if s.sobs != nil {
 		s.sobs.ServerShed(method, name)
 	}
-	err := s.answer(r, st, retry)
 	s.maybeLog()
 	return err
 }
@@ -796,6 +808,12 @@ func (s *Shedder) retryInTime(ctx context.Context, st *serviceTime) bool {
 // that their shed carries the trailer their client's retry policy reads.
 // One request at a time the tap lets through at the limit to wait for a
 // slot (MaxWait).
+//
+// grpc-go marshals and encodes the status details again for each of the
+// tap's answers, a fifth of the tap's CPU per shed, so only its first
+// 1,000 answers each second carry them; the rest carry the code and the
+// stable message (the Message* constants) alone, and the metrics, the log
+// summary and the debug page carry the numbers.
 //
 // grpc-go never cancels the context of a request its tap refused, so its
 // deadline timer, and about 470 bytes with it, stay in memory until the

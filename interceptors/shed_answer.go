@@ -68,27 +68,26 @@ func (s *Shedder) answer(r reason, st *serviceTime, retry bool) error {
 // Pushback when retry says so.
 func (s *Shedder) buildAnswer(r reason, key int64, retry bool) error {
 	if r == rExpired {
-		return &shedError{st: status.New(codes.DeadlineExceeded, MessageExpired), cause: context.DeadlineExceeded}
+		return leanAnswer(r)
 	}
 	itoa := func(n int64) string { return strconv.FormatInt(n, 10) }
-	var msg string
 	info := &errdetails.ErrorInfo{Domain: ErrorInfoDomain, Metadata: map[string]string{}}
 	switch r {
 	case rLimit:
-		msg, info.Reason = MessageShedLimit, ErrorInfoReasonLimit
+		info.Reason = ErrorInfoReasonLimit
 		info.Metadata["limit"] = itoa(key)
 	case rSheddable:
-		msg, info.Reason = MessageShedSheddable, ErrorInfoReasonSheddable
+		info.Reason = ErrorInfoReasonSheddable
 		info.Metadata["limit"] = itoa(key)
 		info.Metadata["sheddableLimit"] = itoa(max(int64(float64(key)*s.cfg.SheddableShare), 1))
 	case rDeadline:
-		msg, info.Reason = MessageShedDeadline, ErrorInfoReasonDeadline
+		info.Reason = ErrorInfoReasonDeadline
 		info.Metadata["serviceTimeMs"] = strconv.FormatFloat(float64(key)/10, 'f', 1, 64)
 	case rStreamLimit:
-		msg, info.Reason = MessageShedStreamLimit, ErrorInfoReasonStreamLimit
+		info.Reason = ErrorInfoReasonStreamLimit
 		info.Metadata["streamLimit"] = itoa(key)
 	}
-	st := status.New(codes.ResourceExhausted, msg)
+	st := status.New(codes.ResourceExhausted, messages[r])
 	if retry {
 		if d, err := st.WithDetails(info, &errdetails.RetryInfo{RetryDelay: durationpb.New(s.cfg.Pushback)}); err == nil {
 			st = d
@@ -97,6 +96,54 @@ func (s *Shedder) buildAnswer(r reason, key int64, retry bool) error {
 		st = d
 	}
 	return &shedError{st: st, cause: ErrShed}
+}
+
+// messages are the reasons' status messages.
+var messages = [numReasons]string{
+	rLimit:       MessageShedLimit,
+	rSheddable:   MessageShedSheddable,
+	rDeadline:    MessageShedDeadline,
+	rStreamLimit: MessageShedStreamLimit,
+	rExpired:     MessageExpired,
+}
+
+// leanAnswer returns r's answer without details: the code and the stable
+// message. An expired request's answer is always this one; the tap sends
+// it for the other reasons too once its details budget is spent
+// (tapDetails).
+func leanAnswer(r reason) error {
+	if r == rExpired {
+		return &shedError{st: status.New(codes.DeadlineExceeded, MessageExpired), cause: context.DeadlineExceeded}
+	}
+	return &shedError{st: status.New(codes.ResourceExhausted, messages[r]), cause: ErrShed}
+}
+
+// tapDetailsPerSecond bounds the tap's answers with status details each
+// second; its answers beyond carry the code and the stable message only.
+//
+// grpc-go marshals and base64-encodes the details again for every answer
+// the tap gives (writeEarlyAbort in internal/transport, grpc-go 1.85):
+// that was a fifth of the tap's CPU per shed call (BenchmarkShedCPU, tap
+// against tap-details), and the tap exists to shed cheaply under a flood,
+// where every answer would carry the same numbers, which the metrics and
+// the debug page show anyway. Up to this many sheds a second, every
+// answer has them, at about 6 ms of CPU a second at most. The interceptor
+// path's answers always carry them: grpc-go marshals them there too, but
+// that path already costs twice the tap's.
+const tapDetailsPerSecond = 1000
+
+// tapDetails reports whether the tap's answer at now (nanoseconds since
+// the Shedder's epoch) may carry status details: fewer than
+// tapDetailsPerSecond of its answers did in the current second. A spent
+// budget is read without a write, so a flood of sheds does not contend on
+// it.
+func (s *Shedder) tapDetails(now int64) bool {
+	e := uint64(now / int64(time.Second))
+	if v := s.detailed.Load(); v>>countBits == e && v&countMask >= s.detailsMost {
+		return false
+	}
+	was, ok := bump(&s.detailed, e)
+	return ok && (was>>countBits != e || was&countMask < s.detailsMost)
 }
 
 // maybeLog writes the one-line summary when LogInterval has passed since

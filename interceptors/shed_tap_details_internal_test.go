@@ -1,0 +1,56 @@
+package interceptors
+
+import (
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// TestTapDetailsBudget: the tap's answers carry details exactly
+// detailsMost times in a second, and again from the next second on.
+func TestTapDetailsBudget(t *testing.T) {
+	s, err := NewShedder()
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.detailsMost = 3
+	sec := int64(time.Second)
+	for i, c := range []struct {
+		now  int64
+		want bool
+	}{
+		{0, true}, {1, true}, {sec - 1, true}, {sec - 1, false}, {10, false}, // three in the first second
+		{sec, true}, {sec + 5, true}, {2*sec - 1, true}, {2*sec - 1, false}, // three again in the next
+		{5 * sec, true}, // a second skipped: a new budget
+	} {
+		if got := s.tapDetails(c.now); got != c.want {
+			t.Fatalf("answer %d at %v: details = %v, want %v", i, time.Duration(c.now), got, c.want)
+		}
+	}
+}
+
+// TestTapDetailsBudgetConcurrent: many readers' goroutines sharing the
+// budget give details to exactly detailsMost answers in a second.
+func TestTapDetailsBudgetConcurrent(t *testing.T) {
+	s, err := NewShedder()
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.detailsMost = 100
+	var detailed atomic.Int64
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Go(func() {
+			for range 1000 {
+				if s.tapDetails(int64(7 * time.Second)) {
+					detailed.Add(1)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if n := detailed.Load(); n != 100 {
+		t.Fatalf("%d answers of 8,000 in one second had details, want 100", n)
+	}
+}
