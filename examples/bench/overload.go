@@ -37,6 +37,9 @@ type overloadStats struct {
 	// requests holding one of the Shedder's slots (admitted by its tap,
 	// perhaps not yet in the handler), and every shed so far
 	shedInFlight, shedTotal int64
+	// calls whose work ended before their deadline, by the server's clock;
+	// the server process's CPU time (nanoseconds: user+system)
+	inTime, cpu int64
 }
 
 // overloadTarget is an overload server, in this process or in a child.
@@ -54,21 +57,26 @@ type overloadServer struct {
 	inFlight atomic.Int64
 	busy     atomic.Int64
 	works    atomic.Int64
+	inTime   atomic.Int64
 }
 
 // startLocalServer starts kind's server in this process.
 func startLocalServer(kind string) (*overloadServer, error) {
 	s := &overloadServer{}
 	cpu := make(chan struct{}, overloadSlots)
-	handler := func(context.Context) error {
+	handler := func(ctx context.Context) error {
 		s.inFlight.Add(1)
 		defer s.inFlight.Add(-1)
 		cpu <- struct{}{} // wait for a slot, as a busy server does
 		w0 := time.Now()
 		t := time.NewTimer(overloadWork)
 		<-t.C // the work, done whether or not the caller still waits
-		s.busy.Add(int64(time.Since(w0)))
+		end := time.Now()
+		s.busy.Add(int64(end.Sub(w0)))
 		s.works.Add(1)
+		if dl, ok := ctx.Deadline(); !ok || end.Before(dl) {
+			s.inTime.Add(1) // in time by the server's clock: what comes back late is late on its way
+		}
 		<-cpu
 		return nil
 	}
@@ -104,7 +112,7 @@ func startLocalServer(kind string) (*overloadServer, error) {
 func (s *overloadServer) addr() string { return s.b.addr }
 
 func (s *overloadServer) stats() (overloadStats, error) {
-	st := overloadStats{busy: s.busy.Load(), works: s.works.Load(), inFlight: s.inFlight.Load()}
+	st := overloadStats{busy: s.busy.Load(), works: s.works.Load(), inFlight: s.inFlight.Load(), inTime: s.inTime.Load(), cpu: int64(cpuTime())}
 	if s.shed != nil {
 		snap := s.shed.Snapshot()
 		st.limit = int64(snap.Limit)
@@ -327,7 +335,9 @@ func runOverload(ctx context.Context, e *env) (*result, error) {
 			if err != nil {
 				return sample{}, err
 			}
+			cpu0 := cpuTime()
 			ok, total, elapsed, _ := load(ctx, cc, callers, e.overloadFor, overloadDeadline)
+			callersCPU := cpuTime() - cpu0 // the server's too, in-process
 			loadedWork, err := since()
 			if err != nil {
 				return sample{}, err
@@ -359,8 +369,15 @@ func runOverload(ctx context.Context, e *env) (*result, error) {
 				"after":      100 * float64(len(after)) / float64(max(afterTotal, 1)),
 				"limit":      float64(st.limit), // the Shedder's limit at the overload's end
 				"limitAfter": float64(end.limit),
-				// calls the server worked on during the overload, per second
+				// calls the server worked on during the overload, per second,
+				// and those of them it finished before their deadline
 				"workrate": float64(st.works-w0.works) / elapsed.Seconds(),
+				"intime":   float64(st.inTime-w0.inTime) / elapsed.Seconds(),
+				// CPU used during the overload, % of one core: by this
+				// process (the callers; in-process, the server too), and by
+				// the server's (isolated: its child; in-process: the same)
+				"callerscpu": 100 * float64(callersCPU) / float64(elapsed),
+				"servercpu":  100 * float64(st.cpu-w0.cpu) / float64(elapsed),
 			}
 			for c, k := range afterFails {
 				m["after "+c.String()] = float64(k)
@@ -491,6 +508,18 @@ func overloadRows(res measurements, title, prefix string, kinds []struct{ kind, 
 		}
 		return " (failed: " + strings.Join(parts, ", ") + ")"
 	}
+	// inTime says how many of the calls the server worked on it finished
+	// before their deadline and how many of those came back OK in time,
+	// and the CPU the server and the callers used: a call the server
+	// finished in time that its caller saw late was late on its way back,
+	// which no admission decision changes.
+	inTime := func(n string) string {
+		cpu := fmt.Sprintf("server %.0f%%, callers %.0f%%", res.median(n, "servercpu"), res.median(n, "callerscpu"))
+		if prefix == "" {
+			cpu = fmt.Sprintf("server and callers together %.0f%%", res.median(n, "callerscpu"))
+		}
+		return fmt.Sprintf("%s → %s; %s", fmtRate(res.median(n, "intime")), fmtRate(res.median(n, "goodput")), cpu)
+	}
 	var rows []row
 	for _, l := range loads {
 		name := func(i int) string { return prefix + l.label + " " + kinds[i].name }
@@ -520,6 +549,8 @@ func overloadRows(res measurements, title, prefix string, kinds []struct{ kind, 
 					res.median(ad, "work"), res.median(ad, "loaded"), fmtRate(res.median(ad, "workrate")),
 					res.median(fs, "work"), res.median(fs, "loaded"), fmtRate(res.median(fs, "workrate"))),
 				"—", "—", "—"},
+			row{title, l.label + " where the worked-on calls went: finished before their deadline by the server's clock → OK at the caller (calls/s); CPU during the overload, % of one core",
+				inTime(plain), fmt.Sprintf("fixed 4: %s; adaptive: %s", inTime(fx), inTime(ad)), "—", "—", "—"},
 			row{title, l.label + " after the overload: unloaded calls OK (one caller)",
 				fmt.Sprintf("%.1f%%%s", res.median(plain, "after"), afterFails(plain)),
 				fmt.Sprintf("fixed 4: %.1f%%%s; adaptive: %.1f%%%s (limit %.0f); failsafe-go (better side): %.1f%%%s", res.median(fx, "after"), afterFails(fx),

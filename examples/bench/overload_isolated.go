@@ -16,7 +16,7 @@ import (
 // its test binary: see TestMain) the isolated overload scenario's server:
 // pinned to CPU with GOMAXPROCS 1, it serves KIND's side, prints
 // "addr ADDR", answers each line on stdin with
-// "stats BUSY WORKS INFLIGHT LIMIT SHED_DEADLINE SHED_LIMIT SHED_INFLIGHT SHED_TOTAL" and stops when stdin closes.
+// "stats BUSY WORKS INFLIGHT LIMIT SHED_DEADLINE SHED_LIMIT SHED_INFLIGHT SHED_TOTAL IN_TIME CPU" and stops when stdin closes.
 const overloadChildEnv = "GRPCREUSE_BENCH_OVERLOAD_SERVER"
 
 // isolatedCPUs picks the callers' CPU and the server's for the isolated
@@ -59,7 +59,8 @@ func overloadChild(spec string) int {
 	in := bufio.NewScanner(os.Stdin)
 	for in.Scan() {
 		st, _ := s.stats()
-		fmt.Fprintf(out, "stats %d %d %d %d %d %d %d %d\n", st.busy, st.works, st.inFlight, st.limit, st.shedDeadline, st.shedLimit, st.shedInFlight, st.shedTotal)
+		fmt.Fprintf(out, "stats %d %d %d %d %d %d %d %d %d %d\n", st.busy, st.works, st.inFlight, st.limit, st.shedDeadline, st.shedLimit, st.shedInFlight, st.shedTotal,
+			st.inTime, st.cpu)
 		if err := out.Flush(); err != nil {
 			return 1
 		}
@@ -124,7 +125,7 @@ func (c *childServer) stats() (overloadStats, error) {
 	if err != nil {
 		return overloadStats{}, err
 	}
-	var n [8]int64
+	var n [10]int64
 	f := strings.Fields(v)
 	if len(f) != len(n) {
 		return overloadStats{}, fmt.Errorf("overload server (child): bad stats line %q", v)
@@ -135,7 +136,7 @@ func (c *childServer) stats() (overloadStats, error) {
 		}
 	}
 	return overloadStats{busy: n[0], works: n[1], inFlight: n[2], limit: n[3], shedDeadline: n[4], shedLimit: n[5],
-		shedInFlight: n[6], shedTotal: n[7]}, nil
+		shedInFlight: n[6], shedTotal: n[7], inTime: n[8], cpu: n[9]}, nil
 }
 
 // stop closes the child's stdin (it stops its server and exits) and waits
