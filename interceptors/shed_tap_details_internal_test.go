@@ -1,10 +1,14 @@
 package interceptors
 
 import (
+	"context"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 )
 
 // TestTapDetailsBudget: the tap's answers carry details exactly
@@ -52,5 +56,32 @@ func TestTapDetailsBudgetConcurrent(t *testing.T) {
 	wg.Wait()
 	if n := detailed.Load(); n != 100 {
 		t.Fatalf("%d answers of 8,000 in one second had details, want 100", n)
+	}
+}
+
+// TestTapDetailsBudgetNotSpentOnExpired: an expired request's answer
+// never carries details, so it takes nothing of the second's budget: a
+// flood of expired requests left the limit's sheds in that second without
+// their ErrorInfo.
+func TestTapDetailsBudgetNotSpentOnExpired(t *testing.T) {
+	s, err := NewShedder()
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.detailsMost = 2
+	ctx := context.Background()
+	for range 5 {
+		if _, err := s.tapRefuse(ctx, rExpired, "/s/M", nil, 0); status.Code(err) != codes.DeadlineExceeded {
+			t.Fatalf("expired answer = %v, want DeadlineExceeded", err)
+		}
+	}
+	for i := range 2 {
+		_, err := s.tapRefuse(ctx, rLimit, "/s/M", nil, 1)
+		if d := status.Convert(err).Details(); len(d) == 0 {
+			t.Fatalf("limit shed %d after 5 expired answers in the second: no details, want ErrorInfo (budget 2)", i)
+		}
+	}
+	if n := s.shed[rExpired].Load(); n != 5 {
+		t.Fatalf("%d expired answers counted, want 5", n)
 	}
 }
