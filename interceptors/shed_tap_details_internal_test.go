@@ -85,3 +85,44 @@ func TestTapDetailsBudgetNotSpentOnExpired(t *testing.T) {
 		t.Fatalf("%d expired answers counted, want 5", n)
 	}
 }
+
+// TestTapDetailsBudgetStaleClock: a reader whose clock reading is from
+// the second before (read just before the boundary, answered just after
+// another reader started the new second) must not start the budget again:
+// bump counted it from zero in the older second, and the new second's
+// next answer, seeing an older second, counted from zero again, so each
+// such reader gave the second another full budget.
+func TestTapDetailsBudgetStaleClock(t *testing.T) {
+	s, err := NewShedder()
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.detailsMost = 2
+	sec := int64(time.Second)
+	for i := range 2 {
+		if !s.tapDetails(5 * sec) {
+			t.Fatalf("answer %d in second 5: no details within the budget of 2", i)
+		}
+	}
+	s.tapDetails(5*sec - 1) // a reading from second 4, late
+	for i := range 3 {
+		if s.tapDetails(5 * sec) {
+			t.Fatalf("answer %d in second 5 after its budget of 2, and a late reader from second 4: details", 3+i)
+		}
+	}
+}
+
+// TestBumpKeepsTheLaterEpoch: bump never takes a bucket back to an
+// earlier epoch; a late reader's count is refused instead.
+func TestBumpKeepsTheLaterEpoch(t *testing.T) {
+	var b atomic.Uint64
+	for range 3 {
+		bump(&b, 7)
+	}
+	if was, ok := bump(&b, 6); ok || was != 7<<countBits|3 {
+		t.Fatalf("bump(6) on epoch 7's 3 = %#x, %v; want %#x, false", was, ok, uint64(7<<countBits|3))
+	}
+	if v := b.Load(); v != 7<<countBits|3 {
+		t.Fatalf("bucket after a late bump = %#x, want epoch 7's 3 (%#x)", v, uint64(7<<countBits|3))
+	}
+}
