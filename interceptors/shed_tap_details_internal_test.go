@@ -2,6 +2,7 @@ package interceptors
 
 import (
 	"context"
+	"errors"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -124,5 +125,29 @@ func TestBumpKeepsTheLaterEpoch(t *testing.T) {
 	}
 	if v := b.Load(); v != 7<<countBits|3 {
 		t.Fatalf("bucket after a late bump = %#x, want epoch 7's 3 (%#x)", v, uint64(7<<countBits|3))
+	}
+}
+
+// TestTapLeanAnswers: beyond the budget, each reason's tap answer has its
+// code, its stable message, no details and its cause, and is counted once.
+func TestTapLeanAnswers(t *testing.T) {
+	s, err := NewShedder(WithShedderConfig(func() ShedderConfig { c := DefaultShedderConfig(); c.Pushback = 20 * time.Millisecond; return c }()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.detailsMost = 0
+	for r := range numReasons {
+		code, cause := codes.ResourceExhausted, ErrShed
+		if r == rExpired {
+			code, cause = codes.DeadlineExceeded, context.DeadlineExceeded
+		}
+		_, err := s.tapRefuse(context.Background(), r, "/s/M", &serviceTime{}, 0)
+		st := status.Convert(err)
+		if st.Code() != code || st.Message() != messages[r] || len(st.Details()) != 0 || !errors.Is(err, cause) {
+			t.Errorf("%v: lean answer %v (details %v), want %v %q, none, cause %v", r, err, st.Details(), code, messages[r], cause)
+		}
+		if n := s.shed[r].Load(); n != 1 {
+			t.Errorf("%v: counted %d times, want 1", r, n)
+		}
 	}
 }
