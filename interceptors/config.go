@@ -114,7 +114,8 @@ type ShedderConfig struct {
 	// requests are shed. With Algorithm AIMD the Shedder counts as a drop
 	// only what the server itself measured: a handler that ran longer than
 	// LatencyThreshold, or that answered with a shed (ResourceExhausted
-	// from a Shedder or Limiter further in: its error, or its ErrorInfo)
+	// from a Shedder or Limiter further in: its error, its ErrorInfo, or
+	// the stable Message* text a tap's lean answer carries alone)
 	// while its caller still waited. Other ResourceExhausted answers, such
 	// as a caller's quota, are not the server's load. A call cut short by
 	// its caller's deadline or cancellation never raises the limit, and

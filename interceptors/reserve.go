@@ -82,14 +82,23 @@ func (r *reservations) epochOf(now int64) uint64 { return uint64(now / r.width) 
 // bump counts one more in b for epoch e, as e<<countBits | count: a
 // bucket that holds an earlier epoch starts again from zero. It returns
 // what b held before, and false, counting nothing, if e's count is full
-// (16M). The tap's reservations and its held answers (held) count in
-// such buckets.
+// (16M) or b already holds a later epoch: a caller whose clock reading
+// is older than another's that started the later epoch must not take b
+// back, or it would wipe the later epoch's count, and the next caller in
+// the later epoch would start it from zero again (the tap's details
+// budget gave a second a whole new budget for each such late reader:
+// TestTapDetailsBudgetStaleClock). The tap's reservations, its held
+// answers (held) and its details budget (tapDetails) count in such
+// buckets.
 func bump(b *atomic.Uint64, e uint64) (was uint64, ok bool) {
 	for {
 		v := b.Load()
 		n := uint64(1)
-		if v>>countBits == e {
+		switch ve := v >> countBits; {
+		case ve == e:
 			n = v&countMask + 1
+		case ve > e:
+			return v, false // a late reader: what it counts has passed
 		}
 		if n > countMask {
 			return v, false
@@ -102,7 +111,8 @@ func bump(b *atomic.Uint64, e uint64) (was uint64, ok bool) {
 
 // reserve counts a request admitted by the tap at now. It returns the
 // epoch the request was counted in, plus one, for end; 0 if it was not
-// counted (16M requests in one epoch).
+// counted (16M requests in one epoch, or a clock reading so late that its
+// bucket holds a later epoch: its reservation would have lapsed).
 func (r *reservations) reserve(now int64) uint64 {
 	e := r.epochOf(now)
 	was, ok := bump(&r.buckets[e%reserveBuckets], e)

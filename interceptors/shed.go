@@ -1046,7 +1046,9 @@ func (s *Shedder) doneUnary(ctx context.Context, st *serviceTime, err error, too
 
 // isShed reports whether a handler's error is itself a shed: a Shedder's
 // or a client Limiter's further in (in this process, its error; from a
-// server the handler called, its ErrorInfo). Other RESOURCE_EXHAUSTED
+// server the handler called, its ErrorInfo, or the stable message alone:
+// a tap's answers beyond its details budget carry no ErrorInfo, and a
+// flood of them, the overload that matters, cut no limit). Other RESOURCE_EXHAUSTED
 // answers, a caller over its quota above all (the code's first use), say
 // nothing of the server's load: counted as drops, 30 quick over-quota
 // answers took an AIMD limit of 10 to 1 on an idle server
@@ -1060,6 +1062,10 @@ func isShed(err error) bool {
 		return true
 	}
 	st, _ := status.FromError(err)
+	switch st.Message() {
+	case MessageShedLimit, MessageShedSheddable, MessageShedDeadline, MessageShedStreamLimit:
+		return true // a tap's lean answer (tapDetailsPerSecond)
+	}
 	for _, d := range st.Details() {
 		if info, ok := d.(*errdetails.ErrorInfo); ok && info.GetDomain() == ErrorInfoDomain {
 			return true

@@ -199,8 +199,9 @@ func TestShedderDeadlineShedRecoversFromA100xSpeedUp(t *testing.T) {
 // sign of overload and cut its limit by BackoffRatio each time: 30 of them
 // took a limit of 10 to 1, and the server then shed 7 of 8 calls that the
 // plain server ran at once. Only a handler's answer that is itself a
-// shed (a Shedder or Limiter further in, its ErrorInfo or its error) says
-// the server is overloaded, and still cuts the limit.
+// shed (a Shedder or Limiter further in, its ErrorInfo or its error, or
+// a tap's lean answer: the code and the stable message alone) says the
+// server is overloaded, and still cuts the limit.
 func TestShedderAIMDQuotaAnswersAreNotOverload(t *testing.T) {
 	quota := status.Error(codes.ResourceExhausted, "quota exceeded for this user")
 	downstream, _ := status.New(codes.ResourceExhausted, interceptors.MessageShedLimit).WithDetails(
@@ -213,6 +214,10 @@ func TestShedderAIMDQuotaAnswersAreNotOverload(t *testing.T) {
 		{"plain grpc-go", quota, false},
 		{"shedder aimd", quota, false},
 		{"shedder aimd, a shed further in", downstream.Err(), true},
+		// A tap beyond its details budget answers with the code and the
+		// stable message alone (tapDetailsPerSecond): still a shed.
+		{"shedder aimd, a lean tap shed further in", status.Error(codes.ResourceExhausted, interceptors.MessageShedLimit), true},
+		{"shedder aimd, a lean stream-limit shed further in", status.Error(codes.ResourceExhausted, interceptors.MessageShedStreamLimit), true},
 	} {
 		side := tc.side
 		t.Run(side, func(t *testing.T) {
