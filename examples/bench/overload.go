@@ -75,7 +75,7 @@ func startLocalServer(kind string) (*overloadServer, error) {
 		s.busy.Add(int64(end.Sub(w0)))
 		s.works.Add(1)
 		if dl, ok := ctx.Deadline(); !ok || end.Before(dl) {
-			s.inTime.Add(1) // in time by the server's clock: what comes back late is late on its way
+			s.inTime.Add(1) // in time by the server's clock: what its caller sees late was late on the way
 		}
 		<-cpu
 		return nil
@@ -511,8 +511,9 @@ func overloadRows(res measurements, title, prefix string, kinds []struct{ kind, 
 	// inTime says how many of the calls the server worked on it finished
 	// before their deadline and how many of those came back OK in time,
 	// and the CPU the server and the callers used: a call the server
-	// finished in time that its caller saw late was late on its way back,
-	// which no admission decision changes.
+	// finished in time that its caller saw late was late on the way: its
+	// deadline ran at the caller before the server read it, and runs on
+	// while the answer comes back, and the server sees neither.
 	inTime := func(n string) string {
 		cpu := fmt.Sprintf("server %.0f%%, callers %.0f%%", res.median(n, "servercpu"), res.median(n, "callerscpu"))
 		if prefix == "" {
