@@ -110,7 +110,7 @@ func (s *Shedder) tapRefuse(ctx context.Context, r reason, method string, st *se
 		s.held.add(d)
 	}
 	if r != rExpired && !s.tapDetails(now) { // an expired answer has none to spend the budget on
-		return ctx, s.refuseWith(r, method, s.leanAnswers[r])
+		return ctx, s.refuseWith(r, method, leanAnswers[r])
 	}
 	return ctx, s.refuse(ctx, r, method, st)
 }

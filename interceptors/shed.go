@@ -215,7 +215,6 @@ type Shedder struct {
 	shed           [numReasons]atomic.Int64
 	answers        [numReasons]atomic.Pointer[answer] // by reason, for the current numbers
 	noRetryAnswers [numReasons]atomic.Pointer[answer] // the same without RetryInfo, for a retry that would come too late
-	leanAnswers    [numReasons]error                  // without details, for the tap beyond its details budget
 	detailed       atomic.Uint64                      // the tap's answers with details this second (tapDetails, bump)
 	detailsMost    uint64                             // tapDetailsPerSecond outside tests
 	pushback       metadata.MD                        // nil when cfg.Pushback is 0
@@ -410,9 +409,6 @@ func NewShedder(opts ...ShedderOption) (*Shedder, error) {
 	}
 	s := &Shedder{cfg: o.cfg, obs: o.obs, crit: maps.Clone(o.cfg.Criticality), epoch: time.Now(), logf: logger.Warningf,
 		reserved: newReservations(reserveFor), held: held{most: heldMost}, detailsMost: tapDetailsPerSecond}
-	for r := range numReasons {
-		s.leanAnswers[r] = leanAnswer(r)
-	}
 	s.cfg.Criticality = s.crit
 	s.cfg.Exempt = slices.Clone(o.cfg.Exempt)
 	if len(s.cfg.Exempt) > 0 {

@@ -68,7 +68,7 @@ func (s *Shedder) answer(r reason, st *serviceTime, retry bool) error {
 // Pushback when retry says so.
 func (s *Shedder) buildAnswer(r reason, key int64, retry bool) error {
 	if r == rExpired {
-		return leanAnswer(r)
+		return leanAnswers[r]
 	}
 	itoa := func(n int64) string { return strconv.FormatInt(n, 10) }
 	info := &errdetails.ErrorInfo{Domain: ErrorInfoDomain, Metadata: map[string]string{}}
@@ -107,16 +107,18 @@ var messages = [numReasons]string{
 	rExpired:     MessageExpired,
 }
 
-// leanAnswer returns r's answer without details: the code and the stable
-// message. An expired request's answer is always this one; the tap sends
-// it for the other reasons too once its details budget is spent
+// leanAnswers are the reasons' answers without details: the code and the
+// stable message, the same for every Shedder (nothing in them is its
+// own). An expired request's answer is always this one; the tap sends
+// them for the other reasons too once its details budget is spent
 // (tapDetails).
-func leanAnswer(r reason) error {
-	if r == rExpired {
-		return &shedError{st: status.New(codes.DeadlineExceeded, MessageExpired), cause: context.DeadlineExceeded}
+var leanAnswers = func() (a [numReasons]error) {
+	for r := range numReasons {
+		a[r] = &shedError{st: status.New(codes.ResourceExhausted, messages[r]), cause: ErrShed}
 	}
-	return &shedError{st: status.New(codes.ResourceExhausted, messages[r]), cause: ErrShed}
-}
+	a[rExpired] = &shedError{st: status.New(codes.DeadlineExceeded, MessageExpired), cause: context.DeadlineExceeded}
+	return a
+}()
 
 // tapDetailsPerSecond bounds the tap's answers with status details each
 // second; its answers beyond carry the code and the stable message only.
