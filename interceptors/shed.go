@@ -1058,9 +1058,8 @@ func isShed(err error) bool {
 		return true
 	}
 	st, _ := status.FromError(err)
-	switch st.Message() {
-	case MessageShedLimit, MessageShedSheddable, MessageShedDeadline, MessageShedStreamLimit:
-		return true // a tap's lean answer (tapDetailsPerSecond)
+	if slices.Contains(messages[:], st.Message()) {
+		return true // a tap's lean answer (tapDetailsPerSecond); MessageExpired never comes with this code
 	}
 	for _, d := range st.Details() {
 		if info, ok := d.(*errdetails.ErrorInfo); ok && info.GetDomain() == ErrorInfoDomain {
