@@ -43,8 +43,3 @@ func ShedderDeferred(s *Shedder) int64 { return s.deferred.Load() }
 // SetShedderTapDetails sets how many of the tap's answers each second
 // carry status details (tests only). Call it before the Shedder serves.
 func SetShedderTapDetails(s *Shedder, n uint64) { s.detailsMost = n }
-
-// SetShedderTapNoYield stops the tap from yielding after each shed (tests
-// only: what yieldAfterShed costs and buys). Call it before the Shedder
-// serves.
-func SetShedderTapNoYield(s *Shedder) { s.noYield = true }

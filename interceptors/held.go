@@ -96,10 +96,8 @@ func (h *held) count(now int64) int64 {
 // cancels its context. When maxDeferred requests are already on their way
 // there, the tap answers anyway: a stream waiting for its message holds
 // more than an answer does. The answer carries status details while the
-// second's budget for them lasts (tapDetails). Either way the reader
-// yields to the admitted calls' goroutines first (yieldAfterShed).
+// second's budget for them lasts (tapDetails).
 func (s *Shedder) tapRefuse(ctx context.Context, r reason, method string, st *serviceTime, now int64) (context.Context, error) {
-	defer s.yieldAfterShed()
 	dl, has := ctx.Deadline()
 	d := int64(dl.Sub(s.epoch)) // on the Shedder's clock, as now; no clock read
 	answer, count := s.held.room(now, d, has)

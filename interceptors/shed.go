@@ -217,7 +217,6 @@ type Shedder struct {
 	noRetryAnswers [numReasons]atomic.Pointer[answer] // the same without RetryInfo, for a retry that would come too late
 	detailed       atomic.Uint64                      // the tap's answers with details this second (tapDetails, bump)
 	detailsMost    uint64                             // tapDetailsPerSecond outside tests
-	noYield        bool                               // the tap does not yield after a shed (tests only: yieldAfterShed)
 	pushback       metadata.MD                        // nil when cfg.Pushback is 0
 	noRetry        metadata.MD                        // a negative pushback: do not retry (gRFC A6)
 
@@ -805,10 +804,6 @@ func (s *Shedder) retryInTime(ctx context.Context, st *serviceTime) bool {
 // that their shed carries the trailer their client's retry policy reads.
 // One request at a time the tap lets through at the limit to wait for a
 // slot (MaxWait).
-//
-// After each request it refuses, the tap yields the connection's reader
-// goroutine (runtime.Gosched), so that on a busy core the admitted calls'
-// goroutines run before it reads more of a flood.
 //
 // grpc-go marshals and encodes the status details again for each of the
 // tap's answers, a fifth of the tap's CPU per shed, so only its first

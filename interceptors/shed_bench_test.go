@@ -49,9 +49,6 @@ func TestShedCPUServer(t *testing.T) {
 		// Every answer of the tap carries its details, as the interceptor
 		// path's do: what the budget of tapDetailsPerSecond saves.
 		interceptors.SetShedderTapDetails(shed, math.MaxUint64)
-	case "tap-noyield":
-		// The tap does not yield after each shed: what yieldAfterShed costs.
-		interceptors.SetShedderTapNoYield(shed)
 	case "tap-waiting":
 		// A measured method (2 ms): at the limit one request at a time
 		// waits its 2 ms for a slot that never frees, then is shed by the
@@ -101,16 +98,14 @@ func TestShedCPUServer(t *testing.T) {
 // "tap-waiting", where it is (2 ms): there one request at a time waits,
 // and is shed by the interceptor after its wait. On "tap-details" every
 // answer of the tap carries its status details, as the interceptor's do;
-// on "tap" only the first 1,000 a second do (tapDetailsPerSecond). On
-// "tap-noyield" the tap does not yield after each shed (yieldAfterShed).
-// The "+otel" sides add
+// on "tap" only the first 1,000 a second do (tapDetailsPerSecond). The "+otel" sides add
 // grpc-go's OpenTelemetry metrics (stats/opentelemetry) to the server, as
 // a production server has them: they see every stream the tap let
 // through, and none it shed. Report: server-cpu-ns/shed.
 //
 //	go test -run '^$' -bench BenchmarkShedCPU -benchtime 20000x -count 3 ./interceptors/
 func BenchmarkShedCPU(b *testing.B) {
-	for _, side := range []string{"tap", "tap-details", "tap-noyield", "tap-waiting", "tap-retries", "interceptor", "tap+otel", "interceptor+otel",
+	for _, side := range []string{"tap", "tap-details", "tap-waiting", "tap-retries", "interceptor", "tap+otel", "interceptor+otel",
 		"tap,64-callers", "interceptor,64-callers", "tap,1KiB-requests", "interceptor,1KiB-requests"} {
 		// 8 callers, or 64 (",64-callers"): more requests per read and
 		// write, so grpc-go's per-syscall cost, which both paths pay,
