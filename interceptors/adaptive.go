@@ -193,6 +193,36 @@ func (g *gradient) probeReady(now int64) bool {
 	return g.n.Load() > 0 && (g.cohortOut.Load() >= g.cohortIn.Load() || el >= 8*g.window)
 }
 
+// queuedBeforeSlot is how much of waited, the time a request took from
+// the tap's admission to its slot, the adaptive limit adds to took, its
+// handler's time.
+//
+// On a core the handlers keep busy, the queue forms before the
+// interceptor, not in it: the tap admits a burst read from the
+// connection, and the requests' goroutines run one after the other, each
+// taking its slot only when the one before has finished. The slots then
+// look free, every handler's time looks like its baseline, and the limit
+// never moved: in the bench's 10× overload with 0.6 ms of CPU work per
+// call on one core, it stayed at 100 with at most one call in its
+// handler, and 5% of capacity answered in time, where a fixed limit of 1
+// kept 86–97% (docs/overload.md, *The adaptive limit on CPU-bound work*).
+// Counted from the tap, those calls queued.
+//
+// The wait also holds the time until the request's message arrived, which
+// is the client's to choose: a client that sends its message late would
+// make the server look slow. So at most took is added (a call counts as
+// at most twice its handler's time, as if it had queued behind one other
+// call: only a client sending most of the server's calls could move the
+// limit that way, and it could as well flood it), and nothing when the
+// wait was reserveFor or more (the reservation lapsed: a slow upload, not
+// a queue).
+func queuedBeforeSlot(waited, took time.Duration) time.Duration {
+	if waited <= 0 || waited >= reserveFor {
+		return 0
+	}
+	return min(waited, took)
+}
+
 // sample records one admitted call of method st that took took with n
 // calls in flight (itself included); cut says its caller's deadline or
 // cancellation ended it, and cohort is what admit returned for it. A cut

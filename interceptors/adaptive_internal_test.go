@@ -111,7 +111,7 @@ func TestDoneUnaryIgnoresCallsPastTheirDeadline(t *testing.T) {
 			}
 			st := s.serviceTime("/pkg.S/M")
 			s.slots.inflight.Add(1)
-			s.doneUnary(tc.ctx, st, nil, 7*time.Millisecond, end, false, 0)
+			s.doneUnary(tc.ctx, st, nil, 7*time.Millisecond, 0, end, false, 0)
 			if got := st.samples.Load(); got != tc.wantSamples {
 				t.Errorf("samples = %d, want %d", got, tc.wantSamples)
 			}
@@ -345,4 +345,59 @@ func sampleNow(g *gradient, st *serviceTime, took time.Duration, cut bool, now, 
 		cohort = g.admit(at)
 	}
 	return g.sample(st, took, cut, now, n, cohort)
+}
+
+// TestAdaptiveCountsTheWaitFromTheTap: the adaptive limit measures an
+// admitted call from the tap's admission, not from its slot, but adds at
+// most the call's own handler time, and nothing once the tap's
+// reservation would have lapsed (queuedBeforeSlot). On a core the
+// handlers keep busy the queue forms before the interceptor, and counted
+// from the slot every call looked like its baseline.
+func TestAdaptiveCountsTheWaitFromTheTap(t *testing.T) {
+	for _, c := range []struct {
+		waited, took, want time.Duration
+	}{
+		{0, 2 * time.Millisecond, 2 * time.Millisecond},                                                             // not admitted by the tap
+		{-time.Millisecond, 2 * time.Millisecond, 2 * time.Millisecond},                                             // clock readings out of order
+		{time.Millisecond, 2 * time.Millisecond, 3 * time.Millisecond},                                              // queued 1 ms
+		{5 * time.Millisecond, 2 * time.Millisecond, 4 * time.Millisecond},                                          // at most twice the handler's time
+		{reserveFor, 2 * time.Millisecond, 2 * time.Millisecond},                                                    // a lapsed reservation: a slow upload
+		{reserveFor - time.Microsecond, 10 * time.Millisecond, 10*time.Millisecond + reserveFor - time.Microsecond}, // just under it
+	} {
+		cfg := DefaultShedderConfig()
+		cfg.Adaptive = true
+		s, err := NewShedder(WithShedderConfig(cfg))
+		if err != nil {
+			t.Fatal(err)
+		}
+		st := s.serviceTime("/s/M")
+		st.gBase.Store(int64(time.Millisecond)) // measured: a sample counts as it is
+		if !s.slots.tryAcquire(s.slots.limit.Load()) {
+			t.Fatal("no slot")
+		}
+		s.doneUnary(context.Background(), st, nil, c.took, c.waited, time.Now(), false, 0)
+		if got := time.Duration(st.gSum.Load()); st.gN.Load() != 1 || got != c.want {
+			t.Errorf("waited %v, took %v: the gradient sampled %v (%d samples), want %v", c.waited, c.took, got, st.gN.Load(), c.want)
+		}
+	}
+}
+
+// TestAdmittedReturnsWhenTheTapAdmitted: the interceptor learns from the
+// request's reservation when the tap admitted it, and 0 for a request
+// the tap did not admit.
+func TestAdmittedReturnsWhenTheTapAdmitted(t *testing.T) {
+	s, err := NewShedder()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := s.admitted(context.Background()); got != 0 {
+		t.Errorf("no tap yet: admitted returned %d, want 0", got)
+	}
+	ctx := s.reserved.reserveRequest(context.Background(), 12345)
+	if got := s.admitted(ctx); got != 12345 {
+		t.Errorf("admitted returned %d, want the tap's 12345", got)
+	}
+	if got := s.admitted(context.Background()); got != 0 {
+		t.Errorf("a request the tap did not admit: admitted returned %d, want 0", got)
+	}
 }

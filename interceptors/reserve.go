@@ -229,10 +229,11 @@ func (r *reservations) end(at uint64) {
 // are one allocation; context.AfterFunc adds its own.
 type reservation struct {
 	context.Context
-	r    *reservations
-	at   uint64 // reserve's answer
-	done atomic.Bool
-	stop func() bool // the AfterFunc's
+	r      *reservations
+	at     uint64 // reserve's answer
+	tapped int64  // when the tap admitted it, on the Shedder's clock
+	done   atomic.Bool
+	stop   func() bool // the AfterFunc's
 }
 
 type reservationKey struct{}
@@ -260,7 +261,7 @@ func (r *reservations) reserveRequest(ctx context.Context, now int64) context.Co
 	if at == 0 {
 		return ctx
 	}
-	v := &reservation{Context: ctx, r: r, at: at}
+	v := &reservation{Context: ctx, r: r, at: at, tapped: now}
 	v.stop = context.AfterFunc(ctx, v.end) // its stream ended before the interceptor
 	return v
 }

@@ -933,15 +933,18 @@ func (s *Shedder) arrived(ctx context.Context) {
 
 // admitted ends the tap's reservation of a request it admitted, if it
 // did, once the request reached the interceptor, before it takes its
-// slot (see UnaryServerInterceptor).
-func (s *Shedder) admitted(ctx context.Context) {
+// slot (see UnaryServerInterceptor). It returns when the tap admitted
+// it, on the Shedder's clock, or 0.
+func (s *Shedder) admitted(ctx context.Context) (tapped int64) {
 	if s.reserved.last.Load() == 0 { // no tap ever admitted one: no context lookup
-		return
+		return 0
 	}
 	if v, _ := ctx.Value(reservationKey{}).(*reservation); v != nil {
 		v.stop()
 		v.end()
+		return v.tapped
 	}
+	return 0
 }
 
 // UnaryServerInterceptor returns the Shedder's unary server interceptor.
@@ -961,7 +964,7 @@ func (s *Shedder) UnaryServerInterceptor() grpc.UnaryServerInterceptor {
 		// and the tap shed a request that fitted the limit. Ended before,
 		// it counts in neither for that moment: a request the tap admits
 		// then is shed here if the slots are still full when it comes.
-		s.admitted(ctx)
+		tapped := s.admitted(ctx)
 		r, probe, ok, err := s.admitUnary(ctx, st, crit)
 		if err != nil {
 			return nil, err // its caller gave up while it waited for a slot
@@ -982,7 +985,11 @@ func (s *Shedder) UnaryServerInterceptor() grpc.UnaryServerInterceptor {
 		resp, err := handler(ctx, req)
 		released = true
 		end := time.Now()
-		s.doneUnary(ctx, st, err, end.Sub(start), end, probe, cohort)
+		var waited time.Duration // from the tap to the slot: the adaptive limit's
+		if tapped != 0 && s.grad != nil {
+			waited = start.Sub(s.epoch) - time.Duration(tapped)
+		}
+		s.doneUnary(ctx, st, err, end.Sub(start), waited, end, probe, cohort)
 		return resp, err
 	}
 }
@@ -990,8 +997,11 @@ func (s *Shedder) UnaryServerInterceptor() grpc.UnaryServerInterceptor {
 // doneUnary measures an admitted unary call that ended at end and
 // releases its slot; probe says it was a deadline probe
 // (deadlineProbeEvery), cohort is the adaptive limit's probe cohort it
-// was admitted into (gradient.admit).
-func (s *Shedder) doneUnary(ctx context.Context, st *serviceTime, err error, took time.Duration, end time.Time, probe bool, cohort int64) {
+// was admitted into (gradient.admit). waited is how long it took from the
+// tap's admission to its slot (0 when the tap did not admit it, or
+// without an adaptive limit): the adaptive limit counts part of it
+// (queuedBeforeSlot).
+func (s *Shedder) doneUnary(ctx context.Context, st *serviceTime, err error, took, waited time.Duration, end time.Time, probe bool, cohort int64) {
 	// The caller's deadline or cancellation ended it, or it ran past its
 	// deadline: on a starved CPU the deadline's timer fires late, and a
 	// call that outlived its caller must not teach the service time (an
@@ -1023,7 +1033,7 @@ func (s *Shedder) doneUnary(ctx context.Context, st *serviceTime, err error, too
 	case s.grad != nil:
 		// end, not a new clock reading: the gradient tells a call admitted
 		// before its probe, or into its cohort, by end - took, its start.
-		if l, moved := s.grad.sample(st, took, cut, int64(end.Sub(s.epoch)), n, cohort); moved {
+		if l, moved := s.grad.sample(st, took+queuedBeforeSlot(waited, took), cut, int64(end.Sub(s.epoch)), n, cohort); moved {
 			s.slots.limit.Store(l)
 			s.obs.LimiterLimitChanged("", ShedderKey, int(l))
 		}
