@@ -21,10 +21,57 @@ import (
 // The overload scenario's server and callers.
 const (
 	overloadSlots    = 4                    // calls the server works on at once
-	overloadWork     = 2 * time.Millisecond // each call's work
+	overloadWorkTime = 2 * time.Millisecond // each call's work (timerWork)
 	overloadDeadline = 5 * time.Millisecond // the callers' deadline
 	overloadBackoff  = time.Millisecond     // a caller's wait after a failure
 )
+
+// overloadWork is what each call of an overload server does, and the
+// scenario that runs it.
+type overloadWork struct {
+	name  string // in the child server's spec: "timer" or "cpu"
+	title string // the scenario's title, which the table's rows start with
+	label string // what a call does, in the rows' labels
+	cpu   bool   // spin the CPU for cpuWorkRounds instead of waiting on a timer
+	// the fixed limit's side, in-process and isolated: the server's slots,
+	// or its CPUs (the two it shares with the callers, its own one)
+	fixedInProcess, fixedIsolated int
+}
+
+// fixed is the fixed limit's side's limit in the mode.
+func (w overloadWork) fixed(isolated bool) int {
+	if isolated {
+		return w.fixedIsolated
+	}
+	return w.fixedInProcess
+}
+
+var (
+	// timerWork is the overload scenario's: 2 ms on a timer, as a call
+	// waiting on a backend or a disk, in one of 4 slots.
+	timerWork = overloadWork{"timer", "6. Overload", "2 ms work", false, overloadSlots, overloadSlots}
+	// cpuWork is the overload-cpu scenario's: arithmetic, as a call that
+	// computes its answer (about 0.6 ms here; the table shows the time
+	// measured). The server's concurrency is then its CPUs', not its
+	// slots': the fixed limit's side is sized to them, as docs/overload.md
+	// says to size it.
+	cpuWork = overloadWork{"cpu", "8. Overload, CPU-bound work", "CPU work", true, 2, 1}
+)
+
+// cpuWorkRounds is how many rounds of arithmetic cpuWork's call does.
+const cpuWorkRounds = 400_000
+
+// spin does rounds of arithmetic the compiler cannot drop.
+func spin(rounds int, seed uint64) uint64 {
+	x := seed
+	for range rounds {
+		x = x*6364136223846793005 + 1442695040888963407
+	}
+	return x
+}
+
+// spun keeps spin's result alive.
+var spun atomic.Uint64
 
 // overloadStats is what an overload server reports about itself.
 type overloadStats struct {
@@ -50,7 +97,7 @@ type overloadTarget interface {
 }
 
 // overloadServer is the overload scenario's server: overloadSlots slots,
-// overloadWork of work each, behind the side's admission (kind).
+// each call doing its overloadWork, behind the side's admission (kind).
 type overloadServer struct {
 	b        *backend
 	shed     *interceptors.Shedder // nil for the sides without one
@@ -60,8 +107,9 @@ type overloadServer struct {
 	inTime   atomic.Int64
 }
 
-// startLocalServer starts kind's server in this process.
-func startLocalServer(kind string) (*overloadServer, error) {
+// startLocalServer starts kind's server doing w's work in this process,
+// the isolated mode's child or not.
+func startLocalServer(kind string, w overloadWork, isolated bool) (*overloadServer, error) {
 	s := &overloadServer{}
 	cpu := make(chan struct{}, overloadSlots)
 	handler := func(ctx context.Context) error {
@@ -69,8 +117,12 @@ func startLocalServer(kind string) (*overloadServer, error) {
 		defer s.inFlight.Add(-1)
 		cpu <- struct{}{} // wait for a slot, as a busy server does
 		w0 := time.Now()
-		t := time.NewTimer(overloadWork)
-		<-t.C // the work, done whether or not the caller still waits
+		if w.cpu {
+			spun.Add(spin(cpuWorkRounds, uint64(w0.UnixNano()))) // the work, done whether or not the caller still waits
+		} else {
+			t := time.NewTimer(overloadWorkTime)
+			<-t.C // the work, done whether or not the caller still waits
+		}
 		end := time.Now()
 		s.busy.Add(int64(end.Sub(w0)))
 		s.works.Add(1)
@@ -86,7 +138,7 @@ func startLocalServer(kind string) (*overloadServer, error) {
 	case "fixed", "adaptive":
 		cfg := interceptors.DefaultShedderConfig()
 		if kind == "fixed" {
-			cfg.Limit = overloadSlots
+			cfg.Limit = w.fixed(isolated)
 		} else {
 			cfg.Adaptive = true
 		}
@@ -163,6 +215,24 @@ func (s *overloadServer) stop() { s.b.stop() }
 // where clients do not share the server's CPU; capacity is measured the
 // same way, on the child.
 func runOverload(ctx context.Context, e *env) (*result, error) {
+	return runOverloadOf(ctx, e, timerWork)
+}
+
+// runOverloadCPU is runOverload with cpuWork: each call computes for
+// about 0.6 ms instead of waiting 2 ms on a timer, so the server's CPU,
+// not its 4 slots, is what it can do at once, and the admitted calls'
+// goroutines compete with the connection's reader for it. The fixed
+// limit's side is sized to the isolated server's one CPU. On a core the
+// handlers keep busy, the calls queue before the Shedder's interceptor
+// (the tap admits a burst, and their goroutines run one after the
+// other), where only the time from the tap shows it: see
+// docs/overload.md, *The adaptive limit on CPU-bound work*.
+func runOverloadCPU(ctx context.Context, e *env) (*result, error) {
+	return runOverloadOf(ctx, e, cpuWork)
+}
+
+// runOverloadOf runs the overload scenario with w's work.
+func runOverloadOf(ctx context.Context, e *env, w overloadWork) (*result, error) {
 	// isolated runs the same sides with the server in a child process (see
 	// overload_isolated.go), or says why it cannot.
 	clientCPU, serverCPU, whyNot := isolatedCPUs()
@@ -185,9 +255,9 @@ func runOverload(ctx context.Context, e *env) (*result, error) {
 		var t overloadTarget
 		var err error
 		if isolated {
-			t, err = startChildServer(kind, serverCPU)
+			t, err = startChildServer(kind, w, serverCPU)
 		} else {
-			t, err = startLocalServer(kind)
+			t, err = startLocalServer(kind, w, false)
 		}
 		if err != nil {
 			return nil, nil, err
@@ -393,12 +463,14 @@ func runOverload(ctx context.Context, e *env) (*result, error) {
 			return sample{lat: ok, m: m}, nil
 		}
 	}
-	kinds := []struct{ kind, name string }{
-		{"none", "no shedding"},
-		{"fixed", "Shedder (fixed 4)"},
-		{"adaptive", "Shedder (adaptive)"},
-		{"failsafe", "failsafe-go adaptive limiter"},
-		{"failsafe-tuned", "failsafe-go (25 ms windows)"},
+	kinds := func(isolated bool) []struct{ kind, name string } {
+		return []struct{ kind, name string }{
+			{"none", "no shedding"},
+			{"fixed", fmt.Sprintf("Shedder (fixed %d)", w.fixed(isolated))},
+			{"adaptive", "Shedder (adaptive)"},
+			{"failsafe", "failsafe-go adaptive limiter"},
+			{"failsafe-tuned", "failsafe-go (25 ms windows)"},
+		}
 	}
 	loads := []struct {
 		label   string
@@ -410,8 +482,8 @@ func runOverload(ctx context.Context, e *env) (*result, error) {
 		isolated bool
 		title    string
 	}{
-		{"", false, "6. Overload, in-process (clients and server share both cores): 4-slot server, 2 ms work, 16 (4×) and 40 (10×) callers, 5 ms deadlines"},
-		{"isolated ", true, fmt.Sprintf("6. Overload, isolated (server in a child process on CPU %d, GOMAXPROCS 1; callers on CPU %d): same server, sides and load", serverCPU, clientCPU)},
+		{"", false, fmt.Sprintf("%s, in-process (clients and server share both cores): 4-slot server, %s, 16 (4×) and 40 (10×) callers, 5 ms deadlines", w.title, w.label)},
+		{"isolated ", true, fmt.Sprintf("%s, isolated (server in a child process on CPU %d, GOMAXPROCS 1; callers on CPU %d): same server, sides and load", w.title, serverCPU, clientCPU)},
 	}
 	if whyNot != "" {
 		modes = modes[:1]
@@ -419,7 +491,7 @@ func runOverload(ctx context.Context, e *env) (*result, error) {
 	var sides []side
 	for _, md := range modes {
 		for _, l := range loads {
-			for _, k := range kinds {
+			for _, k := range kinds(md.isolated) {
 				sides = append(sides, side{name: md.prefix + l.label + " " + k.name, toolkit: k.kind == "fixed" || k.kind == "adaptive",
 					measure: measure(k.kind, l.callers, md.isolated)})
 			}
@@ -431,25 +503,30 @@ func runOverload(ctx context.Context, e *env) (*result, error) {
 	}
 	var rows []row
 	for _, md := range modes {
-		rows = append(rows, overloadRows(res, md.title, md.prefix, kinds, loads)...)
+		rows = append(rows, overloadRows(res, md.title, md.prefix, w, w.fixed(md.isolated), kinds(md.isolated), loads)...)
 	}
 	if whyNot != "" {
-		rows = append(rows, row{"6. Overload, isolated", "server in a child process on its own CPU", "—", "not run: " + whyNot, "—", "—", "—"})
+		rows = append(rows, row{w.title + ", isolated", "server in a child process on its own CPU", "—", "not run: " + whyNot, "—", "—", "—"})
 	}
 	// The chart shows three of the in-process 4× sides: no shedding and
 	// the two Shedders (failsafe-go's defaults may admit no call at all,
 	// and the chart keeps a fixed count of sides).
+	// The CPU-bound twin draws none: its rows are the comparison.
+	if w.cpu {
+		return &result{rows: rows}, nil
+	}
 	chart := []side{sides[0], sides[1], sides[2]}
 	return &result{rows: rows, dists: distsOf("overload (admitted calls)", res, chart)}, nil
 }
 
 // overloadRows are one mode's rows: goodput, admitted p99, the work's
 // time and the calls OK after the overload, for each load.
-func overloadRows(res measurements, title, prefix string, kinds []struct{ kind, name string }, loads []struct {
+func overloadRows(res measurements, title, prefix string, w overloadWork, fixed int, kinds []struct{ kind, name string }, loads []struct {
 	label   string
 	callers int
 	target  float64
 }) []row {
+	fixedName := fmt.Sprintf("fixed %d", fixed)
 	// Capacity is measured on the side without admission control, on
 	// every round's fresh server of this mode: 8 callers, no deadline to
 	// miss, so the 4 slots never wait for a request (the median over
@@ -472,6 +549,10 @@ func overloadRows(res measurements, title, prefix string, kinds []struct{ kind, 
 	capacity := median(caps)
 	capLabel := fmt.Sprintf("capacity %s measured: 8 callers, no deadline, no admission control, the 4 slots' work %.2f ms (one caller alone: %.2f ms, 4 slots / that = %s)",
 		fmtRate(capacity), median(satWorks), median(works), fmtRate(overloadSlots/(median(works)/1000)))
+	if w.cpu { // the slots share the CPU: 4 slots / the work's time says nothing
+		capLabel = fmt.Sprintf("capacity %s measured: 8 callers, no deadline, no admission control, the work %.2f ms (one caller alone: %.2f ms)",
+			fmtRate(capacity), median(satWorks), median(works))
+	}
 	share := func(n string) float64 { return 100 * res.median(n, "goodput") / capacity }
 	goodput := func(n string) string {
 		return fmt.Sprintf("%s (%.0f%% of capacity, %.1f%% of calls OK)", fmtRate(res.median(n, "goodput")), share(n), res.median(n, "okpct"))
@@ -532,7 +613,7 @@ func overloadRows(res measurements, title, prefix string, kinds []struct{ kind, 
 		rows = append(rows,
 			row{title, fmt.Sprintf("%s goodput (OK calls/s; %s)", l.label, capLabel),
 				goodput(plain),
-				fmt.Sprintf("fixed 4: %s; adaptive: %s (limit at the end %.0f); %s: %s; %s: %s", goodput(fx), goodput(ad), res.median(ad, "limit"),
+				fmt.Sprintf(fixedName+": %s; adaptive: %s (limit at the end %.0f); %s: %s; %s: %s", goodput(fx), goodput(ad), res.median(ad, "limit"),
 					short(fs), goodput(fs), short(ft), goodput(ft)),
 				fmt.Sprintf("fixed %s, adaptive %s vs failsafe-go", fmtX(ratio(res.median(fx, "goodput"), res.median(fs, "goodput"))),
 					fmtX(ratio(res.median(ad, "goodput"), res.median(fs, "goodput")))),
@@ -540,27 +621,27 @@ func overloadRows(res measurements, title, prefix string, kinds []struct{ kind, 
 				perSide(share(fx) >= l.target && res.median(fx, "goodput") >= res.median(fs, "goodput"), fmt.Sprintf("%.0f%%", share(fx)),
 					share(ad) >= l.target && res.median(ad, "goodput") >= res.median(fs, "goodput"), fmt.Sprintf("%.0f%%", share(ad)))},
 			row{title, l.label + " admitted p99 (unloaded p99)", p99(plain),
-				fmt.Sprintf("fixed 4: %s; adaptive: %s; failsafe-go (better side): %s", p99(fx), p99(ad), p99(fs)),
+				fmt.Sprintf(fixedName+": %s; adaptive: %s; failsafe-go (better side): %s", p99(fx), p99(ad), p99(fs)),
 				fmt.Sprintf("%s; %s; %s unloaded", fmtX(p99x(fx)), fmtX(p99x(ad)), fmtX(p99x(fs))), "≤ 2× the unloaded p99 (Shedder)",
 				perSide(p99ok(fx), fmtX(p99x(fx)), p99ok(ad), fmtX(p99x(ad)))},
-			row{title, l.label + " time the 2 ms work took: one caller alone → under the overload; calls worked on per second under it",
+			row{title, l.label + " time the " + w.label + " took: one caller alone → under the overload; calls worked on per second under it",
 				fmt.Sprintf("%.2f ms → %.2f ms; %s", res.median(plain, "work"), res.median(plain, "loaded"), fmtRate(res.median(plain, "workrate"))),
-				fmt.Sprintf("fixed 4: %.2f → %.2f ms, %s; adaptive: %.2f → %.2f ms, %s; failsafe-go (better side): %.2f → %.2f ms, %s",
+				fmt.Sprintf(fixedName+": %.2f → %.2f ms, %s; adaptive: %.2f → %.2f ms, %s; failsafe-go (better side): %.2f → %.2f ms, %s",
 					res.median(fx, "work"), res.median(fx, "loaded"), fmtRate(res.median(fx, "workrate")),
 					res.median(ad, "work"), res.median(ad, "loaded"), fmtRate(res.median(ad, "workrate")),
 					res.median(fs, "work"), res.median(fs, "loaded"), fmtRate(res.median(fs, "workrate"))),
 				"—", "—", "—"},
 			row{title, l.label + " where the worked-on calls went: finished before their deadline by the server's clock → OK at the caller (calls/s); CPU during the overload, % of one core",
-				inTime(plain), fmt.Sprintf("fixed 4: %s; adaptive: %s", inTime(fx), inTime(ad)), "—", "—", "—"},
+				inTime(plain), fmt.Sprintf(fixedName+": %s; adaptive: %s", inTime(fx), inTime(ad)), "—", "—", "—"},
 			row{title, l.label + " after the overload: unloaded calls OK (one caller)",
 				fmt.Sprintf("%.1f%%%s", res.median(plain, "after"), afterFails(plain)),
-				fmt.Sprintf("fixed 4: %.1f%%%s; adaptive: %.1f%%%s (limit %.0f); failsafe-go (better side): %.1f%%%s", res.median(fx, "after"), afterFails(fx),
+				fmt.Sprintf(fixedName+": %.1f%%%s; adaptive: %.1f%%%s (limit %.0f); failsafe-go (better side): %.1f%%%s", res.median(fx, "after"), afterFails(fx),
 					res.median(ad, "after"), afterFails(ad), res.median(ad, "limitAfter"), res.median(fs, "after"), afterFails(fs)),
 				"—", "100%", perSide(res.median(fx, "after") == 100, fmt.Sprintf("%.1f%%", res.median(fx, "after")),
 					res.median(ad, "after") == 100, fmt.Sprintf("%.1f%%", res.median(ad, "after")))},
 			row{title, l.label + " after the overload: unloaded calls refused (ResourceExhausted, all rounds)",
 				fmt.Sprintf("%.0f", sum(plain, "after ResourceExhausted")),
-				fmt.Sprintf("fixed 4: %.0f; adaptive: %.0f; failsafe-go (better side): %.0f", sum(fx, "after ResourceExhausted"),
+				fmt.Sprintf(fixedName+": %.0f; adaptive: %.0f; failsafe-go (better side): %.0f", sum(fx, "after ResourceExhausted"),
 					sum(ad, "after ResourceExhausted"), sum(fs, "after ResourceExhausted")),
 				"—", "0 (Shedder)", verdict(sum(fx, "after ResourceExhausted") == 0 && sum(ad, "after ResourceExhausted") == 0, "")},
 		)

@@ -12,9 +12,10 @@ import (
 	"time"
 )
 
-// overloadChildEnv, set to "KIND,CPU", makes this binary (the bench, or
+// overloadChildEnv, set to "KIND,CPU,WORK", makes this binary (the bench, or
 // its test binary: see TestMain) the isolated overload scenario's server:
-// pinned to CPU with GOMAXPROCS 1, it serves KIND's side, prints
+// pinned to CPU with GOMAXPROCS 1, it serves KIND's side doing WORK
+// (overloadWork.name), prints
 // "addr ADDR", answers each line on stdin with
 // "stats BUSY WORKS INFLIGHT LIMIT SHED_DEADLINE SHED_LIMIT SHED_INFLIGHT SHED_TOTAL IN_TIME CPU" and stops when stdin closes.
 const overloadChildEnv = "GRPCREUSE_BENCH_OVERLOAD_SERVER"
@@ -34,10 +35,16 @@ func isolatedCPUs() (client, server int, whyNot string) {
 
 // overloadChild is the child's main; it returns the exit code.
 func overloadChild(spec string) int {
-	kind, cpuText, _ := strings.Cut(spec, ",")
-	cpu, err := strconv.Atoi(cpuText)
+	f := strings.Split(spec, ",")
+	w, known := map[string]overloadWork{timerWork.name: timerWork, cpuWork.name: cpuWork}[f[len(f)-1]]
+	if len(f) != 3 || !known {
+		fmt.Fprintf(os.Stderr, "bench: %s=%q: want KIND,CPU,WORK (WORK %s or %s)\n", overloadChildEnv, spec, timerWork.name, cpuWork.name)
+		return 2
+	}
+	kind := f[0]
+	cpu, err := strconv.Atoi(f[1])
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "bench: %s=%q: want KIND,CPU\n", overloadChildEnv, spec)
+		fmt.Fprintf(os.Stderr, "bench: %s=%q: CPU %q is not a number\n", overloadChildEnv, spec, f[1])
 		return 2
 	}
 	runtime.GOMAXPROCS(1)
@@ -45,7 +52,7 @@ func overloadChild(spec string) int {
 		fmt.Fprintln(os.Stderr, "bench: overload server:", err)
 		return 1
 	}
-	s, err := startLocalServer(kind)
+	s, err := startLocalServer(kind, w, true)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "bench: overload server:", err)
 		return 1
@@ -77,14 +84,15 @@ type childServer struct {
 	address string
 }
 
-// startChildServer re-executes this binary as kind's server pinned to cpu.
-func startChildServer(kind string, cpu int) (*childServer, error) {
+// startChildServer re-executes this binary as kind's server doing w's
+// work, pinned to cpu.
+func startChildServer(kind string, w overloadWork, cpu int) (*childServer, error) {
 	exe, err := os.Executable()
 	if err != nil {
 		return nil, err
 	}
 	cmd := exec.Command(exe)
-	cmd.Env = append(os.Environ(), overloadChildEnv+"="+kind+","+strconv.Itoa(cpu), "GOMAXPROCS=1")
+	cmd.Env = append(os.Environ(), overloadChildEnv+"="+kind+","+strconv.Itoa(cpu)+","+w.name, "GOMAXPROCS=1")
 	cmd.Stderr = os.Stderr
 	c := &childServer{cmd: cmd}
 	if c.stdin, err = cmd.StdinPipe(); err != nil {
