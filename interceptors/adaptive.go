@@ -210,15 +210,27 @@ func (g *gradient) probeReady(now int64) bool {
 //
 // The wait also holds the time until the request's message arrived, which
 // is the client's to choose: a client that sends its message late would
-// make the server look slow. So at most took is added (a call counts as
-// at most twice its handler's time, as if it had queued behind one other
-// call: only a client sending most of the server's calls could move the
-// limit that way, and it could as well flood it), and nothing when the
-// wait was reserveFor or more (the reservation lapsed: a slow upload, not
-// a queue).
-func queuedBeforeSlot(waited, took time.Duration) time.Duration {
+// make the server look slow. So at most took is added, and at most mean,
+// the server's recent mean handler time (Shedder.served, all methods): a
+// call counts as if it had queued behind one other call, an average one.
+// Capped by took alone, a client calling a method six times slower than the server's other
+// one, with one call in eight of a server far from any overload, sent
+// its messages 6 ms late and took the limit from 100 to 2: its calls were
+// half the server's handler time, and each counted twice
+// (TestAdaptiveLateMessagesOfASlowMethod). Capped by the mean too, what
+// its late messages add is at most its share of the calls times the
+// mean call: on a window's mean it moves the limit from some 40% of the
+// server's calls (Tolerance's 1.25 over the dead band's 0.9: 1.39), less
+// where windows scatter (27% shed 12% of the other calls on loopback,
+// docs/overload.md). Nothing is added when the wait was
+// reserveFor or more (the reservation lapsed: a slow upload, not a
+// queue). mean 0 (no call measured yet) caps nothing.
+func queuedBeforeSlot(waited, took, mean time.Duration) time.Duration {
 	if waited <= 0 || waited >= reserveFor {
 		return 0
+	}
+	if mean > 0 {
+		took = min(took, mean)
 	}
 	return min(waited, took)
 }

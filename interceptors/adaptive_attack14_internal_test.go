@@ -68,3 +68,21 @@ func TestAdaptiveLateMessagesOfASlowMethod(t *testing.T) {
 		t.Errorf("1 call in 8 with its message 6 ms late took the limit from %d to %d (on time: %d), on a server that never queued", before, lowestLate, lowestOnTime)
 	}
 }
+
+// TestQueuedBeforeSlotCappedByTheMean: the wait a call adds is at most its
+// own handler time and at most the server's mean one.
+func TestQueuedBeforeSlotCappedByTheMean(t *testing.T) {
+	ms := time.Millisecond
+	for _, c := range []struct{ waited, took, mean, want time.Duration }{
+		{6 * ms, 6 * ms, 0, 6 * ms},      // no mean yet: its handler time
+		{6 * ms, 6 * ms, 2 * ms, 2 * ms}, // a slow method's late message: the mean call
+		{ms, 6 * ms, 2 * ms, ms},         // a shorter wait counts as it is
+		{6 * ms, ms, 2 * ms, ms},         // a fast call: its own time
+		{reserveFor, 6 * ms, 2 * ms, 0},  // a lapsed reservation
+		{-ms, 6 * ms, 2 * ms, 0},         // clock readings out of order
+	} {
+		if got := queuedBeforeSlot(c.waited, c.took, c.mean); got != c.want {
+			t.Errorf("queuedBeforeSlot(%v, %v, %v) = %v, want %v", c.waited, c.took, c.mean, got, c.want)
+		}
+	}
+}

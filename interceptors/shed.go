@@ -1033,7 +1033,7 @@ func (s *Shedder) doneUnary(ctx context.Context, st *serviceTime, err error, too
 	case s.grad != nil:
 		// end, not a new clock reading: the gradient tells a call admitted
 		// before its probe, or into its cohort, by end - took, its start.
-		if l, moved := s.grad.sample(st, took+queuedBeforeSlot(waited, took), cut, int64(end.Sub(s.epoch)), n, cohort); moved {
+		if l, moved := s.grad.sample(st, took+queuedBeforeSlot(waited, took, time.Duration(s.served.Load())), cut, int64(end.Sub(s.epoch)), n, cohort); moved {
 			s.slots.limit.Store(l)
 			s.obs.LimiterLimitChanged("", ShedderKey, int(l))
 		}
