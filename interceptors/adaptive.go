@@ -193,9 +193,10 @@ func (g *gradient) probeReady(now int64) bool {
 	return g.n.Load() > 0 && (g.cohortOut.Load() >= g.cohortIn.Load() || el >= 8*g.window)
 }
 
-// queuedBeforeSlot is how much of waited, the time a request took from
-// the tap's admission to its slot, the adaptive limit adds to took, its
-// handler's time.
+// queuedBeforeSlot is how much of waited, the time grpc-go took after the
+// tap's admission to begin the request's stream on its goroutine
+// (Shedder.admitted, from the Shedder's stats handler), the adaptive limit
+// adds to took, its handler's time.
 //
 // On a core the handlers keep busy, the queue forms before the
 // interceptor, not in it: the tap admits a burst read from the
@@ -208,23 +209,17 @@ func (g *gradient) probeReady(now int64) bool {
 // kept 86–97% (docs/overload.md, *The adaptive limit on CPU-bound work*).
 // Counted from the tap, those calls queued.
 //
-// The wait also holds the time until the request's message arrived, which
-// is the client's to choose: a client that sends its message late would
-// make the server look slow. So at most took is added, and at most mean,
-// the server's recent mean handler time (Shedder.served, all methods): a
-// call counts as if it had queued behind one other call, an average one.
-// Capped by took alone, a client calling a method six times slower than the server's other
-// one, with one call in eight of a server far from any overload, sent
-// its messages 6 ms late and took the limit from 100 to 2: its calls were
-// half the server's handler time, and each counted twice
-// (TestAdaptiveLateMessagesOfASlowMethod). Capped by the mean too, what
-// its late messages add is at most its share of the calls times the
-// mean call: on a window's mean it moves the limit from some 40% of the
-// server's calls (Tolerance's 1.25 over the dead band's 0.9: 1.39), less
-// where windows scatter (27% shed 12% of the other calls on loopback,
-// docs/overload.md). Nothing is added when the wait was
-// reserveFor or more (the reservation lapsed: a slow upload, not a
-// queue). mean 0 (no call measured yet) caps nothing.
+// The goroutine's start, not the slot: the wait up to the slot also holds
+// the wait for the request's message, the client's to choose, and a
+// client sending 23% of a lightly loaded server's calls with their
+// messages late shed 71% of the others (attack14). Capped too, as a bound
+// on what any one call adds: at most took, and at most mean, the server's
+// recent mean handler time (Shedder.served, all methods; 0 caps nothing),
+// so that a call counts as if it had queued behind one average call
+// (capped by its own time alone, a slow method's calls counted as the
+// share of the handler time they are, not of the calls:
+// TestAdaptiveLateMessagesOfASlowMethod); and nothing once the wait
+// reached reserveFor (the reservation lapsed).
 func queuedBeforeSlot(waited, took, mean time.Duration) time.Duration {
 	if waited <= 0 || waited >= reserveFor {
 		return 0

@@ -2,6 +2,7 @@ package interceptors
 
 import (
 	"context"
+	"google.golang.org/grpc/stats"
 	"math"
 	"testing"
 	"time"
@@ -382,22 +383,39 @@ func TestAdaptiveCountsTheWaitFromTheTap(t *testing.T) {
 	}
 }
 
-// TestAdmittedReturnsWhenTheTapAdmitted: the interceptor learns from the
-// request's reservation when the tap admitted it, and 0 for a request
-// the tap did not admit.
-func TestAdmittedReturnsWhenTheTapAdmitted(t *testing.T) {
-	s, err := NewShedder()
+// TestAdmittedReturnsTheWaitForTheGoroutine: the interceptor learns from
+// the request's reservation how long grpc-go took, after the tap admitted
+// it, to begin its stream (the stats handler's Begin), and nothing for a
+// request the tap did not admit, one whose Begin nobody marked (no stats
+// handler), or one whose message alone came late (Begin at once).
+func TestAdmittedReturnsTheWaitForTheGoroutine(t *testing.T) {
+	cfg := DefaultShedderConfig()
+	cfg.Adaptive = true
+	s, err := NewShedder(WithShedderConfig(cfg))
 	if err != nil {
 		t.Fatal(err)
 	}
+	h := s.StatsHandler()
 	if got := s.admitted(context.Background()); got != 0 {
-		t.Errorf("no tap yet: admitted returned %d, want 0", got)
+		t.Errorf("no tap yet: admitted returned %v, want 0", got)
 	}
-	ctx := s.reserved.reserveRequest(context.Background(), 12345)
-	if got := s.admitted(ctx); got != 12345 {
-		t.Errorf("admitted returned %d, want the tap's 12345", got)
+	now := s.now()
+	ctx := s.reserved.reserveRequest(context.Background(), now-int64(3*time.Millisecond)) // admitted 3 ms ago
+	h.HandleRPC(ctx, &stats.InHeader{})                                                   // not Begin: no mark
+	h.HandleRPC(ctx, &stats.Begin{})                                                      // its goroutine begins now
+	if got := s.admitted(ctx); got < 3*time.Millisecond || got > time.Second {
+		t.Errorf("admitted returned %v, want the 3 ms (and a little) from the tap to Begin", got)
+	}
+	unmarked := s.reserved.reserveRequest(context.Background(), now-int64(3*time.Millisecond))
+	if got := s.admitted(unmarked); got != 0 {
+		t.Errorf("no Begin marked (no stats handler): admitted returned %v, want 0", got)
+	}
+	late := s.reserved.reserveRequest(context.Background(), s.now())
+	h.HandleRPC(late, &stats.Begin{}) // begun at once; its message may come when it likes
+	if got := s.admitted(late); got > time.Millisecond {
+		t.Errorf("begun at once: admitted returned %v, want about 0", got)
 	}
 	if got := s.admitted(context.Background()); got != 0 {
-		t.Errorf("a request the tap did not admit: admitted returned %d, want 0", got)
+		t.Errorf("a request the tap did not admit: admitted returned %v, want 0", got)
 	}
 }

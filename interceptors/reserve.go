@@ -232,8 +232,11 @@ type reservation struct {
 	r      *reservations
 	at     uint64 // reserve's answer
 	tapped int64  // when the tap admitted it, on the Shedder's clock
-	done   atomic.Bool
-	stop   func() bool // the AfterFunc's
+	// when grpc-go began the request's stream on its goroutine (the
+	// Shedder's stats handler), on the same clock; 0 before, or without it
+	began atomic.Int64
+	done  atomic.Bool
+	stop  func() bool // the AfterFunc's
 }
 
 type reservationKey struct{}
