@@ -7,8 +7,9 @@ import (
 )
 
 // StatsHandler returns the Shedder's stats handler, which ServerOptions
-// installs with an Adaptive limit: it marks when grpc-go begins each request the tap admitted on
-// the request's own goroutine, so that the adaptive limit can tell the
+// installs with an Adaptive limit: it marks when grpc-go begins each
+// request the tap admitted on the request's own goroutine, so that the
+// adaptive limit can tell the
 // wait for a CPU the handlers keep busy (the goroutine had to wait its
 // turn) from the wait for the request's message, which its client
 // chooses (see docs/overload.md, *The adaptive limit on CPU-bound work*).

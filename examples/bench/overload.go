@@ -222,10 +222,10 @@ func runOverload(ctx context.Context, e *env) (*result, error) {
 // about 0.6 ms instead of waiting 2 ms on a timer, so the server's CPU,
 // not its 4 slots, is what it can do at once, and the admitted calls'
 // goroutines compete with the connection's reader for it. The fixed
-// limit's side is sized to the isolated server's one CPU. On a core the
+// limit's side is sized to the server's CPUs (cpuWork). On a core the
 // handlers keep busy, the calls queue before the Shedder's interceptor
 // (the tap admits a burst, and their goroutines run one after the
-// other), where only the time from the tap shows it: see
+// other), where only the wait for their goroutines shows it: see
 // docs/overload.md, *The adaptive limit on CPU-bound work*.
 func runOverloadCPU(ctx context.Context, e *env) (*result, error) {
 	return runOverloadOf(ctx, e, cpuWork)
@@ -503,30 +503,31 @@ func runOverloadOf(ctx context.Context, e *env, w overloadWork) (*result, error)
 	}
 	var rows []row
 	for _, md := range modes {
-		rows = append(rows, overloadRows(res, md.title, md.prefix, w, w.fixed(md.isolated), kinds(md.isolated), loads)...)
+		rows = append(rows, overloadRows(res, md.title, md.prefix, w, kinds(md.isolated), loads)...)
 	}
 	if whyNot != "" {
 		rows = append(rows, row{w.title + ", isolated", "server in a child process on its own CPU", "—", "not run: " + whyNot, "—", "—", "—"})
 	}
-	// The chart shows three of the in-process 4× sides: no shedding and
-	// the two Shedders (failsafe-go's defaults may admit no call at all,
-	// and the chart keeps a fixed count of sides).
-	// The CPU-bound twin draws none: its rows are the comparison.
+	// The CPU-bound twin draws no chart: its rows are the comparison.
 	if w.cpu {
 		return &result{rows: rows}, nil
 	}
+	// The chart shows three of the in-process 4× sides: no shedding and
+	// the two Shedders (failsafe-go's defaults may admit no call at all,
+	// and the chart keeps a fixed count of sides).
 	chart := []side{sides[0], sides[1], sides[2]}
 	return &result{rows: rows, dists: distsOf("overload (admitted calls)", res, chart)}, nil
 }
 
 // overloadRows are one mode's rows: goodput, admitted p99, the work's
 // time and the calls OK after the overload, for each load.
-func overloadRows(res measurements, title, prefix string, w overloadWork, fixed int, kinds []struct{ kind, name string }, loads []struct {
+func overloadRows(res measurements, title, prefix string, w overloadWork, kinds []struct{ kind, name string }, loads []struct {
 	label   string
 	callers int
 	target  float64
 }) []row {
-	fixedName := fmt.Sprintf("fixed %d", fixed)
+	isolated := prefix != "" // the isolated mode's sides are "isolated …"
+	fixedName := fmt.Sprintf("fixed %d", w.fixed(isolated))
 	// Capacity is measured on the side without admission control, on
 	// every round's fresh server of this mode: 8 callers, no deadline to
 	// miss, so the 4 slots never wait for a request (the median over
@@ -597,7 +598,7 @@ func overloadRows(res measurements, title, prefix string, w overloadWork, fixed 
 	// while the answer comes back, and the server sees neither.
 	inTime := func(n string) string {
 		cpu := fmt.Sprintf("server %.0f%%, callers %.0f%%", res.median(n, "servercpu"), res.median(n, "callerscpu"))
-		if prefix == "" {
+		if !isolated {
 			cpu = fmt.Sprintf("server and callers together %.0f%%", res.median(n, "callerscpu"))
 		}
 		return fmt.Sprintf("%s → %s; %s", fmtRate(res.median(n, "intime")), fmtRate(res.median(n, "goodput")), cpu)
