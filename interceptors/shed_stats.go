@@ -9,9 +9,8 @@ import (
 // StatsHandler returns the Shedder's stats handler, which ServerOptions
 // installs with an Adaptive limit: it marks when grpc-go begins each
 // request the tap admitted on the request's own goroutine, so that the
-// adaptive limit can tell the
-// wait for a CPU the handlers keep busy (the goroutine had to wait its
-// turn) from the wait for the request's message, which its client
+// adaptive limit can tell the wait for a CPU the handlers keep busy (the
+// goroutine had to wait its turn) from the wait for the request's message, which its client
 // chooses (see docs/overload.md, *The adaptive limit on CPU-bound work*).
 // It does nothing else, and nothing for requests the tap did not admit.
 // Install it with grpc.StatsHandler beside TapHandle and the interceptors
