@@ -419,14 +419,17 @@ func loadSpread(t *testing.T, cc *grpc.ClientConn, callers, n int) (failed int64
 	return fails.Load()
 }
 
-// TestIntegrationSlowBackendAvoided: with one backend 20ms slower than two
+// TestIntegrationSlowBackendAvoided: with one backend 40ms slower than two
 // others, peak-EWMA scoring sends it far less than round robin's third.
+// 40 ms, not 20: on a loaded machine the fast backends' calls stretch to
+// the machine's latency, the two sides' gap narrows, and at 20 ms the
+// share reached 15.1% under a CI run on 2 busy cores.
 func TestIntegrationSlowBackendAvoided(t *testing.T) {
 	var bs []*testutil.Backend
 	for i := range 3 {
 		delay := time.Millisecond
 		if i == 0 {
-			delay = 21 * time.Millisecond
+			delay = 41 * time.Millisecond
 		}
 		bs = append(bs, testutil.StartBackend(t, testutil.BackendOptions{Unary: func(context.Context, *testpb.SimpleRequest) (*testpb.SimpleResponse, error) {
 			time.Sleep(delay) // simulated work
@@ -450,7 +453,7 @@ func TestIntegrationSlowBackendAvoided(t *testing.T) {
 	// The load reports carry the latency estimate the picks used. The
 	// slow endpoint's peak is checked: once it gets no calls its estimate
 	// drifts towards the others' (so that it is tried again). Its calls
-	// take 21 ms; the bound leaves room for calls that straddle sample
+	// take 41 ms; the bound leaves room for calls that straddle sample
 	// windows. A fast one's is only checked to be reported: on a loaded
 	// machine its latency is the machine's, not its 1 ms of work.
 	obs.mu.Lock()
