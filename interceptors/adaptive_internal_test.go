@@ -396,26 +396,37 @@ func TestAdmittedReturnsTheWaitForTheGoroutine(t *testing.T) {
 		t.Fatal(err)
 	}
 	h := s.StatsHandler()
-	if got := s.admitted(context.Background()); got != 0 {
+	if got, _ := s.admitted(context.Background()); got != 0 {
 		t.Errorf("no tap yet: admitted returned %v, want 0", got)
 	}
 	now := s.now()
 	ctx := s.reserved.reserveRequest(context.Background(), now-int64(3*time.Millisecond)) // admitted 3 ms ago
 	h.HandleRPC(ctx, &stats.InHeader{})                                                   // not Begin: no mark
 	h.HandleRPC(ctx, &stats.Begin{})                                                      // its goroutine begins now
-	if got := s.admitted(ctx); got < 3*time.Millisecond || got > time.Second {
+	if got, _ := s.admitted(ctx); got < 3*time.Millisecond || got > time.Second {
 		t.Errorf("admitted returned %v, want the 3 ms (and a little) from the tap to Begin", got)
 	}
 	unmarked := s.reserved.reserveRequest(context.Background(), now-int64(3*time.Millisecond))
-	if got := s.admitted(unmarked); got != 0 {
+	if got, _ := s.admitted(unmarked); got != 0 {
 		t.Errorf("no Begin marked (no stats handler): admitted returned %v, want 0", got)
 	}
 	late := s.reserved.reserveRequest(context.Background(), s.now())
 	h.HandleRPC(late, &stats.Begin{}) // begun at once; its message may come when it likes
-	if got := s.admitted(late); got > time.Millisecond {
+	if got, _ := s.admitted(late); got > time.Millisecond {
 		t.Errorf("begun at once: admitted returned %v, want about 0", got)
 	}
-	if got := s.admitted(context.Background()); got != 0 {
+	if got, _ := s.admitted(context.Background()); got != 0 {
 		t.Errorf("a request the tap did not admit: admitted returned %v, want 0", got)
+	}
+	if _, again := s.admitted(late); !again {
+		t.Error("a reservation that arrived already: admitted said it is the first arrival, want again (installed twice)")
+	}
+	other, err := NewShedder(WithShedderConfig(cfg))
+	if err != nil {
+		t.Fatal(err)
+	}
+	other.reserved.reserveRequest(context.Background(), other.now()) // its tap admitted one of its own
+	if got, again := other.admitted(late); got != 0 || again {
+		t.Errorf("another Shedder's reservation: admitted returned %v, again %v; want 0, false", got, again)
 	}
 }

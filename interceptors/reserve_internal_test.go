@@ -15,14 +15,14 @@ func TestReservationsLapse(t *testing.T) {
 	if got := r.pending(0); got != 0 {
 		t.Fatalf("pending before any reservation = %d", got)
 	}
-	r.end(0) // not counted: nothing to end
+	r.end(0, true) // not counted: nothing to end
 	a := r.reserve(0)
 	b := r.reserve(0)
 	c := r.reserve(3 * ms)
 	if got := r.pending(3 * ms); got != 3 {
 		t.Fatalf("pending at 3ms = %d, want 3", got)
 	}
-	r.end(a)
+	r.end(a, true)
 	if got := r.pending(4 * ms); got != 2 {
 		t.Fatalf("pending after one end = %d, want 2", got)
 	}
@@ -30,7 +30,7 @@ func TestReservationsLapse(t *testing.T) {
 	if got := r.pending(8 * ms); got != 1 {
 		t.Fatalf("pending at 8ms = %d, want 1 (the 0ms one lapsed)", got)
 	}
-	r.end(c)
+	r.end(c, true)
 	if got := r.pending(8 * ms); got != 0 {
 		t.Fatalf("pending after the ends = %d, want 0", got)
 	}
@@ -41,8 +41,8 @@ func TestReservationsLapse(t *testing.T) {
 	if got := r.pending(17 * ms); got != 1 {
 		t.Fatalf("pending at 17ms = %d, want 1 (the 9ms one lapsed, its bucket reused)", got)
 	}
-	r.end(d)
-	r.end(b)
+	r.end(d, true)
+	r.end(b, true)
 	if got := r.pending(17 * ms); got != 1 {
 		t.Fatalf("pending at 17ms after lapsed ones ended = %d, want 1", got)
 	}
@@ -66,7 +66,7 @@ func TestReservationsConcurrent(t *testing.T) {
 			for i := range each {
 				at := r.reserve(int64(i))
 				if g%2 == 0 {
-					r.end(at)
+					r.end(at, true)
 				}
 			}
 		}()
@@ -86,7 +86,7 @@ func TestReservationsDistrustedWhileTheyLapse(t *testing.T) {
 	ms := int64(time.Millisecond)
 	honest := func(at int64) { // 4 requests that reach the interceptor
 		for range 4 {
-			r.end(r.reserve(at))
+			r.end(r.reserve(at), true)
 		}
 	}
 	held := func(at int64) { // 4 that never do
@@ -98,7 +98,7 @@ func TestReservationsDistrustedWhileTheyLapse(t *testing.T) {
 	var slow uint64 // one request each epoch takes until the next to arrive
 	for ; now < 20*ms; now += ms {
 		honest(now)
-		r.end(slow)
+		r.end(slow, true)
 		if slow = r.reserve(now); slow == 0 {
 			t.Fatal("not counted")
 		}

@@ -228,6 +228,7 @@ type Shedder struct {
 	logged   [numReasons]int64
 	loggedAt int64
 	logf     func(format string, args ...any) // logger.Warningf; tests replace it
+	twice    sync.Once                        // the log line of an interceptor installed twice
 }
 
 // serviceTime is what a Shedder knows of one method from its successful
@@ -945,19 +946,25 @@ func (s *Shedder) arrived(ctx context.Context) {
 // waited, after the tap admitted it, for grpc-go to begin its stream on
 // its goroutine (the Shedder's stats handler marks that), or 0: the
 // queue of goroutines on a busy CPU, not the wait for the request's
-// message, which its client chooses.
-func (s *Shedder) admitted(ctx context.Context) (scheduled time.Duration) {
+// message, which its client chooses. again reports that the reservation
+// had arrived already: this Shedder's unary interceptor is installed
+// twice, and this is the inner one.
+func (s *Shedder) admitted(ctx context.Context) (scheduled time.Duration, again bool) {
 	if s.reserved.last.Load() == 0 { // no tap ever admitted one: no context lookup
-		return 0
+		return 0, false
 	}
-	if v, _ := ctx.Value(reservationKey{}).(*reservation); v != nil {
-		v.stop()
-		v.end()
-		if b := v.began.Load(); b != 0 && b > v.tapped { // 0: never marked
-			return time.Duration(b - v.tapped)
-		}
+	v, _ := ctx.Value(reservationKey{}).(*reservation)
+	if v == nil || v.r != &s.reserved { // not admitted by this Shedder's tap
+		return 0, false
 	}
-	return 0
+	v.stop()
+	if !v.end(arrived) {
+		return 0, v.ended.Load() == arrived
+	}
+	if b := v.began.Load(); b != 0 && b > v.tapped { // 0: never marked
+		scheduled = time.Duration(b - v.tapped)
+	}
+	return scheduled, false
 }
 
 // UnaryServerInterceptor returns the Shedder's unary server interceptor.
@@ -977,7 +984,17 @@ func (s *Shedder) UnaryServerInterceptor() grpc.UnaryServerInterceptor {
 		// and the tap shed a request that fitted the limit. Ended before,
 		// it counts in neither for that moment: a request the tap admits
 		// then is shed here if the slots are still full when it comes.
-		scheduled := s.admitted(ctx)
+		scheduled, again := s.admitted(ctx)
+		if again {
+			// Installed twice (ServerOptions and a chain of its own, say):
+			// the outer one admitted the call and took its slot. Taking a
+			// second would halve the limit, and measuring it again would
+			// count each call twice.
+			s.twice.Do(func() {
+				s.logf("interceptors: a Shedder's unary interceptor is installed twice on one server (ServerOptions installs it): the inner one passes calls through")
+			})
+			return handler(ctx, req)
+		}
 		r, probe, ok, err := s.admitUnary(ctx, st, crit)
 		if err != nil {
 			return nil, err // its caller gave up while it waited for a slot
@@ -1102,7 +1119,7 @@ func (s *Shedder) StreamServerInterceptor() grpc.StreamServerInterceptor {
 		// entry was made, but not yet marked a stream) and let it through
 		// at the limit: release that count now, not at the stream's end.
 		s.arrived(ctx)
-		s.admitted(ctx) // the tap counted it as a unary call: it will never take a unary slot
+		_, _ = s.admitted(ctx) // the tap counted it as a unary call: it will never take a unary slot
 		st := s.serviceTime(method)
 		if !st.stream.Load() {
 			st.stream.Store(true) // the tap counts its next requests as streams
