@@ -970,6 +970,8 @@ func (s *Shedder) admitted(ctx context.Context) (scheduled time.Duration, again 
 // UnaryServerInterceptor returns the Shedder's unary server interceptor.
 // It admits requests the tap path did not see (or sheds them, with the
 // pushback trailer), measures every admitted call and releases its slot.
+// Installed twice on one server, its inner copy passes the calls the tap
+// admitted through (and logs that once), so that each takes one slot.
 func (s *Shedder) UnaryServerInterceptor() grpc.UnaryServerInterceptor {
 	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
 		method := info.FullMethod
