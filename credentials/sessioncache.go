@@ -123,6 +123,9 @@ type sessionEntry struct {
 	// server asked for no certificate.
 	clientCert string
 	certReq    *tls.CertificateRequestInfo
+	// kept is set on a session put back once after a resuming handshake
+	// died on its transport (restore): a second such death drops it.
+	kept bool
 }
 
 // offerMark is what a plain view remembers of the session it offered.
@@ -399,6 +402,35 @@ func (c *SessionCache) remove(k sessionKey, state *tls.ClientSessionState) {
 	c.mu.Unlock()
 }
 
+// restore puts e back under k, a session crypto/tls dropped (Put nil)
+// when a handshake that offered it failed, if the handshake died on its
+// transport (the connection reset or closed, a deadline), the session
+// was not put back once already, nothing has been stored under k since,
+// no purge covers it, it has not expired, and there is room for it
+// without pushing out another. crypto/tls drops the session whatever the
+// error, so that a client recovers from a ticket the server rejects; a
+// connection cut during the handshake says nothing about the ticket, and
+// dropping it turned the next connection to that backend into a full
+// handshake: a reconnect storm cutting connections as they resumed cost
+// one full handshake per cut that landed mid-handshake (TestDemo failed
+// so in about 1 CI run of 7). Once only, so that a server that rejects a
+// ticket by closing the connection costs one more failed attempt, not
+// all of them.
+func (c *SessionCache) restore(k sessionKey, e sessionEntry) {
+	if e.kept || e.state == nil {
+		return
+	}
+	e.kept = true
+	now := c.now()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.lru.Contains(k) || c.lru.Len() >= c.capacity ||
+		c.purgedSinceLocked(k, e.epoch) || !now.Before(e.verifiedAt.Add(c.ttl)) {
+		return
+	}
+	c.lru.Add(k, e)
+}
+
 // stored says where a session being stored comes from.
 type stored struct {
 	// known: the handshake's outcome is known (NewTLS); resumed says
@@ -548,6 +580,7 @@ type handshakeView struct {
 	certSent     bool
 	clientCert   string
 	certReq      *tls.CertificateRequestInfo
+	dropped      bool // crypto/tls dropped the session offered (Put nil)
 }
 
 func newHandshakeView(c *SessionCache, base sessionKey, anyAddr bool,
@@ -603,6 +636,9 @@ func (v *handshakeView) Put(name string, cs *tls.ClientSessionState) {
 		certSent:      v.certSent,
 	}
 	offered, offeredKey := v.offered, v.offeredKey
+	if cs == nil && offered {
+		v.dropped = true // restored if the handshake dies on its transport (keepDropped)
+	}
 	v.mu.Unlock()
 	if cs == nil && offered && offeredKey != k {
 		// The session offered from another address is unusable too.
@@ -630,6 +666,18 @@ func (v *handshakeView) sentCert(cri *tls.CertificateRequestInfo, cert *tls.Cert
 	v.mu.Lock()
 	v.certSent, v.clientCert, v.certReq = true, fp, cri
 	v.mu.Unlock()
+}
+
+// keepDropped puts back the session crypto/tls dropped when the
+// handshake failed, the handshake having died on its transport
+// (SessionCache.restore).
+func (v *handshakeView) keepDropped() {
+	v.mu.Lock()
+	dropped, k, e := v.dropped, v.offeredKey, v.offeredEntry
+	v.mu.Unlock()
+	if dropped {
+		v.c.restore(k, e)
+	}
 }
 
 // wasOffered reports whether the handshake was offered a session.

@@ -8,9 +8,12 @@ import (
 	"errors"
 	"fmt"
 	"hash"
+	"io"
 	"net"
+	"os"
 	"strconv"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	grpccreds "google.golang.org/grpc/credentials"
@@ -309,6 +312,9 @@ func (c *tlsCreds) ClientHandshake(ctx context.Context, authority string, rawCon
 		Err:       err,
 	}
 	if err != nil {
+		if hv != nil && transportFailed(err) {
+			hv.keepDropped()
+		}
 		if hv != nil && hv.wasOffered() {
 			c.cache.handshakeResult(c.tenant, false)
 		}
@@ -373,4 +379,23 @@ func (c *tlsCreds) OverrideServerName(serverNameOverride string) error {
 	c.cfg.ServerName = serverNameOverride
 	c.server = grpccreds.NewTLS(c.cfg)
 	return nil
+}
+
+// transportFailed reports whether a handshake's error is its connection's
+// (reset, closed, timed out, or its context ended) rather than TLS's: a
+// TLS alert, sent or received, or a verification failure says something
+// of the session or the server; these say nothing.
+func transportFailed(err error) bool {
+	var op *net.OpError
+	if errors.As(err, &op) && (op.Op == "remote error" || op.Op == "local error") {
+		return false // a TLS alert
+	}
+	var alert tls.AlertError
+	if errors.As(err, &alert) {
+		return false
+	}
+	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
+		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) ||
+		errors.Is(err, net.ErrClosed) || errors.Is(err, os.ErrDeadlineExceeded) ||
+		errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)
 }
