@@ -428,7 +428,23 @@ func (c *SessionCache) restore(k sessionKey, e sessionEntry) {
 		c.purgedSinceLocked(k, e.epoch) || !now.Before(e.verifiedAt.Add(c.ttl)) {
 		return
 	}
+	c.storeLocked(k, e) // there is room: it pushes out nothing
+}
+
+// storeLocked stores e under k, pushing out the least recently used
+// session if the cache is full (returned), and makes it the latest for
+// its key without address (WithResumptionAcrossAddresses).
+func (c *SessionCache) storeLocked(k sessionKey, e sessionEntry) (evicted sessionKey, hadEvicted bool) {
+	if !c.lru.Contains(k) && c.lru.Len() >= c.capacity {
+		evicted, _, hadEvicted = c.lru.RemoveOldest()
+	}
 	c.lru.Add(k, e)
+	if k.addr != "" {
+		nk := k
+		nk.addr = ""
+		c.latest[nk] = k.addr
+	}
+	return evicted, hadEvicted
 }
 
 // stored says where a session being stored comes from.
@@ -494,19 +510,7 @@ func (c *SessionCache) put(k sessionKey, cs *tls.ClientSessionState, s stored) {
 		c.mu.Unlock()
 		return
 	}
-	var (
-		evicted    sessionKey
-		hadEvicted bool
-	)
-	if !c.lru.Contains(k) && c.lru.Len() >= c.capacity {
-		evicted, _, hadEvicted = c.lru.RemoveOldest()
-	}
-	c.lru.Add(k, e)
-	if k.addr != "" {
-		nk := k
-		nk.addr = ""
-		c.latest[nk] = k.addr
-	}
+	evicted, hadEvicted := c.storeLocked(k, e)
 	c.mu.Unlock()
 
 	c.puts.Add(1)

@@ -384,16 +384,8 @@ func (c *tlsCreds) OverrideServerName(serverNameOverride string) error {
 // transportFailed reports whether a handshake's error is its connection's
 // (reset, closed, timed out, or its context ended) rather than TLS's: a
 // TLS alert, sent or received, or a verification failure says something
-// of the session or the server; these say nothing.
+// of the session or the server, and none of them wraps these errors.
 func transportFailed(err error) bool {
-	var op *net.OpError
-	if errors.As(err, &op) && (op.Op == "remote error" || op.Op == "local error") {
-		return false // a TLS alert
-	}
-	var alert tls.AlertError
-	if errors.As(err, &alert) {
-		return false
-	}
 	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
 		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) ||
 		errors.Is(err, net.ErrClosed) || errors.Is(err, os.ErrDeadlineExceeded) ||

@@ -42,3 +42,27 @@ func TestTransportFailed(t *testing.T) {
 		}
 	}
 }
+
+// TestRestoreKeepsTheSessionFoundFromOtherAddresses: a session put back
+// after a handshake cut on its transport is the latest for its server
+// again, so that WithResumptionAcrossAddresses offers it to another
+// backend address, as before the cut.
+func TestRestoreKeepsTheSessionFoundFromOtherAddresses(t *testing.T) {
+	c, err := NewSessionCache()
+	if err != nil {
+		t.Fatal(err)
+	}
+	k := sessionKey{tenant: "a", addr: "10.0.0.1:443", name: "backend"}
+	c.put(k, new(tls.ClientSessionState), stored{})
+	e, _, ok := c.get(k, lookup{})
+	if !ok {
+		t.Fatal("the session stored is not offered")
+	}
+	c.put(k, nil, stored{}) // crypto/tls drops it as the handshake fails
+	c.restore(k, e)
+	other := k
+	other.addr = "10.0.0.2:443"
+	if _, found, ok := c.get(other, lookup{anyAddr: true}); !ok || found != k {
+		t.Errorf("another address after the restore: offered %v from %v, want the session under %v", ok, found, k)
+	}
+}
