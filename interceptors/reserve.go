@@ -254,7 +254,7 @@ type reservation struct {
 	// when grpc-go began the request's stream on its goroutine (the
 	// Shedder's stats handler), on the same clock; 0 before, or without it
 	began atomic.Int64
-	ended atomic.Int32 // pending, arrived or abandoned
+	ended atomic.Int32 // reservationPending, reservationArrived or reservationAbandoned
 	stop  func() bool  // the AfterFunc's
 }
 
@@ -271,25 +271,25 @@ func (v *reservation) Value(key any) any {
 
 // How a reservation ended (reservation.ended).
 const (
-	pending int32 = iota
-	arrived
-	abandoned
+	reservationPending int32 = iota
+	reservationArrived
+	reservationAbandoned
 )
 
 // end ends the reservation, the first time only: its request arrived at
 // the interceptor, or (abandoned) its stream ended first. It reports
 // whether this call ended it.
 func (v *reservation) end(how int32) bool {
-	if !v.ended.CompareAndSwap(pending, how) {
+	if !v.ended.CompareAndSwap(reservationPending, how) {
 		return false
 	}
-	v.r.end(v.at, how == arrived)
+	v.r.end(v.at, how == reservationArrived)
 	return true
 }
 
-// abandoned ends the reservation of a request whose stream ended before
+// abandon ends the reservation of a request whose stream ended before
 // it reached the interceptor.
-func (v *reservation) abandon() { v.end(abandoned) }
+func (v *reservation) abandon() { v.end(reservationAbandoned) }
 
 // reserveRequest counts a request the tap admits at now and returns its
 // context carrying the reservation, or ctx if it was not counted.

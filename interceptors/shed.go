@@ -958,8 +958,8 @@ func (s *Shedder) admitted(ctx context.Context) (scheduled time.Duration, again 
 		return 0, false
 	}
 	v.stop()
-	if !v.end(arrived) {
-		return 0, v.ended.Load() == arrived
+	if !v.end(reservationArrived) {
+		return 0, v.ended.Load() == reservationArrived
 	}
 	if b := v.began.Load(); b != 0 && b > v.tapped { // 0: never marked
 		scheduled = time.Duration(b - v.tapped)
