@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -344,13 +345,7 @@ func TestShedderTapReleasesExactlyOnce(t *testing.T) {
 // none when nothing was.
 func TestShedderLogSummary(t *testing.T) {
 	shed := makeShedder(t, &events{}, func(c *interceptors.ShedderConfig) { c.Limit, c.LogInterval = 1, time.Hour })
-	var mu sync.Mutex
-	var lines []string
-	interceptors.SetShedderLogf(shed, func(format string, args ...any) {
-		mu.Lock()
-		defer mu.Unlock()
-		lines = append(lines, fmt.Sprintf(format, args...))
-	})
+	logged := captureLog(shed)
 	be := startGated(t, shed.ServerOptions()...)
 	c := dial(t, be.Addr)
 	done := make(chan error, 1)
@@ -365,9 +360,25 @@ func TestShedderLogSummary(t *testing.T) {
 	if err := <-done; err != nil {
 		t.Fatal(err)
 	}
-	mu.Lock()
-	defer mu.Unlock()
+	lines := logged()
 	if len(lines) != 1 || !strings.Contains(lines[0], "shed 1 requests") || !strings.Contains(lines[0], "limit 1") {
 		t.Fatalf("log lines = %q, want one summary of the first shed (then nothing for an hour)", lines)
+	}
+}
+
+// captureLog makes s write its log lines to a list instead of the logger,
+// and returns a function that reads what it wrote so far.
+func captureLog(s *interceptors.Shedder) func() []string {
+	var mu sync.Mutex
+	var lines []string
+	interceptors.SetShedderLogf(s, func(format string, args ...any) {
+		mu.Lock()
+		defer mu.Unlock()
+		lines = append(lines, fmt.Sprintf(format, args...))
+	})
+	return func() []string {
+		mu.Lock()
+		defer mu.Unlock()
+		return slices.Clone(lines)
 	}
 }

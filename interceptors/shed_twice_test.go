@@ -2,9 +2,7 @@ package interceptors_test
 
 import (
 	"context"
-	"fmt"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -26,13 +24,7 @@ import (
 func TestShedderInstalledTwice(t *testing.T) {
 	shed := makeShedder(t, &events{}, func(c *interceptors.ShedderConfig) { c.Limit = 2 })
 	interceptors.SetShedderServiceTime(shed, unaryMethod, time.Millisecond, 10) // the tap decides on it
-	var mu sync.Mutex
-	var logged []string
-	interceptors.SetShedderLogf(shed, func(format string, args ...any) {
-		mu.Lock()
-		defer mu.Unlock()
-		logged = append(logged, fmt.Sprintf(format, args...))
-	})
+	logged := captureLog(shed)
 	be := startGated(t, append(shed.ServerOptions(), grpc.ChainUnaryInterceptor(shed.UnaryServerInterceptor()))...)
 	c := dial(t, be.Addr)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -60,15 +52,13 @@ func TestShedderInstalledTwice(t *testing.T) {
 	if got := shed.Snapshot().InFlight; got != 0 {
 		t.Errorf("in flight = %d after every call ended, want 0", got)
 	}
-	mu.Lock()
-	defer mu.Unlock()
 	var twice int
-	for _, l := range logged {
+	for _, l := range logged() {
 		if strings.Contains(l, "installed twice") {
 			twice++
 		}
 	}
 	if twice != 1 {
-		t.Errorf("the log said %d times that the interceptor is installed twice, want once: %q", twice, logged)
+		t.Errorf("the log said %d times that the interceptor is installed twice, want once: %q", twice, logged())
 	}
 }
